@@ -1,0 +1,1 @@
+"""thinkdiff: what does reasoning distillation change inside a language model?"""

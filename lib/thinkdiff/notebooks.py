@@ -1,0 +1,60 @@
+"""Execute the numbered notebooks with papermill (what ``make demo`` and the notebook tests call).
+
+Clean sources live in ``notebooks/``; executed copies go to ``notebooks/executed/`` (git-ignored),
+so the committed notebooks stay output-free and reviewable as diffs.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from . import paths
+
+NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
+NOTEBOOKS = ("00_organism", "01_harvest", "02_train", "03_label", "04_steer", "05_geometry")
+
+
+def notebook_path(name: str) -> Path:
+    path = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not path.exists():
+        raise FileNotFoundError(f"notebook {name!r} not found at {path}; known: {', '.join(available())}")
+    return path
+
+
+def available() -> list[str]:
+    return [n for n in NOTEBOOKS if (NOTEBOOK_DIR / f"{n}.ipynb").exists()]
+
+
+def run(name: str, out_dir: Path, parameters: dict | None = None, timeout: int = 1800) -> Path:
+    """Execute one notebook with papermill; returns the executed copy's path."""
+    import papermill as pm
+
+    src = notebook_path(name)
+    out_dir = paths.ensure_writable(Path(out_dir))
+    out = out_dir / src.name
+    pm.execute_notebook(str(src), str(out), parameters=parameters or {}, kernel_name="python3",
+                        cwd=str(NOTEBOOK_DIR), progress_bar=False, execution_timeout=timeout)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Execute thinkdiff notebooks with papermill.")
+    ap.add_argument("names", nargs="*", help="notebooks to run (default with --all: every one, in order)")
+    ap.add_argument("--all", action="store_true")
+    ap.add_argument("--out", default=str(NOTEBOOK_DIR / "executed"))
+    args = ap.parse_args(argv)
+    names = list(NOTEBOOKS if args.all else args.names)
+    if args.all:
+        missing = [n for n in names if n not in available()]
+        if missing:
+            raise SystemExit(f"missing notebooks: {missing}")
+    for name in names:
+        t0 = time.time()
+        print(f"[thinkdiff] executing {name} ...", flush=True)
+        out = run(name, Path(args.out))
+        print(f"[thinkdiff] {name} done in {time.time() - t0:.0f} s -> {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The run report: each notebook records its headline numbers; ``write_report`` renders Markdown.
+
+A record is ``RUNS_DIR/report/<preset>/<stage>.json``::
+
+    {"stage": "00_organism", "preset": "organism", "config_hash": "...",
+     "numbers": {"name": value, ...},              # computed this run, never typed in
+     "figures": ["figures/x.png", ...],
+     "claims": {"6": {"verdict": "supports", "evidence": "..."}}}
+
+Claims are numbered as in ``shared/docs/paper-notes.md`` §11. A verdict is one of
+``supports``, ``contradicts``, ``mixed`` or ``not tested``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+
+from . import paths
+
+CLAIMS = {
+    1: "Exclusive features exist (latents near relative norm 0 and 1)",
+    2: "Some distilled-specific latents are reasoning features",
+    3: "Marker-token latents are mostly shared",
+    4: "Base-side 'wait' latents are lexical token detectors",
+    5: "Ablating distilled-leaning latents lowers the distilled model's marker logit more than random, base barely moves",
+    6: "Over-thinking: self-reflection steering lengthens output and adds 'Wait'",
+    7: "Incisive thinking: deductive steering shortens output, same answer",
+    8: "Geometry improves with size (distilled lower parallelogram loss at larger size)",
+    9: "Training fit: explained variance about 0.90 at the paper's settings",
+    10: "Robustness: claims survive the pitfall fixes, BatchTopK and latent scaling",
+}
+VERDICTS = ("supports", "contradicts", "mixed", "not tested")
+
+
+def _report_dir(preset: str) -> Path:
+    return Path(paths.RUNS_DIR) / "report" / preset
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
+
+
+def record(stage: str, preset: str, config_hash: str, numbers: dict, figures=(), claims=None) -> Path:
+    """Write (replace) this stage's record for ``preset``. Returns the JSON path."""
+    claims = claims or {}
+    for key, val in claims.items():
+        if int(key) not in CLAIMS:
+            raise ValueError(f"unknown paper claim {key!r}; claims are numbered 1-{len(CLAIMS)}")
+        if val.get("verdict") not in VERDICTS:
+            raise ValueError(f"claim {key}: verdict must be one of {VERDICTS}, got {val.get('verdict')!r}")
+    folder = paths.ensure_writable(_report_dir(preset))
+    rec = {
+        "stage": stage,
+        "preset": preset,
+        "config_hash": config_hash,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "numbers": _jsonable(numbers),
+        "figures": [str(Path(f).resolve().relative_to(paths.REPO_ROOT)) if Path(f).is_absolute() else str(f) for f in figures],
+        "claims": {str(k): v for k, v in claims.items()},
+    }
+    out = folder / f"{stage}.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.replace(out)
+    return out
+
+
+def load_records(preset: str) -> list[dict]:
+    folder = _report_dir(preset)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and len(v) <= 6:
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def write_report(preset: str, out: Path | None = None) -> Path:
+    """Render every stage record of ``preset`` as one Markdown report and return its path."""
+    recs = load_records(preset)
+    if not recs:
+        raise FileNotFoundError(f"no stage records for preset {preset!r} under {_report_dir(preset)}; run the notebooks first")
+    lines = [f"# thinkdiff run report: preset `{preset}`", "",
+             f"Written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. "
+             "Every number below was computed by the run that wrote it; the claims table compares them "
+             "with Baek & Tegmark (arXiv 2503.03730) as summarised in `paper-notes.md` §11.", ""]
+    verdicts: dict[int, list[tuple[str, dict]]] = {k: [] for k in CLAIMS}
+    for rec in recs:
+        lines += [f"## {rec['stage']}", "", f"config hash `{rec['config_hash']}`, written {rec['written']}", "",
+                  "| quantity | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in rec["numbers"].items()]
+        lines.append("")
+        for fig in rec["figures"]:
+            rel = Path(fig)
+            lines.append(f"![{rel.stem}](../../../{rel.as_posix()})")
+        lines.append("")
+        for k, v in rec["claims"].items():
+            verdicts[int(k)].append((rec["stage"], v))
+    lines += ["## The paper's claims on this run", "", "| # | claim | verdict | evidence |", "|---|---|---|---|"]
+    for k, text in CLAIMS.items():
+        if not verdicts[k]:
+            lines.append(f"| {k} | {text} | not tested | no stage of this run tests it |")
+        for stage, v in verdicts[k]:
+            lines.append(f"| {k} | {text} | **{v['verdict']}** | {stage}: {v.get('evidence', '')} |")
+    out = Path(out) if out else _report_dir(preset) / "REPORT.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
