@@ -1,0 +1,442 @@
+"""The distillation model organism: tiny Qwen2 base/distilled pairs built on the CPU.
+
+Base = ``Qwen2ForCausalLM`` trained from scratch on the base corpus (terse answers plus plain
+sentences). Distilled = the base fine-tuned (SFT) on the programmatic teacher's traces, the way
+DeepSeek distilled R1 into Qwen. Three sizes S < M < L (width and depth both grow).
+
+``get_organism(size)`` returns a pair, loading it from ``data/organism/<size>`` (weights shipped in
+the repository) when the manifest's config hash matches, else from the ``runs/`` cache, else
+building it (``make organism`` rebuilds the shipped copies deterministically).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import paths, world
+from .world import CATEGORIES, CATEGORY_ID, EOS, MARKERS, THINK_CLOSE, THINK_OPEN  # noqa: F401
+
+SHIPPED_DIR = paths.DATA_DIR / "organism"
+SPECIALS = [EOS, THINK_OPEN, THINK_CLOSE]
+# Qwen2's pre-tokenisation pattern (single digits, as in Qwen), see environment.md §5.
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+               r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+@dataclass(frozen=True)
+class SizeConfig:
+    """Architecture and training budget of one organism size. Steps, not seconds, so builds are deterministic."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    pretrain_steps: int
+    sft_steps: int
+    pretrain_lr: float = 3e-3
+    sft_lr: float = 1e-3
+    batch: int = 32
+    seq_len: int = 128
+
+    def check(self, name: str = "?") -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"organism size {name}: hidden {self.hidden} is not divisible by heads {self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"organism size {name}: heads {self.heads} not divisible by kv_heads {self.kv_heads}")
+        if (self.hidden // self.heads) % 2:
+            raise ValueError(f"organism size {name}: head dim {self.hidden // self.heads} must be even (rotary)")
+        if min(self.layers, self.pretrain_steps, self.sft_steps, self.batch, self.seq_len) <= 0:
+            raise ValueError(f"organism size {name}: layers, steps, batch and seq_len must be positive")
+
+
+SIZES = {
+    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=400, sft_steps=400,
+                    sft_lr=2e-3),
+    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=1500, sft_steps=800,
+                    sft_lr=2e-3),
+    "L": SizeConfig(hidden=128, layers=8, heads=8, kv_heads=2, intermediate=384, pretrain_steps=2000, sft_steps=1000,
+                    sft_lr=2e-3),
+}
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The organism's data: base corpus mix, teacher rates, tokenizer size."""
+
+    seed: int = 0
+    n_train_problems: int = 20000
+    base_plain_fraction: float = 0.3   # share of base-corpus documents that are plain sentences
+    base_worked_fraction: float = 0.15  # short chains of thought (steps, no reflection) in the base corpus
+    base_copy_fraction: float = 0.1    # repetition documents (copying ability)
+    marker_rate: float = 0.2           # share of plain sentences using a marker word in an ordinary role
+    sft_plain_fraction: float = 0.15   # plain text mixed into SFT to keep the language model intact
+    vocab_size: int = 600
+    teacher: world.TeacherConfig = field(default_factory=world.TeacherConfig)
+
+
+def organism_config(size: str, corpus: CorpusConfig | None = None, **overrides) -> dict:
+    """The full config of one organism size, as a plain dict (hashed for caching)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown organism size {size!r}; choose one of {sorted(SIZES)}")
+    sc = replace(SIZES[size], **overrides) if overrides else SIZES[size]
+    sc.check(size)
+    corpus = corpus or CorpusConfig()
+    return {"size": size, "arch": asdict(sc), "corpus": asdict(corpus), "version": 1}
+
+
+# ----------------------------------------------------------------------------- documents
+@dataclass
+class Document:
+    """One tokenised text with per-token ground truth (category id per token, marker flag)."""
+
+    text: str
+    input_ids: list
+    labels: list
+    marker: list
+    kind: str  # "teacher" or "base"
+
+
+def _plain_paragraph(rng: random.Random, marker_rate: float) -> str:
+    return " ".join(world.plain_sentence(rng, marker_rate).strip() for _ in range(rng.randint(3, 6))) + "\n"
+
+
+def corpus_texts(cfg: CorpusConfig, kind: str, n: int, seed_offset: int = 0) -> list:
+    """``n`` documents: kind 'base' (terse solutions + plain text), 'teacher' (traces + some plain text).
+
+    Teacher documents are returned as span lists (for labels); base documents as strings.
+    """
+    rng = random.Random(f"{cfg.seed}-{kind}-{seed_offset}")
+    problems = world.problem_split(cfg.seed, cfg.n_train_problems, "train")
+    out = []
+    plain_frac = cfg.base_plain_fraction if kind == "base" else cfg.sft_plain_fraction
+    for _ in range(n):
+        u = rng.random()
+        if u < plain_frac:
+            out.append(_plain_paragraph(rng, cfg.marker_rate))
+        elif kind == "base":
+            u = (u - plain_frac) / (1 - plain_frac)
+            if u < cfg.base_copy_fraction:
+                out.append(world.copy_document(rng))
+            elif u < cfg.base_copy_fraction + cfg.base_worked_fraction:
+                out.append(world.worked_solution(rng.choice(problems)))
+            else:
+                out.append(world.base_solution(rng.choice(problems)))
+        else:
+            out.append(world.teacher_document(rng.choice(problems), rng, cfg.teacher))
+    return out
+
+
+def tokenize_spans(tokenizer, spans) -> Document:
+    """Tokenise a teacher span list (or a plain string) with per-token labels and marker flags."""
+    if isinstance(spans, str):
+        spans = [world.Span(spans)]
+    text = world.spans_text(spans)
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    char_label, marker_starts, pos = [0] * len(text), set(), 0
+    for s in spans:
+        char_label[pos:pos + len(s.text)] = [s.category] * len(s.text)
+        if s.marker:
+            marker_starts.add(pos)
+        pos += len(s.text)
+    labels, marker = [], []
+    for start, end in enc["offset_mapping"]:
+        labels.append(char_label[start] if start < len(text) else 0)
+        marker.append(start in marker_starts)
+    kind = "teacher" if any(s.category for s in spans) or THINK_OPEN in text else "base"
+    return Document(text, list(enc["input_ids"]), labels, marker, kind)
+
+
+def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.5, seed: int = 1,
+                      corpus: CorpusConfig | None = None) -> list[Document]:
+    """A labelled harvest corpus mixing teacher traces and base-corpus text.
+
+    Uses held-out-free *training* problems but a different random stream from the one the models
+    were trained on. ``teacher_fraction`` of the documents are teacher traces.
+    """
+    if n_docs <= 0:
+        raise ValueError(f"n_docs must be positive, got {n_docs}")
+    if not 0.0 <= teacher_fraction <= 1.0:
+        raise ValueError(f"teacher_fraction must be in [0, 1], got {teacher_fraction}")
+    corpus = corpus or CorpusConfig()
+    n_teacher = round(n_docs * teacher_fraction)
+    rng = random.Random(f"harvest-{seed}")
+    problems = world.problem_split(corpus.seed, corpus.n_train_problems, "train")
+    docs = []
+    for i in range(n_docs):
+        if i < n_teacher:
+            spans = world.teacher_document(rng.choice(problems), rng, corpus.teacher)
+        elif rng.random() < corpus.base_plain_fraction:
+            spans = _plain_paragraph(rng, corpus.marker_rate)
+        else:
+            spans = world.base_solution(rng.choice(problems))
+        docs.append(tokenize_spans(tokenizer, spans))
+    rng.shuffle(docs)
+    return docs
+
+
+def eval_problems(n: int = 100, seed: int = 0) -> list[world.Problem]:
+    """Held-out problems (never in any training corpus), balanced over families."""
+    return world.problem_split(seed, n, "eval")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def train_tokenizer(cfg: CorpusConfig):
+    """Byte-level BPE on the organism corpus, Qwen2 pre-tokenisation, markers as single tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [t if isinstance(t, str) else world.spans_text(t)
+             for kind in ("base", "teacher") for t in corpus_texts(cfg, kind, 3000, seed_offset=99)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
+                                 additional_special_tokens=[THINK_OPEN, THINK_CLOSE])
+    for words in MARKERS.values():
+        for w in words:
+            if len(hf(w, add_special_tokens=False)["input_ids"]) != 1:
+                raise RuntimeError(f"organism tokenizer: marker {w!r} is not a single token; raise vocab_size")
+    return hf
+
+
+# ----------------------------------------------------------------------------- models
+def build_model(arch: dict, vocab_size: int, seed: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
+                      num_hidden_layers=arch["layers"], num_attention_heads=arch["heads"],
+                      num_key_value_heads=arch["kv_heads"], max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=None, eos_token_id=0, pad_token_id=0)
+    return Qwen2ForCausalLM(cfg)
+
+
+def _packed_batches(tokenizer, texts, seq_len: int, batch: int, seed: int):
+    """Endless packed [batch, seq_len] LongTensors from documents joined by end-of-text."""
+    ids = []
+    strings = [t if isinstance(t, str) else world.spans_text(t) for t in texts]
+    for row in tokenizer(strings, add_special_tokens=False)["input_ids"]:
+        ids += row
+        ids.append(tokenizer.eos_token_id)
+    data = torch.tensor(ids)
+    n_win = (len(data) - 1) // seq_len
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        for idx in torch.randperm(n_win, generator=g).split(batch):
+            if len(idx) == batch:
+                yield torch.stack([data[i * seq_len:(i + 1) * seq_len] for i in idx.tolist()])
+
+
+def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; returns the loss per step."""
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    losses = []
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for _ in bar:
+        x = next(batches)
+        loss = model(input_ids=x, labels=x).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()} (lower the learning rate)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 200, batch_size: int = 64) -> list[str]:
+    """Greedy continuations of ``prompts`` (left padding), decoded without special-token stripping of <think>."""
+    tokenizer.padding_side = "left"
+    outs = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        for row in gen[:, enc["input_ids"].shape[1]:]:
+            row = row.tolist()
+            if tokenizer.eos_token_id in row:
+                row = row[:row.index(tokenizer.eos_token_id)]
+            outs.append(tokenizer.decode(row))
+    return outs
+
+
+def marker_counts(text: str) -> dict:
+    """Occurrences of each category's marker words in ``text`` (the organism's single-token markers)."""
+    return {c: sum(text.count(w) for w in MARKERS[c]) for c in CATEGORIES}
+
+
+def evaluate(model, tokenizer, problems, max_new_tokens: int = 200) -> dict:
+    """Accuracy, well-formedness, <think> rate, per-category marker rate per 1,000 generated tokens."""
+    texts = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens)
+    parsed = [world.parse_output(t) for t in texts]
+    n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    counts = {c: sum(marker_counts(t)[c] for t in texts) for c in CATEGORIES}
+    return {
+        "accuracy": sum(p["answer"] == q.answer for p, q in zip(parsed, problems)) / len(problems),
+        "well_formed": sum(p["well_formed"] for p in parsed) / len(problems),
+        "think_rate": sum(p["has_think"] for p in parsed) / len(problems),
+        "tokens_per_generation": n_tok / len(problems),
+        "marker_rate_per_1k": {c: 1000 * counts[c] / max(n_tok, 1) for c in CATEGORIES},
+        "correct": [p["answer"] == q.answer for p, q in zip(parsed, problems)],
+        "texts": texts,
+    }
+
+
+def teacher_marker_rates(tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7) -> dict:
+    """The teacher's marker rate per 1,000 thinking+answer tokens on ``problems`` (what SFT imitates)."""
+    cfg = cfg or CorpusConfig()
+    rng = random.Random(seed)
+    texts = [world.spans_text(world.teacher_document(p, rng, cfg.teacher))[len(p.prompt):] for p in problems]
+    n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return {c: 1000 * sum(marker_counts(t)[c] for t in texts) / n_tok for c in CATEGORIES}
+
+
+# ----------------------------------------------------------------------------- build + cache
+@dataclass
+class OrganismPair:
+    size: str
+    base: object
+    distilled: object
+    tokenizer: object
+    path: Path
+    manifest: dict
+
+
+def _tokenizer_dir(root: Path) -> Path:
+    return root / "tokenizer"
+
+
+def get_tokenizer(corpus: CorpusConfig | None = None):
+    """The organism tokenizer: shipped copy if its config matches, else the cached or a fresh build."""
+    from transformers import AutoTokenizer
+
+    corpus = corpus or CorpusConfig()
+    key = {"tokenizer": asdict(corpus), "version": 1}
+    for folder in (SHIPPED_DIR / "tokenizer", paths.artifact_dir("organism-tokenizer", key)):
+        man = folder / "thinkdiff.json"
+        if man.exists() and json.loads(man.read_text()).get("config_hash") == paths.config_hash(key):
+            return AutoTokenizer.from_pretrained(folder)
+    out = paths.artifact_dir("organism-tokenizer", key)
+    tok = train_tokenizer(corpus)
+    with paths.atomic_dir(out) as tmp:
+        tok.save_pretrained(tmp)
+        (tmp / "thinkdiff.json").write_text(json.dumps({"config_hash": paths.config_hash(key), "config": key}))
+    return AutoTokenizer.from_pretrained(out)
+
+
+def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **overrides) -> dict:
+    """Train the base and distilled models of ``size`` and save them (plus a manifest) into ``out``."""
+    cfg = organism_config(size, corpus, **overrides)
+    corpus = corpus or CorpusConfig()
+    arch = cfg["arch"]
+    # One thread: bitwise-identical weights on any machine, whatever its core count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok = get_tokenizer(corpus)
+    t0 = time.time()
+    n_docs = arch["pretrain_steps"] * arch["batch"] * arch["seq_len"] // 20 + 2000
+    base = build_model(arch, len(tok), seed=corpus.seed)
+    pre_losses = train_lm(base, _packed_batches(tok, corpus_texts(corpus, "base", n_docs), arch["seq_len"],
+                                                arch["batch"], corpus.seed), arch["pretrain_steps"],
+                          arch["pretrain_lr"], f"organism {size}: pretrain base", corpus.seed)
+    t_pre = time.time() - t0
+    distilled = build_model(arch, len(tok), seed=corpus.seed)
+    distilled.load_state_dict(base.state_dict())
+    n_docs = arch["sft_steps"] * arch["batch"] * arch["seq_len"] // 60 + 2000
+    sft_losses = train_lm(distilled, _packed_batches(tok, corpus_texts(corpus, "teacher", n_docs), arch["seq_len"],
+                                                     arch["batch"], corpus.seed + 1), arch["sft_steps"],
+                          arch["sft_lr"], f"organism {size}: distil (SFT)", corpus.seed + 1)
+    t_sft = time.time() - t0 - t_pre
+    manifest = {
+        "config_hash": paths.config_hash(cfg), "config": cfg,
+        "train_seconds": {"pretrain": round(t_pre, 1), "sft": round(t_sft, 1)},
+        "final_loss": {"pretrain": sum(pre_losses[-20:]) / 20, "sft": sum(sft_losses[-20:]) / 20},
+        "n_params": sum(p.numel() for p in base.parameters()),
+        "command": f"python -m thinkdiff.organism --size {size}",
+        "torch": torch.__version__,
+    }
+    torch.set_num_threads(threads)
+    out = Path(out)
+    with paths.atomic_dir(out) as tmp:
+        base.save_pretrained(tmp / "base")
+        distilled.save_pretrained(tmp / "distilled")
+        tok.save_pretrained(tmp / "tokenizer")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _load(folder: Path, size: str) -> OrganismPair:
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    man = json.loads((folder / "manifest.json").read_text())
+    tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    base = Qwen2ForCausalLM.from_pretrained(folder / "base", dtype=torch.float32).eval()
+    distilled = Qwen2ForCausalLM.from_pretrained(folder / "distilled", dtype=torch.float32).eval()
+    return OrganismPair(size, base, distilled, tok, folder, man)
+
+
+def get_organism(size: str = "S", corpus: CorpusConfig | None = None, rebuild: bool = False, **overrides) -> OrganismPair:
+    """The organism pair of ``size``: shipped weights if their config hash matches, else cache, else build."""
+    cfg = organism_config(size, corpus, **overrides)
+    h = paths.config_hash(cfg)
+    shipped = SHIPPED_DIR / size
+    if not rebuild and (shipped / "manifest.json").exists():
+        if json.loads((shipped / "manifest.json").read_text())["config_hash"] == h:
+            return _load(shipped, size)
+    cached = paths.artifact_dir("organism", cfg)
+    if rebuild and cached.exists():
+        shutil.rmtree(cached)
+    if not cached.exists():
+        paths.ensure_writable(cached.parent)
+        build_organism(size, cached, corpus, **overrides)
+    return _load(cached, size)
+
+
+def ship(size: str) -> Path:
+    """Rebuild ``size`` from scratch and copy it into ``data/organism/<size>`` (what ``make organism`` runs)."""
+    pair = get_organism(size, rebuild=True)
+    dest = SHIPPED_DIR / size
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(pair.path, dest)
+    tok_dest = SHIPPED_DIR / "tokenizer"
+    if tok_dest.exists():
+        shutil.rmtree(tok_dest)
+    key = {"tokenizer": asdict(CorpusConfig()), "version": 1}
+    shutil.copytree(paths.artifact_dir("organism-tokenizer", key), tok_dest)
+    return dest
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Rebuild the shipped organism weights from scratch.")
+    ap.add_argument("--size", action="append", choices=sorted(SIZES), help="size(s) to rebuild (default: all)")
+    for s in ap.parse_args().size or sorted(SIZES):
+        print(s, json.dumps(json.loads((ship(s) / "manifest.json").read_text())["train_seconds"]))

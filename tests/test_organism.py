@@ -1,0 +1,104 @@
+"""The organism: world, teacher labels, tokenizer, determinism, bad input."""
+import json
+import random
+
+import pytest
+import torch
+
+from thinkdiff import organism, paths, world
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return organism.get_tokenizer()
+
+
+def test_teacher_traces_are_well_formed_and_correct():
+    rng = random.Random(0)
+    for fam in world.FAMILIES:
+        for _ in range(30):
+            p = world.make_problem(rng, fam)
+            text = world.spans_text(world.teacher_document(p, rng, world.TeacherConfig()))
+            out = world.parse_output(text[len(p.prompt):])
+            assert out["well_formed"] and out["answer"] == p.answer, text
+            # every written step is arithmetic that holds, except a planted slip right before "Wait, that is wrong."
+            for a, op, b, r in p.steps:
+                assert {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] == r
+
+
+def test_base_solution_has_no_think_and_parses():
+    p = world.make_problem(random.Random(1), "word")
+    out = world.parse_output(world.base_solution(p)[len(p.prompt):])
+    assert out["answer"] == p.answer and not out["has_think"] and not out["well_formed"]
+
+
+def test_heldout_problems_never_in_training():
+    train = {p.question for p in world.problem_split(0, 5000, "train")}
+    held = organism.eval_problems(200)
+    assert not train & {p.question for p in held}
+    assert {p.family for p in held} == set(world.FAMILIES)
+
+
+def test_markers_single_tokens_and_labels_align(tok):
+    for words in world.MARKERS.values():
+        for w in words:
+            assert len(tok(w, add_special_tokens=False)["input_ids"]) == 1
+    docs = organism.harvest_documents(tok, n_docs=60, teacher_fraction=0.5)
+    assert sum(d.kind == "teacher" for d in docs) == 30
+    marker_words = {w.strip() for ws in world.MARKERS.values() for w in ws}
+    n_markers = 0
+    for d in docs:
+        assert len(d.input_ids) == len(d.labels) == len(d.marker)
+        assert tok.decode(d.input_ids) == d.text
+        for i, (tid, lab, m) in enumerate(zip(d.input_ids, d.labels, d.marker)):
+            if m:
+                n_markers += 1
+                word = tok.decode([tid]).strip()
+                assert word in marker_words
+                assert lab in (1, 2, 3, 4)
+                # the label is the marker's own category
+                cat = next(c for c, ws in world.MARKERS.items() if " " + word in ws)
+                assert lab == world.CATEGORY_ID[cat]
+        if d.kind == "base":
+            assert not any(d.marker) and set(d.labels) == {0}
+    assert n_markers > 30
+
+
+def test_bad_input_is_rejected_before_work(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown organism size"):
+        organism.organism_config("XL")
+    with pytest.raises(ValueError, match="not divisible by heads"):
+        organism.organism_config("S", hidden=66)
+    with pytest.raises(ValueError, match="n_docs"):
+        organism.harvest_documents(None, n_docs=0)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    monkeypatch.setattr(paths, "RUNS_DIR", ro / "runs")
+    if not (ro / "probe").parent.exists() or __import__("os").geteuid() != 0:
+        with pytest.raises(PermissionError, match="cannot write"):
+            organism.get_organism("S", pretrain_steps=2, sft_steps=2)
+    else:  # root ignores directory permissions; use a path under a file instead
+        f = tmp_path / "file"
+        f.write_text("x")
+        monkeypatch.setattr(paths, "RUNS_DIR", f / "runs")
+        with pytest.raises(PermissionError, match="cannot write"):
+            organism.get_organism("S", pretrain_steps=2, sft_steps=2)
+
+
+def test_build_is_deterministic_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path)
+    kw = dict(pretrain_steps=3, sft_steps=3, batch=4, seq_len=32)
+    m1 = organism.build_organism("S", tmp_path / "a", **kw)
+    m2 = organism.build_organism("S", tmp_path / "b", **kw)
+    assert m1["config_hash"] == m2["config_hash"]
+    for role in ("base", "distilled"):
+        a = (tmp_path / "a" / role / "model.safetensors").read_bytes()
+        b = (tmp_path / "b" / role / "model.safetensors").read_bytes()
+        assert a == b
+    pair = organism.get_organism("S", **kw)
+    again = organism.get_organism("S", **kw)
+    assert pair.path == again.path
+    # SFT changed the weights: distilled differs from base
+    diff = sum((p - q).abs().sum() for p, q in zip(pair.base.parameters(), pair.distilled.parameters()))
+    assert diff > 0
