@@ -1,0 +1,459 @@
+"""Relative norms, latent scaling, ReasonScore, AUROC, features table, cards and the ablation hook."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from thinkdiff import label as L
+from thinkdiff import browser as B
+from thinkdiff.lexicon import CATEGORIES, Lexicon, marker_token_ids
+
+
+class ToyCC:
+    """Stand-in crosscoder with the project's attributes: ReLU code, folded (raw-unit) weights."""
+
+    def __init__(self, W_enc, W_dec, b_enc=None, b_dec=None):
+        self.W_enc, self.W_dec = W_enc.float(), W_dec.float()
+        F, _, d = self.W_dec.shape
+        self.b_enc = torch.zeros(F) if b_enc is None else b_enc
+        self.b_dec = torch.zeros(2, d) if b_dec is None else b_dec
+
+    @classmethod
+    def random(cls, d, F, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        W_dec = torch.randn(F, 2, d, generator=g) / d ** 0.5
+        return cls(W_dec.permute(1, 2, 0).contiguous(), W_dec, -0.1 * torch.ones(F))
+
+    @classmethod
+    def perfect(cls, d):
+        """F = 2 models x d x 2 signs: f = relu(+-x), decode(encode(x)) == x exactly."""
+        W_enc = torch.zeros(2, d, 4 * d)
+        W_dec = torch.zeros(4 * d, 2, d)
+        for m in range(2):
+            for i in range(d):
+                for s, sign in enumerate((1.0, -1.0)):
+                    j = (m * d + i) * 2 + s
+                    W_enc[m, i, j] = sign
+                    W_dec[j, m, i] = sign
+        return cls(W_enc, W_dec)
+
+    def encode(self, x):
+        return torch.relu(torch.einsum("bmd,mdf->bf", x, self.W_enc) + self.b_enc)
+
+    def decode(self, f):
+        return torch.einsum("bf,fmd->bmd", f, self.W_dec) + self.b_dec
+
+
+class FakeStore:
+    def __init__(self, x, meta):
+        self.x, self.meta, self.n_tokens = np.asarray(x, np.float32), meta, len(x)
+
+    def acts(self, idx):
+        return self.x[np.asarray(idx)]
+
+
+def docs_meta(tokenizer, texts, labels=None):
+    ids, doc, pos = [], [], []
+    for k, t in enumerate(texts):
+        e = tokenizer.encode(t, add_special_tokens=False)
+        ids += e
+        doc += [k] * len(e)
+        pos += list(range(len(e)))
+    n = len(ids)
+    return {"token_id": np.array(ids), "doc_id": np.array(doc), "pos": np.array(pos),
+            "label": np.full(n, -1) if labels is None else labels, "marker": np.zeros(n, bool),
+            "split": np.zeros(n, np.int8)}
+
+
+# ------------------------------------------------------------------------------------------- norms
+def test_relative_norm_orientation_and_converter():
+    W = torch.zeros(5, 2, 4)
+    W[0, 1] = torch.tensor([1.0, 2, 0, 0])            # base decoder zero -> distilled-only -> 1
+    W[1, 0] = torch.tensor([0.0, 3, 0, 0])            # distilled zero -> base-only -> 0
+    W[2, 0] = W[2, 1] = torch.tensor([1.0, 1, 1, 1])  # equal -> shared
+    W[3, 0], W[3, 1] = torch.tensor([3.0, 0, 0, 0]), torch.tensor([0.0, 1, 0, 0])
+    r = L.relative_norm(W)
+    assert r[0] == 1 and r[1] == 0 and r[2] == 0.5 and r[3] == pytest.approx(0.25) and np.isnan(r[4])
+    W[3, 1] = torch.tensor([0.5, 0.5, 0, 0])
+    assert L.relative_norm(W, p=1)[3] == pytest.approx(1 / 4) and L.relative_norm(W, p=2)[3] < 0.25
+    Wr = torch.randn(200, 2, 8) * torch.rand(200, 2, 1)
+    delta = L.dec_norm_diff(Wr)
+    np.testing.assert_allclose(L.relative_norm_from_dec_norm_diff(delta), L.relative_norm(Wr), atol=1e-9)
+    np.testing.assert_allclose(L.dec_norm_diff_from_relative_norm(L.relative_norm(Wr)), delta, atol=1e-9)
+    assert not np.allclose(1 - delta, L.relative_norm(Wr))   # a different function, not a flip
+    assert L.dec_norm_diff(W)[0] == 0 and L.dec_norm_diff(W)[1] == 1
+    cos = L.decoder_cosine(W)
+    assert cos[2] == pytest.approx(1) and np.isnan(cos[0])
+
+
+def test_relative_norm_uses_training_units_of_a_folded_crosscoder():
+    from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
+
+    cc = CrossCoder(CrossCoderConfig(d_model=8, n_latents=16))
+    folded = cc.fold([2.0, 0.5])
+    np.testing.assert_allclose(L.relative_norm(folded), L.relative_norm(cc), atol=1e-6)
+    np.testing.assert_allclose(L.relative_norm(cc), 0.5, atol=1e-6)
+
+
+def test_plots_are_labelled(tmp_path, monkeypatch):
+    from thinkdiff import paths, plots
+
+    monkeypatch.setattr(paths, "FIGURES_DIR", tmp_path)
+    W = torch.randn(300, 2, 8)
+    r = L.relative_norm(W)
+    for name, fig in {"nrn": L.plot_relative_norms(r, p=2), "cos": L.plot_decoder_cosine(L.decoder_cosine(W), r)}.items():
+        assert "L2" in fig.axes[0].get_title() or "L2" in fig.axes[0].get_title()
+        plots.savefig(fig, name)
+
+
+# ------------------------------------------------------------------------------------------- scaling
+def scaling_case(c_base, c_ft, n=3000, d=16, seed=0):
+    """Latent 0 has base decoder exactly 0 and distilled decoder u; base activations hold c_base * a * u."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.zeros(d)
+    u[0] = 1.0
+    other = torch.zeros(3, d)
+    other[:, 1:4] = torch.eye(3)                       # other latents, orthogonal to u
+    a = torch.rand(n, generator=g) * (torch.rand(n, generator=g) < 0.3)
+    b = torch.rand(n, 3, generator=g)
+    noise = 0.01 * torch.randn(n, 2, d, generator=g)
+    noise[:, :, 0] = 0
+    x = torch.zeros(n, 2, d)
+    x[:, 0] = c_base * a[:, None] * u + b @ other
+    x[:, 1] = c_ft * a[:, None] * u + b @ other
+    x += noise
+    W_dec = torch.zeros(4, 2, d)
+    W_dec[0, 1] = u
+    W_dec[1:, 0] = W_dec[1:, 1] = other
+    W_enc = torch.zeros(2, d, 4)
+    W_enc[1, :, 0] = u / c_ft
+    W_enc[0, :, 1:] = 0.5 * other.T
+    W_enc[1, :, 1:] = 0.5 * other.T
+    meta = {"token_id": np.zeros(n, int), "doc_id": np.arange(n), "pos": np.zeros(n, int)}
+    return ToyCC(W_enc, W_dec), FakeStore(x.numpy(), meta)
+
+
+def test_latent_scaling_recovers_planted_beta():
+    cc, store = scaling_case(c_base=0.8, c_ft=1.0)
+    df = L.latent_scaling(cc, store, [0, 1], chunk=700)
+    r = df.set_index("latent").loc[0]
+    assert r["beta_err_distilled"] == pytest.approx(1.0, abs=1e-3)
+    assert r["beta_err_base"] == pytest.approx(0.8, abs=1e-3)
+    assert r["nu_error"] == pytest.approx(0.8, abs=1e-3) and abs(r["nu_reconstruction"]) < 1e-3
+    assert r["flag"] == "shrinkage"
+    cc, store = scaling_case(c_base=0.0, c_ft=2.0)
+    r = L.latent_scaling(cc, store, [0]).iloc[0]
+    assert r["beta_err_distilled"] == pytest.approx(2.0, abs=1e-3)   # f = a, d = u, target 2 a u: beta = c_ft
+    assert abs(r["beta_err_base"]) < 1e-3 and abs(r["nu_error"]) < 1e-3 and r["flag"] == "genuine"
+    with pytest.raises(ValueError, match="latents"):
+        L.latent_scaling(cc, store, [99])
+
+
+def test_latent_scaling_refuses_unfolded_decode():
+    cc, store = scaling_case(0.5, 1.0)
+    cc.decode = lambda f: 2 * (torch.einsum("bf,fmd->bmd", f, cc.W_dec) + cc.b_dec)
+    with pytest.raises(ValueError, match="fold"):
+        L.latent_scaling(cc, store, [0])
+
+
+# ------------------------------------------------------------------------------------------- sparse acts
+def test_encode_store_and_sparse_ops():
+    cc = ToyCC.random(d=6, F=20)
+    x = np.random.default_rng(0).normal(size=(50, 2, 6)).astype(np.float32)
+    store = FakeStore(x, {})
+    mask = np.zeros(50, bool)
+    mask[5:45] = True
+    acts = L.encode_store(cc, store, mask, chunk=7)
+    dense = cc.encode(torch.as_tensor(x[mask])).numpy()
+    col = acts.column(3)
+    np.testing.assert_allclose(col, dense[:, 3], rtol=1e-6)
+    w = np.random.default_rng(1).random((40, 3))
+    np.testing.assert_allclose(acts.sums(w), w.T @ dense, rtol=1e-5)
+    np.testing.assert_allclose(acts.counts(w > 0.5), (w > 0.5).T.astype(float) @ (dense > 0), rtol=1e-9)
+    with pytest.raises(ValueError, match="bool array"):
+        L.encode_store(cc, store, np.ones(10, bool))
+
+
+def brute_auroc(v, y):
+    pos, neg = v[y], v[~y]
+    return ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+
+
+def test_auroc_matches_brute_force_with_ties():
+    rng = np.random.default_rng(0)
+    f = np.round(rng.random((300, 12)), 1) * (rng.random((300, 12)) < 0.4)   # zeros and tied values
+    y = rng.random(300) < 0.3
+    f[:, 0] = y * 2.0                                                          # perfect detector
+    f[:, 1] = 0                                                                # never fires
+    got = L.auroc_per_latent(L.SparseActs.from_dense(f), y)
+    want = np.array([brute_auroc(f[:, j], y) for j in range(12)])
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert got[0] == 1 and got[1] == 0.5
+
+
+def test_ground_truth_table():
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(-1, 5, n)
+    f = rng.random((n, 6)) * (rng.random((n, 6)) < 0.2)
+    for c in range(1, 5):
+        f[:, c] = (labels == c) * (1 + rng.random(n))
+    nrn = np.array([0.5, 0.95, 0.2, 0.99, 0.91, 0.5])
+    acts = L.SparseActs.from_dense(f, np.arange(n) + 10)
+    labels_all = np.concatenate([np.full(10, -1), labels])
+    gt = L.ground_truth_auroc(acts, labels_all, nrn)
+    best = gt.best.set_index("category")
+    assert best["best_latent"].tolist() == [1, 2, 3, 4]
+    assert np.allclose(best["auroc"], 1)
+    assert best["meets_target"].tolist() == [True, False, True, True]
+    assert best.loc["deductive", "best_specific_latent"] != 2
+
+
+# ------------------------------------------------------------------------------------------- ReasonScore
+def test_reason_score_properties_and_hand_example():
+    # 8 tokens, 2 groups of one category: group 0 window = tokens 0-1, group 1 window = tokens 4-5.
+    groups = np.zeros((8, 2), bool)
+    groups[[0, 1], 0] = True
+    groups[[4, 5], 1] = True
+    f = np.zeros((8, 4))
+    f[[0, 1], 0] = 1.0               # latent 0: fires only in group 0 windows -> H = 0
+    f[[0, 1, 4, 5], 1] = 1.0         # latent 1: uniform over groups -> H = 1
+    f[:, 2] = 1.0                    # latent 2: fires everywhere
+    f[[2, 3], 3] = 2.0               # latent 3: only outside the windows
+    acts = L.SparseActs.from_dense(f)
+    rs = L.reason_scores_from_groups(acts, groups, np.array([0, 0]), ("cat",), alpha=1.0)
+    H = rs.entropy["cat"].to_numpy()
+    assert H[0] == pytest.approx(0, abs=1e-9) and H[1] == pytest.approx(1) and H[2] == pytest.approx(1)
+    # By hand: mu+ = (0.5, 1, 1, 0), sum 2.5; mu- over tokens 2,3,6,7 = (0, 0, 1, 1), sum 2.
+    want = np.array([0.5 / 2.5 * 0, 1 / 2.5 * 1 - 0, 1 / 2.5 * 1 - 1 / 2, 0 - 1 / 2])
+    np.testing.assert_allclose(rs.score["cat"].to_numpy(), want, atol=1e-9)
+    rs0 = L.reason_scores_from_groups(acts, groups, np.array([0, 0]), ("cat",), alpha=0.0)
+    assert rs0.score["cat"].sum() == pytest.approx(0, abs=1e-12)
+    special = np.zeros(8, bool)
+    special[[6, 7]] = True           # specials leave D-: latent 3's mu- doubles its share
+    rs_s = L.reason_scores_from_groups(acts, groups, np.array([0, 0]), ("cat",), special=special, alpha=1.0)
+    assert rs_s.mu_minus["cat"][3] == pytest.approx(2.0)
+    assert rs.ranked("cat", n=2)["latent"].tolist() == [1, 0]
+
+
+def test_reason_scores_on_a_store(tiny_tokenizer):
+    texts = ["Ann has 3 apples. Wait, let me check: 3 + 4 = 7.", "Therefore the answer is 7. Thus we are done.",
+             "Alternatively, 4 + 3 = 7. But 7 is less than 8. However, 8 is more than 2."]
+    meta = docs_meta(tiny_tokenizer, texts)
+    lex = Lexicon(tiny_tokenizer)
+    grp = L.lexicon_groups(lex, meta)
+    n = len(meta["token_id"])
+    f = np.zeros((n, 3))
+    cats = lex.entry_categories()
+    f[:, 0] = grp[:, cats == 0].any(1)            # a self-reflection window detector
+    f[:, 1] = grp[:, cats == 3].any(1)            # a contrastive one
+    f[:, 2] = 1
+    rs = L.reason_scores(L.SparseActs.from_dense(f), lex, meta, special_ids=tiny_tokenizer.all_special_ids)
+    assert rs.score["self_reflection"].idxmax() == 0 and rs.score["contrastive"].idxmax() == 1
+    assert rs.lexicon_share.loc[0, "self_reflection"] == pytest.approx(1)
+    assert rs.n_groups["contrastive"] == 2
+
+
+# ------------------------------------------------------------------------------------------- markers, table
+def test_marker_counts_category_latents_and_plot(tiny_tokenizer, tmp_path, monkeypatch):
+    from thinkdiff import paths, plots
+
+    monkeypatch.setattr(paths, "FIGURES_DIR", tmp_path)
+    texts = ["Wait, 3 + 4 = 7. Wait, no.", "But 7 is less than 8. However, 8 is more."]
+    meta = docs_meta(tiny_tokenizer, texts)
+    ids = marker_token_ids(tiny_tokenizer, {"self_reflection": (" Wait",), "contrastive": (" However",)})
+    masks = L.marker_masks(meta, ids)
+    n = len(meta["token_id"])
+    f = np.zeros((n, 3))
+    f[masks["self_reflection"], 0] = 1
+    f[:, 2] = 0.5
+    counts = L.marker_counts(L.SparseActs.from_dense(f), masks)
+    assert counts.loc[0, "self_reflection"] == 1 and counts.loc[2, "contrastive"] == 1
+    assert counts.attrs["n_markers"] == {"self_reflection": 1, "contrastive": 1}
+    cl = L.category_latents(counts, np.array([0.9, 0.5, 0.4]))
+    assert set(cl.loc[cl.category == "self_reflection", "latent"]) == {0, 2}
+    plots.savefig(L.plot_category_relative_norms(cl), "cat")
+
+
+def test_lexicon_validation_against_planted_labels(tiny_tokenizer):
+    texts = ["Wait, 3 + 4 = 7.", "The box is heavy, but Dan carries it.", "But 7 is less than 8."]
+    meta = docs_meta(tiny_tokenizer, texts)
+    lab = np.zeros(len(meta["token_id"]), int)
+    lab[meta["doc_id"] == 0] = 1          # the whole first document is a self-reflection span
+    lab[meta["doc_id"] == 2] = 4          # the last is contrastive; the plain "but" is label 0
+    meta["label"] = lab
+    v = L.lexicon_validation(Lexicon(tiny_tokenizer), meta)
+    but = v[(v.entry == "but")].iloc[0]
+    n_plain, n_start = (len(tiny_tokenizer.encode(w, add_special_tokens=False)) for w in (" but", "But"))
+    assert but.n_matched_tokens == n_plain + n_start and but.precision == pytest.approx(n_start / (n_plain + n_start))
+    wait = v[(v.entry == "wait")].iloc[0]
+    assert wait.precision == 1 and wait.recall < 1
+
+
+def test_features_table_labels_and_save(tmp_path):
+    F = 6
+    W = torch.randn(F, 2, 4)
+    W[0, 0] = 0
+    f = np.random.default_rng(0).random((30, F)) * 0.1
+    f[:10, 0] = 5
+    acts = L.SparseActs.from_dense(f)
+    auroc = pd.DataFrame(0.5, index=range(F), columns=list(CATEGORIES))
+    auroc.loc[0, "deductive"] = 0.97
+    truth = L.GroundTruth(pd.DataFrame(), auroc)
+    share = pd.DataFrame(0.1, index=range(F), columns=list(CATEGORIES))
+    share.loc[1, "alternative"] = 0.8
+    score = pd.DataFrame(-0.01, index=range(F), columns=list(CATEGORIES))
+    score.loc[2, "contrastive"] = 0.3
+    rs = L.ReasonScores(score, share, share, share, share, {}, 0.7)
+    scaling = pd.DataFrame({"latent": [0], "nu_error": [0.1], "nu_reconstruction": [0.05], "flag": ["genuine"]})
+    df = L.features_table(W, acts=acts, scaling=scaling, scores=rs, truth=truth, score_top=1)
+    assert len(df) == F and df.loc[0, "relative_norm"] == 1
+    assert (df.loc[0, "label"], df.loc[0, "label_source"]) == ("deductive", "ground_truth")
+    assert (df.loc[1, "label"], df.loc[1, "label_source"]) == ("alternative", "lexicon")
+    assert (df.loc[2, "label"], df.loc[2, "label_source"]) == ("contrastive", "score")
+    assert df.loc[0, "scaling_flag"] == "genuine" and np.isnan(df.loc[1, "nu_error"])
+    out = L.save_features_table(df, tmp_path)
+    back = pd.read_parquet(out)
+    assert back.shape == df.shape and list(tmp_path.iterdir()) == [out]
+
+
+# ------------------------------------------------------------------------------------------- contexts, cards
+def test_contexts_cards_html_and_browser(tiny_tokenizer, tiny_pair, tmp_path):
+    texts = ["Ann has 3 apples. Wait, let me check: 3 + 4 = 7.", "The box is heavy, but Dan carries it."]
+    meta = docs_meta(tiny_tokenizer, texts)
+    n = len(meta["token_id"])
+    cc = ToyCC.random(d=32, F=16, seed=3)
+    store = FakeStore(np.random.default_rng(0).normal(size=(n, 2, 32)), meta)
+    acts = L.encode_store(cc, store)
+    dense = cc.encode(torch.as_tensor(store.x)).numpy()
+    kind = np.where(meta["doc_id"] == 0, "teacher", "base")
+    ctx = B.max_activating_contexts(cc, store, acts, [2, 5], k=3, context=4, group=kind)
+    top = ctx[(ctx.latent == 2) & (ctx["rank"] == 0)]
+    assert top["activation"].max() == pytest.approx(dense[:, 2].max(), rel=1e-5)
+    for r in ctx.itertuples():
+        assert r.context_index[-1] == r.token_index and len(r.context_index) <= 5
+        assert len({meta["doc_id"][i] for i in r.context_index}) == 1                 # never crosses documents
+        assert r.context_acts[-1] == pytest.approx(r.activation, rel=1e-5)
+        assert r.contrib_base + r.contrib_distilled + float(cc.b_enc[r.latent]) == pytest.approx(r.activation, rel=1e-4)
+    assert set(ctx.group) <= {"teacher", "base"}
+    html = B.contexts_html(ctx, tiny_tokenizer)
+    assert "font-weight: bold" in html and "title=" in html
+
+    table = L.features_table(cc.W_dec, acts=acts)
+    unembed = {m: B.unembedding(model) for m, model in enumerate(tiny_pair)}
+    cards = [B.feature_card(j, table, acts, ctx, cc, unembed, tiny_tokenizer) for j in (2, 5)]
+    assert len(cards[0].promoted) == 20 and cards[0].hist_counts.sum() == (acts.cols == 2).sum()
+    path = B.export_cards_html(cards, tiny_tokenizer, tmp_path / "cards.html")
+    page = path.read_text()
+    assert 'id="latent-2"' in page and 'id="latent-5"' in page and "<svg" in page and "<script" not in page
+
+    br = B.FeatureBrowser(table, lambda j: B.feature_card(j, table, acts, ctx), tiny_tokenizer)
+    assert len(br.latent.options) == 16
+    cut = float(table["relative_norm"].median())
+    br.nrn.value = (round(cut, 2) + 0.005, 1.0)
+    assert 0 < len(br.latent.options) < 16
+    assert all(table.set_index("latent").loc[v, "relative_norm"] >= br.nrn.value[0] for _, v in br.latent.options)
+    br.latent.value = br.latent.options[0][1]
+    assert f'id="latent-{br.latent.value}"' in br.card.value
+
+
+# ------------------------------------------------------------------------------------------- ablation
+def ablation_inputs(tiny_tokenizer):
+    from tests.conftest import TINY_TEXT
+
+    seqs = [tiny_tokenizer.encode(t, add_special_tokens=False) for t in TINY_TEXT]
+    ids = marker_token_ids(tiny_tokenizer, {"self_reflection": (" Wait",), "contrastive": (" But", " However")})
+    occ = {c: [(s, p) for s, q in enumerate(seqs) for p, t in enumerate(q) if t in ids[c] and p > 1] for c in ids}
+    return seqs, occ
+
+
+def test_hook_reads_resid_pre(tiny_tokenizer, tiny_pair):
+    base = tiny_pair[0]
+    ids = torch.as_tensor([tiny_tokenizer.encode("Wait, 3 + 4 = 7.", add_special_tokens=False)])
+    with torch.no_grad():
+        logits, h = L._forward(base, ids, 2)
+        out = base(input_ids=ids, output_hidden_states=True)
+    torch.testing.assert_close(h, out.hidden_states[2])
+    torch.testing.assert_close(logits, out.logits[:, -1])
+
+
+def test_ablation_perfect_reconstruction_leaves_logits(tiny_tokenizer, tiny_pair):
+    seqs, occ = ablation_inputs(tiny_tokenizer)
+    cc = ToyCC.perfect(32)
+    F = cc.W_dec.shape[0]
+    nrn = L.relative_norm(cc.W_dec)
+    counts = pd.DataFrame({c: np.random.default_rng(i).integers(0, 5, F) for i, c in enumerate(occ)})
+    cfg = L.AblationConfig(ks=(0.1, 0.5), n_occurrences=3, n_boot=200)
+    res = L.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
+    rec = res.per_occurrence[res.per_occurrence.arm == "recon"]
+    assert len(rec) == 2 * 2 * min(3, len(occ["self_reflection"]))
+    np.testing.assert_allclose(rec["delta"], 0, atol=1e-4)
+    tgt = res.per_occurrence[(res.per_occurrence.arm == "targeted") & (res.per_occurrence.k == 0.5)]
+    assert (tgt["delta"].abs() > 1e-4).any()                 # zeroing latents of an exact code does move logits
+
+
+def test_ablation_random_crosscoder_changes_logits_and_summary(tiny_tokenizer, tiny_pair, tmp_path, monkeypatch):
+    from thinkdiff import paths, plots
+
+    monkeypatch.setattr(paths, "FIGURES_DIR", tmp_path)
+    seqs, occ = ablation_inputs(tiny_tokenizer)
+    cc = ToyCC.random(d=32, F=64, seed=1)
+    nrn = np.random.default_rng(0).random(64)
+    counts = pd.DataFrame({c: np.random.default_rng(i).integers(0, 9, 64) for i, c in enumerate(occ)})
+    cfg = L.AblationConfig(ks=(0.05, 0.2), n_occurrences=4, n_boot=200, seed=3)
+    res = L.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
+    per = res.per_occurrence
+    assert (per.loc[per.arm == "recon", "delta"].abs() > 1e-3).all()      # the splice really acts
+    s = res.summary
+    assert len(s) == len(occ) * 2 * (1 + 3 * len(cfg.ks))
+    ok = s.dropna(subset=["ci_lo"])
+    assert ((ok.ci_lo <= ok["mean"] + 1e-9) & (ok["mean"] <= ok.ci_hi + 1e-9)).all()
+    for (cat, k), lat in res.latents.items():
+        assert (nrn[lat] > 0.5).all() and (counts[cat].to_numpy()[lat] > 0).all()
+    again = L.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
+    pd.testing.assert_frame_equal(again.summary, s)                       # seeded
+    verdict, evidence = L.claim5_verdict(res)
+    assert verdict in ("supports", "mixed", "contradicts") and "k=0.2" in evidence
+    plots.savefig(L.plot_ablation(res), "ablation")
+    with pytest.raises(ValueError, match="prefix"):
+        L.run_ablation(*tiny_pair, cc, 2, seqs, {"self_reflection": [(0, 1)]}, counts, nrn, cfg)
+
+
+def test_ablation_latent_selection():
+    counts = np.array([0, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1])
+    nrn = np.array([0.9, 0.9, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    assert L.ablation_latents(counts, nrn, 0.2).tolist() == [1]        # top 2 of 10 active, latent 2 is base-leaning
+    assert L.ablation_latents(counts, nrn, 1.0).tolist() == [1, 3, 4, 5, 6, 7, 8, 9, 10]
+    with pytest.raises(ValueError):
+        L.ablation_latents(counts, nrn, 0)
+
+
+# ------------------------------------------------------------------------------------------- real classes
+def test_pipeline_on_real_store_and_crosscoder(tiny_tokenizer, tiny_pair, tmp_path):
+    """The project's ActivationStore + folded CrossCoder feed every analysis (API compatibility)."""
+    from tests.conftest import TINY_TEXT
+    from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
+    from thinkdiff.harvest import HarvestConfig, harvest_pair
+
+    docs = []
+    for t in TINY_TEXT * 4:
+        ids = tiny_tokenizer(t)["input_ids"]
+        labels = Lexicon(tiny_tokenizer).label_tokens(ids)          # stand-in for planted labels
+        docs.append({"text": t, "input_ids": ids, "labels": labels, "kind": "teacher" if "Wait" in t else "base"})
+    store = harvest_pair(*tiny_pair, tiny_tokenizer, tiny_tokenizer, docs, HarvestConfig(layer=2, heldout_fraction=0.3),
+                         out_dir=tmp_path / "store", progress=False)
+    cc = CrossCoder(CrossCoderConfig(d_model=32, n_latents=64, layer=2), seed=0).fold(store.norm_scale)
+    heldout = store.meta["split"] == 1
+    acts = L.encode_store(cc, store)
+    nrn = L.relative_norm(cc)
+    scaling = L.latent_scaling(cc, store, L.top_latents(nrn, 10), mask=heldout if heldout.any() else None)
+    rs = L.reason_scores(acts, Lexicon(tiny_tokenizer), store.meta, special_ids=tiny_tokenizer.all_special_ids)
+    gt = L.ground_truth_auroc(acts, store.meta["label"], nrn)
+    masks = L.marker_masks(store.meta, marker_token_ids(tiny_tokenizer, {"self_reflection": (" Wait",)}))
+    counts = L.marker_counts(acts, masks)
+    table = L.features_table(cc, acts=acts, scaling=scaling, scores=rs, counts=counts, truth=gt)
+    assert len(table) == 64 and table["relative_norm"].between(0, 1).all() and len(gt.best) == 4
+    ctx = B.max_activating_contexts(cc, store, acts, [int(table["frequency"].idxmax())], k=2, context=5)
+    assert len(ctx) == 2 and (np.diff(ctx["activation"]) <= 0).all()
