@@ -19,7 +19,7 @@ def savefig(fig, name: str, pdf: bool = False) -> Path:
     plot cannot slip into the report.
     """
     for ax in fig.axes:
-        if not ax.get_visible() or not ax.has_data():
+        if not ax.get_visible() or not ax.has_data() or hasattr(ax, "_colorbar"):
             continue
         if not (ax.get_xlabel() and ax.get_ylabel()):
             raise ValueError(f"figure {name!r}: every axis needs x and y labels")

@@ -1,0 +1,640 @@
+"""Steered generation: add ``alpha * v`` to the residual stream at resid_pre of block ``layer``.
+
+The mechanism is a plain torch forward hook on ``model.model.layers[layer - 1]`` (whose output is
+resid_pre of block ``layer``; a plain tensor under transformers 5). environment.md §4 checked that
+this gives token-identical output to the nnsight ``tracer.iter`` pattern; the hook is simpler to
+batch and lets us decide per sequence and per step which positions are steered.
+
+Generation is our own short KV-cached loop (greedy or sampled) over left-padded batches. Each row
+gets its own seeded ``torch.Generator``, so a prompt's sample does not depend on which batch it
+lands in, and steered and unsteered runs of the same (prompt, seed) are paired.
+
+Units. ``steering_vector`` returns ``v`` in RAW residual units (the crosscoder's ``W_dec`` is folded
+to raw units), scaled so that ``alpha`` means the same across latents and models:
+
+- ``"raw"``: ``v = W_dec[latent, m]`` (the paper's mode, coefficient 1 = the bare decoder row).
+- ``"max_act"``: ``v = a_max * W_dec[latent, m]``, with ``a_max`` the latent's maximum (or quantile ``q``)
+  activation on the store: alpha = 1 adds what the crosscoder reconstructs when the latent fires at its max.
+- ``"resid_norm"``: ``v = mean||x_m|| * W_dec[latent, m] / ||W_dec[latent, m]||``: alpha = 1 adds a vector as
+  long as the average residual of model ``m`` at the hook.
+
+Position policies (``positions=``), decided from attention masks and prompt lengths, never raw indices:
+
+- ``"all"``: every real (non-pad) position, prompt and generated (the paper's setting).
+- ``"generated"``: only positions holding a generated token; the prompt is untouched, so the first new
+  token is produced unsteered.
+- ``"think"``: positions inside ``<think> ... </think>``, tracked per sequence over prompt and generated
+  tokens: a position is steered if, after reading its token, a ``<think>`` is open. So the ``<think>``
+  position is steered (it predicts the first thought) and the ``</think>`` position is not.
+"""
+from __future__ import annotations
+
+import html
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+POSITION_POLICIES = ("all", "generated", "think")
+UNITS = ("raw", "max_act", "resid_norm")
+CATEGORY_NAMES = ("self_reflection", "deductive", "alternative", "contrastive")
+# Core words per category (prior-art.md §3, single words only): the default marker counter.
+DEFAULT_MARKER_WORDS = {
+    "self_reflection": ("wait", "hmm"),
+    "deductive": ("therefore", "thus", "so", "hence"),
+    "alternative": ("alternatively",),
+    "contrastive": ("but", "however"),
+}
+# token regions of a generation: before any <think>, inside <think>...</think> (delimiters included), after
+BEFORE, THINK, AFTER = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- vectors
+
+def _decoder(crosscoder) -> torch.Tensor:
+    W = crosscoder if isinstance(crosscoder, torch.Tensor) else getattr(crosscoder, "W_dec", None)
+    if W is None:
+        raise ValueError("crosscoder must have a W_dec tensor [n_latents, n_models, d_model] (raw units)")
+    if W.ndim != 3:
+        raise ValueError(f"W_dec must be [n_latents, n_models, d_model], got shape {tuple(W.shape)}")
+    return W.detach().float().cpu()
+
+
+def latent_activation_scale(crosscoder, acts, latent: int, q: float = 1.0, batch_size: int = 4096) -> float:
+    """The latent's max (``q=1``) or ``q``-quantile activation.
+
+    ``acts``: either that latent's activations ``[n]`` or raw activations ``[n, n_models, d_model]``
+    that are encoded here with ``crosscoder.encode`` (batched, no grad).
+    """
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"quantile q must be in (0, 1], got {q}")
+    acts = torch.as_tensor(np.asarray(acts) if not isinstance(acts, torch.Tensor) else acts)
+    if acts.ndim == 3:
+        W = _decoder(crosscoder)
+        if acts.shape[1:] != W.shape[1:]:
+            raise ValueError(f"activations {tuple(acts.shape)} do not match W_dec [_, n_models, d] {tuple(W.shape)}")
+        with torch.no_grad():
+            f = torch.cat([crosscoder.encode(acts[i:i + batch_size].float())[:, latent]
+                           for i in range(0, len(acts), batch_size)])
+    elif acts.ndim == 1:
+        f = acts.float()
+    else:
+        raise ValueError(f"acts must be [n] latent activations or [n, n_models, d] raw activations, got {tuple(acts.shape)}")
+    if f.numel() == 0:
+        raise ValueError("acts is empty: cannot calibrate the steering strength")
+    scale = float(torch.quantile(f.double(), q)) if q < 1.0 else float(f.max())
+    if not scale > 0:
+        raise ValueError(f"latent {latent} never fires on these activations (scale {scale}); pick another latent or unit")
+    return scale
+
+
+def steering_vector(crosscoder, latent: int, model_index: int, unit: str = "raw", *, max_act: float | None = None,
+                    acts=None, q: float = 1.0, resid_norm: float | None = None, resid=None) -> torch.Tensor:
+    """Latent ``latent``'s decoder direction for model ``model_index`` (0 base, 1 distilled), ``[d_model]`` raw units.
+
+    Scaled per ``unit`` (module docstring) so the added vector is ``alpha * v``. ``"max_act"`` needs
+    ``max_act`` (a scalar) or ``acts`` (see ``latent_activation_scale``, quantile ``q``); ``"resid_norm"``
+    needs ``resid_norm`` (a scalar) or ``resid`` (raw activations of that model ``[n, d]`` or
+    ``[n, n_models, d]``, averaged here).
+    """
+    W = _decoder(crosscoder)
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    if not 0 <= latent < W.shape[0]:
+        raise ValueError(f"latent {latent} out of range [0, {W.shape[0]})")
+    if not 0 <= model_index < W.shape[1]:
+        raise ValueError(f"model_index {model_index} out of range [0, {W.shape[1]}) (0 = base, 1 = distilled)")
+    d = W[latent, model_index].clone()
+    norm = float(d.norm())
+    if norm == 0.0:
+        raise ValueError(f"latent {latent} has a zero decoder row for model {model_index}: nothing to steer with")
+    if unit == "raw":
+        return d
+    if unit == "max_act":
+        if (max_act is None) == (acts is None):
+            raise ValueError('unit="max_act" needs exactly one of max_act (scalar) or acts (array)')
+        scale = float(max_act) if max_act is not None else latent_activation_scale(crosscoder, acts, latent, q)
+        if not scale > 0:
+            raise ValueError(f"max_act must be positive, got {scale}")
+        return scale * d
+    if (resid_norm is None) == (resid is None):
+        raise ValueError('unit="resid_norm" needs exactly one of resid_norm (scalar) or resid (activations)')
+    if resid is not None:
+        r = torch.as_tensor(np.asarray(resid) if not isinstance(resid, torch.Tensor) else resid).float()
+        if r.ndim == 3:
+            r = r[:, model_index]
+        if r.ndim != 2 or r.shape[-1] != W.shape[-1] or len(r) == 0:
+            raise ValueError(f"resid must be [n, d] or [n, n_models, d] with d={W.shape[-1]}, got {tuple(r.shape)}")
+        resid_norm = float(r.norm(dim=-1).mean())
+    if not resid_norm > 0:
+        raise ValueError(f"resid_norm must be positive, got {resid_norm}")
+    return float(resid_norm) * d / norm
+
+
+def random_direction(vector: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded random Gaussian direction with exactly the norm of ``vector`` (the control), ``[d]``."""
+    v = torch.as_tensor(vector).float()
+    g = torch.Generator().manual_seed(int(seed))
+    r = torch.randn(v.shape, generator=g, dtype=torch.float64)
+    return (r / r.norm() * v.double().norm()).float()
+
+
+# ----------------------------------------------------------------------------- positions
+
+def special_ids(tokenizer) -> dict:
+    """Ids of ``<think>`` / ``</think>`` (None when the tokenizer lacks them as single tokens) and the EOS."""
+    out = {}
+    for name, tok in (("open", "<think>"), ("close", "</think>")):
+        ids = tokenizer.encode(tok, add_special_tokens=False)
+        out[name] = ids[0] if len(ids) == 1 else None
+    out["eos"] = tokenizer.eos_token_id
+    out["pad"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return out
+
+
+def think_states(ids: Sequence[int], open_id, close_id, start_open: bool = False) -> list[bool]:
+    """For each token, whether a ``<think>`` is open after reading it (the "think" steering mask)."""
+    state, out = start_open, []
+    for t in ids:
+        if t == open_id:
+            state = True
+        elif t == close_id:
+            state = False
+        out.append(state)
+    return out
+
+
+def token_regions(ids: Sequence[int], open_id, close_id, start: int = BEFORE) -> list[int]:
+    """Region of each token: BEFORE any ``<think>``, THINK (delimiters included) or AFTER ``</think>``."""
+    region, out = start, []
+    for t in ids:
+        if t == open_id:
+            region = THINK
+            out.append(THINK)
+        elif t == close_id:
+            out.append(THINK if region == THINK else region)
+            region = AFTER
+        else:
+            out.append(region)
+    return out
+
+
+# ----------------------------------------------------------------------------- generation
+
+@dataclass
+class Generations:
+    """Output of ``generate_steered``; every list is in prompt order.
+
+    ``ids[i]``: generated tokens (EOS excluded); ``regions[i]``: BEFORE/THINK/AFTER per generated token;
+    ``steered[i]`` / ``prompt_steered[i]``: whether the residual at each generated / prompt position was
+    (or, for the last token, would be) steered; ``truncated[i]``: no EOS within ``max_new_tokens``.
+    """
+    prompt_ids: list[list[int]]
+    ids: list[list[int]]
+    texts: list[str]
+    regions: list[list[int]]
+    steered: list[list[bool]]
+    prompt_steered: list[list[bool]]
+    truncated: list[bool]
+    seeds: list[int]
+    seconds: float
+    n_forward_tokens: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_new(self) -> int:
+        return sum(len(x) for x in self.ids)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_new / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _layers(model):
+    try:
+        return model.model.layers
+    except AttributeError as err:
+        raise ValueError("model must be a HF causal LM with model.model.layers (e.g. Qwen2ForCausalLM)") from err
+
+
+def _make_cache(model):
+    try:
+        from transformers import DynamicCache
+        return DynamicCache(config=model.config)
+    except Exception:  # a non-HF stand-in model (tests) brings its own cache handling
+        return None
+
+
+def generate_steered(model, tokenizer, prompts, vector=None, alpha: float = 1.0, layer: int | None = None,
+                     positions: str = "all", max_new_tokens: int = 128, do_sample: bool = False,
+                     temperature: float = 1.0, seed: int | Sequence[int] = 0, batch_size: int = 16,
+                     eos_ids: Sequence[int] | None = None, progress: bool = True) -> Generations:
+    """Generate from ``prompts`` with ``alpha * vector`` added at resid_pre of block ``layer``.
+
+    prompts: strings (tokenised without added specials) or lists of token ids. vector: ``[d_model]`` raw
+    units, or None for the unsteered run. seed: one int (row i uses ``seed + i``) or one per prompt;
+    it seeds sampling only (greedy ignores it). eos_ids: tokens that end a sequence (default the
+    tokenizer's EOS; ``()`` never stops early, for benchmarks). Batches are left-padded with attention
+    masks and position ids from the mask; prompts are length-sorted into batches, results unsorted.
+    """
+    layers = _layers(model)
+    n_layers = len(layers)
+    layer = n_layers // 2 if layer is None else int(layer)
+    if not 1 <= layer <= n_layers:
+        raise ValueError(f"layer must be in [1, {n_layers}] (resid_pre of block L = output of layers[L-1]), got {layer}")
+    if positions not in POSITION_POLICIES:
+        raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("max_new_tokens and batch_size must be >= 1")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings or of token-id lists, not one string")
+    sp = special_ids(tokenizer)
+    if positions == "think" and (sp["open"] is None or sp["close"] is None):
+        raise ValueError('positions="think" needs <think> and </think> to be single tokens of this tokenizer')
+    prompt_ids = [list(map(int, p)) if not isinstance(p, str) else tokenizer.encode(p, add_special_tokens=False)
+                  for p in prompts]
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt must have at least one token")
+    n = len(prompt_ids)
+    seeds = [int(seed) + i for i in range(n)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} prompts")
+    eos = set(int(e) for e in (([sp["eos"]] if sp["eos"] is not None else []) if eos_ids is None else eos_ids))
+    pad = sp["pad"] if sp["pad"] is not None else 0
+    p0 = next(model.parameters())
+    dev, dtype = p0.device, p0.dtype
+    add = None
+    if vector is not None:
+        vec = torch.as_tensor(vector).detach().float().flatten()
+        d_model = getattr(model.config, "hidden_size", vec.numel())
+        if vec.numel() != d_model:
+            raise ValueError(f"vector has {vec.numel()} entries but the model's d_model is {d_model}")
+        if not torch.isfinite(vec).all():
+            raise ValueError("steering vector has non-finite entries")
+        add = (float(alpha) * vec).to(dev, dtype)
+
+    # the hook reads the current step's [B, T] steering mask from here; None = leave untouched
+    state = {"mask": None}
+
+    def hook(_module, _inp, out):
+        if add is None or state["mask"] is None:
+            return None
+        h = out[0] if isinstance(out, tuple) else out
+        h = h + state["mask"].unsqueeze(-1).to(h.dtype) * add
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    order = sorted(range(n), key=lambda i: len(prompt_ids[i]))
+    res_ids: list = [None] * n
+    res_trunc: list = [None] * n
+    res_steer: list = [None] * n
+    res_psteer: list = [None] * n
+    n_fwd = 0
+    handle = layers[layer - 1].register_forward_hook(hook)
+    t0 = time.perf_counter()
+    try:
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        for rows in tqdm(batches, desc=f"generate ({positions}, alpha={alpha:g})", disable=not progress or len(batches) < 2):
+            out = _generate_batch(model, [prompt_ids[i] for i in rows], [seeds[i] for i in rows], state, positions,
+                                  sp, eos, pad, max_new_tokens, do_sample, temperature, dev)
+            for k, i in enumerate(rows):
+                res_ids[i], res_trunc[i], res_steer[i], res_psteer[i] = (x[k] for x in out[:4])
+            n_fwd += out[4]
+    finally:
+        handle.remove()
+    seconds = time.perf_counter() - t0
+    texts = [tokenizer.decode(x, skip_special_tokens=False) for x in res_ids]
+    regions = []
+    for p, g in zip(prompt_ids, res_ids):
+        start = token_regions(p, sp["open"], sp["close"])[-1] if sp["open"] is not None else BEFORE
+        regions.append(token_regions(g, sp["open"], sp["close"], start=start) if sp["open"] is not None else [BEFORE] * len(g))
+    return Generations(prompt_ids, res_ids, texts, regions, res_steer, res_psteer, res_trunc, seeds, seconds, n_fwd,
+                       meta=dict(alpha=float(alpha), layer=layer, positions=positions, steered=vector is not None,
+                                 do_sample=do_sample, temperature=temperature, max_new_tokens=max_new_tokens))
+
+
+def _policy_mask(ids: list[int], n_prompt: int, positions: str, sp: dict, start_open: bool = False) -> list[bool]:
+    """Steering mask for ``ids`` (a sequence's real tokens, prompt first) under ``positions``."""
+    if positions == "all":
+        return [True] * len(ids)
+    if positions == "generated":
+        return [i >= n_prompt for i in range(len(ids))]
+    return think_states(ids, sp["open"], sp["close"], start_open)
+
+
+@torch.no_grad()
+def _generate_batch(model, prompts, seeds, state, positions, sp, eos, pad, max_new, do_sample, temperature, dev):
+    B = len(prompts)
+    lens = [len(p) for p in prompts]
+    T = max(lens)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    pmask = torch.zeros((B, T), dtype=torch.bool)
+    psteer = []
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):] = torch.tensor(p)
+        attn[b, T - len(p):] = 1
+        m = _policy_mask(p, len(p), positions, sp)
+        pmask[b, T - len(p):] = torch.tensor(m)
+        psteer.append(m)
+    think_open = [think_states(p, sp["open"], sp["close"])[-1] if positions == "think" else False for p in prompts]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    ids, attn = ids.to(dev), attn.to(dev)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # positions from the mask: left padding shifts nothing
+    cache = _make_cache(model)
+    state["mask"] = pmask.to(dev)
+    out_tok = [[] for _ in range(B)]
+    steer = [[] for _ in range(B)]
+    done = [False] * B
+    n_fwd = B * T
+    inp, step_pos = ids, pos
+    for step in range(max_new):
+        out = model(input_ids=inp, attention_mask=attn, position_ids=step_pos, cache=cache, use_cache=True,
+                    logits_to_keep=1)
+        logits = out.logits[:, -1].float()
+        if do_sample:
+            probs = torch.softmax(logits / temperature, -1).cpu()
+            nxt = [int(torch.multinomial(probs[b], 1, generator=gens[b])) for b in range(B)]
+        else:
+            nxt = logits.argmax(-1).tolist()
+        new_mask = []
+        for b in range(B):
+            if done[b]:
+                nxt[b] = pad
+                new_mask.append(False)
+                continue
+            t = nxt[b]
+            if t in eos:
+                done[b] = True
+                new_mask.append(False)
+                continue
+            out_tok[b].append(t)
+            if positions == "think":
+                think_open[b] = think_states([t], sp["open"], sp["close"], think_open[b])[0]
+                m = think_open[b]
+            else:
+                m = positions in ("all", "generated")
+            steer[b].append(m)
+            new_mask.append(m)
+        if all(done) or step == max_new - 1:
+            break
+        inp = torch.tensor(nxt, device=dev).unsqueeze(1)
+        # finished rows keep feeding pads, masked out; they no longer affect anything we record
+        attn = torch.cat([attn, torch.tensor([[0 if d else 1] for d in done], device=dev, dtype=attn.dtype)], 1)
+        step_pos = step_pos[:, -1:] + 1
+        state["mask"] = torch.tensor(new_mask, device=dev).unsqueeze(1)
+        n_fwd += B
+    state["mask"] = None
+    truncated = [not d for d in done]
+    return out_tok, truncated, steer, psteer, n_fwd
+
+
+# ----------------------------------------------------------------------------- per-generation metrics
+
+def regex_marker_counter(tokenizer, words: dict | None = None) -> Callable[[Sequence[int]], dict]:
+    """Default ``count_markers``: whole-word, case-insensitive counts of each category's core words.
+
+    Returns ``f(token_ids) -> {category: count}`` (decodes without special tokens; "but" inside
+    "butter" does not match). The lexicon module's counter can replace it.
+    """
+    words = DEFAULT_MARKER_WORDS if words is None else words
+    pats = {cat: re.compile(r"\b(?:" + "|".join(re.escape(w) for w in ws) + r")\b", re.IGNORECASE)
+            for cat, ws in words.items()}
+
+    def count(ids):
+        text = tokenizer.decode(list(ids), skip_special_tokens=True)
+        return {cat: len(p.findall(text)) for cat, p in pats.items()}
+    return count
+
+
+def repeated_ngram_share(ids: Sequence[int], n: int = 4) -> float:
+    """Share of the sequence's n-grams that repeat an earlier one: 0 = no repetition, -> 1 = a loop."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return 0.0 if not grams else 1.0 - len(set(grams)) / len(grams)
+
+
+def generation_metrics(gens: Generations, problems=None, score=None, count_markers=None, tokenizer=None,
+                       include_text: bool = True) -> pd.DataFrame:
+    """One row per generation: lengths by region, marker counts and rates per 1,000 generated tokens,
+    truncation, repeated-4-gram share, and whatever ``score(text, problem)`` returns (``correct``,
+    ``well_formed``, ...; ``text`` is the completion only, special tokens kept)."""
+    if count_markers is None:
+        if tokenizer is None:
+            raise ValueError("pass count_markers or a tokenizer for the default regex marker counter")
+        count_markers = regex_marker_counter(tokenizer)
+    if score is not None and (problems is None or len(problems) != len(gens.ids)):
+        raise ValueError(f"score needs one problem per prompt ({len(gens.ids)}), got "
+                         f"{None if problems is None else len(problems)}")
+    rows = []
+    for i, (ids, reg) in enumerate(zip(gens.ids, gens.regions)):
+        n_tok = len(ids)
+        counts = count_markers(ids)
+        row = dict(prompt_idx=i, seed=gens.seeds[i], n_tokens=n_tok,
+                   n_before=sum(r == BEFORE for r in reg), n_think=sum(r == THINK for r in reg),
+                   n_after=sum(r == AFTER for r in reg), truncated=bool(gens.truncated[i]),
+                   rep4=repeated_ngram_share(ids, 4))
+        for cat, c in counts.items():
+            row[f"markers_{cat}"] = int(c)
+            row[f"rate_{cat}"] = 1000.0 * c / n_tok if n_tok else 0.0  # an empty output has no markers
+        if score is not None:
+            s = dict(score(gens.texts[i], problems[i]))
+            if "correct" not in s:
+                raise ValueError("score(text, problem) must return a dict with at least 'correct'")
+            row.update({k: (float(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in s.items()})
+        if include_text:
+            row["text"] = gens.texts[i]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- sweep and summary
+
+def steering_sweep(model, tokenizer, prompts, directions: dict, alphas: Sequence[float], layer: int | None = None,
+                   positions: str = "all", problems=None, score=None, count_markers=None, max_new_tokens: int = 256,
+                   do_sample: bool = False, temperature: float = 1.0, seeds: Sequence[int] = (0,),
+                   batch_size: int = 16, include_text: bool = True) -> pd.DataFrame:
+    """Generate unsteered and, for every direction x alpha, steered; one row per generation.
+
+    directions: ``{name: vector [d_model] raw units}`` (e.g. self-reflection latent, deductive latent,
+    a shared latent, and ``random_direction`` of equal norm as control). alphas: strengths in the
+    directions' own units, both signs (0 is skipped: it is the unsteered run, exactly). seeds: one
+    replicate per entry, prompt i of replicate s sampled with seed ``s * 1_000_003 + i``; greedy
+    decoding takes a single replicate. The unsteered run (condition ``"unsteered"``, alpha 0) uses the
+    same prompts and seeds, so ``summarize_sweep`` can pair every steered generation with it.
+    """
+    if not directions:
+        raise ValueError("directions is empty: give at least one {name: vector}")
+    if "unsteered" in directions:
+        raise ValueError('"unsteered" is reserved for the baseline condition')
+    alphas = [float(a) for a in alphas if float(a) != 0.0]
+    if not alphas:
+        raise ValueError("alphas has no non-zero strength")
+    if not do_sample and len(seeds) != 1:
+        raise ValueError("greedy decoding is deterministic: pass a single seed (or do_sample=True)")
+    d_model = model.config.hidden_size
+    for name, v in directions.items():
+        if torch.as_tensor(v).numel() != d_model:
+            raise ValueError(f"direction {name!r} has {torch.as_tensor(v).numel()} entries, model d_model is {d_model}")
+    if score is not None and (problems is None or len(problems) != len(prompts)):
+        raise ValueError("score needs problems aligned with prompts")
+    count_markers = count_markers or regex_marker_counter(tokenizer)
+    conds = [("unsteered", None, 0.0)] + [(k, v, a) for k, v in directions.items() for a in alphas]
+    frames = []
+    for name, vec, alpha in tqdm(conds, desc="steering sweep"):
+        for rep in seeds:
+            row_seeds = [int(rep) * 1_000_003 + i for i in range(len(prompts))]
+            g = generate_steered(model, tokenizer, prompts, vec, alpha, layer, positions, max_new_tokens, do_sample,
+                                 temperature, row_seeds, batch_size, progress=False)
+            df = generation_metrics(g, problems, score, count_markers, include_text=include_text)
+            vnorm = float(torch.as_tensor(vec).float().norm()) if vec is not None else 0.0
+            df.insert(0, "replicate", int(rep))
+            df.insert(0, "alpha", alpha)
+            df.insert(0, "condition", name)
+            df["added_norm"] = abs(alpha) * vnorm
+            df["positions"] = positions
+            df["tokens_per_s"] = g.tokens_per_s
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+DEFAULT_METRICS = ("n_tokens", "n_think", "n_after", "rate_self_reflection", "rate_deductive", "rate_alternative",
+                   "rate_contrastive", "correct", "well_formed", "truncated", "rep4")
+
+
+def summarize_sweep(df: pd.DataFrame, metrics: Sequence[str] | None = None, n_boot: int = 2000, ci: float = 0.95,
+                    seed: int = 0, baseline: str = "unsteered") -> pd.DataFrame:
+    """Means with bootstrap CIs, and paired differences against the unsteered run.
+
+    One row per (condition, alpha, metric): ``mean, mean_lo, mean_hi`` (bootstrap over generations)
+    and ``diff, diff_lo, diff_hi`` = steered minus unsteered on the same (prompt, replicate), bootstrap
+    over those pairs; ``excludes_zero`` says whether the difference CI excludes 0.
+    """
+    if baseline not in set(df["condition"]):
+        raise ValueError(f"no {baseline!r} rows: the sweep needs its unsteered run to pair against")
+    metrics = [m for m in (metrics or DEFAULT_METRICS) if m in df.columns and df[m].notna().any()]
+    if not metrics:
+        raise ValueError("none of the requested metrics is in the sweep table")
+    key = ["prompt_idx", "replicate"]
+    base = df[df["condition"] == baseline].set_index(key)
+    rng = np.random.default_rng(seed)
+    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
+    rows = []
+    for (cond, alpha), g in df.groupby(["condition", "alpha"], sort=False):
+        g = g.set_index(key)
+        common = g.index.intersection(base.index)
+        idx = rng.integers(0, len(common), size=(n_boot, len(common)))
+        for m in metrics:
+            x = g.loc[common, m].astype(float).to_numpy()
+            y = base.loc[common, m].astype(float).to_numpy()
+            boot = x[idx].mean(1)
+            d = x - y
+            dboot = d[idx].mean(1)
+            rows.append(dict(condition=cond, alpha=float(alpha), metric=m, n=len(common), mean=x.mean(),
+                             mean_lo=np.percentile(boot, lo_q), mean_hi=np.percentile(boot, hi_q),
+                             diff=d.mean(), diff_lo=np.percentile(dboot, lo_q), diff_hi=np.percentile(dboot, hi_q)))
+    out = pd.DataFrame(rows)
+    out["excludes_zero"] = (out["diff_lo"] > 0) | (out["diff_hi"] < 0)
+    return out
+
+
+def steering_claims(summary: pd.DataFrame, self_reflection: str, deductive: str, control: str, alpha: float) -> dict:
+    """Verdicts on paper claims 6 and 7 from a ``summarize_sweep`` table at strength ``alpha``, by fixed rules.
+
+    Claim 6 (over-thinking): supports if steering with ``self_reflection`` raises both length (n_tokens)
+    and the self-reflection marker rate with difference CIs above 0 while the ``control`` raises
+    neither; contradicts if neither CI is above 0; mixed otherwise.
+    Claim 7 (incisive): supports if ``deductive`` shortens output (n_tokens CI below 0) and the accuracy
+    difference CI reaches 0 or above (no loss beyond the CI); contradicts if it does not shorten;
+    mixed if it shortens but loses accuracy. Returns ``{"6": {verdict, evidence}, "7": {...}}``.
+    """
+    def get(cond, metric):
+        r = summary[(summary.condition == cond) & (summary.metric == metric) & np.isclose(summary.alpha, alpha)]
+        if r.empty:
+            raise ValueError(f"summary has no row for condition {cond!r}, metric {metric!r}, alpha {alpha}")
+        return r.iloc[0]
+
+    def fmt(r):
+        return f"{r['diff']:+.3g} [{r['diff_lo']:+.3g}, {r['diff_hi']:+.3g}]"
+
+    sl, sr = get(self_reflection, "n_tokens"), get(self_reflection, "rate_self_reflection")
+    cl, cr = get(control, "n_tokens"), get(control, "rate_self_reflection")
+    up = [sl["diff_lo"] > 0, sr["diff_lo"] > 0]
+    ctrl_up = cl["diff_lo"] > 0 or cr["diff_lo"] > 0
+    v6 = "supports" if all(up) and not ctrl_up else "contradicts" if not any(up) else "mixed"
+    dl, dc = get(deductive, "n_tokens"), get(deductive, "correct")
+    shorter = dl["diff_hi"] < 0
+    v7 = "contradicts" if not shorter else "supports" if dc["diff_hi"] >= 0 else "mixed"
+    n = int(sl["n"])
+    return {
+        "6": dict(verdict=v6, evidence=(
+            f"alpha={alpha:g}, n={n} paired generations: {self_reflection} Δtokens {fmt(sl)}, "
+            f"Δself-reflection rate/1k {fmt(sr)}; random control Δtokens {fmt(cl)}, Δrate {fmt(cr)}")),
+        "7": dict(verdict=v7, evidence=(
+            f"alpha={alpha:g}, n={int(dl['n'])}: {deductive} Δtokens {fmt(dl)}, Δaccuracy {fmt(dc)}")),
+    }
+
+
+# ----------------------------------------------------------------------------- displays
+
+def plot_dose_response(summary: pd.DataFrame, metrics: Sequence[str] = ("n_tokens", "rate_self_reflection", "correct"),
+                       conditions: Sequence[str] | None = None, title: str = "Steering dose-response"):
+    """One panel per metric: steered minus unsteered (paired mean, 95% CI) against alpha, a line per condition."""
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metrics if m in set(summary["metric"])]
+    if not metrics:
+        raise ValueError("none of the metrics is in the summary")
+    conds = [c for c in (conditions or summary["condition"].unique()) if c != "unsteered"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for c in conds:
+            s = summary[(summary["condition"] == c) & (summary["metric"] == m)].sort_values("alpha")
+            if s.empty:
+                continue
+            xs = np.r_[0.0, s["alpha"].to_numpy()]
+            ys = np.r_[0.0, s["diff"].to_numpy()]
+            lo = np.r_[0.0, s["diff_lo"].to_numpy()]
+            hi = np.r_[0.0, s["diff_hi"].to_numpy()]
+            o = np.argsort(xs)
+            ax.errorbar(xs[o], ys[o], yerr=[ys[o] - lo[o], hi[o] - ys[o]], marker="o", ms=3, capsize=2, label=c)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("alpha (steering strength)")
+        ax.set_ylabel(f"Δ {m} vs unsteered")
+        ax.set_title(m)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def side_by_side_html(df: pd.DataFrame, prompt_indices: Sequence[int], columns: Sequence[tuple[str, float]],
+                      prompts: Sequence[str] | None = None, max_chars: int = 800, replicate: int | None = None) -> str:
+    """An HTML table: one row per prompt, the unsteered text then each ``(condition, alpha)`` column.
+
+    Render in a notebook with ``IPython.display.HTML(...)``. Texts are escaped and cut to ``max_chars``.
+    """
+    if "text" not in df.columns:
+        raise ValueError("the sweep was run with include_text=False; no texts to show")
+    replicate = int(df["replicate"].min()) if replicate is None else replicate
+    cols = [("unsteered", 0.0)] + [(c, float(a)) for c, a in columns]
+    sub = df[df["replicate"] == replicate]
+    head = "".join(f"<th>{html.escape(c)} (α={a:g})</th>" for c, a in cols)
+    body = []
+    for i in prompt_indices:
+        cells = [f"<td><pre style='white-space:pre-wrap'>{html.escape(prompts[i]) if prompts else i}</pre></td>"]
+        for c, a in cols:
+            r = sub[(sub["condition"] == c) & (np.isclose(sub["alpha"], a)) & (sub["prompt_idx"] == i)]
+            if r.empty:
+                raise ValueError(f"no generation for prompt {i}, condition {c!r}, alpha {a}")
+            r = r.iloc[0]
+            t = r["text"] if len(r["text"]) <= max_chars else r["text"][:max_chars] + " …"
+            extra = f"{r['n_tokens']} tok" + (f", correct={bool(r['correct'])}" if "correct" in r else "")
+            cells.append(f"<td><pre style='white-space:pre-wrap'>{html.escape(t)}</pre><i>{extra}</i></td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<table style='font-size:11px'><tr><th>prompt</th>{head}</tr>" + "".join(body) + "</table>")

@@ -1,0 +1,174 @@
+"""Parallelogram loss (exactness, invariances), its bootstrap and permutation null, word vectors, and
+decoder geometry."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from thinkdiff import geometry as geo
+from thinkdiff import paths, plots
+
+LAYER = 2
+
+
+def _relation(n=12, k=6, noise=0.0, seed=0):
+    """a's random, b = a + a shared offset (+ noise): an exact parallelogram family when noise = 0."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, k))
+    B = A + rng.normal(size=k) * 2 + noise * rng.normal(size=(n, k))
+    return A, B
+
+
+def _random_rotation(k, seed=0):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(k, k)))
+    return q * np.sign(np.diag(r))
+
+
+def test_exact_parallelogram_is_zero():
+    A, B = _relation()
+    assert geo.pairwise_parallelogram_losses(A, B).max() < 1e-12  # float rounding of b - a only
+    Ai = np.arange(24.0).reshape(8, 3) ** 2  # integers: the differences are exact
+    assert np.all(geo.pairwise_parallelogram_losses(Ai, Ai + np.array([5.0, -2.0, 7.0])) == 0)
+    t = torch.as_tensor
+    assert float(geo.parallelogram_loss(t(Ai[0]), t(Ai[0] + 1), t(Ai[3]), t(Ai[3] + 1))) == 0
+
+
+def test_invariances_and_hand_value():
+    A, B = _relation(noise=0.7, seed=1)
+    base = geo.pairwise_parallelogram_losses(A, B)
+    assert base.shape == (12 * 11 // 2,) and base.min() > 0
+    Q = _random_rotation(A.shape[1], 2)
+    np.testing.assert_allclose(geo.pairwise_parallelogram_losses(A @ Q, B @ Q), base, rtol=1e-10)
+    np.testing.assert_allclose(geo.pairwise_parallelogram_losses(3.7 * A, 3.7 * B), base, rtol=1e-10)
+    i, j = np.triu_indices(12, 1)
+    swapped = geo.parallelogram_loss(A[j], B[j], A[i], B[i])
+    np.testing.assert_allclose(swapped, base, rtol=1e-12)
+    a1, b1, a2, b2 = np.array([1.0, 0]), np.array([0, 1.0]), np.array([2.0, 0]), np.array([0, 0.0])
+    # ||(1,-1) - (2,0)|| / sqrt(1 + 1 + 4 + 0) = sqrt(2) / sqrt(6)
+    assert geo.parallelogram_loss(a1, b1, a2, b2) == pytest.approx(np.sqrt(2 / 6))
+    # the fast Gram form used for bootstrap and null agrees with the explicit one
+    D, S = torch.as_tensor(A - B), torch.as_tensor((A ** 2).sum(1) + (B ** 2).sum(1))
+    np.testing.assert_allclose(geo._loss_matrices(D, S).numpy()[i, j], base, rtol=1e-7, atol=1e-9)
+
+
+def test_permutation_null_uses_same_pairs():
+    A, B = _relation(n=10, noise=0.05, seed=3)
+    null, perms = geo.permutation_null(A, B, n_perm=25, seed=0, return_perms=True)
+    assert perms.shape == (25, 10)
+    for p, m in zip(perms, null):
+        assert sorted(p.tolist()) == list(range(10))  # the same b's, only re-paired; the a's untouched
+        assert m == pytest.approx(geo.pairwise_parallelogram_losses(A, B[p]).mean(), rel=1e-7)
+    # a near-parallelogram relation is far more structured than its re-pairings
+    assert geo.pairwise_parallelogram_losses(A, B).mean() < np.quantile(null, 0.05)
+    np.testing.assert_array_equal(null, geo.permutation_null(A, B, n_perm=25, seed=0))  # seeded
+
+
+def test_relation_losses_bootstrap_and_delta():
+    A0, B0 = _relation(n=15, k=8, noise=0.1, seed=4)  # base: tidy relation
+    A1, B1 = _relation(n=15, k=8, noise=1.5, seed=5)  # distilled: messy
+    A, B = np.stack([A0, A1]), np.stack([B0, B1])
+    res = geo.relation_losses(A, B, "toy", dims=(2, 5, 40), n_boot=300, n_perm=40)
+    t, d = res.table, res.delta
+    assert set(t.basis) == {geo.PER_MODEL, geo.SHARED} and len(t) == 2 * 3 * 2
+    assert t.loc[t.dim == 40, "dim_used"].max() == 8  # capped at min(2n - 1, d)
+    assert ((t.mean_lo <= t["mean"]) & (t["mean"] <= t.mean_hi)).all()
+    assert ((d.delta_lo <= d.delta) & (d.delta <= d.delta_hi)).all()
+    full = d[(d.basis == geo.PER_MODEL) & (d.dim == 40)].iloc[0]
+    assert full.delta < 0 and full.delta_hi < 0  # base tidier -> base minus distilled < 0, CI excludes 0
+    tb = t[(t.basis == geo.PER_MODEL) & (t.dim == 40) & (t.model == "base")].iloc[0]
+    assert tb["mean"] < tb.null_q025 and tb.p_null < 0.05
+    # stored losses are the explicit pairwise losses in the fitted PCA space
+    mu, V = geo.pca_fit(np.concatenate([A0, B0]), 40)
+    a, b = (torch.as_tensor(A0) - mu) @ V, (torch.as_tensor(B0) - mu) @ V
+    np.testing.assert_allclose(res.losses[(geo.PER_MODEL, 40, "base")], geo.pairwise_parallelogram_losses(a, b),
+                               rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="2 models"):
+        geo.relation_losses(A[:1], B[:1])
+    with pytest.raises(ValueError, match="at least 3"):
+        geo.relation_losses(A[:, :2], B[:, :2])
+
+
+def test_size_table_and_claim8(tmp_path, monkeypatch):
+    results, perf = {}, {}
+    for s, (size, noise) in enumerate((("S", 1.0), ("M", 0.6), ("L", 0.2))):
+        rels = []
+        for r in range(2):
+            A0, B0 = _relation(n=12, noise=1.0, seed=10 + r)
+            A1, B1 = _relation(n=12, noise=noise, seed=20 + r)
+            rels.append(geo.relation_losses(np.stack([A0, A1]), np.stack([B0, B1]), f"rel{r}", dims=(5,),
+                                            n_boot=200, n_perm=20, shared_basis=False))
+        results[size] = rels
+        perf[size] = geo.accuracy_gain(np.zeros(40), np.r_[np.ones(10 * (s + 1)), np.zeros(40 - 10 * (s + 1))])
+    tab = geo.size_table(results, perf, dim=5)
+    assert len(tab) == 3 * 3 and (tab.relation == "all relations").sum() == 3
+    pooled = tab[tab.relation == "all relations"].set_index("size")
+    assert pooled.loc["L", "delta"] > pooled.loc["S", "delta"]
+    assert ((tab.delta_lo <= tab.delta) & (tab.delta <= tab.delta_hi)).all()
+    summary = geo.claim8_summary(tab)
+    assert summary["verdict"] == "supports" and summary["by_size"]["L"]["n_relations"] == 2
+    monkeypatch.setattr(paths, "FIGURES_DIR", tmp_path)
+    assert plots.savefig(geo.plot_delta_vs_performance(tab), "delta").exists()
+    assert plots.savefig(geo.plot_ecdf_grid(results, dim=5), "ecdf").exists()
+    with pytest.raises(ValueError, match="sizes differ"):
+        geo.size_table(results, {"S": 0.1})
+    g = geo.accuracy_gain([0, 1, 0, 1], [1, 1, 0, 1])
+    assert g["gain"] == 0.25 and g["lo"] <= 0.25 <= g["hi"]
+
+
+def test_filter_single_token_and_word_vectors(tiny_pair, tiny_tokenizer):
+    pairs = [("3", "7"), ("apples", "apple"), ("Wait", "wait"), ("2", "5"), ("zebra", "zebras")]
+    single = {w for p in pairs for w in p if len(tiny_tokenizer.encode(w, add_special_tokens=False)) == 1}
+    kept, dropped = geo.filter_single_token(pairs, tiny_tokenizer)
+    assert kept == [p for p in pairs if p[0] in single and p[1] in single]
+    assert dropped == len(pairs) - len(kept) and ("3", "7") in kept and ("zebra", "zebras") not in kept
+    model = tiny_pair[0]
+    words = ["3", "7", "2"]
+    V = geo.word_vectors(model, tiny_tokenizer, words, LAYER)
+    assert V.shape == (3, 32)
+    # each word alone at position 0 equals hidden_states[LAYER] of a single-token forward
+    ids = tiny_tokenizer.encode("7", add_special_tokens=False)
+    with torch.no_grad():
+        hs = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[LAYER]
+    torch.testing.assert_close(V[1], hs[0, 0])
+    T = geo.word_vectors(model, tiny_tokenizer, ["3", "apples"], LAYER, template="Ann has {} here")
+    ids = tiny_tokenizer.encode("Ann has apples", add_special_tokens=False)
+    with torch.no_grad():
+        hs = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[LAYER]
+    torch.testing.assert_close(T[1], hs[0, -1])
+    with pytest.raises(ValueError, match="tokens"):
+        geo.word_vectors(model, tiny_tokenizer, ["zebras"], LAYER)
+    results, surv = geo.analyse_relations(tiny_pair, tiny_tokenizer, {"digits": [("2", "3"), ("5", "7"), ("4", "8"),
+                                                                                 ("1", "9")],
+                                                                      "tiny": pairs[:2]}, LAYER, dims=(2,),
+                                          n_boot=50, n_perm=10)
+    assert [r.relation for r in results] == ["digits"]
+    assert surv.set_index("relation").loc["tiny", "analysed"] == False  # noqa: E712
+
+
+def test_organism_relations_forms():
+    rel = geo.organism_relations()
+    assert set(rel) == {"singular-plural", "number-digit", "number-capitalised", "digit-successor"}
+    assert (" apple", " apples") in rel["singular-plural"] and (" seven", "7") in rel["number-digit"]
+    assert all(len(v) >= 8 for v in rel.values())
+
+
+def test_decoder_geometry(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(10, 2, 16, generator=g)
+    W[0, 0] = 0  # distilled-only latent
+    W[1, 1] = 3 * W[1, 0]  # same direction on both sides
+    cc = type("CC", (), {"W_dec": W})()
+    cos = geo.decoder_cosines(cc, [1, 2, 3], model_index=1)
+    assert cos.shape == (3, 3) and np.allclose(np.diag(cos), 1)
+    al = geo.side_alignment(cc, [0, 1, 2]).set_index("latent")
+    assert al.loc[1, "cos_base_distilled"] == pytest.approx(1.0)
+    assert al.loc[0, "rel_norm"] == pytest.approx(1.0) and al.loc[1, "rel_norm"] == pytest.approx(0.75)
+    m = geo.decoder_map(cc, range(10), categories=[0, 1, 2, 3, 4, 1, 1, 2, 0, 0])
+    assert list(m.columns) == ["latent", "pc1", "pc2", "rel_norm", "category"]
+    assert m.loc[1, "category"] == "self_reflection"
+    monkeypatch.setattr(paths, "FIGURES_DIR", tmp_path)
+    for name, fig in (("map", geo.plot_decoder_map(m)), ("cos", geo.plot_cosine_matrix(cos))):
+        assert plots.savefig(fig, name).exists()  # savefig checks title and axis labels
+    with pytest.raises(ValueError, match="latents"):
+        geo.decoder_cosines(cc, [11])

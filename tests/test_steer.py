@@ -1,0 +1,274 @@
+"""Steering: alpha 0 is a no-op, the added vector is alpha * v in raw units at exactly the policy's positions,
+batched == unbatched, controls have equal norm, and the sweep pairs steered with unsteered runs."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from thinkdiff import paths, plots, steer
+
+LAYER = 2
+PROMPTS = ["Ann has 3 apples.", "<think> 2 + 5 = 7. Wait", "Therefore the answer is", "<think> 4 </think> Answer:",
+           "Ben gives her 4 more apples. So"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _CC:
+    """A stand-in crosscoder: W_dec [F, n_models, d] in raw units, ReLU encoder."""
+
+    def __init__(self, d=32, F=8, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.W_dec = torch.randn(F, 2, d, generator=g)
+        self.W_enc = torch.randn(2, d, F, generator=g) / d
+        self.b_enc = torch.zeros(F)
+
+    def encode(self, x):
+        return torch.relu(torch.einsum("bmd,mdf->bf", x, self.W_enc) + self.b_enc)
+
+
+def _capture_next_layer(model, store):
+    """Record the input of layers[LAYER] (= resid_pre of block LAYER + 1 after the steering hook of layers[LAYER-1])."""
+    def pre(_m, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        store.append(h.detach().clone())
+    return model.model.layers[LAYER].register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def test_alpha_zero_reproduces_unsteered(tiny_pair, tiny_tokenizer):
+    model = tiny_pair[1]
+    v = torch.randn(32)
+    plain = steer.generate_steered(model, tiny_tokenizer, PROMPTS, None, layer=LAYER, max_new_tokens=12, batch_size=2)
+    zero = steer.generate_steered(model, tiny_tokenizer, PROMPTS, v, alpha=0.0, layer=LAYER, max_new_tokens=12,
+                                  batch_size=2)
+    assert plain.ids == zero.ids and plain.texts == zero.texts
+    strong = steer.generate_steered(model, tiny_tokenizer, PROMPTS, 50 * v / v.norm(), alpha=1.0, layer=LAYER,
+                                    max_new_tokens=12, batch_size=2)
+    assert strong.ids != plain.ids  # the hook does act: a large vector changes greedy output
+
+
+def test_hf_generate_agrees_unsteered(tiny_pair, tiny_tokenizer):
+    """Our KV-cached loop reproduces transformers' own greedy generate (single prompt, no padding)."""
+    model = tiny_pair[0]
+    ids = tiny_tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    ours = steer.generate_steered(model, tiny_tokenizer, [ids], None, layer=LAYER, max_new_tokens=10, eos_ids=())
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert ours.ids[0] == ref[0, len(ids):].tolist()
+
+
+def test_batched_equals_unbatched(tiny_pair, tiny_tokenizer):
+    model = tiny_pair[1]
+    v = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    for vec, pos in ((None, "all"), (v, "all"), (v, "think")):
+        one = steer.generate_steered(model, tiny_tokenizer, PROMPTS, vec, 2.0, LAYER, pos, 10, batch_size=1)
+        many = steer.generate_steered(model, tiny_tokenizer, PROMPTS, vec, 2.0, LAYER, pos, 10, batch_size=5)
+        assert one.ids == many.ids, pos
+    # sampling: per-row generators make the draw independent of batch composition too
+    a = steer.generate_steered(model, tiny_tokenizer, PROMPTS, v, 2.0, LAYER, "all", 10, do_sample=True, seed=7,
+                               batch_size=1)
+    b = steer.generate_steered(model, tiny_tokenizer, PROMPTS, v, 2.0, LAYER, "all", 10, do_sample=True, seed=7,
+                               batch_size=4)
+    assert a.ids == b.ids
+
+
+@pytest.mark.parametrize("positions", ["all", "generated", "think"])
+def test_delta_is_alpha_v_at_policy_positions(tiny_pair, tiny_tokenizer, positions):
+    """Steered minus unsteered residual = alpha * v exactly where the policy says, 0 elsewhere (incl. padding)."""
+    model = tiny_pair[1]
+    alpha, v = 1.5, torch.randn(32, generator=torch.Generator().manual_seed(5))
+    sp = steer.special_ids(tiny_tokenizer)
+    runs = {}
+    for name, vec in (("plain", None), ("steered", v)):
+        store = []
+        h = _capture_next_layer(model, store)
+        try:
+            # 2 new tokens: step 1 reads the prompt, step 2 the first generated token
+            g = steer.generate_steered(model, tiny_tokenizer, PROMPTS, vec, alpha, LAYER, positions, 2, batch_size=5)
+        finally:
+            h.remove()
+        runs[name] = (g, store)
+    (gp, sp_plain), (gs, sp_steer) = runs["plain"], runs["steered"]
+    order = sorted(range(len(PROMPTS)), key=lambda i: len(gp.prompt_ids[i]))  # batch order inside the call
+    T = max(len(p) for p in gp.prompt_ids)
+    delta = sp_steer[0] - sp_plain[0]  # [B, T, d] prompt forward
+    target = alpha * v
+    for b, i in enumerate(order):
+        p = gp.prompt_ids[i]
+        want = steer._policy_mask(p, len(p), positions, sp)
+        assert gs.prompt_steered[i] == want
+        pad = T - len(p)
+        assert torch.all(delta[b, :pad] == 0), "padding positions must be untouched"
+        for t, w in enumerate(want):
+            got = delta[b, pad + t]
+            if w:
+                torch.testing.assert_close(got, target, atol=1e-5, rtol=1e-5)
+            else:
+                assert torch.all(got == 0), (i, t)
+        if positions == "generated":
+            assert not any(want)
+        if positions == "think":
+            assert want == steer.think_states(p, sp["open"], sp["close"])
+    if positions != "all":
+        # rows whose prompt was not steered produce the same first token in both runs, so at step 2
+        # (that token's position) the residual delta is again exactly alpha * v or 0
+        d2 = sp_steer[1] - sp_plain[1]  # [B, 1, d]
+        checked = 0
+        for b, i in enumerate(order):
+            if any(gs.prompt_steered[i]) or not gs.ids[i]:
+                continue
+            assert gp.ids[i][0] == gs.ids[i][0]
+            checked += 1
+            if gs.steered[i][0]:
+                torch.testing.assert_close(d2[b, 0], target, atol=1e-4, rtol=1e-4)
+            else:
+                assert positions == "think" and torch.all(d2[b, 0] == 0)
+        assert checked >= 2
+
+
+class _Scripted(torch.nn.Module):
+    """A stand-in causal LM whose next token is a fixed function of the current token, with an identity
+    'layer' stack, so the steering mask during generation is visible directly in the layer outputs."""
+
+    def __init__(self, table, vocab, d=8):
+        super().__init__()
+        self.table, self.vocab = table, vocab
+        self.config = type("C", (), {"hidden_size": d})()
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.seen = []
+
+    def forward(self, input_ids, **_):
+        h = self.emb(input_ids) * 0
+        for layer in self.model.layers:
+            h = layer(h)
+        self.seen.append(h.detach().clone())
+        nxt = torch.tensor([[self.table.get(int(t), 0) for t in row] for row in input_ids])
+        logits = torch.nn.functional.one_hot(nxt, self.vocab).float()
+        return type("O", (), {"logits": logits})()
+
+
+def test_think_tracking_during_generation(tiny_tokenizer):
+    sp = steer.special_ids(tiny_tokenizer)
+    o, c, eos = sp["open"], sp["close"], sp["eos"]
+    x, y, z, w = (tiny_tokenizer.encode(t, add_special_tokens=False)[0] for t in ("A", "B", "C", "D"))
+    assert len({x, y, z, w, o, c, eos}) == 7
+    table = {x: o, o: y, y: z, z: c, c: w, w: eos}  # A -> <think> B C </think> D -> eos
+    model = _Scripted(table, len(tiny_tokenizer))
+    v = torch.ones(8)
+    g = steer.generate_steered(model, tiny_tokenizer, [[x, x]], v, 1.0, 1, "think", 20)
+    assert g.ids[0] == [o, y, z, c, w] and not g.truncated[0]
+    assert g.regions[0] == [steer.THINK] * 4 + [steer.AFTER]
+    assert g.steered[0] == [True, True, True, False, False]
+    seen = torch.cat([s[0, :, 0] for s in model.seen])  # prompt A A, then fed tokens <think> B C </think> D
+    assert seen.tolist() == [0, 0, 1, 1, 1, 0, 0]
+    gen = steer.generate_steered(model, tiny_tokenizer, [[x, x]], v, 1.0, 1, "generated", 20)
+    assert gen.steered[0] == [True] * 5 and gen.prompt_steered[0] == [False, False]
+
+
+def test_steering_vector_units_and_random_control():
+    cc = _CC()
+    raw = steer.steering_vector(cc, 3, 1, "raw")
+    torch.testing.assert_close(raw, cc.W_dec[3, 1])
+    mx = steer.steering_vector(cc, 3, 1, "max_act", max_act=2.5)
+    torch.testing.assert_close(mx, 2.5 * cc.W_dec[3, 1])
+    acts = torch.randn(200, 2, 32)
+    f = cc.encode(acts)[:, 3]
+    via_acts = steer.steering_vector(cc, 3, 1, "max_act", acts=acts)
+    torch.testing.assert_close(via_acts, float(f.max()) * cc.W_dec[3, 1])
+    q90 = steer.steering_vector(cc, 3, 1, "max_act", acts=f, q=0.9)
+    torch.testing.assert_close(q90.norm(), torch.quantile(f.double(), 0.9).float() * cc.W_dec[3, 1].norm())
+    rn = steer.steering_vector(cc, 3, 0, "resid_norm", resid=acts)
+    torch.testing.assert_close(rn.norm(), acts[:, 0].norm(dim=-1).mean())
+    assert torch.nn.functional.cosine_similarity(rn, cc.W_dec[3, 0], dim=0) > 0.9999
+    r1, r2 = steer.random_direction(mx, 0), steer.random_direction(mx, 0)
+    torch.testing.assert_close(r1.norm(), mx.norm())
+    assert torch.equal(r1, r2) and not torch.equal(r1, steer.random_direction(mx, 1))
+    with pytest.raises(ValueError, match="unit"):
+        steer.steering_vector(cc, 3, 1, "bogus")
+    with pytest.raises(ValueError, match="max_act"):
+        steer.steering_vector(cc, 3, 1, "max_act")
+    with pytest.raises(ValueError, match="model_index"):
+        steer.steering_vector(cc, 3, 2)
+
+
+def test_bad_inputs(tiny_pair, tiny_tokenizer):
+    m = tiny_pair[0]
+    with pytest.raises(ValueError, match="layer"):
+        steer.generate_steered(m, tiny_tokenizer, PROMPTS, None, layer=9)
+    with pytest.raises(ValueError, match="positions"):
+        steer.generate_steered(m, tiny_tokenizer, PROMPTS, None, positions="prompt")
+    with pytest.raises(ValueError, match="d_model"):
+        steer.generate_steered(m, tiny_tokenizer, PROMPTS, torch.ones(7))
+    with pytest.raises(ValueError, match="list"):
+        steer.generate_steered(m, tiny_tokenizer, "one string", None)
+
+
+def test_metrics_and_markers(tiny_tokenizer):
+    count = steer.regex_marker_counter(tiny_tokenizer)
+    ids = tiny_tokenizer.encode("Wait, so 3. However butter. Hmm therefore alternatively", add_special_tokens=False)
+    assert count(ids) == {"self_reflection": 2, "deductive": 2, "alternative": 1, "contrastive": 1}
+    assert steer.repeated_ngram_share([1, 2, 3, 4, 5]) == 0.0
+    assert steer.repeated_ngram_share([1, 2, 3, 4] * 4) == pytest.approx(1 - 4 / 13)
+    assert steer.token_regions([5, 1, 6, 2, 7], 1, 2) == [0, 1, 1, 1, 2]
+
+
+def test_sweep_and_summary(tiny_pair, tiny_tokenizer, tmp_path, monkeypatch):
+    model = tiny_pair[1]
+    v = torch.randn(32, generator=torch.Generator().manual_seed(0))
+    v = 3 * v / v.norm()
+    problems = list(range(len(PROMPTS)))
+
+    def score(text, problem):
+        return dict(correct=problem % 2 == 0, well_formed="</think>" in text)
+
+    dirs = {"latent": v, "random": steer.random_direction(v, 1)}
+    df = steer.steering_sweep(model, tiny_tokenizer, PROMPTS, dirs, [-2, 0, 2], LAYER, "all", problems, score,
+                              max_new_tokens=8, batch_size=5)
+    assert set(df["condition"]) == {"unsteered", "latent", "random"}
+    assert len(df) == len(PROMPTS) * 5 and set(df["alpha"]) == {-2.0, 0.0, 2.0}
+    assert np.allclose(df.loc[df.condition == "latent", "added_norm"], 6.0)
+    s = steer.summarize_sweep(df, n_boot=200)
+    row = s[(s.condition == "unsteered") & (s.metric == "n_tokens")].iloc[0]
+    assert row["diff"] == 0 and row["diff_lo"] == 0 and not row["excludes_zero"]
+    for _, r in s.iterrows():
+        assert r["mean_lo"] - 1e-9 <= r["mean"] <= r["mean_hi"] + 1e-9
+    # correctness depends only on the problem here, so the paired difference is exactly 0
+    assert (s.loc[s.metric == "correct", "diff"] == 0).all()
+    monkeypatch.setattr(paths, "FIGURES_DIR", tmp_path)
+    assert plots.savefig(steer.plot_dose_response(s, ["n_tokens", "rep4"]), "dose").exists()
+    page = steer.side_by_side_html(df, [0, 1], [("latent", 2)], prompts=PROMPTS)
+    assert page.count("<tr>") == 3 and "&lt;think&gt;" in page
+    with pytest.raises(ValueError, match="greedy"):
+        steer.steering_sweep(model, tiny_tokenizer, PROMPTS, dirs, [1], LAYER, seeds=(0, 1))
+
+
+def test_steering_claim_rules():
+    def rows(cond, metric, d, lo, hi):
+        return dict(condition=cond, alpha=2.0, metric=metric, n=64, mean=0, mean_lo=0, mean_hi=0, diff=d,
+                    diff_lo=lo, diff_hi=hi)
+    base = [rows("sr", "n_tokens", 30, 10, 50), rows("sr", "rate_self_reflection", 5, 1, 9),
+            rows("rand", "n_tokens", 1, -5, 7), rows("rand", "rate_self_reflection", 0, -1, 1),
+            rows("ded", "n_tokens", -20, -30, -10), rows("ded", "correct", -0.02, -0.08, 0.03)]
+    v = steer.steering_claims(pd.DataFrame(base), "sr", "ded", "rand", 2.0)
+    assert v["6"]["verdict"] == "supports" and v["7"]["verdict"] == "supports"
+    worse = base[:5] + [rows("ded", "correct", -0.2, -0.3, -0.1)]
+    worse[2] = rows("rand", "n_tokens", 20, 5, 35)  # the control lengthens too
+    v = steer.steering_claims(pd.DataFrame(worse), "sr", "ded", "rand", 2.0)
+    assert v["6"]["verdict"] == "mixed" and v["7"]["verdict"] == "mixed"
+    none = [rows("sr", "n_tokens", 0, -5, 5), rows("sr", "rate_self_reflection", 0, -1, 1)] + base[2:4] + [
+        rows("ded", "n_tokens", 0, -5, 5), base[5]]
+    v = steer.steering_claims(pd.DataFrame(none), "sr", "ded", "rand", 2.0)
+    assert v["6"]["verdict"] == "contradicts" and v["7"]["verdict"] == "contradicts"
+    with pytest.raises(ValueError, match="alpha"):
+        steer.steering_claims(pd.DataFrame(base), "sr", "ded", "rand", 3.0)
