@@ -1,0 +1,443 @@
+"""The sparse crosscoder: one shared latent code per token, read from and written to N models.
+
+Anthropic-style (Lindsey et al. 2024), as in Baek & Tegmark::
+
+    f      = act( sum_m x_m @ W_enc[m] + b_enc )          x: [batch, n_models, d_model] -> f: [batch, F]
+    xhat_m = f @ W_dec[:, m] + b_dec[m]                   f: [batch, F] -> xhat: [batch, n_models, d_model]
+
+Shapes: ``W_enc [n_models, d_model, F]``, ``W_dec [F, n_models, d_model]``, ``b_enc [F]``,
+``b_dec [n_models, d_model]``. Model index 0 = base, 1 = distilled.
+
+Two sparsity schemes (``CrossCoderConfig.activation``):
+
+- ``"relu"``: ReLU; the trainer adds an L1 penalty ``sum_i f_i * sum_m ||W_dec[i, m]||_2`` (sum of
+  per-model decoder L2 norms, the term that lets a latent become model-exclusive).
+- ``"batchtopk"``: ReLU, then keep the ``k * batch`` largest values of ``f_i * sum_m ||W_dec[i, m]||``
+  across the whole batch (so the mean L0 is ``k`` but the budget moves between tokens). At inference
+  (``eval()`` mode) a fixed threshold on the same score, estimated during training, replaces the
+  batch-dependent selection, so a token's code does not depend on its batch-mates.
+
+Initialisation (paper, Kissane replication): each per-model decoder row ``W_dec[i, m]`` is a random
+direction rescaled to L2 norm ``dec_init_norm`` (0.08); ``W_enc[m] = W_dec[:, m].T``; biases zero.
+
+Units. Training runs on normalised activations ``x_m * s_m`` with ``s_m = sqrt(d_model) / mean||x_m||``
+(store.norm_scale). ``fold(s)`` bakes the scale into the weights so the saved model takes and returns
+*raw* activations: ``W_enc[m] *= s_m``, ``W_dec[:, m] /= s_m``, ``b_dec[m] /= s_m``. The folded scale is
+kept in ``config.norm_scale`` so ``decoder_norms(units="train")`` (used for BatchTopK ranking, the L1
+penalty and relative norms as in the paper) is unchanged by folding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ACTIVATIONS = ("relu", "batchtopk")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class CrossCoderConfig:
+    """Everything needed to rebuild a crosscoder; saved as ``config.json`` next to the weights."""
+
+    d_model: int
+    n_latents: int
+    n_models: int = 2
+    activation: str = "relu"            # "relu" or "batchtopk"
+    k: int | None = None                # BatchTopK: mean active latents per token
+    layer: int | None = None            # hook layer of the store it was trained on (resid_pre of block L)
+    dec_init_norm: float = 0.08         # L2 norm of each per-model decoder row at init
+    norm_scale: list[float] | None = None  # folded per-model scale (raw -> training units); None = unfolded
+    store_hash: str | None = None       # config hash of the activation store it was trained on
+    train_config: dict | None = None    # the TrainConfig it was trained with (for provenance)
+
+    def validate(self) -> "CrossCoderConfig":
+        for name in ("d_model", "n_latents", "n_models"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"crosscoder {name} must be a positive integer, got {v!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"crosscoder activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.activation == "batchtopk":
+            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.n_latents:
+                raise ValueError(f"BatchTopK needs an integer k with 0 < k <= n_latents ({self.n_latents}), "
+                                 f"got k={self.k!r}")
+        if not (self.dec_init_norm > 0 and math.isfinite(self.dec_init_norm)):
+            raise ValueError(f"dec_init_norm must be positive and finite, got {self.dec_init_norm!r}")
+        if self.norm_scale is not None:
+            if len(self.norm_scale) != self.n_models or not all(s > 0 and math.isfinite(s) for s in self.norm_scale):
+                raise ValueError(f"norm_scale must be {self.n_models} positive finite numbers, got {self.norm_scale!r}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse kernels for BatchTopK training. A kept-latent pattern is a CSR matrix [batch, F] with
+# about k*batch entries, so the decoder and both weight gradients cost O(k*batch*n_models*d)
+# instead of O(batch*F*n_models*d): the step costs little more than the dense encoder forward.
+# ---------------------------------------------------------------------------------------------
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
+    with warnings.catch_warnings():   # torch calls CSR "beta"; the kernels used here are covered by tests
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
+
+
+def _csr_t(pat_t, vals, shape):
+    """Transpose [F, B] of a CSR code [B, F], as CSR, from the precomputed transposed pattern.
+
+    ``pat_t = (crow_t, row_t, perm)`` (see ``sparse_code``): building it once per step avoids torch's
+    generic CSC -> CSR conversion, which sorts and was the slowest part of the sparse step.
+    """
+    crow_t, row_t, perm = pat_t
+    return _csr(crow_t, row_t, vals[perm], (shape[1], shape[0]))
+
+
+class _GatherPre(torch.autograd.Function):
+    """Pre-activations at the pattern positions, ``vals[j] = x[row_j] . W_enc[:, col_j] + b_enc[col_j]``.
+
+    Forward takes the values already computed by the dense encoder (no recomputation); backward sends
+    gradients to ``W_enc`` [md, F] and ``b_enc`` [F] only (activations are data, never trained).
+    """
+
+    @staticmethod
+    def forward(ctx, vals, x_flat, w_enc_flat, b_enc, col, crow_t, row_t, perm):
+        ctx.save_for_backward(x_flat, col, crow_t, row_t, perm)
+        ctx.F = w_enc_flat.shape[1]
+        return vals.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        x_flat, col, crow_t, row_t, perm = ctx.saved_tensors
+        B, F = x_flat.shape[0], ctx.F
+        g = g.to(x_flat.dtype)
+        # dW_enc^T [F, md] = S^T [F, B] @ x [B, md]
+        g_w = torch.sparse.mm(_csr_t((crow_t, row_t, perm), g, (B, F)), x_flat).t()
+        g_b = torch.zeros(F, dtype=g.dtype, device=g.device).index_add_(0, col, g)
+        return None, None, g_w, g_b, None, None, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """``out [B, md] = S @ W_dec_flat`` for a CSR code ``S`` [B, F]; gradients to the values and W_dec."""
+
+    @staticmethod
+    def forward(ctx, vals, w_dec_flat, crow, col, crow_t, row_t, perm):
+        ctx.save_for_backward(vals, w_dec_flat, crow, col, crow_t, row_t, perm)
+        ctx.B = crow.numel() - 1
+        return torch.sparse.mm(_csr(crow, col, vals.to(w_dec_flat.dtype), (ctx.B, w_dec_flat.shape[0])), w_dec_flat)
+
+    @staticmethod
+    def backward(ctx, g):
+        vals, w, crow, col, crow_t, row_t, perm = ctx.saved_tensors
+        B, F = ctx.B, w.shape[0]
+        g = g.to(w.dtype).contiguous()
+        # dvals_j = g[row_j] . W_dec[col_j]  (sampled dense-dense product on the pattern)
+        pattern = _csr(crow, col, torch.zeros_like(vals, dtype=w.dtype), (B, F))   # zeros: beta=0 still reads them
+        g_vals = torch.sparse.sampled_addmm(pattern, g, w.t(), beta=0.0).values().to(vals.dtype)
+        g_w = torch.sparse.mm(_csr_t((crow_t, row_t, perm), vals.to(w.dtype), (B, F)), g)   # S^T @ g [F, md]
+        return g_vals, g_w, None, None, None, None, None
+
+
+class _ReluCoder(torch.autograd.Function):
+    """Fused ReLU crosscoder forward/backward on flat views, for the trainer.
+
+    Inputs ``x [B, md]``, ``W_enc [md, F]``, ``b_enc [F]``, ``W_dec [F, md]``, ``b_dec [md]``, decoder
+    norm sums ``n [F]``. Outputs ``xhat [B, md]``, the code ``f [B, F]`` (no gradient) and the batch-mean
+    L1 term ``mean_b sum_i f_bi n_i``. Same maths as plain autograd, but every [B, F]-sized bias, L1 and
+    reduction term rides inside the 5 matmuls (a ones column appended to x carries b_enc and its
+    gradient; a constant column appended to the output gradient carries the L1 gradient and d/dn), so
+    besides the matmuls only the in-place ReLU and its fused backward touch [B, F] memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, n):
+        B = x.shape[0]
+        xa = torch.cat([x, x.new_ones(B, 1)], dim=1)                    # [B, md+1]
+        f = (xa @ torch.cat([w_enc, b_enc[None]], dim=0)).relu_()        # [B, F]
+        xhat = torch.addmm(b_dec, f, w_dec)
+        l1 = torch.mv(f, n).mean()
+        ctx.save_for_backward(xa, w_dec, n, f)
+        ctx.mark_non_differentiable(f)
+        return xhat, f, l1
+
+    @staticmethod
+    def backward(ctx, g_xhat, _g_f, g_l1):
+        xa, w_dec, n, f = ctx.saved_tensors
+        B = xa.shape[0]
+        c = (g_l1 / B) if g_l1 is not None else g_xhat.new_zeros(())
+        ga = torch.cat([g_xhat, c.expand(B, 1)], dim=1)                 # [B, md+1]
+        g_pre = ga @ torch.cat([w_dec, n[:, None]], dim=1).t()            # g_xhat W_dec^T + c n
+        g_pre = torch.ops.aten.threshold_backward(g_pre, f, 0)
+        g_dec = f.t() @ ga                                               # [F, md+1]: dW_dec | c * f.sum(0)
+        g_enc = xa.t() @ g_pre                                           # [md+1, F]: dW_enc ; db_enc
+        return None, g_enc[:-1], g_enc[-1], g_dec[:, :-1], g_xhat.sum(0), g_dec[:, -1]
+
+
+def sparse_code(pre: torch.Tensor, flat_idx: torch.Tensor):
+    """CSR pattern of sorted flat indices into ``pre`` [B, F], its transpose, and the values there.
+
+    Returns ``(crow, col, crow_t, row_t, perm, vals)``: ``crow [B+1]``/``col [nnz]`` the CSR pattern,
+    ``crow_t [F+1]``/``row_t [nnz]`` the pattern of the transpose [F, B], ``perm`` the entry order of
+    the transpose, ``vals [nnz]`` = ``pre`` at the pattern.
+    """
+    B, F = pre.shape
+    rows, col = flat_idx // F, flat_idx % F
+    crow = torch.zeros(B + 1, dtype=torch.int64, device=pre.device)
+    crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
+    perm = torch.argsort(col, stable=True)          # rows stay ascending within each column
+    crow_t = torch.zeros(F + 1, dtype=torch.int64, device=pre.device)
+    crow_t[1:] = torch.bincount(col, minlength=F).cumsum(0)
+    return crow, col, crow_t, rows[perm], perm, pre.reshape(-1)[flat_idx]
+
+
+def batch_topk_indices(score: torch.Tensor, n_keep: int, cut_guess: float | None = None) -> torch.Tensor:
+    """Sorted flat indices of the ``n_keep`` largest *positive* entries of ``score`` [B, F].
+
+    Exact, but avoids a top-k over all B*F entries (about 1 s at 4096 x 8192 on this CPU). With a
+    positive ``cut_guess`` (the trainer passes half its running threshold): if at least ``n_keep``
+    entries exceed it, the winners are all among them, so only those are ranked (lowering the guess
+    if not); ties at the cut are all kept on this path.
+    Otherwise: take each row's top ``m`` candidates, select globally among those, and double ``m``
+    whenever some row might hold more winners than it offered (its m-th candidate is not below the cut).
+    """
+    B, F = score.shape
+    n_keep = min(n_keep, B * F)
+    flat_all = score.reshape(-1)
+    cut = cut_guess
+    for _ in range(3 if cut is not None and math.isfinite(cut) and cut > 0 else 0):
+        cand = (flat_all > cut).nonzero().squeeze(1)              # ascending, so no sort is needed
+        if cand.numel() >= n_keep:
+            v = flat_all[cand]
+            kth = v.kthvalue(v.numel() - n_keep + 1).values           # the n_keep-th largest value
+            return cand[v >= kth]                                     # (entries tied with it all stay)
+        cut /= 4
+    m = min(F, max(1, 4 * math.ceil(n_keep / B)))
+    while True:
+        cand_v, cand_i = score.topk(m, dim=1, sorted=False)          # [B, m]
+        flat_v = cand_v.reshape(-1)
+        kk = min(n_keep, flat_v.numel())
+        top_v, top_j = flat_v.topk(kk, sorted=False)
+        cut = top_v.min()
+        row_min = cand_v.min(dim=1).values
+        # a row whose weakest candidate is positive and not below the cut may hide more winners
+        if m == F or not bool(((row_min >= cut) & (row_min > 0)).any()):
+            break
+        m = min(F, 2 * m)
+    keep = top_v > 0
+    top_j = top_j[keep]
+    rows = torch.div(top_j, m, rounding_mode="floor")
+    flat = rows * F + cand_i.reshape(-1)[top_j]
+    return flat.sort().values
+
+
+class CrossCoder(nn.Module):
+    """A sparse crosscoder over ``n_models`` activation streams of width ``d_model``. See module doc."""
+
+    def __init__(self, config: CrossCoderConfig, seed: int | None = 0):
+        """Paper initialisation from its own generator (``seed``); ``seed=None`` leaves zeros for loading."""
+        super().__init__()
+        self.config = config.validate()
+        m, d, F = config.n_models, config.d_model, config.n_latents
+        if seed is None:
+            w_dec = torch.zeros(F, m, d)
+        else:
+            w_dec = torch.randn(F, m, d, generator=torch.Generator().manual_seed(seed))
+            w_dec *= config.dec_init_norm / w_dec.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.permute(1, 2, 0).clone(memory_format=torch.contiguous_format))  # [m, d, F] = W_dec^T, own storage
+        self.b_enc = nn.Parameter(torch.zeros(F))
+        self.b_dec = nn.Parameter(torch.zeros(m, d))
+        # BatchTopK inference threshold on f * decoder-norm-sum (training units); NaN = not estimated yet.
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.source: str | None = None     # where from_pretrained loaded it from
+
+    # -- shapes and units ---------------------------------------------------------------------
+    @property
+    def n_models(self) -> int:
+        return self.config.n_models
+
+    @property
+    def d_model(self) -> int:
+        return self.config.d_model
+
+    @property
+    def n_latents(self) -> int:
+        return self.config.n_latents
+
+    @property
+    def folded(self) -> bool:
+        return self.config.norm_scale is not None
+
+    def _scale(self) -> torch.Tensor:
+        s = self.config.norm_scale or [1.0] * self.n_models
+        return torch.tensor(s, dtype=self.W_dec.dtype, device=self.W_dec.device)
+
+    def decoder_norms(self, units: str = "train", p: float = 2) -> torch.Tensor:
+        """Per-model decoder row norms ``[F, n_models]``.
+
+        ``units="train"``: in normalised (training) units, the norms the loss and the paper's relative
+        norm use, identical before and after folding. ``units="raw"``: norms of the stored weights of a
+        folded model (raw activation units; a steering vector's size).
+        """
+        norms = self.W_dec.norm(p=p, dim=-1)
+        if units == "train":
+            return norms * self._scale()
+        if units == "raw":
+            return norms
+        raise ValueError(f"units must be 'train' or 'raw', got {units!r}")
+
+    def _check_x(self, x: torch.Tensor):
+        if x.ndim != 3 or x.shape[1:] != (self.n_models, self.d_model):
+            raise ValueError(f"crosscoder expects activations [batch, {self.n_models}, {self.d_model}], "
+                             f"got {tuple(x.shape)}")
+
+    # -- forward ------------------------------------------------------------------------------
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """``sum_m x_m @ W_enc[m] + b_enc``: [B, n_models, d] -> [B, F] (one matmul over n_models*d)."""
+        self._check_x(x)
+        B = x.shape[0]
+        w = self.W_enc.reshape(self.n_models * self.d_model, self.n_latents)
+        return torch.addmm(self.b_enc, x.reshape(B, -1).to(w.dtype), w)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent code ``f`` [B, F] (dense) of activations ``x`` [B, n_models, d].
+
+        BatchTopK: in training mode (or before a threshold exists) the batch-level top ``k*B``;
+        in eval mode the fixed threshold.
+        """
+        pre = self.pre_acts(x)
+        f = torch.relu(pre)
+        if self.config.activation == "relu":
+            return f
+        score = f.detach() * self.decoder_norms("train").sum(-1)
+        if self.training or not torch.isfinite(self.threshold):
+            keep = torch.zeros(score.numel(), dtype=torch.bool, device=f.device)
+            keep[batch_topk_indices(score, self.config.k * x.shape[0])] = True
+            return f * keep.view_as(f)
+        return f * (score > self.threshold)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [B, n_models, d] of a latent code ``f`` [B, F]."""
+        if f.ndim != 2 or f.shape[1] != self.n_latents:
+            raise ValueError(f"decode expects a code [batch, {self.n_latents}], got {tuple(f.shape)}")
+        w = self.W_dec.reshape(self.n_latents, -1)
+        out = torch.addmm(self.b_dec.reshape(-1), f.to(w.dtype), w)
+        return out.view(f.shape[0], self.n_models, self.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of ``x`` [B, n_models, d] (same units as x)."""
+        return self.decode(self.encode(x))
+
+    # -- folding ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold(self, norm_scale) -> "CrossCoder":
+        """A copy that takes and returns raw activations, for a model trained on ``x * norm_scale``."""
+        if self.folded:
+            raise ValueError("this crosscoder is already folded (config.norm_scale is set)")
+        s = torch.as_tensor(norm_scale, dtype=torch.float64).reshape(-1)
+        cfg = dataclasses.replace(self.config, norm_scale=[float(v) for v in s])
+        out = CrossCoder(cfg, seed=None).to(self.W_dec.device)
+        s = s.to(self.W_dec.dtype).to(self.W_dec.device)
+        out.W_enc.copy_(self.W_enc * s[:, None, None])
+        out.W_dec.copy_(self.W_dec / s[None, :, None])
+        out.b_enc.copy_(self.b_enc)
+        out.b_dec.copy_(self.b_dec / s[:, None])
+        out.threshold.copy_(self.threshold)
+        return out.train(self.training)
+
+    @torch.no_grad()
+    def unfold(self) -> "CrossCoder":
+        """The inverse of ``fold``: a copy in training (normalised) units."""
+        if not self.folded:
+            raise ValueError("this crosscoder is not folded")
+        s = self._scale()
+        out = CrossCoder(dataclasses.replace(self.config, norm_scale=None), seed=None).to(self.W_dec.device)
+        out.W_enc.copy_(self.W_enc / s[:, None, None])
+        out.W_dec.copy_(self.W_dec * s[None, :, None])
+        out.b_enc.copy_(self.b_enc)
+        out.b_dec.copy_(self.b_dec * s[:, None])
+        out.threshold.copy_(self.threshold)
+        return out.train(self.training)
+
+    # -- compatibility, save and load ---------------------------------------------------------
+    def check_compatible(self, store) -> None:
+        """Raise a clear ``ValueError`` if ``store``'s activations cannot feed this crosscoder."""
+        problems = []
+        if store.n_models != self.n_models:
+            problems.append(f"n_models {store.n_models} (store) vs {self.n_models} (crosscoder)")
+        if store.d_model != self.d_model:
+            problems.append(f"d_model {store.d_model} (store) vs {self.d_model} (crosscoder)")
+        layer = getattr(store, "layer", None)
+        if self.config.layer is not None and layer is not None and layer != self.config.layer:
+            problems.append(f"layer {layer} (store) vs {self.config.layer} (crosscoder)")
+        if problems:
+            raise ValueError("crosscoder does not match the activation store: " + "; ".join(problems))
+
+    def save_pretrained(self, folder) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (Hugging Face layout) into ``folder``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=1))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo, revision: str | None = None, device="cpu") -> "CrossCoder":
+        """Load from a local folder, or from a Hub repo id via ``huggingface_hub.snapshot_download``."""
+        from safetensors.torch import load_file
+
+        folder = Path(path_or_repo)
+        if not folder.is_dir():
+            s = str(path_or_repo)
+            if folder.exists() or s.startswith((".", "/", "~")) or s.count("/") != 1:
+                raise FileNotFoundError(f"no crosscoder folder at {s!r} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+            import huggingface_hub
+
+            try:
+                folder = Path(huggingface_hub.snapshot_download(
+                    s, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+            except Exception as err:   # offline, unknown repo, no access: one clear message
+                raise FileNotFoundError(
+                    f"{s!r} is not a local folder and could not be fetched from the Hugging Face Hub "
+                    f"({type(err).__name__}: {err}). Offline (HF_HUB_OFFLINE=1)? Pass a local folder.") from err
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} has no {name}; not a saved crosscoder")
+        known = {f.name for f in dataclasses.fields(CrossCoderConfig)}
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"{folder / CONFIG_NAME} has unknown fields {sorted(unknown)}")
+        model = cls(CrossCoderConfig(**raw), seed=None)
+        model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        model.source = str(folder)
+        return model.to(device).eval()
+
+    def push_to_hub(self, repo_id: str, private: bool = True, token: str | None = None,
+                    commit_message: str = "Upload thinkdiff crosscoder") -> str:
+        """Upload ``config.json`` + ``model.safetensors`` to a Hub model repo; returns the repo URL."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+        return str(url)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        k = f", k={c.k}" if c.activation == "batchtopk" else ""
+        return (f"n_models={c.n_models}, d_model={c.d_model}, n_latents={c.n_latents}, "
+                f"activation={c.activation}{k}, layer={c.layer}, folded={self.folded}")

@@ -1,0 +1,523 @@
+"""Train a crosscoder on an activation store: Adam, schedules, checkpoints, exact resume.
+
+Call ``get_crosscoder(store, cfg)`` from a notebook: it trains (or loads the cached result for the same
+store hash + config) and returns a *folded* ``CrossCoder`` that takes raw activations.
+
+The store protocol (``thinkdiff.store.ActivationStore`` implements it; ``TensorStore`` below is the
+in-memory reference used by tests and the benchmark)::
+
+    store.n_models, store.d_model, store.layer, store.n_tokens, store.config_hash, store.manifest
+    store.mean_norm   -> np.ndarray [n_models]   mean L2 norm of raw activations per model
+    store.norm_scale  -> np.ndarray [n_models]   sqrt(d_model) / mean_norm
+    store.loader(batch_size, buffer_tokens, seed, epoch=0, split="train", start_batch=0)
+        -> iterator of float32 [batch, n_models, d_model] raw activations; ceil(n_split / batch) per epoch;
+           start_batch skips cheaply (exact resume).
+
+Loss (per step, activations normalised to mean norm sqrt(d_model) per model, ``x_m * s_m``)::
+
+    recon = mean_over_batch( sum_m ||x_m - xhat_m||^2 )                     (summed squared error, Anthropic)
+    relu:       loss = recon + lambda_t * mean_over_batch( sum_i f_i * sum_m ||W_dec[i, m]||_2 )
+    batchtopk:  loss = recon + auxk_alpha * aux,  aux = ||e - ehat||^2 / ||e - mean(e)||^2   (batch sums)
+                where e = x - xhat (detached) and ehat decodes the top ``k_aux`` pre-activations per token
+                among *dead* latents (no firing for ``dead_tokens`` training tokens), so they come back.
+
+Schedules: lr linear warm-up over ``lr_warmup_frac`` of steps, constant, linear decay to 0 over the last
+``lr_decay_frac`` (paper: 0 / 0.2); L1 coefficient linear from 0 over the first ``l1_warmup_frac`` (0.05).
+Gradient clipping at global norm ``grad_clip``. Everything is seeded; the data order is the loader's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import paths
+from .crosscoder import (CONFIG_NAME, CrossCoder, CrossCoderConfig, _GatherPre, _ReluCoder, _SparseDecode,
+                         batch_topk_indices, sparse_code)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "train_log.jsonl"
+SUMMARY_NAME = "train_summary.json"
+L0_ROWS = 512   # ReLU: tokens of each batch the logged L0 is counted on
+
+
+@dataclass
+class TrainConfig:
+    """Crosscoder training settings. Defaults: the organism (d_model 64-192).
+
+    Measured on planted sparse activations (2 x 64 dims, 512 features, ~4 active per token, 60k tokens,
+    1000 steps of 1024, loaded 2-core machine): ReLU F=1024 l1=3 -> held-out FVU 0.18, L0 18, 19 s;
+    l1=1 (F=2048) -> FVU 0.09 but L0 63; BatchTopK F=1024 k=16 -> FVU 0.115, L0 15.8 at the inference
+    threshold, 32 s. Re-check on the organism's real activations in 02_train.
+    """
+
+    activation: str = "relu"          # "relu" (L1 x decoder-norm sum) or "batchtopk"
+    n_latents: int = 1024             # dictionary size F
+    k: int = 16                       # BatchTopK: mean active latents per token
+    l1_coeff: float = 2.0             # ReLU: sparsity coefficient lambda (after warm-up; paper 2)
+    lr: float = 1e-3
+    batch_size: int = 1024            # tokens per step
+    n_steps: int = 1000
+    lr_warmup_frac: float = 0.02      # linear lr warm-up over this fraction of steps
+    lr_decay_frac: float = 0.2        # linear decay to 0 over the last fraction (paper 0.2)
+    l1_warmup_frac: float = 0.05      # lambda linear from 0 over the first fraction (paper 0.05)
+    grad_clip: float = 1.0            # max global gradient L2 norm
+    betas: tuple[float, float] = (0.9, 0.999)
+    dec_init_norm: float = 0.08       # decoder row norm at init (paper)
+    auxk_alpha: float = 1 / 32        # BatchTopK: weight of the dead-latent auxiliary loss
+    k_aux: int | None = None          # BatchTopK: latents per token in the aux loss (None: d_model // 2)
+    dead_tokens: int = 200_000        # a latent is dead after this many training tokens without firing
+    threshold_beta: float = 0.99      # BatchTopK: EMA decay of the inference threshold
+    buffer_tokens: int = 262_144      # loader shuffle buffer
+    seed: int = 49
+    checkpoint_every: int = 250       # steps between checkpoints (0: none)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "TrainConfig":
+        def pos_int(name):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+
+        for name in ("n_latents", "batch_size", "n_steps", "buffer_tokens", "dead_tokens"):
+            pos_int(name)
+        if self.activation not in ("relu", "batchtopk"):
+            raise ValueError(f"TrainConfig.activation must be 'relu' or 'batchtopk', got {self.activation!r}")
+        if self.activation == "batchtopk":
+            pos_int("k")
+            if self.k > self.n_latents:
+                raise ValueError(f"TrainConfig.k={self.k} exceeds the dictionary size n_latents={self.n_latents}")
+            if self.k_aux is not None:
+                pos_int("k_aux")
+        for name in ("lr", "grad_clip", "dec_init_norm"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+                raise ValueError(f"TrainConfig.{name} must be positive and finite, got {v!r}")
+        for name in ("l1_coeff", "auxk_alpha"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
+                raise ValueError(f"TrainConfig.{name} must be >= 0 and finite, got {v!r}")
+        for name in ("lr_warmup_frac", "lr_decay_frac", "l1_warmup_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"TrainConfig.{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.lr_warmup_frac + self.lr_decay_frac > 1:
+            raise ValueError("TrainConfig.lr_warmup_frac + lr_decay_frac must not exceed 1")
+        if not 0 <= self.threshold_beta < 1:
+            raise ValueError(f"TrainConfig.threshold_beta must lie in [0, 1), got {self.threshold_beta!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"TrainConfig.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
+        return self
+
+
+# The paper's final runs (paper-notes §4): ReLU + L1, 32,768 latents, 390,625 steps x 1024 = 400M tokens.
+PAPER = TrainConfig(activation="relu", n_latents=32_768, l1_coeff=2.0, lr=5e-5, batch_size=1024,
+                    n_steps=390_625, lr_warmup_frac=0.0, lr_decay_frac=0.2, l1_warmup_frac=0.05,
+                    grad_clip=1.0, dec_init_norm=0.08, seed=49, checkpoint_every=30_000,
+                    dead_tokens=10_000_000)
+# Organism defaults for the two schemes (see TrainConfig field defaults for the shared settings).
+ORGANISM_RELU = TrainConfig(activation="relu")
+ORGANISM_BATCHTOPK = TrainConfig(activation="batchtopk")
+
+
+def store_hash(store) -> str:
+    """The store's identity for caches: ``store.config_hash``, else the manifest's ``key_hash``."""
+    h = getattr(store, "config_hash", None) or (getattr(store, "manifest", None) or {}).get("key_hash")
+    if not h:
+        raise ValueError(f"{type(store).__name__} has no config_hash (nor manifest['key_hash']) to key caches on")
+    return str(h)
+
+
+def validate_store(store) -> np.ndarray:
+    """Check that ``store`` offers the protocol with sane statistics; return norm_scale [n_models]."""
+    for name in ("n_models", "d_model", "n_tokens", "norm_scale", "loader"):
+        if not hasattr(store, name):
+            raise TypeError(f"{type(store).__name__} is not an activation store: it has no {name!r}")
+    scale = np.asarray(store.norm_scale, dtype=np.float64).reshape(-1)
+    if scale.shape != (store.n_models,):
+        raise ValueError(f"store.norm_scale has {scale.size} entries but the store has {store.n_models} models")
+    if not np.all(np.isfinite(scale) & (scale > 0)):
+        raise ValueError(f"store.norm_scale must be positive and finite, got {scale.tolist()} "
+                         "(all-zero or broken activations?)")
+    if store.n_tokens <= 0:
+        raise ValueError("the activation store holds no tokens")
+    store_hash(store)
+    return scale
+
+
+class Trainer:
+    """One crosscoder, its optimiser and schedules, and the stream position: everything a checkpoint holds."""
+
+    def __init__(self, store, cfg: TrainConfig, device="cpu"):
+        self.cfg = cfg.validate()
+        self.scale_np = validate_store(store)
+        self.store_hash = store_hash(store)
+        self.device = torch.device(device)
+        cc_cfg = CrossCoderConfig(d_model=int(store.d_model), n_latents=cfg.n_latents, n_models=int(store.n_models),
+                                  activation=cfg.activation, k=cfg.k if cfg.activation == "batchtopk" else None,
+                                  layer=getattr(store, "layer", None), dec_init_norm=cfg.dec_init_norm,
+                                  store_hash=self.store_hash, train_config=cfg.to_dict())
+        self.model = CrossCoder(cc_cfg, seed=cfg.seed).to(self.device).train()
+        self.scale = torch.tensor(self.scale_np, dtype=torch.float32, device=self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
+        self.k_aux = cfg.k_aux or max(1, int(store.d_model) // 2)
+        self.step_idx = 0          # optimiser steps done
+        self.epoch = 0             # loader position: epoch and batches consumed in it
+        self.batch_in_epoch = 0
+        self.tokens_seen = 0
+        # training tokens since each latent last fired (dead-latent detection for the aux loss and the log)
+        self.since_fired = torch.zeros(cfg.n_latents, dtype=torch.int64, device=self.device)
+
+    # -- schedules ------------------------------------------------------------------------------
+    def lr_factor(self, step: int) -> float:
+        n, c = self.cfg.n_steps, self.cfg
+        warm = max(1, round(c.lr_warmup_frac * n)) if c.lr_warmup_frac > 0 else 0
+        f = min(1.0, (step + 1) / warm) if warm else 1.0
+        decay_start = n - round(c.lr_decay_frac * n)
+        if c.lr_decay_frac > 0 and step >= decay_start:
+            f *= (n - step) / max(1, n - decay_start)
+        return f
+
+    def l1_coeff_at(self, step: int) -> float:
+        warm = self.cfg.l1_warmup_frac * self.cfg.n_steps
+        return self.cfg.l1_coeff * (min(1.0, step / warm) if warm > 0 else 1.0)
+
+    # -- the loss -------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, step: int):
+        """Loss and stats for a batch ``x`` [B, n_models, d] already in training units."""
+        if self.cfg.activation == "relu":
+            return self._loss_relu(x, step)
+        return self._loss_batchtopk(x)
+
+    def _recon(self, x, xhat):
+        err = (xhat - x).pow(2).sum(-1)                  # [B, m]
+        return err.mean(0)                               # per-model mean squared error [m]
+
+    def _loss_relu(self, x, step):
+        m, B = self.model, x.shape[0]
+        md, F = m.n_models * m.d_model, m.n_latents
+        dec_norm_sum = m.W_dec.norm(dim=-1).sum(-1)      # [F], training units (model is unfolded)
+        xhat, f, l1 = _ReluCoder.apply(x.reshape(B, md), m.W_enc.reshape(md, F), m.b_enc,
+                                       m.W_dec.reshape(F, md), m.b_dec.reshape(md), dec_norm_sum)
+        xhat = xhat.view_as(x)
+        per_model = self._recon(x, xhat)
+        lam = self.l1_coeff_at(step)
+        loss = per_model.sum() + lam * l1
+        with torch.no_grad():
+            fired = f.amax(0) > 0                        # the cheapest full pass over f (for dead latents)
+            # counting nonzeros costs ~4 matmul-free passes at 4096 x 8192, so the logged L0 is taken
+            # over the first L0_ROWS tokens of the batch (held-out L0 comes from metrics.evaluate)
+            l0 = torch.count_nonzero(f[:L0_ROWS]).item() / min(B, L0_ROWS)
+        return loss, xhat, {"l1": l1.item(), "l1_coeff": lam, "l0": l0}, per_model, fired
+
+    def _loss_batchtopk(self, x):
+        m, B = self.model, x.shape[0]
+        F, md = m.n_latents, m.n_models * m.d_model
+        x_flat = x.reshape(B, md)
+        w_enc, w_dec = m.W_enc.reshape(md, F), m.W_dec.reshape(F, md)
+        with torch.no_grad():                            # dense encoder forward; its gradient is sparse
+            # rank by f * n (n = decoder-norm sum > 0): relu(pre) * n = relu(x @ (W_enc n) + b_enc n), so
+            # scaling the [md, F] weights replaces a pass over the [B, F] scores
+            n = m.W_dec.norm(dim=-1).sum(-1)
+            # a ones column carries the bias inside the matmul (no [B, F] bias broadcast pass)
+            score = torch.cat([x_flat, x_flat.new_ones(B, 1)], 1) @ torch.cat([w_enc * n, (m.b_enc * n)[None]], 0)
+            guess = 0.5 * m.threshold.item() if torch.isfinite(m.threshold) else None
+            idx = batch_topk_indices(score, self.cfg.k * B, cut_guess=guess)
+            batch_thr = score.view(-1)[idx].min() if idx.numel() else score.new_tensor(0.0)
+            crow, col, crow_t, row_t, perm, vals = sparse_code(score, idx)
+            vals = vals / n[col]                         # back to pre-activations
+        vals = _GatherPre.apply(vals, x_flat, w_enc, m.b_enc, col, crow_t, row_t, perm)
+        xhat = (_SparseDecode.apply(vals, w_dec, crow, col, crow_t, row_t, perm) + m.b_dec.reshape(-1)).view_as(x)
+        per_model = self._recon(x, xhat)
+        loss = per_model.sum()
+        stats = {"l0": idx.numel() / B}
+        dead = (self.since_fired >= self.cfg.dead_tokens).nonzero().squeeze(1)
+        if dead.numel() and self.cfg.auxk_alpha > 0:
+            with torch.no_grad():
+                pre_d = score.index_select(1, dead).clamp_min_(0) / n[dead]     # relu(pre) of dead latents
+                v, j = pre_d.topk(min(self.k_aux, dead.numel()), dim=1)
+                flat = (torch.arange(B, device=x.device)[:, None] * F + dead[j])[v > 0].sort().values
+                a_crow, a_col, a_crow_t, a_row_t, a_perm, a_vals = sparse_code(score, flat)
+                a_vals = a_vals / n[a_col]
+            if flat.numel():
+                a_vals = _GatherPre.apply(a_vals, x_flat, w_enc, m.b_enc, a_col, a_crow_t, a_row_t, a_perm)
+                e = (x - xhat).detach().reshape(B, md)
+                ehat = _SparseDecode.apply(a_vals, w_dec, a_crow, a_col, a_crow_t, a_row_t, a_perm)
+                aux = (ehat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+                loss = loss + self.cfg.auxk_alpha * aux
+                stats["aux"] = aux.item()
+        with torch.no_grad():
+            if idx.numel():
+                thr = m.threshold
+                new = batch_thr if not torch.isfinite(thr) else self.cfg.threshold_beta * thr + (1 - self.cfg.threshold_beta) * batch_thr
+                thr.copy_(new)
+            fired = torch.bincount(col, minlength=F) > 0
+        stats["threshold"] = m.threshold.item()
+        return loss, xhat, stats, per_model, fired
+
+    # -- one optimiser step ---------------------------------------------------------------------
+    def step(self, x_raw: torch.Tensor) -> dict:
+        """One Adam step on a raw batch [B, n_models, d]; returns the logged stats."""
+        x = x_raw.to(self.device, torch.float32) * self.scale[None, :, None]
+        loss, xhat, stats, per_model, fired = self.loss(x, self.step_idx)
+        loss_v = loss.item()
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(f"crosscoder loss became {loss_v} at step {self.step_idx}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        B = x.shape[0]
+        with torch.no_grad():
+            self.since_fired += B
+            self.since_fired[fired] = 0
+            var = (x - x.mean(0)).pow(2).sum(-1).mean(0)         # [m]
+            fvu = (per_model.detach() / var.clamp_min(1e-12)).tolist()
+        self.step_idx += 1
+        self.tokens_seen += B
+        out = {"step": self.step_idx, "loss": loss_v, "recon": per_model.sum().item(), "lr": lr,
+               "grad_norm": float(gnorm), "fvu": fvu, "tokens": self.tokens_seen,
+               "dead_frac": (self.since_fired >= self.cfg.dead_tokens).float().mean().item()}
+        out.update(stats)
+        return out
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"config": self.cfg.to_dict(), "store_hash": self.store_hash, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "step": self.step_idx, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "tokens_seen": self.tokens_seen, "since_fired": self.since_fired.cpu(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+
+    def check_checkpoint(self, state: dict, where) -> None:
+        """Refuse a checkpoint written by another config or another store (nothing is overwritten)."""
+        mine = self.cfg.to_dict()
+        theirs = state.get("config", {})
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {theirs.get(k)!r} (checkpoint) vs {mine.get(k)!r} (now)" for k in diff)
+            raise ValueError(f"the checkpoint in {where} was written by another training config ({detail}); "
+                             "it was left untouched. Use another checkpoint folder or delete it.")
+        if state.get("store_hash") != self.store_hash:
+            raise ValueError(f"the checkpoint in {where} was trained on store {state.get('store_hash')!r}, not "
+                             f"{self.store_hash!r}; it was left untouched. Use another checkpoint folder.")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.step_idx, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch, self.tokens_seen = state["batch_in_epoch"], state["tokens_seen"]
+        self.since_fired.copy_(state["since_fired"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    def save_checkpoint(self, folder: Path) -> Path:
+        """Write ``checkpoint.pt`` atomically (temp file, then rename over the old one)."""
+        out = Path(folder) / CHECKPOINT_NAME
+        tmp = out.with_name(f".{CHECKPOINT_NAME}.tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, out)
+        return out
+
+
+@dataclass
+class TrainResult:
+    crosscoder: CrossCoder          # folded: takes and returns raw activations
+    log: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _read_log(path: Path, upto_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto_step]
+
+
+def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_after: int | None = None,
+          device="cpu", progress: bool = True) -> TrainResult:
+    """Train a crosscoder on ``store`` with ``cfg``; return it folded (raw units) with the per-step log.
+
+    ``ckpt_dir``: folder for ``checkpoint.pt`` (every ``cfg.checkpoint_every`` steps and at the end) and
+    ``train_log.jsonl``; an existing checkpoint there is resumed (``resume=True``) after checking that it
+    was written by the same config and store. ``stop_after``: stop after this many total steps (an
+    interruption, for tests), returning the model as it is.
+    """
+    from tqdm.auto import tqdm
+
+    trainer = Trainer(store, cfg, device=device)
+    log: list[dict] = []
+    log_file = None
+    if ckpt_dir is not None:
+        ckpt_dir = paths.ensure_writable(Path(ckpt_dir))
+        ckpt = ckpt_dir / CHECKPOINT_NAME
+        if ckpt.exists():
+            if not resume:
+                raise FileExistsError(f"{ckpt} exists; pass resume=True to continue it or use another folder")
+            state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
+            trainer.check_checkpoint(state, ckpt_dir)
+            trainer.load_state_dict(state)
+        log = _read_log(ckpt_dir / LOG_NAME, trainer.step_idx)
+        tmp = ckpt_dir / f".{LOG_NAME}.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
+        os.replace(tmp, ckpt_dir / LOG_NAME)
+        log_file = open(ckpt_dir / LOG_NAME, "a")
+
+    n_steps = cfg.n_steps if stop_after is None else min(cfg.n_steps, stop_after)
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.n_steps, initial=trainer.step_idx, desc=f"crosscoder {cfg.activation}",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        while trainer.step_idx < n_steps:
+            got = False
+            for x in store.loader(cfg.batch_size, cfg.buffer_tokens, cfg.seed, epoch=trainer.epoch,
+                                  split="train", start_batch=trainer.batch_in_epoch):
+                got = True
+                try:
+                    row = trainer.step(x)
+                except FloatingPointError as err:
+                    last = ckpt_dir / CHECKPOINT_NAME if ckpt_dir is not None else None
+                    kept = (f"the last good checkpoint {last} is kept" if last is not None and last.exists()
+                            else "no checkpoint was written")
+                    raise FloatingPointError(f"{err}; training stopped ({kept}). Lower lr or check the "
+                                             "activations for outliers.") from None
+                trainer.batch_in_epoch += 1
+                row["epoch"] = trainer.epoch
+                row["time"] = time.perf_counter() - t0
+                log.append(row)
+                if log_file is not None:
+                    log_file.write(json.dumps(row) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=",".join(f"{v:.3f}" for v in row["fvu"]),
+                                l0=f"{row['l0']:.1f}", refresh=False)
+                every = cfg.checkpoint_every
+                if ckpt_dir is not None and (trainer.step_idx == cfg.n_steps or (every and trainer.step_idx % every == 0)):
+                    log_file.flush()
+                    trainer.save_checkpoint(ckpt_dir)
+                if trainer.step_idx >= n_steps:
+                    break
+            else:
+                if not got and trainer.batch_in_epoch == 0:
+                    raise ValueError("the store's loader yielded no training batches (empty train split?)")
+                trainer.epoch += 1
+                trainer.batch_in_epoch = 0
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+    folded = trainer.model.fold(trainer.scale_np.tolist()).eval()
+    return TrainResult(crosscoder=folded, log=log, seconds=time.perf_counter() - t0)
+
+
+def cache_key(store, cfg: TrainConfig) -> str:
+    return paths.config_hash({"store": store_hash(store), "train": cfg.to_dict()})
+
+
+def get_crosscoder(store, cfg: TrainConfig, out_root=None, *, device="cpu", progress: bool = True) -> CrossCoder:
+    """The crosscoder for ``store`` + ``cfg``: loaded from the cache, or trained (resuming) and cached.
+
+    Layout: ``<out_root or RUNS_DIR/crosscoder>/<hash>/`` holds ``config.json``, ``model.safetensors``
+    (folded), ``train_log.jsonl`` and ``train_summary.json``; it appears only when complete. Training
+    checkpoints live in ``<hash>.partial/`` until then, so an interrupted run resumes where it stopped.
+    """
+    cfg.validate()
+    validate_store(store)
+    root = Path(out_root) if out_root is not None else Path(paths.RUNS_DIR) / "crosscoder"
+    key = cache_key(store, cfg)
+    final = root / key
+    if (final / CONFIG_NAME).exists():
+        cc = CrossCoder.from_pretrained(final, device=device)
+        cc.check_compatible(store)
+        return cc
+    work = paths.ensure_writable(root / f"{key}.partial")
+    result = train(store, cfg, ckpt_dir=work, device=device, progress=progress)
+    last = result.log[-1] if result.log else {}
+    summary = {"store_hash": store_hash(store), "train_config": cfg.to_dict(), "steps": cfg.n_steps,
+               "tokens": last.get("tokens"), "seconds_this_session": result.seconds,
+               "final_batch": {k: last.get(k) for k in ("loss", "recon", "fvu", "l0", "dead_frac")}}
+    with paths.atomic_dir(final) as tmp:
+        result.crosscoder.save_pretrained(tmp)
+        shutil.copy(work / LOG_NAME, tmp / LOG_NAME)
+        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return CrossCoder.from_pretrained(final, device=device)
+
+
+def load_log(crosscoder_or_dir):
+    """The per-step training log of a cached crosscoder (or a folder) as a pandas DataFrame."""
+    import pandas as pd
+
+    folder = Path(getattr(crosscoder_or_dir, "source", None) or crosscoder_or_dir)
+    path = folder / LOG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no {LOG_NAME} in {folder}")
+    df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    fvu = np.array(df.pop("fvu").tolist())
+    for m in range(fvu.shape[1]):
+        df[f"fvu_{m}"] = fvu[:, m]
+    return df
+
+
+class TensorStore:
+    """An in-memory activation store over a tensor [n_tokens, n_models, d_model] (reference protocol).
+
+    For tests, the benchmark and small experiments; the real store is ``thinkdiff.store``. The last
+    ``heldout_frac`` of tokens is the held-out split. Each epoch is a fresh seeded permutation of the
+    split (the whole split fits in RAM, so ``buffer_tokens`` is not needed for shuffling).
+    """
+
+    def __init__(self, acts: torch.Tensor, layer: int | None = None, heldout_frac: float = 0.1, name: str = "tensor"):
+        if acts.ndim != 3:
+            raise ValueError(f"acts must be [n_tokens, n_models, d_model], got {tuple(acts.shape)}")
+        self.acts = acts.float().contiguous()
+        self.n_tokens, self.n_models, self.d_model = self.acts.shape
+        self.layer = layer
+        self.n_heldout = int(round(heldout_frac * self.n_tokens))
+        self.mean_norm = self.acts.norm(dim=-1).mean(0).double().numpy()
+        self.norm_scale = math.sqrt(self.d_model) / self.mean_norm
+        digest = paths.config_hash({"name": name, "shape": list(self.acts.shape), "layer": layer,
+                                    "sum": float(self.acts.double().sum()), "sq": float(self.acts.double().pow(2).sum()),
+                                    "heldout": self.n_heldout})
+        self.config_hash = digest
+        self.manifest = {"name": name, "n_tokens": self.n_tokens, "layer": layer, "n_heldout": self.n_heldout}
+
+    def _split(self, split: str) -> torch.Tensor:
+        n_train = self.n_tokens - self.n_heldout
+        if split == "train":
+            return self.acts[:n_train]
+        if split == "heldout":
+            return self.acts[n_train:]
+        if split == "all":
+            return self.acts
+        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+
+    def loader(self, batch_size: int, buffer_tokens: int = 0, seed: int = 0, epoch: int = 0, split: str = "train",
+               start_batch: int = 0, shuffle: bool = True):
+        data = self._split(split)
+        n = data.shape[0]
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+                 if shuffle else torch.arange(n))
+        for b in range(start_batch, math.ceil(n / batch_size)):
+            yield data[order[b * batch_size:(b + 1) * batch_size]]

@@ -1,0 +1,236 @@
+"""Crosscoder model: shapes, folding round trip, BatchTopK selection and sparse kernels, save/load, metrics."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from thinkdiff import metrics
+from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig, batch_topk_indices
+from thinkdiff.train import TensorStore, TrainConfig, Trainer
+
+
+def _cc(activation="relu", k=None, F=48, d=8, seed=0):
+    cc = CrossCoder(CrossCoderConfig(d_model=d, n_latents=F, activation=activation, k=k, layer=2), seed=seed)
+    with torch.no_grad():        # move off the symmetric init so the test exercises real weights
+        g = torch.Generator().manual_seed(seed + 1)
+        for p in cc.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return cc
+
+
+def test_init_follows_paper():
+    cc = CrossCoder(CrossCoderConfig(d_model=8, n_latents=32))
+    assert torch.allclose(cc.W_dec.norm(dim=-1), torch.full((32, 2), 0.08))
+    assert torch.equal(cc.W_enc, cc.W_dec.permute(1, 2, 0))
+    assert not cc.b_enc.any() and not cc.b_dec.any()
+
+
+@pytest.mark.parametrize("bad", [dict(n_latents=0), dict(d_model=-1), dict(activation="gelu"),
+                                 dict(activation="batchtopk", k=0), dict(activation="batchtopk", k=33),
+                                 dict(activation="batchtopk", k=None)])
+def test_bad_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        CrossCoder(CrossCoderConfig(**{"d_model": 8, "n_latents": 32, **bad}))
+
+
+@pytest.mark.parametrize("activation,k", [("relu", None), ("batchtopk", 4)])
+def test_fold_round_trip(activation, k):
+    cc = _cc(activation, k).eval()
+    cc.threshold.fill_(0.05)
+    scale = torch.tensor([0.3, 2.5])
+    raw = torch.randn(64, 2, 8) * torch.tensor([3.0, 0.4])[None, :, None]
+    folded = cc.fold(scale.tolist())
+    f_ref = cc.encode(raw * scale[None, :, None])
+    f_fold = folded.encode(raw)
+    assert torch.allclose(f_fold, f_ref, atol=1e-5)
+    assert (f_ref > 0).sum() > 0
+    # reconstructions map back to raw units exactly (up to fp32 rounding)
+    assert torch.allclose(folded.decode(f_ref), cc.decode(f_ref) / scale[None, :, None], atol=1e-5)
+    assert torch.allclose(folded.decoder_norms("train"), cc.decoder_norms("train"), atol=1e-6)
+    back = folded.unfold()
+    for name, p in cc.state_dict().items():
+        assert torch.allclose(back.state_dict()[name], p, atol=1e-6), name
+    with pytest.raises(ValueError, match="already folded"):
+        folded.fold([1.0, 1.0])
+
+
+def test_batch_topk_selection_is_exact():
+    torch.manual_seed(0)
+    for B, F, n in [(16, 40, 32), (8, 100, 300), (4, 10, 30)]:
+        s = torch.relu(torch.randn(B, F))
+        s[0] = torch.rand(F) + 5            # one token wants every latent: the candidate search must widen
+        want = s.flatten().topk(min(n, int((s > 0).sum()))).indices.sort().values
+        for guess in (None, 0.01, 1.0, 50.0):    # a running-threshold guess may be low, fair or far too high
+            assert torch.equal(batch_topk_indices(s, n, cut_guess=guess), want), guess
+
+
+def test_batchtopk_encode_keeps_k_per_token_on_average():
+    cc = _cc("batchtopk", k=5).train()
+    f = cc.encode(torch.randn(32, 2, 8))
+    assert (f > 0).sum() == 5 * 32
+    cc.eval()
+    cc.threshold.fill_(1e9)
+    assert (cc.encode(torch.randn(32, 2, 8)) > 0).sum() == 0      # eval mode uses the fixed threshold
+
+
+def test_sparse_training_path_matches_dense_autograd():
+    """The BatchTopK trainer's sparse kernels give the loss and gradients of the plain dense computation."""
+    torch.manual_seed(0)
+    acts = torch.randn(200, 2, 8)
+    tr = Trainer(TensorStore(acts), TrainConfig(activation="batchtopk", n_latents=48, k=4, n_steps=5, dead_tokens=1))
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tr.since_fired[:12] = 5                     # 12 dead latents: the aux-k loss is active
+    x = acts[:32] * tr.scale[None, :, None]
+    loss, *_ = tr.loss(x, 0)
+    loss.backward()
+    sparse_grads = {n: p.grad.clone() for n, p in tr.model.named_parameters()}
+
+    m = tr.model
+    m.zero_grad()
+    f = torch.relu(m.pre_acts(x))
+    score = f.detach() * m.W_dec.norm(dim=-1).sum(-1)
+    keep = torch.zeros(f.numel(), dtype=torch.bool)
+    keep[batch_topk_indices(score, 4 * 32)] = True
+    x_hat = m.decode(f * keep.view_as(f))
+    ref = (x_hat - x).pow(2).sum(-1).mean(0).sum()
+    dead = torch.arange(12)
+    top = f[:, dead].detach().topk(tr.k_aux, dim=1).indices
+    aux_mask = torch.zeros_like(f, dtype=torch.bool)
+    aux_mask[torch.arange(32)[:, None], dead[top]] = True
+    e = (x - x_hat).detach().reshape(32, -1)
+    e_hat = (f * aux_mask) @ m.W_dec.reshape(48, -1)
+    ref = ref + tr.cfg.auxk_alpha * (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+    ref.backward()
+    assert torch.allclose(loss, ref, rtol=1e-5)
+    for n, p in m.named_parameters():
+        assert torch.allclose(sparse_grads[n], p.grad, atol=1e-6), n
+
+
+def test_relu_loss_on_hand_computed_batch():
+    """One latent, d=1: loss = sum_m (x_m - xhat_m)^2 + lambda * f * (|d_0| + |d_1|)."""
+    tr = Trainer(TensorStore(torch.ones(20, 2, 1)), TrainConfig(n_latents=1, l1_coeff=0.5, l1_warmup_frac=0, n_steps=3))
+    m = tr.model
+    with torch.no_grad():
+        m.W_enc.copy_(torch.tensor([[[1.0]], [[2.0]]]))          # pre = 1*x0 + 2*x1 + b
+        m.b_enc.fill_(-1.0)
+        m.W_dec.copy_(torch.tensor([[[0.5], [-1.5]]]))
+        m.b_dec.copy_(torch.tensor([[0.1], [0.2]]))
+    x = torch.tensor([[[1.0], [1.0]], [[2.0], [-3.0]]])          # f = relu(2) = 2, relu(-5) = 0
+    loss, *_ = tr.loss(x, step=0)
+    xhat0 = [2 * 0.5 + 0.1, 2 * -1.5 + 0.2]                        # [1.1, -2.8]
+    sq0 = (1 - 1.1) ** 2 + (1 + 2.8) ** 2
+    sq1 = (2 - 0.1) ** 2 + (-3 - 0.2) ** 2
+    want = (sq0 + sq1) / 2 + 0.5 * (2 * (0.5 + 1.5) + 0) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_save_load_and_compatibility(tmp_path):
+    cc = _cc("batchtopk", k=3).fold([0.5, 2.0])
+    cc.threshold.fill_(0.25)
+    cc.save_pretrained(tmp_path / "cc")
+    assert {p.name for p in (tmp_path / "cc").iterdir()} == {"config.json", "model.safetensors"}
+    back = CrossCoder.from_pretrained(tmp_path / "cc")
+    assert back.config == cc.config and not back.training
+    for name, t in cc.state_dict().items():
+        assert torch.equal(back.state_dict()[name], t), name
+    store = TensorStore(torch.randn(40, 2, 8), layer=2)
+    back.check_compatible(store)
+    for acts, layer, what in [(torch.randn(40, 2, 16), 2, "d_model"), (torch.randn(40, 3, 8), 2, "n_models"),
+                              (torch.randn(40, 2, 8), 5, "layer")]:
+        with pytest.raises(ValueError, match=what):
+            back.check_compatible(TensorStore(acts, layer=layer))
+
+
+def test_from_pretrained_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="Hugging Face Hub"):
+        CrossCoder.from_pretrained("nobody-here/no-such-crosscoder")
+    with pytest.raises(FileNotFoundError, match="no crosscoder folder"):
+        CrossCoder.from_pretrained(tmp_path / "missing")
+
+
+def test_fvu_definition():
+    torch.manual_seed(0)
+    x = torch.randn(100, 2, 6) * torch.tensor([1.0, 5.0])[None, :, None] + 3
+    assert torch.allclose(metrics.fvu(x, x.clone()), torch.zeros(2))
+    assert torch.allclose(metrics.fvu(x, x.mean(0, keepdim=True).expand_as(x)), torch.ones(2), atol=1e-6)
+    noisy = x.clone()
+    noisy[:, 1] += 0.1 * torch.randn(100, 6)
+    err = (noisy - x)[:, 1].pow(2).sum()
+    var = (x[:, 1] - x[:, 1].mean(0)).pow(2).sum()
+    assert metrics.fvu(x, noisy)[1].item() == pytest.approx((err / var).item(), rel=1e-5)
+    assert torch.allclose(metrics.explained_variance(x, noisy), 1 - metrics.fvu(x, noisy))
+
+
+def test_l0_dead_and_density():
+    f = torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 3.0, 0.0]])
+    assert metrics.l0(f) == 1.5
+    assert metrics.dead_fraction((f > 0).sum(0)) == 0.5
+    counts, edges, n_dead = metrics.density_histogram([0.0, 0.5, 1e-3, 1.0], bins=7)
+    assert n_dead == 1 and counts.sum() == 3 and edges[-1] == 0.0
+
+
+def test_evaluate_streams_the_heldout_split():
+    torch.manual_seed(0)
+    acts = torch.randn(300, 2, 8)
+    store = TensorStore(acts, layer=2, heldout_frac=0.2)
+    cc = _cc().fold(store.norm_scale.tolist()).eval()
+    res = metrics.evaluate(cc, store, batch_size=17, progress=False)
+    held = acts[240:]
+    with torch.no_grad():
+        f = cc.encode(held)
+        want = metrics.fvu(held, cc.decode(f))
+    assert res["n_tokens"] == 60
+    assert torch.allclose(torch.tensor(res["fvu"]), want, atol=1e-5)
+    assert res["l0"] == pytest.approx(metrics.l0(f))
+    assert res["dead_frac"] == pytest.approx(((f > 0).sum(0) == 0).float().mean().item())
+
+
+def test_spliced_loss_identity_equals_clean(tiny_pair, tiny_tokenizer):
+    base, distilled = tiny_pair
+    enc = tiny_tokenizer(["Ann has 3 apples. Wait, 3 + 4 = 7.", "So the sum is 9."], return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    res = metrics.spliced_loss((base, distilled), ids, mask, lambda x: x, layer=2)
+    for name in ("base", "distilled"):
+        r = res[name]
+        assert r["ce_spliced"] == pytest.approx(r["ce_clean"], abs=1e-5)
+        assert abs(r["kl_spliced"]) < 1e-5
+        assert r["ce_zero"] != pytest.approx(r["ce_clean"], abs=1e-3) and r["kl_zero"] > 1e-4
+        assert r["ce_recovered"] == pytest.approx(1.0, abs=1e-4)
+    # the clean CE is the model's own next-token loss on the attended positions
+    logits = base(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    valid = mask[:, :-1].bool() & mask[:, 1:].bool()
+    ce = torch.nn.functional.cross_entropy(logits[valid], ids[:, 1:][valid])
+    assert res["base"]["ce_clean"] == pytest.approx(ce.item(), rel=1e-5)
+    # a real crosscoder in the loop: shapes line up and the numbers are finite
+    cc = _cc(d=32, F=64).eval()
+    out = metrics.spliced_loss((base, distilled), ids, mask, cc, layer=2)
+    assert all(torch.isfinite(torch.tensor(v)) for r in out.values() for v in r.values())
+    with pytest.raises(ValueError, match="layer"):
+        metrics.spliced_loss((base, distilled), ids, mask, lambda x: x, layer=9)
+
+
+def test_fused_relu_path_matches_dense_autograd():
+    """The ReLU trainer's fused kernel gives the loss and gradients of the plain autograd computation."""
+    torch.manual_seed(0)
+    acts = torch.randn(200, 2, 8)
+    tr = Trainer(TensorStore(acts), TrainConfig(n_latents=48, l1_coeff=0.7, l1_warmup_frac=0, n_steps=5))
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = acts[:32] * tr.scale[None, :, None]
+    loss, *_ = tr.loss(x, 0)
+    loss.backward()
+    fused = {n: p.grad.clone() for n, p in tr.model.named_parameters()}
+    m = tr.model
+    m.zero_grad()
+    f = torch.relu(m.pre_acts(x))
+    ref = (m.decode(f) - x).pow(2).sum(-1).mean(0).sum() + 0.7 * (f @ m.W_dec.norm(dim=-1).sum(-1)).mean()
+    ref.backward()
+    assert torch.allclose(loss, ref, rtol=1e-6)
+    for n, p in m.named_parameters():
+        assert torch.allclose(fused[n], p.grad, atol=1e-6), n

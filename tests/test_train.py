@@ -1,0 +1,157 @@
+"""Crosscoder trainer: it learns, exact resume, checkpoints, caching, divergence and bad input."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from thinkdiff import metrics
+from thinkdiff.crosscoder import CrossCoder
+from thinkdiff.train import (LOG_NAME, PAPER, TensorStore, TrainConfig, Trainer, get_crosscoder, load_log,
+                             train)
+
+torch.set_num_threads(1)
+
+
+def planted_store(n_tokens=6000, d=16, n_feat=64, seed=0, layer=2) -> TensorStore:
+    """Activations built from planted sparse features: shared, base-only and distilled-only directions."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n_feat, 2, d, generator=g), dim=-1)
+    dirs[: n_feat // 4, 1] = 0                    # base-only features
+    dirs[n_feat // 4: n_feat // 2, 0] = 0         # distilled-only features
+    on = torch.rand(n_tokens, n_feat, generator=g) < 4 / n_feat
+    mag = torch.rand(n_tokens, n_feat, generator=g) * 3 * on
+    acts = torch.einsum("tf,fmd->tmd", mag, dirs) * torch.tensor([2.0, 7.0])[None, :, None]
+    return TensorStore(acts + 0.01 * torch.randn(acts.shape, generator=g), layer=layer, name=f"planted{seed}")
+
+
+SMALL = TrainConfig(n_latents=128, batch_size=256, n_steps=300, lr=3e-3, l1_coeff=0.3, k=4,
+                    dead_tokens=20_000, checkpoint_every=0)
+
+
+@pytest.fixture(scope="module")
+def store():
+    return planted_store()
+
+
+@pytest.mark.parametrize("activation", ["relu", "batchtopk"])
+def test_both_schemes_learn_the_planted_features(store, activation):
+    res = train(store, SMALL.replace(activation=activation, k=6), progress=False)
+    ev = metrics.evaluate(res.crosscoder, store, progress=False)
+    assert max(ev["fvu"]) < 0.2, ev["fvu"]          # measured: relu 0.045, batchtopk (k=6) 0.125
+    assert res.log[-1]["loss"] < 0.5 * res.log[0]["loss"]
+    if activation == "batchtopk":       # the inference threshold gives about k active latents per token
+        assert 4 <= ev["l0"] <= 9, ev["l0"]
+    assert res.crosscoder.folded and not res.crosscoder.training
+
+
+def _weights(cc: CrossCoder):
+    return {k: v.clone() for k, v in cc.state_dict().items()}
+
+
+def _same(a, b) -> bool:
+    """Bitwise equal, NaN == NaN (the ReLU crosscoder's unused BatchTopK threshold is NaN)."""
+    return a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("activation", ["relu", "batchtopk"])
+def test_resume_is_bitwise_exact(store, tmp_path, activation):
+    # batch 1000 over 5400 training tokens: 6 batches per epoch (last one partial), so 40 steps cross epochs
+    cfg = SMALL.replace(activation=activation, n_steps=40, batch_size=1000, checkpoint_every=7, dead_tokens=3000)
+    full = train(store, cfg, ckpt_dir=tmp_path / "a", progress=False)
+    part = train(store, cfg, ckpt_dir=tmp_path / "b", stop_after=17, progress=False)   # dies after step 17
+    assert len(part.log) == 17
+    rest = train(store, cfg, ckpt_dir=tmp_path / "b", progress=False)                  # resumes at step 14
+    assert rest.log[0]["step"] == 1 and len(rest.log) == 40
+    for name, w in _weights(full.crosscoder).items():
+        assert _same(w, rest.crosscoder.state_dict()[name]), name
+    logged = [json.loads(x) for x in (tmp_path / "b" / LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, 41))
+    assert [r["loss"] for r in logged] == [r["loss"] for r in full.log]
+
+
+def test_checkpoint_from_another_config_is_refused(store, tmp_path):
+    cfg = SMALL.replace(n_steps=6, checkpoint_every=3)
+    train(store, cfg, ckpt_dir=tmp_path, stop_after=4, progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="another training config.*lr"):
+        train(store, cfg.replace(lr=1e-4), ckpt_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="trained on store"):
+        train(planted_store(seed=1), cfg, ckpt_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_divergence_stops_and_keeps_last_checkpoint(store, tmp_path):
+    cfg = SMALL.replace(n_steps=20, checkpoint_every=5)
+    train(store, cfg, ckpt_dir=tmp_path, stop_after=10, progress=False)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+
+    class Poisoned(TensorStore):          # a store that serves a NaN batch from the 3rd batch on
+        def loader(self, *a, **kw):
+            for i, x in enumerate(super().loader(*a, **kw)):
+                yield x * float("nan") if i >= 2 else x
+
+    bad = Poisoned(store.acts, layer=store.layer, name="planted0")
+    assert bad.config_hash == store.config_hash
+    with pytest.raises(FloatingPointError, match="loss became nan.*last good checkpoint"):
+        train(bad, cfg, ckpt_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(n_latents=0), "n_latents"), (dict(activation="batchtopk", k=0), "k"),
+    (dict(activation="batchtopk", k=500), "exceeds"), (dict(lr=-1.0), "lr"), (dict(activation="topk"), "activation"),
+    (dict(lr_warmup_frac=0.9, lr_decay_frac=0.2), "must not exceed"), (dict(batch_size=0), "batch_size"),
+])
+def test_bad_config_is_refused_before_training(store, bad, match):
+    with pytest.raises(ValueError, match=match):
+        train(store, SMALL.replace(**bad), progress=False)
+
+
+def test_bad_store_and_unwritable_folder(store, tmp_path):
+    broken = TensorStore(store.acts)
+    broken.norm_scale = [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="norm_scale has 3 entries"):
+        train(broken, SMALL, progress=False)
+    broken.norm_scale = [1.0, 0.0]
+    with pytest.raises(ValueError, match="positive and finite"):
+        train(broken, SMALL, progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="cannot write"):
+        train(store, SMALL, ckpt_dir=blocker / "ckpt", progress=False)
+    with pytest.raises(PermissionError, match="cannot write"):
+        get_crosscoder(store, SMALL, out_root=blocker, progress=False)
+
+
+def test_get_crosscoder_trains_once_then_loads(store, tmp_path):
+    cfg = SMALL.replace(n_steps=30, checkpoint_every=10)
+    cc = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    folders = [p for p in tmp_path.iterdir()]
+    assert len(folders) == 1 and not folders[0].name.endswith(".partial")
+    assert {p.name for p in folders[0].iterdir()} == {"config.json", "model.safetensors", LOG_NAME,
+                                                        "train_summary.json"}
+    mtime = os.path.getmtime(folders[0] / "model.safetensors")
+    again = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    assert os.path.getmtime(folders[0] / "model.safetensors") == mtime
+    for name, w in cc.state_dict().items():
+        assert _same(w, again.state_dict()[name]), name
+    assert cc.config.norm_scale == pytest.approx(store.norm_scale.tolist())
+    assert cc.config.store_hash == store.config_hash and cc.config.train_config == cfg.to_dict()
+    log = load_log(cc)
+    assert list(log["step"]) == list(range(1, 31)) and {"fvu_0", "fvu_1", "l0", "lr"} <= set(log.columns)
+    with pytest.raises(ValueError, match="d_model"):
+        cc.check_compatible(planted_store(d=8))
+
+
+def test_schedules_and_paper_config(store):
+    tr = Trainer(store, SMALL.replace(n_steps=100, lr_warmup_frac=0.1, lr_decay_frac=0.2, l1_warmup_frac=0.05))
+    f = [tr.lr_factor(s) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[79] == 1.0
+    assert f[80] == 1.0 and f[99] == pytest.approx(0.05) and all(a >= b for a, b in zip(f[9:], f[10:]))
+    assert tr.l1_coeff_at(0) == 0.0 and tr.l1_coeff_at(5) == SMALL.l1_coeff
+    assert (PAPER.n_latents, PAPER.l1_coeff, PAPER.lr, PAPER.batch_size) == (32768, 2.0, 5e-5, 1024)
+    assert PAPER.n_steps * PAPER.batch_size == pytest.approx(400e6, rel=0.01)
+    PAPER.validate()
