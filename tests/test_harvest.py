@@ -1,0 +1,231 @@
+"""Paired harvesting on the tiny random Qwen2 pair: correctness against a plain forward, metadata,
+exclusions, reuse, resume after interruption, and every bad input the issue lists."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_TEXT
+from thinkdiff import harvest as H
+from thinkdiff import paths
+from thinkdiff.harvest import HarvestConfig, get_store, harvest_pair
+from thinkdiff.store import ActivationStore, StoreWriter
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_docs(tok, n=24):
+    """Organism-like documents: text, ids, a category label and a marker flag per token."""
+    docs = []
+    for i in range(n):
+        text = TINY_TEXT[i % len(TINY_TEXT)] + f" Doc {i}."
+        ids = tok(text)["input_ids"]
+        docs.append(SimpleNamespace(text=text, input_ids=ids, labels=[(j + i) % 5 for j in range(len(ids))],
+                                    marker=[j % 7 == 0 for j in range(len(ids))], kind="teacher" if i % 3 else "base"))
+    return docs
+
+
+def _cfg(**kw):
+    return HarvestConfig(**{"layer": 2, "batch_size": 4, "shard_tokens": 80, "heldout_fraction": 0.25, **kw})
+
+
+def _files_sha(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.name != "manifest.json"}
+
+
+def _manifest_without_run(folder):
+    man = json.loads((folder / "manifest.json").read_text())
+    man.pop("run")
+    return man
+
+
+def test_activations_and_metadata_match_a_plain_forward(tiny_pair, tiny_tokenizer, tmp_path):
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer)
+    store = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, _cfg(), out_dir=tmp_path / "s",
+                         progress=False)
+    meta, acts = store.meta, store.acts(np.arange(store.n_tokens))
+    assert store.n_tokens == sum(len(d.input_ids) - 1 for d in docs) and (meta["pos"] >= 1).all()
+    for d_id in range(len(docs)):
+        rows = np.nonzero(meta["doc_id"] == d_id)[0]
+        doc = docs[d_id]
+        ids = torch.tensor([doc.input_ids])
+        with torch.no_grad():  # unpadded, one document: hidden_states[L] is resid_pre of block L
+            ref = [m(ids, output_hidden_states=True).hidden_states[2][0].numpy() for m in (base, distilled)]
+        pos = meta["pos"][rows]
+        assert np.array_equal(pos, np.arange(1, len(doc.input_ids)))
+        for m in (0, 1):
+            np.testing.assert_allclose(acts[rows, m], ref[m][pos], atol=2e-5, rtol=1e-4)
+        assert np.array_equal(meta["token_id"][rows], np.asarray(doc.input_ids)[pos])
+        assert np.array_equal(meta["label"][rows], np.asarray(doc.labels)[pos])
+        assert np.array_equal(meta["marker"][rows], np.asarray(doc.marker)[pos])
+        assert len(set(meta["split"][rows])) == 1  # a document lies in one split
+    # split shards are homogeneous and the held-out choice is deterministic and non-trivial
+    held = {int(i) for i in meta["doc_id"][meta["split"] == 1]}
+    assert 0 < len(held) < len(docs)
+    assert held == {i for i, d in enumerate(H.prepare_documents(docs, tiny_tokenizer, _cfg())) if H._is_heldout(d, _cfg())}
+    for e in store.shards:
+        assert set(store.shard_meta(e["index"])["split"]) == {int(e["split"] == "heldout")}
+    man = store.manifest
+    assert man["layer"] == 2 and man["d_model"] == 32 and man["n_models"] == 2 and man["dtype"] == "float32"
+    assert man["models"][0]["weight_hash"] != man["models"][1]["weight_hash"]
+    assert man["exclusions"]["n_dropped_first"] == len(docs) and man["pairing"]["same_tokenizer_object"]
+    assert man["documents"]["kinds"] == {"base": 8, "teacher": 16}
+    assert np.allclose(store.mean_norm, np.linalg.norm(acts, axis=2).mean(0), rtol=1e-6)
+
+
+def test_documents_without_labels_and_default_layer(tiny_pair, tiny_tokenizer, tmp_path):
+    base, distilled = tiny_pair
+    store = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, TINY_TEXT,
+                         HarvestConfig(drop_first_position=False, heldout_fraction=0.0),
+                         out_dir=tmp_path / "s", progress=False)
+    assert store.layer == 2  # n_layers // 2 of the 4-layer pair
+    assert (store.meta["label"] == -1).all() and not store.meta["marker"].any() and (store.meta["split"] == 0).all()
+    assert store.n_tokens == sum(len(tiny_tokenizer(t)["input_ids"]) for t in TINY_TEXT)
+
+
+def test_reuse_matching_store_and_refuse_mismatch(tiny_pair, tiny_tokenizer, tmp_path, monkeypatch):
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer, 8)
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path)
+    pair = SimpleNamespace(base=base, distilled=distilled, tokenizer=tiny_tokenizer, layer=1)
+    first = get_store(pair, docs, HarvestConfig(batch_size=4), progress=False)
+    assert first.layer == 1 and first.path.parent == tmp_path / "harvest"
+
+    def no_forward(*a, **k):
+        raise AssertionError("a matching store must be reused without running the models")
+    monkeypatch.setattr(H, "LayerReader", no_forward)
+    again = get_store(pair, docs, HarvestConfig(batch_size=4), progress=False)
+    assert again.path == first.path
+    with pytest.raises(ValueError, match="different configuration.*layer"):
+        harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, HarvestConfig(layer=3, batch_size=4),
+                     out_dir=first.path)
+    with pytest.raises(ValueError, match="different configuration.*models"):
+        harvest_pair(base, base, tiny_tokenizer, tiny_tokenizer, docs, HarvestConfig(layer=1, batch_size=4),
+                     out_dir=first.path)
+    with pytest.raises(ValueError, match="different configuration.*dtype"):
+        harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs,
+                     HarvestConfig(layer=1, batch_size=4, dtype="float16"), out_dir=first.path)
+    assert ActivationStore(first.path).n_tokens == first.n_tokens  # untouched
+
+
+def test_interrupted_harvest_resumes_to_an_identical_store(tiny_pair, tiny_tokenizer, tmp_path, monkeypatch):
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer)
+    cfg = _cfg(outlier_norm_multiple=50.0)
+    whole = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "a",
+                         progress=False)
+    assert len(whole.shards) >= 4
+
+    calls = {"forward": 0, "shards": 0}
+    real_write, real_forward = StoreWriter.write_shard, H._forward_pair
+
+    def crashing_write(self, *a, **k):
+        if calls["shards"] == 2:
+            (self.partial / "acts_00002.npy.tmp").write_bytes(b"torn write")  # as if killed mid-write
+            raise KeyboardInterrupt("killed")
+        calls["shards"] += 1
+        return real_write(self, *a, **k)
+
+    def counting_forward(*a, **k):
+        calls["forward"] += 1
+        return real_forward(*a, **k)
+    monkeypatch.setattr(StoreWriter, "write_shard", crashing_write)
+    monkeypatch.setattr(H, "_forward_pair", counting_forward)
+    with pytest.raises(KeyboardInterrupt):
+        harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists() and (tmp_path / "b.partial" / "progress.json").exists()
+    with pytest.raises(FileNotFoundError, match="interrupted harvest"):
+        ActivationStore(tmp_path / "b")
+
+    monkeypatch.setattr(StoreWriter, "write_shard", real_write)
+    calls["forward"] = 0
+    resumed = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "b",
+                           progress=False)
+    done_batches = whole.shards[1]["batches"][1]
+    n_batches = whole.shards[-1]["batches"][1]
+    assert calls["forward"] == n_batches - done_batches  # restarted after the last complete shard
+    assert _files_sha(whole.path) == _files_sha(resumed.path)
+    assert _manifest_without_run(whole.path) == _manifest_without_run(resumed.path)
+    assert not (tmp_path / "b.partial").exists()
+
+
+def test_outlier_positions_are_excluded_and_recorded(tiny_pair, tiny_tokenizer, tmp_path):
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer, 10)
+    sink = tiny_tokenizer(" apples")["input_ids"][0]
+    loud = copy.deepcopy(distilled)
+    with torch.no_grad():  # an "attention sink": one token whose residual norm is ~1000x the others
+        loud.model.embed_tokens.weight[sink] *= 1000
+    store = harvest_pair(base, loud, tiny_tokenizer, tiny_tokenizer, docs, _cfg(outlier_norm_multiple=10.0),
+                         out_dir=tmp_path / "s", progress=False)
+    n_sink = sum(int((np.asarray(d.input_ids[1:]) == sink).sum()) for d in docs)
+    ex = store.manifest["exclusions"]
+    assert n_sink > 0 and ex["n_dropped_outlier"] == n_sink
+    assert sink not in set(store.meta["token_id"].tolist())
+    assert {o["token"] for o in ex["outliers"]} == {" apples"} and len(ex["outliers"]) == n_sink
+    assert ex["outlier_threshold"][1] == pytest.approx(10 * ex["median_norm"][1])
+    assert store.n_tokens == sum(len(d.input_ids) - 1 for d in docs) - n_sink
+
+
+def test_tokenizer_pairing(tiny_pair, tiny_tokenizer, tmp_path):
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer, 6)
+    other = copy.deepcopy(tiny_tokenizer)
+    other.add_tokens(["apples"])  # one more merge-like entry: " apples" now encodes differently
+    with pytest.raises(ValueError, match=r"token pairing failed.*document 0.*Ann has 3 apples.*Base ids"):
+        harvest_pair(base, distilled, tiny_tokenizer, other, docs, _cfg(), out_dir=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+    templated = copy.deepcopy(tiny_tokenizer)
+    templated.chat_template = "{% for m in messages %}<think>{{ m['content'] }}{% endfor %}"
+    store = harvest_pair(base, distilled, tiny_tokenizer, templated, docs, _cfg(), out_dir=tmp_path / "s",
+                         progress=False)
+    pairing = store.manifest["pairing"]
+    assert pairing["chat_template"]["differs"] and pairing["n_documents_checked"] == 6
+    assert not pairing["same_tokenizer_object"] and pairing["ids_identical"]
+    assert tiny_tokenizer.padding_side == templated.padding_side == "right"  # nnsight got copies
+
+
+def test_bad_inputs_raise_clear_errors(tiny_pair, tiny_tokenizer, tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer, 4)
+    run = lambda b=base, d=distilled, ds=docs, cfg=_cfg(): harvest_pair(  # noqa: E731
+        b, d, tiny_tokenizer, tiny_tokenizer, ds, cfg, out_dir=tmp_path / "s", progress=False)
+    for layer in (0, 5):
+        with pytest.raises(ValueError, match=f"layer {layer} is out of range.*n_layers = 4"):
+            run(cfg=_cfg(layer=layer))
+    with pytest.raises(ValueError, match="empty corpus"):
+        run(ds=[])
+    with pytest.raises(ValueError, match="empty corpus"):
+        run(ds=["", ""])
+    with pytest.raises(ValueError, match="3 labels"):
+        run(ds=[{"text": "x", "input_ids": [5, 6], "labels": [0, 1, 2]}])
+    with pytest.raises(ValueError, match="outside the base model's vocabulary"):
+        run(ds=[{"text": "x", "input_ids": [5, 10_000]}])
+    for bad in ({"batch_size": 0}, {"dtype": "int8"}, {"heldout_fraction": 1.0}, {"outlier_norm_multiple": 0.5}):
+        with pytest.raises(ValueError):
+            run(cfg=_cfg(**bad))
+    narrow = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tiny_tokenizer), hidden_size=16, intermediate_size=32,
+                                          num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(ValueError, match="d_model 32 vs 16"):
+        run(d=narrow)
+    broken = copy.deepcopy(distilled)
+    with torch.no_grad():
+        broken.model.embed_tokens.weight[docs[2].input_ids[3]] = float("nan")
+    with pytest.raises(ValueError, match="non-finite.*position"):
+        run(d=broken)
+    assert not (tmp_path / "s").exists()  # nothing finished was written
