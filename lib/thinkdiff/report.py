@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 from pathlib import Path
 
 from . import paths
@@ -50,6 +51,15 @@ def _jsonable(x):
     return x
 
 
+def _relative(fig) -> str:
+    """Repository-relative path of a figure where possible (reports link them), else absolute."""
+    fig = Path(fig).resolve()
+    try:
+        return fig.relative_to(paths.REPO_ROOT).as_posix()
+    except ValueError:
+        return fig.as_posix()
+
+
 def record(stage: str, preset: str, config_hash: str, numbers: dict, figures=(), claims=None) -> Path:
     """Write (replace) this stage's record for ``preset``. Returns the JSON path."""
     claims = claims or {}
@@ -65,7 +75,7 @@ def record(stage: str, preset: str, config_hash: str, numbers: dict, figures=(),
         "config_hash": config_hash,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "numbers": _jsonable(numbers),
-        "figures": [str(Path(f).resolve().relative_to(paths.REPO_ROOT)) if Path(f).is_absolute() else str(f) for f in figures],
+        "figures": [_relative(f) for f in figures],
         "claims": {str(k): v for k, v in claims.items()},
     }
     out = folder / f"{stage}.json"
@@ -92,6 +102,7 @@ def _fmt(v):
 
 def write_report(preset: str, out: Path | None = None) -> Path:
     """Render every stage record of ``preset`` as one Markdown report and return its path."""
+    out = Path(out) if out else _report_dir(preset) / "REPORT.md"
     recs = load_records(preset)
     if not recs:
         raise FileNotFoundError(f"no stage records for preset {preset!r} under {_report_dir(preset)}; run the notebooks first")
@@ -107,7 +118,8 @@ def write_report(preset: str, out: Path | None = None) -> Path:
         lines.append("")
         for fig in rec["figures"]:
             rel = Path(fig)
-            lines.append(f"![{rel.stem}](../../../{rel.as_posix()})")
+            link = rel.as_posix() if rel.is_absolute() else os.path.relpath(paths.REPO_ROOT / rel, out.parent)
+            lines.append(f"![{rel.stem}]({link})")
         lines.append("")
         for k, v in rec["claims"].items():
             verdicts[int(k)].append((rec["stage"], v))
@@ -117,6 +129,5 @@ def write_report(preset: str, out: Path | None = None) -> Path:
             lines.append(f"| {k} | {text} | not tested | no stage of this run tests it |")
         for stage, v in verdicts[k]:
             lines.append(f"| {k} | {text} | **{v['verdict']}** | {stage}: {v.get('evidence', '')} |")
-    out = Path(out) if out else _report_dir(preset) / "REPORT.md"
     out.write_text("\n".join(lines) + "\n")
     return out
