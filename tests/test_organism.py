@@ -102,3 +102,17 @@ def test_build_is_deterministic_and_cached(tmp_path, monkeypatch):
     # SFT changed the weights: distilled differs from base
     diff = sum((p - q).abs().sum() for p, q in zip(pair.base.parameters(), pair.distilled.parameters()))
     assert diff > 0
+
+
+@pytest.mark.slow
+def test_rebuild_reproduces_shipped_S_weights(tmp_path, monkeypatch):
+    """`make organism` is deterministic: rebuilding S from scratch gives the shipped bytes."""
+    shipped = organism.SHIPPED_DIR / "S"
+    man = json.loads((shipped / "manifest.json").read_text())
+    assert man["config_hash"] == paths.config_hash(organism.organism_config("S")), \
+        "shipped S weights are stale: run `make organism`"
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path)
+    organism.build_organism("S", tmp_path / "S")
+    for role in ("base", "distilled"):
+        assert (tmp_path / "S" / role / "model.safetensors").read_bytes() == \
+            (shipped / role / "model.safetensors").read_bytes(), f"{role} weights differ from the shipped copy"

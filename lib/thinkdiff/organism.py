@@ -63,7 +63,7 @@ SIZES = {
                     sft_lr=2e-3),
     "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=1500, sft_steps=800,
                     sft_lr=2e-3),
-    "L": SizeConfig(hidden=128, layers=8, heads=8, kv_heads=2, intermediate=384, pretrain_steps=2000, sft_steps=1000,
+    "L": SizeConfig(hidden=128, layers=8, heads=8, kv_heads=2, intermediate=384, pretrain_steps=1500, sft_steps=800,
                     sft_lr=2e-3),
 }
 
@@ -418,13 +418,19 @@ def get_organism(size: str = "S", corpus: CorpusConfig | None = None, rebuild: b
     return _load(cached, size)
 
 
-def ship(size: str) -> Path:
-    """Rebuild ``size`` from scratch and copy it into ``data/organism/<size>`` (what ``make organism`` runs)."""
-    pair = get_organism(size, rebuild=True)
+def ship(size: str, rebuild: bool = True) -> Path:
+    """Copy the organism of ``size`` into ``data/organism/<size>`` (what ``make organism`` runs).
+
+    ``rebuild=True`` trains from scratch first; ``False`` ships the cached build of the same config.
+    """
+    cfg = organism_config(size)
+    cached = paths.artifact_dir("organism", cfg)
+    if rebuild or not cached.exists():
+        get_organism(size, rebuild=True)
     dest = SHIPPED_DIR / size
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(pair.path, dest)
+    shutil.copytree(cached, dest)
     tok_dest = SHIPPED_DIR / "tokenizer"
     if tok_dest.exists():
         shutil.rmtree(tok_dest)
@@ -438,5 +444,7 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description="Rebuild the shipped organism weights from scratch.")
     ap.add_argument("--size", action="append", choices=sorted(SIZES), help="size(s) to rebuild (default: all)")
-    for s in ap.parse_args().size or sorted(SIZES):
-        print(s, json.dumps(json.loads((ship(s) / "manifest.json").read_text())["train_seconds"]))
+    ap.add_argument("--from-cache", action="store_true", help="ship cached builds instead of retraining")
+    args = ap.parse_args()
+    for s in args.size or sorted(SIZES):
+        print(s, json.dumps(json.loads((ship(s, rebuild=not args.from_cache) / "manifest.json").read_text())["train_seconds"]))
