@@ -311,17 +311,23 @@ def _calibrate(readers, docs, plan, cfg, pad_id) -> list[float]:
     return allnorms.double().median(dim=0).values.tolist()
 
 
-def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents, cfg: HarvestConfig | None = None,
-                 out_dir=None, verify: bool = True, progress: bool = True) -> ActivationStore:
-    """Harvest paired activations into a store, or reuse the finished store with the same key.
+@dataclass
+class HarvestJob:
+    """A validated harvest: documents, hook layer, store key, output folder, pairing report, batch plan."""
+    docs: list
+    layer: int
+    key: dict
+    out: Path
+    pairing: dict
+    plan: list
+    pad_id: int
+    cfg: HarvestConfig
+    layers_path: str = "model.layers"
 
-    base, distilled: transformers causal LMs (model index 0 and 1). tokenizer_*: their tokenizers (may be
-    one object). documents: see ``prepare_documents``. out_dir: the store folder; default
-    ``RUNS_DIR/harvest/<key hash>``. A finished store there with the same key is reused; an interrupted
-    harvest there (``<out_dir>.partial``) with the same key is resumed from its last complete shard; either
-    one with another key is refused with an error listing the differences. ``verify`` checks the sha256
-    of every shard when reusing a finished store.
-    """
+
+def prepare_harvest(base, distilled, tokenizer_base, tokenizer_distilled, documents, cfg: HarvestConfig | None,
+                    out_dir=None) -> HarvestJob:
+    """Validate everything (shapes, layer, vocabulary, token pairing) and build the store key; no forward pass."""
     cfg = (cfg or HarvestConfig()).validate()
     docs = prepare_documents(documents, tokenizer_base, cfg)
     n_layers = n_layers_of(base)
@@ -343,48 +349,88 @@ def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents
            "corpus_sha256": corpus_hash(docs), "n_documents": len(docs),
            **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("layer", "dtype")}}
     out = Path(out_dir) if out_dir is not None else paths.artifact_dir(STAGE, key)
-    if (out / MANIFEST).exists():
-        store = ActivationStore(out, verify=False)
-        if store.key != canonical_key(key):
-            raise ValueError(f"the store at {out} was written for a different configuration; refusing to mix. "
-                             f"Differences: {'; '.join(key_differences(store.key, canonical_key(key)))}")
-        if verify:
-            store.verify()
-        return store
-
-    writer = StoreWriter(out, key)
-    plan = _plan(docs, cfg)
     pad_id = tokenizer_base.pad_token_id if tokenizer_base.pad_token_id is not None else 0
+    return HarvestJob(docs, layer, key, out, pairing, _plan(docs, cfg), pad_id, cfg, _decoder_layers(base))
+
+
+def finished_store(job: HarvestJob, verify: bool) -> ActivationStore | None:
+    """The finished store at ``job.out`` if there is one with the same key (else None); refuses another key."""
+    if not (job.out / MANIFEST).exists():
+        return None
+    store = ActivationStore(job.out, verify=False)
+    if store.key != canonical_key(job.key):
+        raise ValueError(f"the store at {job.out} was written for a different configuration; refusing to mix. "
+                         f"Differences: {'; '.join(key_differences(store.key, canonical_key(job.key)))}")
+    if verify:
+        store.verify()
+    return store
+
+
+def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents, cfg: HarvestConfig | None = None,
+                 out_dir=None, verify: bool = True, progress: bool = True) -> ActivationStore:
+    """Harvest paired activations into a store, or reuse the finished store with the same key.
+
+    base, distilled: transformers causal LMs (model index 0 and 1). tokenizer_*: their tokenizers (may be
+    one object). documents: see ``prepare_documents``. out_dir: the store folder; default
+    ``RUNS_DIR/harvest/<key hash>``. A finished store there with the same key is reused; an interrupted
+    harvest there (``<out_dir>.partial``) with the same key is resumed from its last complete shard; either
+    one with another key is refused with an error listing the differences. ``verify`` checks the sha256
+    of every shard when reusing a finished store. (Several processes: ``thinkdiff.distributed.harvest_pair``.)
+    """
+    job = prepare_harvest(base, distilled, tokenizer_base, tokenizer_distilled, documents, cfg, out_dir)
+    store = finished_store(job, verify)
+    if store is not None:
+        return store
+    writer = StoreWriter(job.out, job.key)
+    median = harvest_range(job, writer, base, distilled, tokenizer_base, tokenizer_distilled, 0, len(job.plan),
+                           median=writer.state.get("median_norm"), progress=progress)
+    return ActivationStore(writer.finalize(harvest_manifest(job, writer.shards, median, tokenizer_base,
+                                                            writer.state.get("run"))), verify=False)
+
+
+def harvest_range(job: HarvestJob, writer: StoreWriter, base, distilled, tokenizer_base, tokenizer_distilled,
+                  lo: int, hi: int, median=None, progress: bool = True):
+    """Harvest plan batches ``lo:hi`` into ``writer`` (resuming after its last complete shard).
+
+    ``median`` [n_models]: the outlier calibration to use; None calibrates here (when outliers are
+    excluded at all) on the first calibration tokens of the whole plan. Returns the median used."""
+    cfg = job.cfg
     was_training = (base.training, distilled.training)
     base.eval(), distilled.eval()
     try:
-        readers = [LayerReader(base, tokenizer_base, layer), LayerReader(distilled, tokenizer_distilled, layer)]
-        if cfg.outlier_norm_multiple is not None and "median_norm" not in writer.state:
-            writer.set_state(median_norm=_calibrate(readers, docs, plan, cfg, pad_id))
-        median = writer.state.get("median_norm")
+        readers = [LayerReader(base, tokenizer_base, job.layer), LayerReader(distilled, tokenizer_distilled, job.layer)]
+        if cfg.outlier_norm_multiple is not None and median is None:
+            median = _calibrate(readers, job.docs, job.plan, cfg, job.pad_id)
+        if median is not None and writer.state.get("median_norm") != median:
+            writer.set_state(median_norm=median)
         thresh = None if median is None else torch.tensor(median) * cfg.outlier_norm_multiple
-        _run(writer, readers, docs, plan, cfg, pad_id, thresh, progress)
+        _run(writer, readers, job.docs, job.plan, cfg, job.pad_id, thresh, progress, lo, hi)
     finally:
         base.train(was_training[0]), distilled.train(was_training[1])
+    return median
 
+
+def harvest_manifest(job: HarvestJob, shards: list[dict], median, tokenizer_base, run) -> dict:
+    """The harvest part of a store manifest (exclusions, documents, pairing, config), from the shard records."""
+    cfg, docs, layer = job.cfg, job.docs, job.layer
+    thresh = None if median is None else (torch.tensor(median) * cfg.outlier_norm_multiple).tolist()
     exclusions = {"drop_first_position": cfg.drop_first_position, "outlier_norm_multiple": cfg.outlier_norm_multiple,
-                  "median_norm": median, "outlier_threshold": None if thresh is None else thresh.tolist(),
-                  "n_positions_seen": sum(e["n_positions"] for e in writer.shards),
-                  "n_dropped_first": sum(e["n_dropped_first"] for e in writer.shards),
-                  "n_dropped_outlier": sum(e["n_dropped_outlier"] for e in writer.shards),
-                  "outliers": [o for e in writer.shards for o in e["outliers"]][:200],
+                  "median_norm": median, "outlier_threshold": thresh,
+                  "n_positions_seen": sum(e["n_positions"] for e in shards),
+                  "n_dropped_first": sum(e["n_dropped_first"] for e in shards),
+                  "n_dropped_outlier": sum(e["n_dropped_outlier"] for e in shards),
+                  "outliers": [dict(o) for e in shards for o in e["outliers"]][:200],
                   "n_truncated_documents": sum(d.n_truncated > 0 for d in docs),
                   "n_truncated_tokens": int(sum(d.n_truncated for d in docs))}
     for o in exclusions["outliers"]:
         o["token"] = tokenizer_base.decode([o["token_id"]])
     n_held = sum(_is_heldout(d, cfg) for d in docs)
-    manifest = {"hook": f"resid_pre of block {layer} = output of {_decoder_layers(base)}[{layer - 1}]",
-                "layer": layer, "models": key["models"], "pairing": pairing, "exclusions": exclusions,
-                "documents": {"n": len(docs), "train": len(docs) - n_held, "heldout": n_held,
-                              "kinds": {k: sum(d.kind == k for d in docs) for k in sorted({d.kind for d in docs})}},
-                "config": dataclasses.asdict(cfg),
-                "run": writer.state.get("run")}  # timing of the last (possibly resumed) session; not part of the key
-    return ActivationStore(writer.finalize(manifest), verify=False)
+    return {"hook": f"resid_pre of block {layer} = output of {job.layers_path}[{layer - 1}]",
+            "layer": layer, "models": job.key["models"], "pairing": job.pairing, "exclusions": exclusions,
+            "documents": {"n": len(docs), "train": len(docs) - n_held, "heldout": n_held,
+                          "kinds": {k: sum(d.kind == k for d in docs) for k in sorted({d.kind for d in docs})}},
+            "config": dataclasses.asdict(cfg),
+            "run": run}  # timing of the last (possibly resumed) session; not part of the key
 
 
 def _empty_held() -> dict:
@@ -440,8 +486,8 @@ def _flush(writer: StoreWriter, held: dict, dtype: str, split: str, next_batch: 
                               split, state={"next_batch": next_batch}, info=info)
 
 
-def _run(writer, readers, docs, plan, cfg, pad_id, thresh, progress):
-    """The harvest loop over the planned batches, from the first one not yet in a complete shard.
+def _run(writer, readers, docs, plan, cfg, pad_id, thresh, progress, lo: int = 0, hi: int | None = None):
+    """The harvest loop over the planned batches ``lo:hi``, from the first one not yet in a complete shard.
 
     A shard closes at a batch boundary once it holds ``shard_tokens`` rows, and at the end of each split
     (shards never mix splits). Shards are written by one background thread (statistics, sha256 and disk
@@ -453,22 +499,26 @@ def _run(writer, readers, docs, plan, cfg, pad_id, thresh, progress):
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
-    start = writer.state.get("next_batch", 0)
-    total = sum(len(docs[i].ids) for _, idx in plan for i in idx)
-    done = sum(len(docs[i].ids) for _, idx in plan[:start] for i in idx)
+    hi = len(plan) if hi is None else hi
+    start = writer.state.get("next_batch", lo)
+    if not lo <= start <= hi:
+        raise ValueError(f"the partial store in {writer.partial} stopped at batch {start}, outside this run's "
+                         f"batches {lo}:{hi}; delete it or use another out_dir")
+    total = sum(len(docs[i].ids) for _, idx in plan[lo:hi] for i in idx)
+    done = sum(len(docs[i].ids) for _, idx in plan[lo:start] for i in idx)
     bar = tqdm(total=total, initial=done, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
     held, pending = _empty_held(), None
     t0 = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkdiff-store-writer")
     try:
-        for b in range(start, len(plan)):
+        for b in range(start, hi):
             split, idx = plan[b]
             batch = _batch_arrays([docs[i] for i in idx], pad_id)
             held.setdefault("first_batch", b)
             _harvest_batch(readers, batch, split, idx, cfg, thresh, held)
             bar.update(int(batch["mask"].sum()))
             n_held = sum(len(m) for m in held["meta"])
-            last_of_split = b + 1 == len(plan) or plan[b + 1][0] != split
+            last_of_split = b + 1 == hi or plan[b + 1][0] != split  # (or of this rank's slice)
             if n_held and (n_held >= cfg.shard_tokens or last_of_split):
                 if pending is not None:
                     pending.result()

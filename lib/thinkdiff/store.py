@@ -92,6 +92,16 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def part_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous part ``[lo, hi)`` of ``n`` items split over ``world_size`` ranks.
+
+    Parts differ in size by at most one, cover ``0..n`` in rank order, and may be empty when
+    ``n < world_size``. Used for a rank's slice of a harvest plan and of every global training batch."""
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"need 0 <= rank < world_size (integers), got rank={rank!r}, world_size={world_size!r}")
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
 def canonical_key(key: dict) -> dict:
     """The key as stored in JSON (tuples become lists, keys sorted), so keys compare equal after a round trip."""
     return json.loads(json.dumps(key, sort_keys=True))
@@ -268,6 +278,37 @@ class StoreWriter:
         self.progress["state"].update(state or {})
         self._save()
         return entry
+
+    def adopt_shard(self, src_dir: Path, entry: dict, state: dict | None = None) -> dict:
+        """Append a finished shard of another store folder ``src_dir`` (its manifest ``entry``) as the next shard.
+
+        Used to merge the per-rank parts of a distributed harvest. The three files are hard-linked into
+        this store under the new index (copied where the filesystem has no hard links), each through a
+        temp name + rename; sizes are checked against ``entry`` and its sha256 records are kept (the
+        bytes are the same). ``state`` is stored atomically with the record, as in ``write_shard``.
+        """
+        import shutil
+
+        i = len(self.shards)
+        new = {**entry, "index": i}
+        for part in ("acts", "meta", "stats"):
+            src = Path(src_dir) / entry[part]["file"]
+            if not src.exists() or src.stat().st_size != entry[part]["bytes"]:
+                raise ValueError(f"cannot merge shard {src}: missing, or its size differs from its manifest "
+                                 f"({entry[part]['bytes']} bytes); the rank's part is corrupted, rerun the harvest")
+            dst = self.partial / f"{part}_{i:05d}.npy"
+            tmp = dst.with_name(dst.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:               # no hard links on this filesystem
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            new[part] = {**entry[part], "file": dst.name}
+        self.shards.append(new)
+        self.progress["state"].update(state or {})
+        self._save()
+        return new
 
     def finalize(self, manifest: dict) -> Path:
         """Merge statistics, write the manifest and rename the folder into place. Returns the store path."""
@@ -465,10 +506,11 @@ class ActivationStore:
 
     def loader(self, batch_size: int, buffer_tokens: int, seed: int, epoch: int = 0, split: str = "train",
                start_batch: int = 0, drop_last: bool = False, chunk_tokens: int | None = None,
-               with_indices: bool = False, counter: "ServeCounter | None" = None) -> "StoreLoader":
+               with_indices: bool = False, counter: "ServeCounter | None" = None, rank: int = 0,
+               world_size: int = 1) -> "StoreLoader":
         """Shuffled training batches; see ``StoreLoader``."""
         return StoreLoader(self, batch_size, buffer_tokens, seed, epoch, split, start_batch, drop_last,
-                           chunk_tokens, with_indices, counter)
+                           chunk_tokens, with_indices, counter, rank, world_size)
 
 
 # ----------------------------------------------------------------------------- loader
@@ -508,11 +550,20 @@ class StoreLoader:
 
     Yields torch float32 tensors [batch, n_models, d_model] of RAW activations, or ``(acts, idx)``
     with ``idx`` the global row ids (int64 numpy) when ``with_indices``.
+
+    Data parallel: with ``world_size > 1`` the loader yields only rank ``rank``'s part of every global
+    batch (rows ``part_bounds(len(batch), rank, world_size)`` of it, possibly empty for a last batch
+    smaller than the world), and reads only those rows (the window order is computed from indices
+    alone). The concatenation over ranks of a step's parts is the 1-rank batch, so training on any
+    world size sees the same global batches.
     """
 
     def __init__(self, store: ActivationStore, batch_size: int, buffer_tokens: int, seed: int, epoch: int = 0,
                  split: str = "train", start_batch: int = 0, drop_last: bool = False,
-                 chunk_tokens: int | None = None, with_indices: bool = False, counter: ServeCounter | None = None):
+                 chunk_tokens: int | None = None, with_indices: bool = False, counter: ServeCounter | None = None,
+                 rank: int = 0, world_size: int = 1):
+        part_bounds(0, rank, world_size)  # validates rank / world_size
+        self.rank, self.world_size = rank, world_size
         for name, v in (("batch_size", batch_size), ("buffer_tokens", buffer_tokens)):
             if int(v) != v or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -546,6 +597,39 @@ class StoreLoader:
     def __len__(self) -> int:
         return self.n_batches - self.start_batch
 
+    def _window_idx(self, k: int) -> np.ndarray:
+        """Global row ids of window ``k`` in served order (no activation is read)."""
+        lo, hi = k * self.buffer_tokens, min((k + 1) * self.buffer_tokens, self.n_rows)
+        c0 = int(np.searchsorted(self._chunk_pos, lo, side="right") - 1)
+        c1 = int(np.searchsorted(self._chunk_pos, hi, side="left"))
+        idx = np.concatenate([np.arange(self._chunks[c, 0] + max(lo - self._chunk_pos[c], 0),
+                                        self._chunks[c, 0] + min(hi, self._chunk_pos[c + 1]) - self._chunk_pos[c])
+                              for c in range(c0, c1)])
+        perm = np.random.default_rng([self.seed, self.epoch, 1, k]).permutation(len(idx))
+        self.windows_read += 1
+        return idx[perm]
+
+    def _iter_rank(self):
+        """This rank's part of every global batch (``world_size > 1``); reads only those rows."""
+        end = self.n_batches * self.batch_size if self.drop_last else self.n_rows
+        k_loaded, win_idx = -1, None
+        for b in range(self.start_batch, self.n_batches):
+            pos = b * self.batch_size
+            lo, hi = part_bounds(min(pos + self.batch_size, end) - pos, self.rank, self.world_size)
+            parts, p = [], pos + lo
+            while p < pos + hi:  # a part may straddle two windows
+                k = p // self.buffer_tokens
+                if k != k_loaded:
+                    win_idx, k_loaded = self._window_idx(k), k
+                a = p - k * self.buffer_tokens
+                n = min(pos + hi - p, len(win_idx) - a)
+                parts.append(win_idx[a:a + n])
+                p += n
+            idx = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            self.counter.update(idx)
+            t = torch.from_numpy(self.store.acts(idx))
+            yield (t, idx) if self.with_indices else t
+
     def _window(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Window ``k`` of the epoch: (acts float32 [w, n_models, d], global idx [w]), rows permuted."""
         lo, hi = k * self.buffer_tokens, min((k + 1) * self.buffer_tokens, self.n_rows)
@@ -563,6 +647,9 @@ class StoreLoader:
         return acts[perm], idx[perm]
 
     def __iter__(self):
+        if self.world_size > 1:
+            yield from self._iter_rank()
+            return
         end = self.n_batches * self.batch_size if self.drop_last else self.n_rows
         pos = self.start_batch * self.batch_size
         k_loaded, win_acts, win_idx = -1, None, None

@@ -24,6 +24,14 @@ Loss (per step, activations normalised to mean norm sqrt(d_model) per model, ``x
 Schedules: lr linear warm-up over ``lr_warmup_frac`` of steps, constant, linear decay to 0 over the last
 ``lr_decay_frac`` (paper: 0 / 0.2); L1 coefficient linear from 0 over the first ``l1_warmup_frac`` (0.05).
 Gradient clipping at global norm ``grad_clip``. Everything is seeded; the data order is the loader's.
+
+Data parallel (``world`` from ``thinkdiff.distributed.init`` under torchrun): ``cfg.batch_size`` stays the
+*global* batch; each rank loads its part of every global batch (``store.loader(..., rank, world_size)``),
+computes its share of the global loss (sums over its rows divided by the global batch size; BatchTopK
+selects the global top ``k * batch`` across ranks; the aux loss uses the global batch statistics), and
+``DistributedDataParallel`` all-reduces the gradients. So a step on W ranks is the 1-rank step on the
+same batch up to float rounding, logged metrics are global, rank 0 alone writes checkpoints and logs,
+and a checkpoint resumes on any world size.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ import numpy as np
 import torch
 
 from . import paths
+from .store import part_bounds
 from .crosscoder import (CONFIG_NAME, CrossCoder, CrossCoderConfig, _GatherPre, _ReluCoder, _SparseDecode,
                          batch_topk_indices, sparse_code)
 
@@ -162,10 +171,26 @@ def validate_store(store) -> np.ndarray:
     return scale
 
 
-class Trainer:
-    """One crosscoder, its optimiser and schedules, and the stream position: everything a checkpoint holds."""
+class _Objective(torch.nn.Module):
+    """The trainer's loss as a module over the crosscoder, so ``DistributedDataParallel`` can wrap it
+    (the loss uses fused autograd functions on the weights, not ``CrossCoder.forward``)."""
 
-    def __init__(self, store, cfg: TrainConfig, device="cpu"):
+    def __init__(self, trainer: "Trainer"):
+        super().__init__()
+        self.crosscoder = trainer.model
+        self._trainer = [trainer]      # a list: not registered as a submodule
+
+    def forward(self, x: torch.Tensor, step: int):
+        return self._trainer[0].loss(x, step)
+
+
+class Trainer:
+    """One crosscoder, its optimiser and schedules, and the stream position: everything a checkpoint holds.
+
+    ``world``: a ``thinkdiff.distributed.World`` with ``world_size > 1`` for data-parallel training (see
+    the module doc); None or a 1-rank world trains in this process alone."""
+
+    def __init__(self, store, cfg: TrainConfig, device="cpu", world=None):
         self.cfg = cfg.validate()
         self.scale_np = validate_store(store)
         self.store_hash = store_hash(store)
@@ -185,6 +210,33 @@ class Trainer:
         self.tokens_seen = 0
         # training tokens since each latent last fired (dead-latent detection for the aux loss and the log)
         self.since_fired = torch.zeros(cfg.n_latents, dtype=torch.int64, device=self.device)
+        self.world = world if world is not None and world.world_size > 1 else None
+        self.n_batch = 0           # tokens in the current global batch (all ranks)
+        self._objective = self.loss
+        if self.world is not None:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device] if self.device.type == "cuda" else None
+            # buffers (the BatchTopK threshold) are updated identically on every rank: no broadcast needed
+            self._objective = DistributedDataParallel(_Objective(self), device_ids=ids, broadcast_buffers=False)
+
+    # -- cross-rank reductions (identity in one process) ----------------------------------------
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world is not None:
+            self.world.all_reduce_(t, "sum")
+        return t
+
+    def _global_topk(self, score: torch.Tensor, idx: torch.Tensor, n_keep: int) -> torch.Tensor:
+        """Of this rank's local top-``n_keep`` positive entries ``idx`` (flat, sorted), keep those among the
+        ``n_keep`` largest of the whole global batch: every rank's candidate values (at most ``n_keep``
+        floats) are gathered and cut at their ``n_keep``-th largest. The global winners on a rank are
+        among its local top ``n_keep``, so this is the 1-rank selection."""
+        v = score.reshape(-1)[idx]
+        cand = torch.full((n_keep,), float("-inf"), dtype=score.dtype, device=score.device)
+        top = v.topk(min(n_keep, v.numel())).values if v.numel() else v
+        cand[:top.numel()] = top
+        allv = self.world.all_gather(cand).reshape(-1)
+        cut = allv.topk(n_keep).values.min()
+        return idx[v >= cut] if torch.isfinite(cut) else idx
 
     # -- schedules ------------------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
@@ -203,13 +255,15 @@ class Trainer:
     # -- the loss -------------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, step: int):
         """Loss and stats for a batch ``x`` [B, n_models, d] already in training units."""
+        if self.world is None:
+            self.n_batch = x.shape[0]     # (data parallel: step() sets the global batch size)
         if self.cfg.activation == "relu":
             return self._loss_relu(x, step)
         return self._loss_batchtopk(x)
 
     def _recon(self, x, xhat):
         err = (xhat - x).pow(2).sum(-1)                  # [B, m]
-        return err.mean(0)                               # per-model mean squared error [m]
+        return err.sum(0) / self.n_batch                 # per-model mean squared error [m] (this rank's share)
 
     def _loss_relu(self, x, step):
         m, B = self.model, x.shape[0]
@@ -220,13 +274,20 @@ class Trainer:
         xhat = xhat.view_as(x)
         per_model = self._recon(x, xhat)
         lam = self.l1_coeff_at(step)
-        loss = per_model.sum() + lam * l1
+        # l1 is the mean over this rank's rows; B / n_batch makes it this rank's share of the global mean
+        l1 = l1 * (B / self.n_batch) if B else None      # (a rank without rows adds no L1 term)
+        loss = per_model.sum() + lam * l1 if B else per_model.sum()
         with torch.no_grad():
-            fired = f.amax(0) > 0                        # the cheapest full pass over f (for dead latents)
+            # the cheapest full pass over f (for dead latents)
+            fired = f.amax(0) > 0 if B else torch.zeros(F, dtype=torch.bool, device=x.device)
             # counting nonzeros costs ~4 matmul-free passes at 4096 x 8192, so the logged L0 is taken
-            # over the first L0_ROWS tokens of the batch (held-out L0 comes from metrics.evaluate)
-            l0 = torch.count_nonzero(f[:L0_ROWS]).item() / min(B, L0_ROWS)
-        return loss, xhat, {"l1": l1.item(), "l1_coeff": lam, "l0": l0}, per_model, fired
+            # over the first L0_ROWS tokens of the batch (split over ranks; held-out L0: metrics.evaluate)
+            r = -(-L0_ROWS // (self.world.world_size if self.world else 1))
+            red = self._sum(torch.tensor([l1.item() if B else 0.0, torch.count_nonzero(f[:r]).item(), min(B, r)],
+                                         dtype=torch.float64, device=x.device))
+            if self.world is not None:
+                fired = self._sum(fired.float()) > 0
+        return loss, xhat, {"l1": red[0].item(), "l1_coeff": lam, "l0": red[1].item() / red[2].item()}, per_model, fired
 
     def _loss_batchtopk(self, x):
         m, B = self.model, x.shape[0]
@@ -240,15 +301,24 @@ class Trainer:
             # a ones column carries the bias inside the matmul (no [B, F] bias broadcast pass)
             score = torch.cat([x_flat, x_flat.new_ones(B, 1)], 1) @ torch.cat([w_enc * n, (m.b_enc * n)[None]], 0)
             guess = 0.5 * m.threshold.item() if torch.isfinite(m.threshold) else None
-            idx = batch_topk_indices(score, self.cfg.k * B, cut_guess=guess)
-            batch_thr = score.view(-1)[idx].min() if idx.numel() else score.new_tensor(0.0)
+            n_keep = self.cfg.k * self.n_batch
+            idx = (batch_topk_indices(score, n_keep, cut_guess=guess) if B
+                   else torch.zeros(0, dtype=torch.int64, device=x.device))
+            if self.world is None:
+                n_kept = idx.numel()
+                batch_thr = score.view(-1)[idx].min() if idx.numel() else score.new_tensor(0.0)
+            else:
+                idx = self._global_topk(score, idx, n_keep)
+                n_kept = int(self._sum(torch.tensor([idx.numel()], device=x.device)).item())
+                low = score.view(-1)[idx].min() if idx.numel() else score.new_tensor(float("inf"))
+                batch_thr = self.world.all_reduce_(low.reshape(1), "min")[0] if n_kept else score.new_tensor(0.0)
             crow, col, crow_t, row_t, perm, vals = sparse_code(score, idx)
             vals = vals / n[col]                         # back to pre-activations
         vals = _GatherPre.apply(vals, x_flat, w_enc, m.b_enc, col, crow_t, row_t, perm)
         xhat = (_SparseDecode.apply(vals, w_dec, crow, col, crow_t, row_t, perm) + m.b_dec.reshape(-1)).view_as(x)
         per_model = self._recon(x, xhat)
         loss = per_model.sum()
-        stats = {"l0": idx.numel() / B}
+        stats = {"l0": n_kept / self.n_batch}
         dead = (self.since_fired >= self.cfg.dead_tokens).nonzero().squeeze(1)
         if dead.numel() and self.cfg.auxk_alpha > 0:
             with torch.no_grad():
@@ -257,19 +327,32 @@ class Trainer:
                 flat = (torch.arange(B, device=x.device)[:, None] * F + dead[j])[v > 0].sort().values
                 a_crow, a_col, a_crow_t, a_row_t, a_perm, a_vals = sparse_code(score, flat)
                 a_vals = a_vals / n[a_col]
-            if flat.numel():
-                a_vals = _GatherPre.apply(a_vals, x_flat, w_enc, m.b_enc, a_col, a_crow_t, a_row_t, a_perm)
+            if self.world is None:
+                n_aux = flat.numel()
+            else:      # every rank joins the reductions below, with or without aux entries of its own
+                n_aux = int(self._sum(torch.tensor([flat.numel()], device=x.device)).item())
+            if n_aux:
                 e = (x - xhat).detach().reshape(B, md)
-                ehat = _SparseDecode.apply(a_vals, w_dec, a_crow, a_col, a_crow_t, a_row_t, a_perm)
-                aux = (ehat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
-                loss = loss + self.cfg.auxk_alpha * aux
-                stats["aux"] = aux.item()
+                if self.world is None:
+                    den = (e - e.mean(0)).pow(2).sum()
+                else:  # squared deviation from the global-batch mean, summed over all ranks' rows
+                    mean = self._sum(e.sum(0)) / self.n_batch
+                    den = self._sum((e - mean).pow(2).sum())
+                aux = e.new_zeros(())
+                if flat.numel():
+                    a_vals = _GatherPre.apply(a_vals, x_flat, w_enc, m.b_enc, a_col, a_crow_t, a_row_t, a_perm)
+                    ehat = _SparseDecode.apply(a_vals, w_dec, a_crow, a_col, a_crow_t, a_row_t, a_perm)
+                    aux = (ehat - e).pow(2).sum() / den.clamp_min(1e-12)
+                    loss = loss + self.cfg.auxk_alpha * aux
+                stats["aux"] = self._sum(aux.detach().double().reshape(1)).item()
         with torch.no_grad():
-            if idx.numel():
+            if n_kept:
                 thr = m.threshold
                 new = batch_thr if not torch.isfinite(thr) else self.cfg.threshold_beta * thr + (1 - self.cfg.threshold_beta) * batch_thr
                 thr.copy_(new)
             fired = torch.bincount(col, minlength=F) > 0
+            if self.world is not None:
+                fired = self._sum(fired.float()) > 0
         stats["threshold"] = m.threshold.item()
         return loss, xhat, stats, per_model, fired
 
@@ -277,25 +360,36 @@ class Trainer:
     def step(self, x_raw: torch.Tensor) -> dict:
         """One Adam step on a raw batch [B, n_models, d]; returns the logged stats."""
         x = x_raw.to(self.device, torch.float32) * self.scale[None, :, None]
-        loss, xhat, stats, per_model, fired = self.loss(x, self.step_idx)
-        loss_v = loss.item()
+        B = x.shape[0]
+        self.n_batch = B if self.world is None else int(self._sum(torch.tensor([B], device=self.device)).item())
+        if self.n_batch == 0:
+            raise ValueError("Trainer.step got an empty batch")
+        loss, xhat, stats, per_model, fired = self._objective(x, self.step_idx)
+        # global loss and per-model reconstruction error (each rank holds its share)
+        tot = self._sum(torch.cat([loss.detach().reshape(1), per_model.detach()]))
+        loss_v = tot[0].item()
         if not math.isfinite(loss_v):
             raise FloatingPointError(f"crosscoder loss became {loss_v} at step {self.step_idx}")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over ranks; the sum of the ranks' shares is the global loss
+        (loss * self.world.world_size if self.world is not None else loss).backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
         self.sched.step()
-        B = x.shape[0]
+        B = self.n_batch
         with torch.no_grad():
             self.since_fired += B
             self.since_fired[fired] = 0
-            var = (x - x.mean(0)).pow(2).sum(-1).mean(0)         # [m]
-            fvu = (per_model.detach() / var.clamp_min(1e-12)).tolist()
+            if self.world is None:
+                var = (x - x.mean(0)).pow(2).sum(-1).mean(0)         # [m]
+            else:
+                mean = self._sum(x.sum(0)) / B
+                var = self._sum((x - mean).pow(2).sum((0, 2))) / B
+            fvu = (tot[1:] / var.clamp_min(1e-12)).tolist()
         self.step_idx += 1
         self.tokens_seen += B
-        out = {"step": self.step_idx, "loss": loss_v, "recon": per_model.sum().item(), "lr": lr,
+        out = {"step": self.step_idx, "loss": loss_v, "recon": tot[1:].sum().item(), "lr": lr,
                "grad_norm": float(gnorm), "fvu": fvu, "tokens": self.tokens_seen,
                "dead_frac": (self.since_fired >= self.cfg.dead_tokens).float().mean().item()}
         out.update(stats)
@@ -357,21 +451,26 @@ def _read_log(path: Path, upto_step: int) -> list[dict]:
 
 
 def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_after: int | None = None,
-          device="cpu", progress: bool = True) -> TrainResult:
+          device="cpu", progress: bool = True, world=None) -> TrainResult:
     """Train a crosscoder on ``store`` with ``cfg``; return it folded (raw units) with the per-step log.
 
     ``ckpt_dir``: folder for ``checkpoint.pt`` (every ``cfg.checkpoint_every`` steps and at the end) and
     ``train_log.jsonl``; an existing checkpoint there is resumed (``resume=True``) after checking that it
     was written by the same config and store. ``stop_after``: stop after this many total steps (an
     interruption, for tests), returning the model as it is.
+    ``world``: data-parallel training over its ranks (call on every rank with the same arguments; the
+    checkpoint folder must be shared storage; rank 0 writes it and the log; every rank returns the model).
     """
     from tqdm.auto import tqdm
 
-    trainer = Trainer(store, cfg, device=device)
+    trainer = Trainer(store, cfg, device=device, world=world)
+    dist_kw = {} if trainer.world is None else {"rank": world.rank, "world_size": world.world_size}
+    main = trainer.world is None or world.rank == 0
+    progress = progress and main
     log: list[dict] = []
     log_file = None
     if ckpt_dir is not None:
-        ckpt_dir = paths.ensure_writable(Path(ckpt_dir))
+        ckpt_dir = paths.ensure_writable(Path(ckpt_dir)) if main else Path(ckpt_dir)
         ckpt = ckpt_dir / CHECKPOINT_NAME
         if ckpt.exists():
             if not resume:
@@ -380,10 +479,11 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
             trainer.check_checkpoint(state, ckpt_dir)
             trainer.load_state_dict(state)
         log = _read_log(ckpt_dir / LOG_NAME, trainer.step_idx)
-        tmp = ckpt_dir / f".{LOG_NAME}.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
-        os.replace(tmp, ckpt_dir / LOG_NAME)
-        log_file = open(ckpt_dir / LOG_NAME, "a")
+        if main:
+            tmp = ckpt_dir / f".{LOG_NAME}.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
+            os.replace(tmp, ckpt_dir / LOG_NAME)
+            log_file = open(ckpt_dir / LOG_NAME, "a")
 
     n_steps = cfg.n_steps if stop_after is None else min(cfg.n_steps, stop_after)
     t0 = time.perf_counter()
@@ -393,7 +493,7 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
         while trainer.step_idx < n_steps:
             got = False
             for x in store.loader(cfg.batch_size, cfg.buffer_tokens, cfg.seed, epoch=trainer.epoch,
-                                  split="train", start_batch=trainer.batch_in_epoch):
+                                  split="train", start_batch=trainer.batch_in_epoch, **dist_kw):
                 got = True
                 try:
                     row = trainer.step(x)
@@ -413,7 +513,7 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
                 bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=",".join(f"{v:.3f}" for v in row["fvu"]),
                                 l0=f"{row['l0']:.1f}", refresh=False)
                 every = cfg.checkpoint_every
-                if ckpt_dir is not None and (trainer.step_idx == cfg.n_steps or (every and trainer.step_idx % every == 0)):
+                if main and ckpt_dir is not None and (trainer.step_idx == cfg.n_steps or (every and trainer.step_idx % every == 0)):
                     log_file.flush()
                     trainer.save_checkpoint(ckpt_dir)
                 if trainer.step_idx >= n_steps:
@@ -514,10 +614,14 @@ class TensorStore:
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
 
     def loader(self, batch_size: int, buffer_tokens: int = 0, seed: int = 0, epoch: int = 0, split: str = "train",
-               start_batch: int = 0, shuffle: bool = True):
+               start_batch: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        """Batches [batch, n_models, d]; with ``world_size > 1`` only rank ``rank``'s part of each batch."""
+        part_bounds(0, rank, world_size)
         data = self._split(split)
         n = data.shape[0]
         order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
                  if shuffle else torch.arange(n))
         for b in range(start_batch, math.ceil(n / batch_size)):
-            yield data[order[b * batch_size:(b + 1) * batch_size]]
+            rows = order[b * batch_size:(b + 1) * batch_size]
+            lo, hi = part_bounds(len(rows), rank, world_size)
+            yield data[rows[lo:hi]]
