@@ -27,26 +27,35 @@ def load_pair(preset: str = _presets.DEFAULT_PRESET):
     return _PAIRS[p.name]
 
 
-def documents(pair, n_docs: int | None = None, teacher_fraction: float | None = None, seed: int | None = None):
-    """The harvest corpus of ``pair``: the organism's labelled documents, or streamed real data (hf presets)."""
+def documents(pair, n_docs: int | None = None, teacher_fraction: float | None = None, seed: int | None = None,
+              **corpus):
+    """The harvest corpus of ``pair``: the organism's labelled documents, or streamed real data (hf presets).
+
+    ``corpus`` (hf presets only) goes to ``realdata.harvest_corpus``: ``max_tokens``, ``min_tokens``, ``corpus``,
+    ``shuffle_buffer``, and ``openthoughts_files`` / ``general_files`` (local json/jsonl/parquet files with the
+    datasets' columns, which work offline)."""
     n_docs = ORGANISM_CORPUS["n_docs"] if n_docs is None else n_docs
     teacher_fraction = ORGANISM_CORPUS["teacher_fraction"] if teacher_fraction is None else teacher_fraction
     seed = ORGANISM_CORPUS["seed"] if seed is None else seed
     if pair.preset.kind == "organism":
+        if corpus:
+            raise ValueError(f"corpus options {sorted(corpus)} apply to real-data (hf) presets, not to the organism")
         from . import organism
 
         return organism.harvest_documents(pair.tokenizer, n_docs, teacher_fraction, seed)
     from . import realdata
 
-    return realdata.harvest_corpus(pair.tokenizer, n_docs, teacher_fraction=teacher_fraction, seed=seed)
+    return realdata.harvest_corpus(pair.tokenizer, n_docs, teacher_fraction=teacher_fraction, seed=seed, **corpus)
 
 
 def get_store(preset: str = _presets.DEFAULT_PRESET, n_docs: int | None = None, teacher_fraction: float | None = None,
-              seed: int | None = None, progress: bool = True, **harvest_overrides):
-    """(pair, store): the paired activation store of ``preset``, harvested if not cached."""
+              seed: int | None = None, progress: bool = True, corpus: dict | None = None, **harvest_overrides):
+    """(pair, store): the paired activation store of ``preset``, harvested if not cached.
+
+    ``corpus``: options of the real-data corpus (see ``documents``); ``harvest_overrides``: HarvestConfig fields."""
     pair = load_pair(preset)
     cfg = dataclasses.replace(HarvestConfig(layer=pair.layer), **harvest_overrides)
-    docs = documents(pair, n_docs, teacher_fraction, seed)
+    docs = documents(pair, n_docs, teacher_fraction, seed, **(corpus or {}))
     from .harvest import get_store as _get_store
 
     return pair, _get_store(pair, docs, cfg, progress=progress)

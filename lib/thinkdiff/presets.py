@@ -1,6 +1,16 @@
 """Named model pairs. A preset says which base and distilled model, which layer, dtype and data.
 
-Adding a pair is a few lines: ``register(Preset(name=..., kind="hf", base=..., distilled=...))``.
+Adding a pair is a few lines: ``register(Preset(name=..., kind="hf", base=..., distilled=...))``, where
+``base`` / ``distilled`` are hub ids (``"owner/name"``) or local folders saved with ``save_pretrained``;
+``load_pair(name)`` then loads them offline from the folders (or from the hub cache).
+
+Which tokenizer feeds the models (``Preset.tokenizer``). Both models must see identical token ids.
+``"base"`` (default, the paper's choice): the base model's tokenizer encodes every document for both models,
+raw text, no chat template (a BOS only where the base tokenizer adds one itself; Qwen2.5's adds none).
+``"own"``: each model keeps its own published tokenizer, and the harvest's pairing check compares them on
+every document; for the Qwen pairs it refuses, because the R1-Distill tokenizer prepends a BOS (151646)
+and makes ``<think>`` one token where Qwen2.5-Math has no BOS and three pieces. Either way ``ModelPair.own_tokenizers`` keeps both published
+tokenizers (chat templates, ``qwen.tokenizer_differences``).
 """
 from __future__ import annotations
 
@@ -21,11 +31,13 @@ class Preset:
     placement: str = "same"        # "same": both models on one device; "split": one per GPU
     train_config: str = "organism"  # named crosscoder training config (train.py)
     corpus: str = "organism"       # harvest corpus: "organism" or "openthoughts"
+    tokenizer: str = "base"        # which tokenizer feeds both models: "base" (paper) or "own" (see module doc)
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {}
+TOKENIZER_CHOICES = ("base", "own")
 
 
 def register(p: Preset) -> Preset:
@@ -33,6 +45,8 @@ def register(p: Preset) -> Preset:
         raise ValueError(f"preset {p.name!r}: kind must be 'organism' or 'hf', got {p.kind!r}")
     if p.placement not in ("same", "split"):
         raise ValueError(f"preset {p.name!r}: placement must be 'same' or 'split', got {p.placement!r}")
+    if p.tokenizer not in TOKENIZER_CHOICES:
+        raise ValueError(f"preset {p.name!r}: tokenizer must be one of {TOKENIZER_CHOICES}, got {p.tokenizer!r}")
     PRESETS[p.name] = p
     return p
 
@@ -73,11 +87,12 @@ class ModelPair:
 
     base: object
     distilled: object
-    tokenizer: object             # feeds both models (pairing is checked at harvest)
-    tokenizer_distilled: object
+    tokenizer: object             # encodes documents for the base model (and for both under tokenizer="base")
+    tokenizer_distilled: object   # encodes them for the distilled model; the harvest checks the ids agree
     layer: int                    # resid_pre of block `layer` = output of model.model.layers[layer - 1]
     preset: Preset
     organism: object = None       # the OrganismPair for organism presets (ground truth, eval helpers)
+    own_tokenizers: tuple = ()    # hf presets: (base's, distilled's) tokenizer as published with each checkpoint
 
     @property
     def models(self):
@@ -115,8 +130,11 @@ def load_pair(preset: str | Preset, layer: int | None = None) -> ModelPair:
 
     from .qwen import load_hf_pair
 
-    # The paper fed both models with the base tokenizer, no template; harvest checks the ids agree.
     device_map = p.placement if torch.cuda.is_available() else "cpu"
     hf = load_hf_pair(p.base, p.distilled, dtype=p.dtype, device_map=device_map)
     lay = resolve_layer(layer if layer is not None else p.layer, hf.base.config.num_hidden_layers, p.name)
-    return ModelPair(hf.base, hf.distilled, hf.base_tokenizer, hf.distilled_tokenizer, lay, p)
+    # "base": the paper fed both models the base tokenizer's ids, no template (the harvest then skips the
+    # pairing check: one tokenizer object); "own": the harvest compares the two on every document.
+    tok_d = hf.base_tokenizer if p.tokenizer == "base" else hf.distilled_tokenizer
+    return ModelPair(hf.base, hf.distilled, hf.base_tokenizer, tok_d, lay, p,
+                     own_tokenizers=(hf.base_tokenizer, hf.distilled_tokenizer))
