@@ -270,13 +270,22 @@ def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int) -> lis
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 200, batch_size: int = 64) -> list[str]:
-    """Greedy continuations of ``prompts`` (left padding), decoded without special-token stripping of <think>."""
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 200, batch_size: int = 64,
+             sample_seed: int | None = None) -> list[str]:
+    """Continuations of ``prompts`` (left padding), decoded with ``<think>`` kept.
+
+    Greedy by default; with ``sample_seed`` set, ancestral sampling at temperature 1 (seeded), which is
+    how a model's move *rates* are compared with the teacher's (greedy keeps only the modal move).
+    """
     tokenizer.padding_side = "left"
     outs = []
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+        sampling = {"do_sample": False}
+        if sample_seed is not None:
+            torch.manual_seed(sample_seed + i)
+            sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         for row in gen[:, enc["input_ids"].shape[1]:]:
             row = row.tolist()
@@ -291,21 +300,37 @@ def marker_counts(text: str) -> dict:
     return {c: sum(text.count(w) for w in MARKERS[c]) for c in CATEGORIES}
 
 
-def evaluate(model, tokenizer, problems, max_new_tokens: int = 200) -> dict:
-    """Accuracy, well-formedness, <think> rate, per-category marker rate per 1,000 generated tokens."""
+def _marker_rates(tokenizer, texts) -> dict:
+    n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return {c: 1000 * sum(marker_counts(t)[c] for t in texts) / max(n_tok, 1) for c in CATEGORIES}
+
+
+def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed: int | None = 0) -> dict:
+    """Held-out metrics of one model.
+
+    Greedy decoding gives accuracy, well-formedness, ``<think>`` rate and ``marker_rate_per_1k``
+    (per category, per 1,000 generated tokens). With ``sample_seed`` set, a second, sampled pass
+    (temperature 1) gives ``sampled_marker_rate_per_1k`` and ``sampled_think_rate``: the rates to
+    compare with the teacher's, since a perfect imitator matches them only when sampling.
+    """
     texts = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens)
     parsed = [world.parse_output(t) for t in texts]
     n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    counts = {c: sum(marker_counts(t)[c] for t in texts) for c in CATEGORIES}
-    return {
+    out = {
         "accuracy": sum(p["answer"] == q.answer for p, q in zip(parsed, problems)) / len(problems),
         "well_formed": sum(p["well_formed"] for p in parsed) / len(problems),
         "think_rate": sum(p["has_think"] for p in parsed) / len(problems),
         "tokens_per_generation": n_tok / len(problems),
-        "marker_rate_per_1k": {c: 1000 * counts[c] / max(n_tok, 1) for c in CATEGORIES},
+        "marker_rate_per_1k": _marker_rates(tokenizer, texts),
         "correct": [p["answer"] == q.answer for p, q in zip(parsed, problems)],
         "texts": texts,
     }
+    if sample_seed is not None:
+        sampled = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens, sample_seed=sample_seed)
+        out["sampled_marker_rate_per_1k"] = _marker_rates(tokenizer, sampled)
+        out["sampled_think_rate"] = sum(world.THINK_OPEN in t for t in sampled) / len(problems)
+        out["sampled_texts"] = sampled
+    return out
 
 
 def teacher_marker_rates(tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7) -> dict:
@@ -313,8 +338,7 @@ def teacher_marker_rates(tokenizer, problems, cfg: CorpusConfig | None = None, s
     cfg = cfg or CorpusConfig()
     rng = random.Random(seed)
     texts = [world.spans_text(world.teacher_document(p, rng, cfg.teacher))[len(p.prompt):] for p in problems]
-    n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    return {c: 1000 * sum(marker_counts(t)[c] for t in texts) / n_tok for c in CATEGORIES}
+    return _marker_rates(tokenizer, texts)
 
 
 # ----------------------------------------------------------------------------- build + cache
