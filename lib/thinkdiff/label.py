@@ -612,6 +612,11 @@ def ground_truth_auroc(acts: SparseActs, labels, nrn, categories=CATEGORIES, exc
     return GroundTruth(pd.DataFrame(rows), auroc)
 
 
+def restrict(acts: SparseActs, mask) -> SparseActs:
+    """The evaluated tokens of ``acts`` that ``mask`` (bool over *all* store tokens, e.g. held-out) keeps."""
+    return _restrict(acts, acts.local(np.asarray(mask, bool)))
+
+
 def _restrict(acts: SparseActs, keep) -> SparseActs:
     keep = np.asarray(keep, bool)
     new_row = np.cumsum(keep) - 1
@@ -742,203 +747,76 @@ def save_features_table(df: pd.DataFrame, folder, name: str = "features", fmt: s
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Ablation (paper §8, pitfalls §12.7)
+# Lexical detectors and the paper's claims 1-4 as verdicts computed from the numbers (paper-notes §11)
 # ---------------------------------------------------------------------------------------------------------
-@dataclass
-class AblationConfig:
-    ks: tuple = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-    n_occurrences: int = 50      # per category, sampled at random across documents
-    min_relative_norm: float = 0.5
-    splice_start: int = 1        # first spliced position; the paper kept position 0 (the attention sink) clean
-    n_boot: int = 1000
-    seed: int = 0
+def lexical_profile(acts: SparseActs, meta, latents, token_ids, category: str) -> pd.DataFrame:
+    """Is each latent a token detector or a reasoning-move detector? (claim 4)
 
-
-def ablation_latents(counts, nrn, k: float, min_relative_norm: float = 0.5) -> np.ndarray:
-    """Latents among the top ``k`` fraction (by firing count) of those active at the markers, with nrn > min."""
-    counts, nrn = np.asarray(counts), np.asarray(nrn, float)
-    if not 0 < k <= 1:
-        raise ValueError(f"k must be in (0, 1], got {k}")
-    active = np.nonzero(counts > 0)[0]
-    order = active[np.argsort(-counts[active], kind="stable")]
-    top = order[: math.ceil(k * len(active))]
-    return np.sort(top[nrn[top] > min_relative_norm])
-
-
-def _layer_module(model, layer: int):
-    layers = model.model.layers
-    if not 1 <= layer <= len(layers):
-        raise ValueError(f"hook layer L={layer} out of range 1..{len(layers)} (resid_pre of block L)")
-    return layers[layer - 1]
-
-
-def _forward(model, ids: torch.Tensor, layer: int, splice: torch.Tensor | None = None, start: int = 0):
-    """Forward ``ids`` [B, T]; return (logits at the last position [B, V], the hook-layer output [B, T, d]).
-
-    With ``splice`` [B, T, d], positions ``start..T-1`` of resid_pre of block ``layer`` are replaced.
+    For the marker ``token_ids`` of ``category``: ``fire_labelled`` = share of marker tokens inside a planted
+    ``category`` span the latent fires on, ``fire_unlabelled`` = share of the same tokens used in an ordinary
+    role (planted label not the category), ``token_purity`` = share of all its firings that are on these tokens.
+    A lexical detector has high purity and fires on both uses alike (``label_ratio`` = unlabelled / labelled ~ 1).
     """
-    saved = {}
-
-    def hook(mod, inp, out):
-        h = out[0] if isinstance(out, tuple) else out
-        if splice is not None:
-            h = h.clone()
-            h[:, start:] = splice[:, start:].to(h.dtype)
-        saved["h"] = h
-        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
-
-    handle = _layer_module(model, layer).register_forward_hook(hook)
-    try:
-        logits = model(input_ids=ids).logits[:, -1]
-    finally:
-        handle.remove()
-    return logits, saved["h"]
-
-
-@dataclass
-class AblationResult:
-    per_occurrence: pd.DataFrame  # one row per (category, occurrence, model, arm, k)
-    summary: pd.DataFrame         # mean and 95% bootstrap CI per (category, model, arm, k)
-    latents: dict                 # (category, k) -> ablated latent ids
-
-
-def _bootstrap_ci(x: np.ndarray, n_boot: int, rng) -> tuple[float, float]:
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, counts: pd.DataFrame, nrn,
-                 cfg: AblationConfig = AblationConfig()) -> AblationResult:
-    """The paper's causal check with a reconstruct-only control and random occurrences.
-
-    ``sequences``: list of token-id lists; ``occurrences``: category -> list of (sequence index, marker
-    position); ``counts``: ``marker_counts`` output (latents active at each category's markers).
-    For each sampled occurrence, both models run on the prefix ``ids[:pos]``; the crosscoder re-encodes both
-    models' hook-layer activations and each model's residual at positions ``splice_start..pos-1`` is replaced
-    by its reconstruction: nothing ablated ("recon"), the targeted latents zeroed, or as many random latents
-    zeroed ("random", seeded). The marker token's logit at the last position is compared with the clean run.
-    """
-    nrn = np.asarray(nrn, float)
-    F = int(cc.W_dec.shape[0])
-    if len(nrn) != F:
-        raise ValueError(f"nrn has {len(nrn)} entries for {F} latents")
-    missing = set(occurrences) - set(counts.columns)
-    if missing:
-        raise ValueError(f"no marker counts for categories {sorted(missing)}")
-    if not cfg.ks:
-        raise ValueError("cfg.ks is empty")
-    for cat, occ in occurrences.items():
-        for s, p in occ:
-            if not (0 <= s < len(sequences)) or not (cfg.splice_start < p < len(sequences[s])):
-                raise ValueError(f"{cat}: occurrence (seq {s}, pos {p}) has no prefix to splice or is out of range")
-    rng = np.random.default_rng(cfg.seed)
-    models = (base, distilled)
-    dev = _device(cc)
-    chosen, rows = {}, []
-    for cat in occurrences:
-        for k in cfg.ks:
-            tgt = ablation_latents(counts[cat].to_numpy(), nrn, k, cfg.min_relative_norm)
-            chosen[(cat, k)] = tgt
-            chosen[(cat, k, "random")] = np.sort(rng.choice(F, size=len(tgt), replace=False))
-    arms = [("recon", float("nan"))] + [(arm, k) for k in cfg.ks for arm in ("targeted", "random")]
-    with _eval_mode(cc):
-        for cat, occ in occurrences.items():
-            pick = rng.permutation(len(occ))[: cfg.n_occurrences]
-            for o in tqdm(pick, desc=f"ablation {cat}", leave=False):
-                s, p = occ[o]
-                ids = torch.as_tensor([list(sequences[s][:p])])
-                tok = int(sequences[s][p])
-                clean, acts = [], []
-                for m in models:
-                    lg, h = _forward(m, ids.to(m.device), layer)
-                    clean.append(float(lg[0, tok]))
-                    acts.append(h[0])
-                x = torch.stack(acts, 1).to(dev, cc.W_dec.dtype)          # [T, 2, d]
-                f = cc.encode(x)                                           # [T, F]
-                fs = []
-                for arm, k in arms:
-                    lat = (np.zeros(0, np.int64) if arm == "recon" else
-                           chosen[(cat, k)] if arm == "targeted" else chosen[(cat, k, "random")])
-                    g = f.clone()
-                    g[:, torch.as_tensor(lat, dtype=torch.long, device=dev)] = 0
-                    fs.append(g)
-                recon = cc.decode(torch.cat(fs)).reshape(len(arms), *x.shape)  # [R, T, 2, d]
-                for mi, m in enumerate(models):
-                    lg, _ = _forward(m, ids.to(m.device).expand(len(arms), -1), layer, recon[:, :, mi].to(m.device),
-                                     cfg.splice_start)
-                    for ai, (arm, k) in enumerate(arms):
-                        n_lat = 0 if arm == "recon" else len(chosen[(cat, k)])
-                        rows.append({"category": cat, "occurrence": int(o), "sequence": s, "position": p,
-                                     "model": MODELS[mi], "arm": arm, "k": k, "n_latents": n_lat,
-                                     "clean_logit": clean[mi], "logit": float(lg[ai, tok]),
-                                     "delta": float(lg[ai, tok]) - clean[mi]})
-    per = pd.DataFrame(rows)
-    return AblationResult(per, _summarise(per, cfg), {k: v for k, v in chosen.items() if len(k) == 2})
-
-
-def _summarise(per: pd.DataFrame, cfg: AblationConfig) -> pd.DataFrame:
-    rng = np.random.default_rng(cfg.seed + 1)
-    key = ["category", "model", "occurrence"]
-    wide = per[per["arm"] != "recon"].pivot_table(index=key + ["k"], columns="arm", values="delta").reset_index()
-    diff = wide.assign(arm="targeted_minus_random", delta=wide["targeted"] - wide["random"])
-    full = pd.concat([per[["category", "model", "occurrence", "arm", "k", "n_latents", "delta"]],
-                      diff[key + ["arm", "k", "delta"]]], ignore_index=True)
-    full["k"] = full["k"].fillna(-1.0)   # groupby drops nan keys; -1 marks the reconstruct-only arm
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}")
+    tok = acts.local(meta["token_id"])
+    lab = acts.local(meta["label"])
+    is_tok = np.isin(tok, np.asarray(token_ids))
+    labelled = is_tok & (lab == CATEGORIES.index(category) + 1)
+    unlabelled = is_tok & (lab >= 0) & ~labelled
+    cnt = acts.counts(np.stack([labelled, unlabelled, is_tok, np.ones_like(is_tok)], 1))
     rows = []
-    for (cat, model, arm, k), g in full.groupby(["category", "model", "arm", "k"], sort=False):
-        x = g["delta"].to_numpy()
-        lo, hi = _bootstrap_ci(x, cfg.n_boot, rng)
-        rows.append({"category": cat, "model": model, "arm": arm, "k": np.nan if k < 0 else k,
-                     "n_latents": int(g["n_latents"].max()) if g["n_latents"].notna().any() else np.nan,
-                     "n": len(x), "mean": float(x.mean()), "ci_lo": lo, "ci_hi": hi})
-    return pd.DataFrame(rows)
+    for j in np.asarray(latents, dtype=np.int64).ravel():
+        rows.append({"latent": int(j), "fire_labelled": cnt[0, j] / max(labelled.sum(), 1),
+                     "fire_unlabelled": cnt[1, j] / max(unlabelled.sum(), 1) if unlabelled.any() else np.nan,
+                     "token_purity": cnt[2, j] / cnt[3, j] if cnt[3, j] else np.nan, "n_fires": int(cnt[3, j])})
+    df = pd.DataFrame(rows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df["label_ratio"] = df["fire_unlabelled"] / df["fire_labelled"]
+    df.attrs.update(n_labelled=int(labelled.sum()), n_unlabelled=int(unlabelled.sum()))
+    return df
 
 
-def plot_ablation(result: AblationResult):
-    """Logit change vs k per category: base/distilled x targeted/random with 95% CIs; dotted = recon only."""
-    import matplotlib.pyplot as plt
-
-    s = result.summary
-    cats = list(dict.fromkeys(s["category"]))
-    fig, axes = plt.subplots(1, len(cats), figsize=(3.6 * len(cats), 3.4), squeeze=False, sharey=True)
-    colors = {"distilled": "tab:red", "base": "tab:blue"}
-    for ax, cat in zip(axes[0], cats):
-        for model, col in colors.items():
-            for arm, ls in (("targeted", "-"), ("random", "--")):
-                g = s[(s["category"] == cat) & (s["model"] == model) & (s["arm"] == arm)].sort_values("k")
-                ax.plot(g["k"], g["mean"], ls, marker="o", ms=3, color=col, label=f"{model} {arm}")
-                ax.fill_between(g["k"], g["ci_lo"], g["ci_hi"], color=col, alpha=0.12)
-            r = s[(s["category"] == cat) & (s["model"] == model) & (s["arm"] == "recon")]
-            if len(r):
-                ax.axhline(float(r["mean"].iloc[0]), color=col, ls=":", lw=1, label=f"{model} recon only")
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_xscale("log")
-        ax.set_title(cat)
-        ax.set_xlabel("k (top fraction of marker-active latents)")
-        ax.set_ylabel("marker logit change")
-    axes[0][0].legend(fontsize=6)
-    fig.suptitle("Ablating marker-active distilled-leaning latents (mean, 95% bootstrap CI)")
-    fig.tight_layout()
-    return fig
+def _verdict(holds) -> str:
+    holds = list(holds)
+    return "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
 
 
-def claim5_verdict(result: AblationResult, k: float | None = None) -> tuple[str, str]:
-    """Paper claim 5 at ``k`` (default: the largest k): per category, does targeted ablation lower the
-    distilled marker logit more than random (CI of targeted - random below 0) while the base model's
-    targeted - random gap is smaller in size? ``supports`` if all categories hold, ``contradicts`` if none,
-    else ``mixed``. Returns (verdict, evidence)."""
-    s = result.summary
-    k = float(s["k"].max()) if k is None else k
-    d = s[(s["arm"] == "targeted_minus_random") & np.isclose(s["k"], k)]
+def claim1_verdict(nrn, alive, lo: float = 0.1, hi: float = 0.9) -> tuple[str, str]:
+    """Claim 1: live latents exist near relative norm 1 (>= ``hi``) and near 0 (<= ``lo``)."""
+    nrn, alive = np.asarray(nrn, float), np.asarray(alive, bool)
+    v = nrn[alive & np.isfinite(nrn)]
+    n_d, n_b = int((v >= hi).sum()), int((v <= lo).sum())
+    return _verdict([n_d > 0, n_b > 0]), (f"{len(v)} live latents: {n_d} with relative norm >= {hi} (distilled-only), "
+                                          f"{n_b} <= {lo} (base-only); mean {v.mean():.3f}, std {v.std():.3f} "
+                                          f"(paper 1.5B/7B/14B means 0.504/0.492/0.540)")
+
+
+def claim3_verdict(cat_latents: pd.DataFrame, shared=(0.3, 0.7), top: float = 0.95) -> tuple[str, str]:
+    """Claim 3: per category, most marker-active latents are shared (relative norm within ``shared``)."""
     holds, parts = [], []
-    for cat in dict.fromkeys(d["category"]):
-        dd = d[(d["category"] == cat) & (d["model"] == "distilled")].iloc[0]
-        bb = d[(d["category"] == cat) & (d["model"] == "base")].iloc[0]
-        ok = bool(dd["ci_hi"] < 0 and abs(bb["mean"]) < abs(dd["mean"]))
-        holds.append(ok)
-        parts.append(f"{cat}: distilled {dd['mean']:+.2f} [{dd['ci_lo']:+.2f}, {dd['ci_hi']:+.2f}], "
-                     f"base {bb['mean']:+.2f} ({'holds' if ok else 'fails'})")
-    verdict = "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
-    return verdict, f"targeted minus random marker-logit change at k={k}: " + "; ".join(parts)
+    for cat, g in cat_latents.groupby("category", sort=False):
+        r = g["relative_norm"].to_numpy()
+        frac = float(((r >= shared[0]) & (r <= shared[1])).mean()) if len(r) else float("nan")
+        holds.append(frac > 0.5)
+        parts.append(f"{cat}: {frac:.0%} of {len(r)} shared, {int((r >= top).sum())} in [{top}, 1]")
+    return _verdict(holds), "; ".join(parts)
+
+
+def claim4_verdict(profile: pd.DataFrame, nrn, base_max: float = 0.3, min_purity: float = 0.8,
+                   ratio=(0.5, 2.0)) -> tuple[str, str]:
+    """Claim 4 on ``lexical_profile`` rows: are the base-side (relative norm <= ``base_max``) marker latents
+    lexical, i.e. token purity >= ``min_purity`` and an unlabelled/labelled firing ratio within ``ratio``
+    (they fire on the word whatever its role)? ``supports`` if all are, ``contradicts`` if none, else
+    ``mixed``; ``not tested`` when no profiled latent is base-side."""
+    nrn = np.asarray(nrn, float)
+    p = profile.assign(relative_norm=nrn[profile["latent"]]).sort_values("relative_norm")
+    n = f"(n = {profile.attrs.get('n_labelled', '?')} reasoning / {profile.attrs.get('n_unlabelled', '?')} ordinary uses)"
+    base = p[p["relative_norm"] <= base_max]
+    if base.empty:
+        lo = f"; the most base-leaning has relative norm {p['relative_norm'].iloc[0]:.2f}" if len(p) else ""
+        return "not tested", f"no marker latent is base-side (relative norm <= {base_max}) {n}{lo}"
+    lex = (base["token_purity"] >= min_purity) & base["label_ratio"].between(*ratio)
+    parts = [f"latent {int(r.latent)} (nrn {r.relative_norm:.2f}): purity {r.token_purity:.2f}, fires on "
+             f"{r.fire_labelled:.0%} of reasoning / {r.fire_unlabelled:.0%} of ordinary uses" for r in base.head(3).itertuples()]
+    return _verdict(lex), f"{int(lex.sum())} of {len(base)} base-side marker latents are lexical {n}: " + "; ".join(parts)
