@@ -172,3 +172,21 @@ def test_decoder_geometry(tmp_path, monkeypatch):
         assert plots.savefig(fig, name).exists()  # savefig checks title and axis labels
     with pytest.raises(ValueError, match="latents"):
         geo.decoder_cosines(cc, [11])
+
+
+def test_teacher_forced_ce_matches_loss(tiny_pair, tiny_tokenizer):
+    model = tiny_pair[0]
+    prompts, comps = ["Ann has 3 apples.", "Ben"], [" Wait, let me check: 3 + 4 = 7.", " gives her 4 more apples."]
+    ce = geo.teacher_forced_ce(model, tiny_tokenizer, prompts, comps, batch_size=2)
+    for p, c, got in zip(prompts, comps, ce):  # one at a time, no padding, HF's own loss on completion tokens
+        pi = tiny_tokenizer.encode(p, add_special_tokens=False)
+        ids = torch.tensor([pi + tiny_tokenizer.encode(c, add_special_tokens=False)])
+        labels = ids.clone()
+        labels[0, :len(pi)] = -100
+        with torch.no_grad():
+            want = model(input_ids=ids, labels=labels).loss.item()
+        assert got == pytest.approx(want, rel=1e-4)
+    red = geo.ce_reduction([2.0, 3.0, 2.5], [1.0, 2.0, 2.5], n_boot=200)
+    assert red["gain"] == pytest.approx(2 / 3) and red["lo"] <= red["gain"] <= red["hi"]
+    with pytest.raises(ValueError, match="equal"):
+        geo.teacher_forced_ce(model, tiny_tokenizer, prompts, comps[:1])

@@ -11,11 +11,12 @@ from thinkdiff import notebooks
 # Small, fast parameters per notebook; anything not listed runs with the notebook's defaults.
 FAST = {
     "00_organism": {"SIZES": ["S", "M", "L"], "N_EVAL": 24},
-    "01_harvest": {"N_DOCS": 160},
+    "01_harvest": {},
     "02_train": {"STEPS": 150},
-    "03_label": {},
-    "04_steer": {"N_PROMPTS": 8},
-    "05_geometry": {},
+    "03_label": {"STEPS": 150, "N_OCCURRENCES": 10, "KS": [0.05, 0.2], "N_BOOT": 200, "N_SCALING": 30, "N_CARDS": 4},
+    "04_steer": {"N_PROMPTS": 8, "MAX_NEW_TOKENS": 48, "ALPHAS": [-1, 1], "CONTROL_ALPHAS": [1], "BENCH_TOKENS": 8,
+                 "N_BOOT": 300},
+    "05_geometry": {"N_BOOT": 200, "N_PERM": 50, "N_EVAL": 16, "MAX_NEW_TOKENS": 64, "N_CE": 16, "DIMS": [2, 5]},
 }
 
 

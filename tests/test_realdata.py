@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from thinkdiff import qwen, realdata
+from thinkdiff import geometry, qwen, realdata
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,8 @@ def test_relations_single_token_counts(tok):
     for name in realdata.RELATIONS:
         pairs = realdata.load_relation(name)
         assert 100 <= len(pairs) <= 300 and len({a for a, _ in pairs}) == len(pairs)
-        kept = realdata.single_token_pairs(pairs, tok)
+        kept, n_dropped = geometry.filter_single_token(pairs, tok)  # the one single-token filter (bare words)
+        assert n_dropped == len(pairs) - len(kept)
         spaced = [(a, b) for a, b in pairs if all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1
                                                   for w in (a, b))]
         print(f"  {name}: {len(pairs)} / {len(kept)} / {len(spaced)} / {realdata.PAPER_KEPT[name]}")

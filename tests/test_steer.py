@@ -272,3 +272,31 @@ def test_steering_claim_rules():
     assert v["6"]["verdict"] == "contradicts" and v["7"]["verdict"] == "contradicts"
     with pytest.raises(ValueError, match="alpha"):
         steer.steering_claims(pd.DataFrame(base), "sr", "ded", "rand", 3.0)
+
+
+def test_pick_latents_rule():
+    scores = pd.DataFrame({"self_reflection": [0.9, 0.8, 0.7, 0.95, 0.6], "deductive": [0.5, 0.9, 0.6, 0.99, 0.7]})
+    nrn = np.array([0.95, 0.8, 0.5, 0.3, 0.52])
+    got = steer.pick_latents(scores, nrn, specific=0.7).set_index("role")
+    # latent 3 scores best on both but is base-leaning: excluded from the distilled-specific picks
+    assert got.loc["self_reflection", "latent"] == 0 and got.loc["deductive", "latent"] == 1
+    assert got.loc["shared", "latent"] == 2 and got.loc["shared", "relative_norm"] == 0.5
+    with pytest.raises(ValueError, match="widen"):
+        steer.pick_latents(scores, nrn, specific=0.99)
+    with pytest.raises(ValueError, match="lacks"):
+        steer.pick_latents(scores[["deductive"]], nrn)
+
+
+def test_sweep_grid_per_direction_and_overhead(tiny_pair, tiny_tokenizer):
+    model = tiny_pair[1]
+    v = torch.randn(32, generator=torch.Generator().manual_seed(0))
+    dirs = {"a": v, "b": steer.random_direction(v, 1)}
+    df = steer.steering_sweep(model, tiny_tokenizer, PROMPTS[:2], dirs, {"a": [-1, 1], "b": [1]}, LAYER,
+                              max_new_tokens=4, batch_size=2, include_text=False)
+    assert sorted(map(tuple, df[["condition", "alpha"]].drop_duplicates().to_numpy().tolist())) == [
+        ("a", -1.0), ("a", 1.0), ("b", 1.0), ("unsteered", 0.0)]
+    with pytest.raises(ValueError, match="exactly the directions"):
+        steer.steering_sweep(model, tiny_tokenizer, PROMPTS[:2], dirs, {"a": [1]}, LAYER)
+    bench = steer.hook_overhead(model, tiny_tokenizer, PROMPTS[:2], v, LAYER, n_tokens=3, repeats=1, batch_size=2)
+    assert bench["unsteered_tok_s"] > 0 and bench["steered_tok_s"] > 0
+    assert bench["overhead"] == pytest.approx(1 - bench["steered_tok_s"] / bench["unsteered_tok_s"])

@@ -276,7 +276,8 @@ def check_answer(generation: str, gold: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Word relations for the geometry test (data/relations/*.tsv).
+# Word relations for the geometry test (data/relations/*.tsv). The single-token filter is
+# geometry.filter_single_token (one implementation for the organism and the real tokenizers).
 # ---------------------------------------------------------------------------------------------
 
 RELATIONS = ("english-spanish", "english-german", "english-french", "present-past", "singular-plural")
@@ -301,13 +302,3 @@ def load_relation(name: str) -> list[tuple[str, str]]:
             raise ValueError(f"{path}:{k}: expected two non-empty tab-separated fields, got {row}")
         pairs.append((row[0].strip(), row[1].strip()))
     return pairs
-
-
-def is_single_token(word: str, tokenizer) -> bool:
-    """The bare word (no leading space) encodes to exactly one token: the paper fed each word alone at position 0."""
-    return len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1
-
-
-def single_token_pairs(pairs, tokenizer) -> list[tuple[str, str]]:
-    """Pairs whose source and target are each a single bare-word token under ``tokenizer``."""
-    return [(a, b) for a, b in pairs if is_single_token(a, tokenizer) and is_single_token(b, tokenizer)]

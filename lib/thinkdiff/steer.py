@@ -144,6 +144,41 @@ def random_direction(vector: torch.Tensor, seed: int) -> torch.Tensor:
     return (r / r.norm() * v.double().norm()).float()
 
 
+def pick_latents(scores: pd.DataFrame, nrn, categories: Sequence[str] = ("self_reflection", "deductive"),
+                 specific: float = 0.7, shared: tuple[float, float] = (0.45, 0.55),
+                 shared_category: str = "self_reflection") -> pd.DataFrame:
+    """Which latents to steer with, by a fixed rule (no peeking at steering results).
+
+    scores: ``[F x categories]`` latent scores, higher = more category-like (e.g. ``label.ground_truth_auroc(...).auroc``
+    or ReasonScores); nrn: ``[F]`` relative norms (1 = distilled-only). For each of ``categories``: the
+    best-scoring latent with ``nrn >= specific`` (distilled-specific); plus the best ``shared_category`` latent
+    with ``shared[0] <= nrn <= shared[1]`` (a shared counterpart). Returns one row per role:
+    ``role, latent, category, score, relative_norm``.
+    """
+    nrn = np.asarray(nrn, dtype=float)
+    if len(nrn) != len(scores):
+        raise ValueError(f"scores has {len(scores)} latents but nrn has {len(nrn)}")
+    missing = [c for c in list(categories) + [shared_category] if c not in scores.columns]
+    if missing:
+        raise ValueError(f"scores lacks columns {missing}; it has {list(scores.columns)}")
+    if not 0.0 <= specific <= 1.0 or not 0.0 <= shared[0] <= shared[1] <= 1.0:
+        raise ValueError(f"bad relative-norm bands: specific={specific}, shared={shared}")
+
+    def best(cat, mask, what):
+        s = scores[cat].to_numpy(dtype=float)
+        s = np.where(mask & np.isfinite(s), s, -np.inf)
+        j = int(np.argmax(s))
+        if not np.isfinite(s[j]):
+            raise ValueError(f"no {what} latent with a finite {cat} score: widen the relative-norm band")
+        return dict(latent=j, category=cat, score=float(s[j]), relative_norm=float(nrn[j]))
+
+    rows = [dict(role=cat, **best(cat, nrn >= specific, f"distilled-specific (nrn >= {specific})"))
+            for cat in categories]
+    rows.append(dict(role="shared", **best(shared_category, (nrn >= shared[0]) & (nrn <= shared[1]),
+                                           f"shared ({shared[0]} <= nrn <= {shared[1]})")))
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------- positions
 
 def special_ids(tokenizer) -> dict:
@@ -395,6 +430,34 @@ def _generate_batch(model, prompts, seeds, state, positions, sp, eos, pad, max_n
     return out_tok, truncated, steer, psteer, n_fwd
 
 
+def hook_overhead(model, tokenizer, prompts, vector, layer: int | None = None, n_tokens: int = 32,
+                  repeats: int = 3, batch_size: int = 64) -> dict:
+    """Generated tokens per second without and with the steering hook, same work both ways.
+
+    EOS is ignored (``eos_ids=()``), so every row generates exactly ``n_tokens`` in both runs, and the
+    steered run adds ``0 * vector`` (the hook and its masking run, the output is unchanged). Runs are
+    interleaved ``repeats`` times and the median kept. Rates are per second of this process's CPU time
+    (``time.process_time``), which other jobs on a shared machine barely disturb; wall-clock rates are
+    returned too. Returns ``{"unsteered_tok_s", "steered_tok_s", "overhead", "unsteered_wall_tok_s",
+    "steered_wall_tok_s"}`` with overhead = 1 - steered / unsteered (CPU-time rates).
+    """
+    if repeats < 1 or n_tokens < 1:
+        raise ValueError("repeats and n_tokens must be >= 1")
+    cpu = {"unsteered": [], "steered": []}
+    wall = {"unsteered": [], "steered": []}
+    for r in range(repeats):
+        runs = (("unsteered", None), ("steered", vector))
+        for name, vec in (runs if r % 2 == 0 else runs[::-1]):  # ABBA order: drifts in load cancel
+            c0 = time.process_time()
+            g = generate_steered(model, tokenizer, prompts, vec, 0.0, layer, "all", n_tokens, batch_size=batch_size,
+                                 eos_ids=(), progress=False)
+            cpu[name].append(g.n_new / max(time.process_time() - c0, 1e-9))
+            wall[name].append(g.tokens_per_s)
+    u, s = float(np.median(cpu["unsteered"])), float(np.median(cpu["steered"]))
+    return dict(unsteered_tok_s=u, steered_tok_s=s, overhead=1.0 - s / u,
+                unsteered_wall_tok_s=float(np.median(wall["unsteered"])), steered_wall_tok_s=float(np.median(wall["steered"])))
+
+
 # ----------------------------------------------------------------------------- per-generation metrics
 
 def regex_marker_counter(tokenizer, words: dict | None = None) -> Callable[[Sequence[int]], dict]:
@@ -455,7 +518,7 @@ def generation_metrics(gens: Generations, problems=None, score=None, count_marke
 
 # ----------------------------------------------------------------------------- sweep and summary
 
-def steering_sweep(model, tokenizer, prompts, directions: dict, alphas: Sequence[float], layer: int | None = None,
+def steering_sweep(model, tokenizer, prompts, directions: dict, alphas: Sequence[float] | dict, layer: int | None = None,
                    positions: str = "all", problems=None, score=None, count_markers=None, max_new_tokens: int = 256,
                    do_sample: bool = False, temperature: float = 1.0, seeds: Sequence[int] = (0,),
                    batch_size: int = 16, include_text: bool = True) -> pd.DataFrame:
@@ -463,7 +526,8 @@ def steering_sweep(model, tokenizer, prompts, directions: dict, alphas: Sequence
 
     directions: ``{name: vector [d_model] raw units}`` (e.g. self-reflection latent, deductive latent,
     a shared latent, and ``random_direction`` of equal norm as control). alphas: strengths in the
-    directions' own units, both signs (0 is skipped: it is the unsteered run, exactly). seeds: one
+    directions' own units, both signs (0 is skipped: it is the unsteered run, exactly); one list for
+    every direction, or ``{name: list}`` for a grid per direction. seeds: one
     replicate per entry, prompt i of replicate s sampled with seed ``s * 1_000_003 + i``; greedy
     decoding takes a single replicate. The unsteered run (condition ``"unsteered"``, alpha 0) uses the
     same prompts and seeds, so ``summarize_sweep`` can pair every steered generation with it.
@@ -472,9 +536,12 @@ def steering_sweep(model, tokenizer, prompts, directions: dict, alphas: Sequence
         raise ValueError("directions is empty: give at least one {name: vector}")
     if "unsteered" in directions:
         raise ValueError('"unsteered" is reserved for the baseline condition')
-    alphas = [float(a) for a in alphas if float(a) != 0.0]
-    if not alphas:
-        raise ValueError("alphas has no non-zero strength")
+    grids = alphas if isinstance(alphas, dict) else {name: alphas for name in directions}
+    if set(grids) != set(directions):
+        raise ValueError(f"alphas per direction must name exactly the directions {sorted(directions)}, got {sorted(grids)}")
+    grids = {name: [float(a) for a in grid if float(a) != 0.0] for name, grid in grids.items()}
+    if not all(grids.values()):
+        raise ValueError(f"every direction needs a non-zero strength; got {grids}")
     if not do_sample and len(seeds) != 1:
         raise ValueError("greedy decoding is deterministic: pass a single seed (or do_sample=True)")
     d_model = model.config.hidden_size
@@ -484,7 +551,7 @@ def steering_sweep(model, tokenizer, prompts, directions: dict, alphas: Sequence
     if score is not None and (problems is None or len(problems) != len(prompts)):
         raise ValueError("score needs problems aligned with prompts")
     count_markers = count_markers or regex_marker_counter(tokenizer)
-    conds = [("unsteered", None, 0.0)] + [(k, v, a) for k, v in directions.items() for a in alphas]
+    conds = [("unsteered", None, 0.0)] + [(k, v, a) for k, v in directions.items() for a in grids[k]]
     frames = []
     for name, vec, alpha in tqdm(conds, desc="steering sweep"):
         for rep in seeds:
