@@ -14,9 +14,9 @@ FAST = {
     "01_harvest": {},
     "02_train": {"STEPS": 150},
     "03_label": {"STEPS": 150, "N_OCCURRENCES": 10, "KS": [0.05, 0.2], "N_BOOT": 200, "N_SCALING": 30, "N_CARDS": 4},
-    "04_steer": {"N_PROMPTS": 8, "MAX_NEW_TOKENS": 48, "ALPHAS": [-1, 1], "CONTROL_ALPHAS": [1], "BENCH_TOKENS": 8,
+    "04_steer": {"STEPS": 150, "N_PROMPTS": 8, "MAX_NEW_TOKENS": 48, "ALPHAS": [-1, 1], "CONTROL_ALPHAS": [1], "BENCH_TOKENS": 8,
                  "N_BOOT": 300},
-    "05_geometry": {"N_BOOT": 200, "N_PERM": 50, "N_EVAL": 16, "MAX_NEW_TOKENS": 64, "N_CE": 16, "DIMS": [2, 5]},
+    "05_geometry": {"STEPS": 150, "N_BOOT": 200, "N_PERM": 50, "N_EVAL": 16, "MAX_NEW_TOKENS": 64, "N_CE": 16, "DIMS": [2, 5]},
 }
 
 
