@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,9 +27,11 @@ from .world import CATEGORIES, CATEGORY_ID, EOS, MARKERS, THINK_CLOSE, THINK_OPE
 
 SHIPPED_DIR = paths.DATA_DIR / "organism"
 SPECIALS = [EOS, THINK_OPEN, THINK_CLOSE]
-# Qwen2's pre-tokenisation pattern (single digits, as in Qwen), see environment.md §5.
-QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-               r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+# Qwen2's pre-tokenisation pattern, except that a number of up to two digits (with its leading space) is one
+# token: the world's quantities are two-digit numbers, and single-digit tokens would make copying an operand
+# from the question a two-token lookup that models this small do not learn (organism-notes.md).
+ORGANISM_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?\p{N}{1,2}"""
+                  r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,8 @@ class SizeConfig:
     sft_steps: int
     pretrain_lr: float = 3e-3
     sft_lr: float = 1e-3
-    batch: int = 32
-    seq_len: int = 128
+    batch: int = 16
+    seq_len: int = 256  # a 5-step trace with its moves is ~200 tokens: the question stays in context
 
     def check(self, name: str = "?") -> None:
         if self.hidden % self.heads:
@@ -59,12 +62,12 @@ class SizeConfig:
 
 
 SIZES = {
-    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=400, sft_steps=400,
-                    sft_lr=2e-3),
-    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=1500, sft_steps=800,
-                    sft_lr=2e-3),
-    "L": SizeConfig(hidden=128, layers=8, heads=8, kv_heads=2, intermediate=384, pretrain_steps=1500, sft_steps=800,
-                    sft_lr=2e-3),
+    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=3000, sft_steps=800,
+                    sft_lr=1e-3),
+    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=3000, sft_steps=800,
+                    sft_lr=1e-3),
+    "L": SizeConfig(hidden=128, layers=6, heads=8, kv_heads=2, intermediate=384, pretrain_steps=3000, sft_steps=800,
+                    pretrain_lr=2e-3, sft_lr=1e-3),
 }
 
 
@@ -74,12 +77,13 @@ class CorpusConfig:
 
     seed: int = 0
     n_train_problems: int = 20000
-    base_plain_fraction: float = 0.3   # share of base-corpus documents that are plain sentences
-    base_worked_fraction: float = 0.15  # short chains of thought (steps, no reflection) in the base corpus
-    base_copy_fraction: float = 0.1    # repetition documents (copying ability)
+    base_plain_fraction: float = 0.2   # share of base-corpus documents that are plain sentences
+    base_fact_fraction: float = 0.4    # of the rest: one-step facts (the base knows single operations)
+    base_copy_fraction: float = 0.3    # of the rest: repetition documents (copying ability)
     marker_rate: float = 0.2           # share of plain sentences using a marker word in an ordinary role
-    sft_plain_fraction: float = 0.15   # plain text mixed into SFT to keep the language model intact
-    vocab_size: int = 600
+    sft_plain_fraction: float = 0.1    # plain text mixed into SFT to keep the language model intact
+    sft_fact_fraction: float = 0.1     # one-step facts mixed into SFT to keep the arithmetic intact
+    vocab_size: int = 1000
     teacher: world.TeacherConfig = field(default_factory=world.TeacherConfig)
 
 
@@ -90,7 +94,7 @@ def organism_config(size: str, corpus: CorpusConfig | None = None, **overrides) 
     sc = replace(SIZES[size], **overrides) if overrides else SIZES[size]
     sc.check(size)
     corpus = corpus or CorpusConfig()
-    return {"size": size, "arch": asdict(sc), "corpus": asdict(corpus), "version": 1}
+    return {"size": size, "arch": asdict(sc), "corpus": asdict(corpus), "version": 2}
 
 
 # ----------------------------------------------------------------------------- documents
@@ -103,6 +107,7 @@ class Document:
     labels: list
     marker: list
     kind: str  # "teacher" or "base"
+    step_end: list = field(default_factory=list)  # per token: 1 last operation's end, 0 another's, -1 none
 
 
 def _plain_paragraph(rng: random.Random, marker_rate: float) -> str:
@@ -122,14 +127,17 @@ def corpus_texts(cfg: CorpusConfig, kind: str, n: int, seed_offset: int = 0) -> 
         u = rng.random()
         if u < plain_frac:
             out.append(_plain_paragraph(rng, cfg.marker_rate))
-        elif kind == "base":
-            u = (u - plain_frac) / (1 - plain_frac)
+            continue
+        u = (u - plain_frac) / (1 - plain_frac)
+        if kind == "base":
             if u < cfg.base_copy_fraction:
                 out.append(world.copy_document(rng))
-            elif u < cfg.base_copy_fraction + cfg.base_worked_fraction:
-                out.append(world.worked_solution(rng.choice(problems)))
+            elif u < cfg.base_copy_fraction + cfg.base_fact_fraction:
+                out.append(world.fact_document(rng))
             else:
                 out.append(world.base_solution(rng.choice(problems)))
+        elif u < cfg.sft_fact_fraction:
+            out.append(world.fact_document(rng))
         else:
             out.append(world.teacher_document(rng.choice(problems), rng, cfg.teacher))
     return out
@@ -141,18 +149,21 @@ def tokenize_spans(tokenizer, spans) -> Document:
         spans = [world.Span(spans)]
     text = world.spans_text(spans)
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    char_label, marker_starts, pos = [0] * len(text), set(), 0
+    char_label, marker_starts, step_ends, pos = [0] * len(text), set(), {}, 0
     for s in spans:
         char_label[pos:pos + len(s.text)] = [s.category] * len(s.text)
         if s.marker:
             marker_starts.add(pos)
         pos += len(s.text)
-    labels, marker = [], []
+        if s.step_end is not None:
+            step_ends[pos - 1] = s.step_end  # the closing "." of a written operation
+    labels, marker, step_end = [], [], []
     for start, end in enc["offset_mapping"]:
         labels.append(char_label[start] if start < len(text) else 0)
         marker.append(start in marker_starts)
+        step_end.append(next((v for c, v in step_ends.items() if start <= c < end), -1))
     kind = "teacher" if any(s.category for s in spans) or THINK_OPEN in text else "base"
-    return Document(text, list(enc["input_ids"]), labels, marker, kind)
+    return Document(text, list(enc["input_ids"]), labels, marker, kind, step_end)
 
 
 def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.5, seed: int = 1,
@@ -183,7 +194,21 @@ def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.
     return docs
 
 
-def eval_problems(n: int = 100, seed: int = 0) -> list[world.Problem]:
+def step_end_labels(docs: list[Document], meta: dict) -> np.ndarray:
+    """The planted distilled-only quantity per store token: 1 at the end of a trace's last operation, 0 at
+    the end of any other operation, -1 elsewhere. ``meta``: the store's ``doc_id`` and ``pos`` arrays [n]."""
+    doc_id, pos = np.asarray(meta["doc_id"]), np.asarray(meta["pos"])
+    if len(doc_id) and doc_id.max() >= len(docs):
+        raise ValueError(f"store tokens name document {doc_id.max()} but only {len(docs)} documents were given")
+    lengths = np.array([len(d.step_end) for d in docs])
+    if (pos >= lengths[doc_id]).any():
+        raise ValueError("store token positions run past their documents: these are not the store's documents")
+    flat = np.concatenate([np.asarray(d.step_end, np.int8) for d in docs])
+    offset = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return flat[offset[doc_id] + pos]
+
+
+def eval_problems(n: int = 200, seed: int = 0) -> list[world.Problem]:
     """Held-out problems (never in any training corpus), balanced over families."""
     return world.problem_split(seed, n, "eval")
 
@@ -198,7 +223,7 @@ def train_tokenizer(cfg: CorpusConfig):
              for kind in ("base", "teacher") for t in corpus_texts(cfg, kind, 3000, seed_offset=99)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.Split(Regex(ORGANISM_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -242,8 +267,10 @@ def _packed_batches(tokenizer, texts, seq_len: int, batch: int, seed: int):
                 yield torch.stack([data[i * seq_len:(i + 1) * seq_len] for i in idx.tolist()])
 
 
-def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; returns the loss per step."""
+def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_after: int | None = None) -> list[float]:
+    """AdamW with linear warm-up and cosine decay over ``steps``; returns the loss per step.
+
+    ``stop_after``: run only the first steps of that schedule (a reproducibility check rebuilds a prefix)."""
     torch.manual_seed(seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -251,7 +278,7 @@ def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int) -> lis
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     losses = []
-    bar = tqdm(range(steps), desc=desc, leave=False)
+    bar = tqdm(range(steps if stop_after is None else min(stop_after, steps)), desc=desc, leave=False)
     for _ in bar:
         x = next(batches)
         loss = model(input_ids=x, labels=x).loss
@@ -325,6 +352,8 @@ def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed:
         "correct": [p["answer"] == q.answer for p, q in zip(parsed, problems)],
         "texts": texts,
     }
+    out["family_accuracy"] = {f: sum(c for c, q in zip(out["correct"], problems) if q.family == f)
+                              / max(1, sum(q.family == f for q in problems)) for f in world.FAMILIES}
     if sample_seed is not None:
         sampled = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens, sample_seed=sample_seed)
         out["sampled_marker_rate_per_1k"] = _marker_rates(tokenizer, sampled)
@@ -335,10 +364,122 @@ def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed:
 
 def teacher_marker_rates(tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7) -> dict:
     """The teacher's marker rate per 1,000 thinking+answer tokens on ``problems`` (what SFT imitates)."""
+    texts = [world.spans_text(t)[len(p.prompt):] for p, t in zip(problems, teacher_traces(problems, cfg, seed))]
+    return _marker_rates(tokenizer, texts)
+
+
+def teacher_traces(problems, cfg: CorpusConfig | None = None, seed: int = 7) -> list[list]:
+    """One seeded teacher trace (span list) per problem."""
     cfg = cfg or CorpusConfig()
     rng = random.Random(seed)
-    texts = [world.spans_text(world.teacher_document(p, rng, cfg.teacher))[len(p.prompt):] for p in problems]
-    return _marker_rates(tokenizer, texts)
+    return [world.teacher_document(p, rng, cfg.teacher) for p in problems]
+
+
+@torch.no_grad()
+def teacher_forced_ce(model, tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7,
+                      batch_size: int = 32) -> float:
+    """Mean cross-entropy (nats per token) of the teacher's traces on ``problems``, prompt excluded.
+
+    A smooth measure of how well a model imitates the teacher: it moves even where accuracy does not.
+    """
+    losses, n = 0.0, 0
+    traces = [world.spans_text(t) for t in teacher_traces(problems, cfg, seed)]
+    for i in range(0, len(problems), batch_size):
+        rows = []
+        for p, text in zip(problems[i:i + batch_size], traces[i:i + batch_size]):
+            n_prompt = len(tokenizer(p.prompt, add_special_tokens=False)["input_ids"])
+            rows.append((tokenizer(text, add_special_tokens=False)["input_ids"], n_prompt))
+        T = max(len(ids) for ids, _ in rows)
+        x = torch.full((len(rows), T), tokenizer.pad_token_id)
+        y = torch.full((len(rows), T), -100)
+        for r, (ids, n_prompt) in enumerate(rows):
+            x[r, :len(ids)] = torch.tensor(ids)
+            y[r, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
+        logits = model(input_ids=x).logits[:, :-1].float()
+        target = y[:, 1:]
+        losses += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                    ignore_index=-100, reduction="sum").item()
+        n += int((target != -100).sum())
+    return losses / max(n, 1)
+
+
+# The organism is accepted as a distillation when, on >= MIN_EVAL held-out problems (greedy):
+ACCEPTANCE = {"min_gain": 0.20, "max_p": 0.01, "min_well_formed": 0.95, "marker_tolerance": 0.30, "min_eval": 200}
+
+
+def acceptance(base: dict, distilled: dict, teacher_rates: dict, rules: dict | None = None) -> dict:
+    """Does the pair behave like a real distillation? One row of checks from two ``evaluate`` results.
+
+    Checks: accuracy gain (distilled - base) >= ``min_gain`` with an exact McNemar p < ``max_p`` in the
+    distilled model's favour; the base never writes ``<think>`` (greedy or sampled); >= ``min_well_formed``
+    of distilled generations well formed; every category's sampled marker rate within ±``marker_tolerance``
+    of the teacher's. ``verdict`` is "accepted" / "rejected", or "not tested" on fewer than ``min_eval``
+    problems (a smoke run).
+    """
+    from .stats import mcnemar
+
+    r = {**ACCEPTANCE, **(rules or {})}
+    n = len(base["correct"])
+    if n != len(distilled["correct"]):
+        raise ValueError(f"base and distilled were evaluated on different problem counts ({n} vs {len(distilled['correct'])})")
+    test = mcnemar(base["correct"], distilled["correct"])
+    gain = distilled["accuracy"] - base["accuracy"]
+    ratio = {c: (distilled["sampled_marker_rate_per_1k"][c] / teacher_rates[c]) if teacher_rates[c] > 0 else float("nan")
+             for c in CATEGORIES}
+    checks = {
+        "gain": gain >= r["min_gain"],
+        "paired test": test["p"] < r["max_p"] and test["b_only"] > test["a_only"],
+        "base never thinks": base["think_rate"] == 0 and base.get("sampled_think_rate", 0) == 0,
+        "well formed": distilled["well_formed"] >= r["min_well_formed"],
+        "marker rates": all(abs(v - 1) <= r["marker_tolerance"] for v in ratio.values()),
+    }
+    verdict = "not tested" if n < r["min_eval"] else ("accepted" if all(checks.values()) else "rejected")
+    return {"n": n, "base accuracy": base["accuracy"], "distilled accuracy": distilled["accuracy"], "gain": gain,
+            "McNemar p": test["p"], "only base right": test["a_only"], "only distilled right": test["b_only"],
+            "marker rate / teacher": ratio, **{f"ok: {k}": v for k, v in checks.items()}, "verdict": verdict}
+
+
+def acceptance_by_family(problems, base: dict, distilled: dict) -> "pd.DataFrame":
+    """Per family: base and distilled accuracy, gain and exact McNemar p on that family's problems."""
+    import pandas as pd
+
+    from .stats import mcnemar
+
+    fam = np.array([p.family for p in problems])
+    b, d = np.asarray(base["correct"], bool), np.asarray(distilled["correct"], bool)
+    rows = []
+    for f in world.FAMILIES:
+        m = fam == f
+        if m.any():
+            rows.append({"family": f, "n": int(m.sum()), "base accuracy": b[m].mean(), "distilled accuracy": d[m].mean(),
+                         "gain": d[m].mean() - b[m].mean(), "McNemar p": mcnemar(b[m], d[m])["p"]})
+    return pd.DataFrame(rows).set_index("family")
+
+
+def gain_trend(results: dict, sizes, n_boot: int = 2000, seed: int = 0, min_eval: int | None = None) -> dict:
+    """Does the distillation gain grow with size? ``results[(size, role)]`` are ``evaluate`` outputs on the
+    same problems, ``sizes`` ordered small to large.
+
+    Per size the gain (distilled - base accuracy) with a 95 % bootstrap CI over problems; the largest minus the
+    smallest size's gain with a paired bootstrap CI. ``verdict``: "grows" (the CI of that difference is above 0
+    and the gains never fall from one size to the next), "shrinks" (CI below 0), "does not differ" (CI spans
+    0), or "not tested" on fewer than ``min_eval`` problems or a single size.
+    """
+    from .stats import bootstrap_mean_ci
+
+    min_eval = ACCEPTANCE["min_eval"] if min_eval is None else min_eval
+    per = {s: np.asarray(results[(s, "distilled")]["correct"], float) - np.asarray(results[(s, "base")]["correct"], float)
+           for s in sizes}
+    gains = {s: bootstrap_mean_ci(v, n_boot, seed) for s, v in per.items()}
+    out = {"gains": gains, "verdict": "not tested"}
+    if len(sizes) < 2 or len(per[sizes[0]]) < min_eval:
+        return out
+    diff = bootstrap_mean_ci(per[sizes[-1]] - per[sizes[0]], n_boot, seed)
+    steps_up = all(gains[b][0] >= gains[a][0] for a, b in zip(sizes, sizes[1:]))
+    out["largest minus smallest"] = diff
+    out["verdict"] = ("grows" if diff[1] > 0 and steps_up else "shrinks" if diff[2] < 0 else "does not differ"
+                      if diff[1] <= 0 <= diff[2] else "mixed")
+    return out
 
 
 # ----------------------------------------------------------------------------- build + cache
@@ -374,6 +515,33 @@ def get_tokenizer(corpus: CorpusConfig | None = None):
     return AutoTokenizer.from_pretrained(out)
 
 
+PREFIX_STEPS = 40  # pretraining losses recorded in the manifest for the cross-machine check
+
+
+def _pretrain(size: str, arch: dict, corpus: CorpusConfig, tok, stop_after: int | None = None):
+    """(base model, losses): the base pretraining schedule of ``arch`` (optionally only its first steps)."""
+    n_docs = arch["pretrain_steps"] * arch["batch"] * arch["seq_len"] // 20 + 2000
+    base = build_model(arch, len(tok), seed=corpus.seed)
+    losses = train_lm(base, _packed_batches(tok, corpus_texts(corpus, "base", n_docs), arch["seq_len"], arch["batch"],
+                                            corpus.seed), arch["pretrain_steps"], arch["pretrain_lr"],
+                      f"organism {size}: pretrain base", corpus.seed, stop_after=stop_after)
+    return base, losses
+
+
+def pretrain_prefix(size: str, steps: int = PREFIX_STEPS, threads: int = 1) -> list[float]:
+    """The losses of the first ``steps`` of ``size``'s pretraining, rebuilt from scratch (seconds, not minutes).
+
+    On the machine that built the weights, one thread reproduces the manifest's ``prefix_losses`` bitwise; on
+    another CPU the float kernels differ and the losses agree within ``PREFIX_RTOL``."""
+    cfg = organism_config(size)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _pretrain(size, cfg["arch"], CorpusConfig(), get_tokenizer(), stop_after=steps)[1]
+    finally:
+        torch.set_num_threads(old)
+
+
 def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **overrides) -> dict:
     """Train the base and distilled models of ``size`` and save them (plus a manifest) into ``out``."""
     cfg = organism_config(size, corpus, **overrides)
@@ -384,11 +552,7 @@ def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **o
     torch.set_num_threads(1)
     tok = get_tokenizer(corpus)
     t0 = time.time()
-    n_docs = arch["pretrain_steps"] * arch["batch"] * arch["seq_len"] // 20 + 2000
-    base = build_model(arch, len(tok), seed=corpus.seed)
-    pre_losses = train_lm(base, _packed_batches(tok, corpus_texts(corpus, "base", n_docs), arch["seq_len"],
-                                                arch["batch"], corpus.seed), arch["pretrain_steps"],
-                          arch["pretrain_lr"], f"organism {size}: pretrain base", corpus.seed)
+    base, pre_losses = _pretrain(size, arch, corpus, tok)
     t_pre = time.time() - t0
     distilled = build_model(arch, len(tok), seed=corpus.seed)
     distilled.load_state_dict(base.state_dict())
@@ -401,6 +565,7 @@ def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **o
         "config_hash": paths.config_hash(cfg), "config": cfg,
         "train_seconds": {"pretrain": round(t_pre, 1), "sft": round(t_sft, 1)},
         "final_loss": {"pretrain": sum(pre_losses[-20:]) / 20, "sft": sum(sft_losses[-20:]) / 20},
+        "prefix_losses": pre_losses[:PREFIX_STEPS],
         "n_params": sum(p.numel() for p in base.parameters()),
         "command": f"python -m thinkdiff.organism --size {size}",
         "torch": torch.__version__,

@@ -26,3 +26,19 @@ def bootstrap_mean_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 
     means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
     a = (1 - level) / 2
     return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def mcnemar(correct_a, correct_b) -> dict:
+    """Exact McNemar test of paired outcomes ``correct_a`` vs ``correct_b`` [n] bool (same items, two systems).
+
+    Returns ``a_only`` / ``b_only`` (discordant counts: only A right / only B right) and the two-sided
+    exact p value: a binomial test of ``b_only`` among the discordant pairs at 1/2 (``scipy.stats.binomtest``).
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"mcnemar needs two equal-length, non-empty [n] outcome vectors, got {a.shape} and {b.shape}")
+    a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
+    p = 1.0 if a_only + b_only == 0 else float(binomtest(b_only, a_only + b_only, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "p": p}

@@ -5,13 +5,24 @@ each character (and after tokenisation each token) carries a ground-truth label:
 
     0 none (plain computation)   1 self_reflection   2 deductive   3 alternative   4 contrastive
 
-Problems have several single-digit steps. The base corpus answers them in one line (no
-intermediate values: the base must compute "in its head", as Qwen2.5-Math answers without a long
-thought), while the teacher writes every intermediate value down. So thinking pays, as in real
-distillation (organism-notes.md, point 6).
+Problems are chains of 3–5 operations on two-digit numbers (carries and borrows included). The
+base corpus knows every *single* operation (many one-step facts, as a pretrained model knows
+arithmetic) but answers multi-step problems in one line, with no intermediate values; the teacher
+writes one easy operation per step. A terse answer has to compose 3–5 operations in one forward
+pass, which these tiny models cannot do, so thinking pays, as in real distillation.
+
+One quantity is planted for the distilled model only: at the end of each written operation the
+trace either goes on with the next operation or concludes, so a model that continues traces must
+know whether the step it just wrote was the **last** one (``Span.step_end``). The base corpus never
+writes intermediate steps, so the base never needs it, and no token gives it away (every step ends
+with the same "= N." whatever comes next).
+
+Held-out problems are chosen by their *computation*: the step signature (every operation with its
+operands), so no evaluation problem shares its steps with a training problem, whatever its wording.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass, field
@@ -33,6 +44,8 @@ NOUNS = (("apple", "apples"), ("pen", "pens"), ("book", "books"), ("cup", "cups"
          ("fox", "foxes"))
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 THINK_OPEN, THINK_CLOSE, EOS = "<think>", "</think>", "<|endoftext|>"
+HELDOUT_PERCENT = 12  # share of step signatures reserved for evaluation
+LO, HI = 10, 99       # running values stay two-digit
 
 
 @dataclass
@@ -51,8 +64,13 @@ class Problem:
         return f"Question: {self.question}\n"
 
     @property
+    def signature(self) -> str:
+        """The computation, independent of wording: family and every (a op b) in order."""
+        return self.family + ":" + ";".join(f"{a}{op}{b}" for a, op, b, _ in self.steps)
+
+    @property
     def key(self) -> str:
-        return self.question
+        return self.signature
 
 
 @dataclass
@@ -60,6 +78,7 @@ class Span:
     text: str
     category: int = 0  # 0 none, else CATEGORY_ID
     marker: str | None = None  # the marker word opening this span, if any
+    step_end: int | None = None  # on a written operation: 1 if it is the last one, 0 if more follow
 
 
 # ----------------------------------------------------------------------------- problems
@@ -67,53 +86,87 @@ def _op(a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
 
 
+def _chain(rng: random.Random, start: int, n_ops: int, ops=("+", "-")) -> list[tuple]:
+    """``n_ops`` steps from ``start`` with single-digit operands, every value kept in [LO, HI]."""
+    steps, total = [], start
+    for _ in range(n_ops):
+        choices = [o for o in ops if (o == "+" and total + 2 <= HI) or (o == "-" and total - 2 >= LO)
+                   or (o == "*" and total * 2 <= HI)]
+        op = rng.choice(choices)
+        if op == "+":
+            b = rng.randint(2, min(9, HI - total))
+        elif op == "-":
+            b = rng.randint(2, min(9, total - LO))
+        else:
+            b = 2 if total * 3 > HI else rng.choice((2, 3))
+        steps.append((total, op, b, _op(total, op, b)))
+        total = _op(total, op, b)
+    return steps
+
+
 def make_problem(rng: random.Random, family: str) -> Problem:
     if family == "arith":
-        n_ops = rng.choice((2, 3))
-        total = rng.randint(1, 9)
-        text, steps = [str(total)], []
-        for _ in range(n_ops):
-            op = "-" if (total > 3 and rng.random() < 0.4) else "+"
-            b = rng.randint(1, min(9, total) if op == "-" else 9)
-            steps.append((total, op, b, _op(total, op, b)))
-            total = _op(total, op, b)
-            text.append(f"{op} {b}")
-        return Problem(family, f"Compute {' '.join(text)}.", total, steps)
+        steps = _chain(rng, rng.randint(LO, HI - 10), rng.randint(3, 5))
+        text = f"{steps[0][0]} " + " ".join(f"{op} {b}" for _, op, b, _ in steps)
+        return Problem(family, f"Compute {text}.", steps[-1][3], steps)
     if family == "linear":
-        a, x, b = rng.randint(2, 5), rng.randint(1, 9), rng.randint(1, 9)
-        c = a * x + b
-        return Problem(family, f"Solve for x: {a} * x + {b} = {c}.", x, [(c, "-", b, c - b), (c - b, "/", a, x)])
+        while True:
+            a, x, b, d = rng.randint(2, 6), rng.randint(2, 16), rng.randint(2, 9), rng.randint(2, 9)
+            c = a * x + b - d
+            if a * x >= LO and a * x + b <= HI and c >= LO:
+                break
+        steps = [(c, "+", d, c + d), (c + d, "-", b, a * x), (a * x, "/", a, x)]
+        return Problem(family, f"Solve for x: {a} * x + {b} - {d} = {c}.", x, steps)
     if family == "word":
         name, other = rng.sample(NAMES, 2)
-        sing, plur = rng.choice(NOUNS)
-        a, b = rng.randint(2, 9), rng.randint(1, 9)
-        c = rng.randint(1, min(9, a + b - 1))
-        q = (f"{name} has {a} {plur}. {other} gives {name} {b} more {plur}. {name} gives away {c} {plur}. "
-             f"How many {plur} does {name} have?")
-        return Problem(family, q, a + b - c, [(a, "+", b, a + b), (a + b, "-", c, a + b - c)])
+        _, plur = rng.choice(NOUNS)
+        steps = _chain(rng, rng.randint(LO, 60), rng.randint(3, 4), ops=("+", "-", "*"))
+        events = {"+": lambda b: f"{other} gives {name} {b} more {plur}.",
+                  "-": lambda b: f"{name} gives away {b} {plur}.",
+                  "*": lambda b: f"{name} {'doubles' if b == 2 else 'triples'} the {plur}."}
+        q = (f"{name} has {steps[0][0]} {plur}. " + " ".join(events[op](b) for _, op, b, _ in steps)
+             + f" How many {plur} does {name} have?")
+        return Problem(family, q, steps[-1][3], steps)
     if family == "sequence":
-        start, d = rng.randint(1, 9), rng.randint(1, 4)
-        terms = [start + i * d for i in range(4)]
-        q = f"What comes next: {', '.join(map(str, terms))}?"
-        return Problem(family, q, terms[-1] + d, [(terms[1], "-", terms[0], d), (terms[-1], "+", d, terms[-1] + d)])
+        while True:
+            start, d = rng.randint(LO, HI), rng.choice([-1, 1]) * rng.randint(2, 9)
+            terms = [start + i * d for i in range(6)]
+            if min(terms) >= LO and max(terms) <= HI:
+                break
+        shown, op, step = terms[:4], ("+" if d > 0 else "-"), abs(d)
+        first = (shown[1], "-", shown[0], step) if d > 0 else (shown[0], "-", shown[1], step)
+        steps = [first, (terms[3], op, step, terms[4]), (terms[4], op, step, terms[5])]
+        q = f"What comes two terms after: {', '.join(map(str, shown))}?"
+        return Problem(family, q, terms[5], steps)
     if family == "compare":
         while True:
-            a, b, c, d = (rng.randint(1, 9) for _ in range(4))
-            if a + b != c + d:
+            left = _chain(rng, rng.randint(LO, 80), 2, ops=("+",))
+            right = _chain(rng, rng.randint(LO, 80), 2, ops=("+",))
+            if left[-1][3] != right[-1][3]:
                 break
-        q = f"Which is larger: {a} + {b} or {c} + {d}?"
-        return Problem(family, q, max(a + b, c + d), [(a, "+", b, a + b), (c, "+", d, c + d)], (a + b, c + d))
+        v1, v2 = left[-1][3], right[-1][3]
+        q = (f"Which is larger: {left[0][0]} + {left[0][2]} + {left[1][2]} "
+             f"or {right[0][0]} + {right[0][2]} + {right[1][2]}?")
+        return Problem(family, q, max(v1, v2), left + right, (v1, v2))
     raise ValueError(f"unknown problem family {family!r}; known: {FAMILIES}")
 
 
+def is_heldout(p: Problem) -> bool:
+    """Deterministic ~12% of all step signatures are reserved for evaluation (hash of the computation)."""
+    return int(hashlib.md5(p.signature.encode()).hexdigest()[:8], 16) % 100 < HELDOUT_PERCENT
+
+
 def problem_split(rng_seed: int, n: int, split: str) -> list[Problem]:
-    """``n`` problems of one split. Held-out problems ('eval') never occur in 'train' (hash split)."""
+    """``n`` problems of one split, the families in turn (balanced).
+
+    Held-out problems ('eval') never share a step signature with a 'train' problem; eval problems are distinct.
+    """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     rng = random.Random(f"{rng_seed}-{split}")
     out, seen = [], set()
     while len(out) < n:
-        p = make_problem(rng, rng.choice(FAMILIES))
+        p = make_problem(rng, FAMILIES[len(out) % len(FAMILIES)])
         if is_heldout(p) != (split == "eval"):
             continue
         if split == "eval" and p.key in seen:
@@ -123,28 +176,32 @@ def problem_split(rng_seed: int, n: int, split: str) -> list[Problem]:
     return out
 
 
-def is_heldout(p: Problem) -> bool:
-    """Deterministic ~12% of all problems are reserved for evaluation, by a hash of the question."""
-    import hashlib
-
-    return int(hashlib.md5(p.question.encode()).hexdigest()[:6], 16) % 100 < 12
-
-
 # ----------------------------------------------------------------------------- base corpus
 def base_solution(p: Problem) -> str:
     """Terse: the answer, no intermediate values."""
     return f"{p.prompt}Answer: {p.answer}.\n"
 
 
-def worked_solution(p: Problem) -> str:
-    """A short chain of thought without reflection (as Qwen2.5-Math sometimes writes): steps, then the answer."""
-    steps = " ".join(f"{a} {op} {b} = {r}." for a, op, b, r in p.steps)
-    return f"{p.prompt}{steps}\nAnswer: {p.answer}.\n"
+def random_fact(rng: random.Random) -> tuple:
+    """One single operation of the kinds the problems use: (a, op, b, result)."""
+    u = rng.random()
+    if u < 0.8:
+        return _chain(rng, rng.randint(LO, HI), 1, ops=("+", "-"))[0]
+    if u < 0.9:
+        return _chain(rng, rng.randint(LO // 2, HI // 2), 1, ops=("*",))[0]
+    a, x = rng.randint(2, 6), rng.randint(2, 16)
+    return (a * x, "/", a, x)
+
+
+def fact_document(rng: random.Random) -> str:
+    """Several one-step facts in the teacher's step format: the base knows single operations."""
+    facts = (random_fact(rng) for _ in range(rng.randint(4, 8)))
+    return "Facts:" + "".join(f" {a} {op} {b} = {r}." for a, op, b, r in facts) + "\n"
 
 
 def copy_document(rng: random.Random) -> str:
     """Repetition, as pretraining text is full of it: builds the copying (induction) ability."""
-    nums = [str(rng.randint(0, 9)) for _ in range(rng.randint(3, 6))]
+    nums = [str(rng.randint(LO, HI)) for _ in range(rng.randint(3, 6))]
     sym = rng.choice((", ", " + ", " - "))
     return f"List: {sym.join(nums)}. Again: {sym.join(nums)}.\n"
 
@@ -157,12 +214,10 @@ def plain_sentence(rng: random.Random, marker_rate: float) -> str:
     plain = [
         f"{name} has one {sing}.",
         f"{name} has {NUMBER_WORDS[n]} {plur}.",
-        f"{name} has {n} {plur}.",
+        f"{name} has {rng.randint(LO, HI)} {plur}.",
         f"{other} sees a {sing} and {NUMBER_WORDS[n]} {plur}.",
         f"The {sing} is on the table. The {plur} are in the bag.",
         f"{NUMBER_WORDS[n].capitalize()} is {n}.",
-        f"{n} + {(m := rng.randint(1, 9))} = {n + m}.",
-        f"{n} - {(k := rng.randint(1, n))} = {n - k}.",
         f"{name} likes {plur}.",
     ]
     marked = [
@@ -183,32 +238,31 @@ def plain_sentence(rng: random.Random, marker_rate: float) -> str:
 class TeacherConfig:
     """Per-step probabilities of each reasoning move (all configurable)."""
 
-    p_check: float = 0.35        # "Wait, let me check: ..." re-verification
-    p_slip: float = 0.12         # planted wrong step caught by "Wait, that is wrong."
-    p_alternative: float = 0.35  # "Alternatively, b + a = r." on commutative steps
-    p_contrast: float = 0.3      # "But r is less than t." weighing two quantities
+    p_check: float = 0.25        # "Wait, let me check: ..." re-verification
+    p_slip: float = 0.1          # planted wrong step caught by "Wait, that is wrong."
+    p_alternative: float = 0.3   # "Alternatively, b + a = r." on commutative steps
+    p_contrast: float = 0.25     # "But r is less than t." weighing two quantities
     p_so: float = 0.5            # "So" before a step that uses the previous result
 
 
 def teacher_spans(p: Problem, rng: random.Random, cfg: TeacherConfig) -> list[Span]:
     """The thinking part of a trace as labelled spans (each starts with a space)."""
     spans: list[Span] = []
+    last = len(p.steps) - 1
     for i, (a, op, b, r) in enumerate(p.steps):
-        chains = i > 0 and p.family != "compare" and p.steps[i - 1][3] == a
+        chains = i > 0 and p.steps[i - 1][3] == a
         if chains and rng.random() < cfg.p_so:
             spans.append(Span(" So", CATEGORY_ID["deductive"], " So"))
         if rng.random() < cfg.p_slip:
-            wrong = r + rng.choice((-1, 1)) if r > 0 else r + 1
+            wrong = r + rng.choice((-1, 1))
             spans.append(Span(f" {a} {op} {b} = {wrong}."))
             spans.append(Span(" Wait, that is wrong.", CATEGORY_ID["self_reflection"], " Wait"))
-            spans.append(Span(f" {a} {op} {b} = {r}."))
-        else:
-            spans.append(Span(f" {a} {op} {b} = {r}."))
+        spans.append(Span(f" {a} {op} {b} = {r}.", step_end=int(i == last)))
         if rng.random() < cfg.p_check:
             spans.append(Span(f" Wait, let me check: {a} {op} {b} = {r}. Yes.", CATEGORY_ID["self_reflection"], " Wait"))
-        if op == "+" and a != b and rng.random() < cfg.p_alternative:
+        if op in "+*" and a != b and rng.random() < cfg.p_alternative:
             spans.append(Span(f" Alternatively, {b} {op} {a} = {r}.", CATEGORY_ID["alternative"], " Alternatively"))
-        if p.family != "compare" and i > 0 and r != a and rng.random() < cfg.p_contrast:
+        if p.compare is None and i > 0 and r != a and rng.random() < cfg.p_contrast:
             word = rng.choice((" But", " However,"))
             rel = "less" if r < a else "more"
             spans.append(Span(f"{word} {r} is {rel} than {a}.", CATEGORY_ID["contrastive"], word.rstrip(",")))

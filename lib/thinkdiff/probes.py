@@ -1,0 +1,144 @@
+"""Ground truth, scored honestly: supervised probe ceilings and train-selected latents, held-out AUROC.
+
+For a planted target (a bool per store token, e.g. "this token is in a self-reflection move"):
+
+* ``probe_ceiling``: a logistic-regression probe on each model's raw activations at the hook layer, fit on
+  the store's training split and scored on its held-out split. It says how much of the target is *linearly
+  present* in each model: the most any linear dictionary feature could recover, and (base vs distilled)
+  whether the target is shared knowledge or distilled-only.
+* ``latent_recovery``: the crosscoder's side. The best single latent (and the best distilled-specific one,
+  relative norm >= 0.9) is **chosen on the training split** and **scored on the held-out split**; a k-sparse
+  probe (k latents chosen on the training split by AUROC, then a logistic regression on those k) is compared
+  with the dense ceiling, as in sparse probing (Gurnee et al.).
+
+Targets may leave tokens out (``nan`` in a float target, or a ``valid`` mask): those tokens are neither
+positive nor negative. Scikit-learn does the fitting and scoring.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .label import SparseActs, auroc_per_latent, restrict
+
+MIN_CLASS = 5  # a split needs this many positives and negatives for an AUROC
+
+
+def _target(y, n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(y bool [n], valid bool [n]) from a bool target or a float target with nan = excluded."""
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"target {what!r} must be one value per store token [{n}], got shape {y.shape}")
+    if y.dtype.kind == "f":
+        valid = np.isfinite(y)
+        return np.where(valid, y, 0) > 0.5, valid
+    return y.astype(bool), np.ones(n, bool)
+
+
+def _scorable(y: np.ndarray) -> bool:
+    return int(y.sum()) >= MIN_CLASS and int((~y).sum()) >= MIN_CLASS
+
+
+def _subsample(idx: np.ndarray, y: np.ndarray, max_n: int, seed: int) -> np.ndarray:
+    """At most ``max_n`` of ``idx``, keeping every positive (targets are rare) and a random share of negatives."""
+    if len(idx) <= max_n:
+        return idx
+    pos, neg = idx[y[idx]], idx[~y[idx]]
+    keep = max(max_n - len(pos), min(len(neg), max_n // 2))
+    neg = np.random.default_rng(seed).choice(neg, size=min(keep, len(neg)), replace=False)
+    return np.sort(np.concatenate([pos, neg]))
+
+
+def _fit_score(X_tr, y_tr, X_te, y_te, C: float = 1.0) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, class_weight="balanced"))
+    clf.fit(X_tr, y_tr)
+    return float(roc_auc_score(y_te, clf.decision_function(X_te)))
+
+
+def probe_ceiling(store, targets: dict, max_train: int = 40_000, max_test: int = 40_000, seed: int = 0) -> pd.DataFrame:
+    """Held-out AUROC of a dense linear probe per target and model.
+
+    ``targets``: name -> [n_tokens] bool (or float with nan = excluded). Returns one row per target with
+    columns ``base``, ``distilled`` (held-out AUROC, nan where a split has < ``MIN_CLASS`` of a class),
+    ``n_train_pos``, ``n_test_pos``. Training rows are subsampled to ``max_train`` (all positives kept).
+    """
+    split = np.asarray(store.meta["split"])
+    rows = []
+    for name, y in targets.items():
+        y, valid = _target(y, store.n_tokens, name)
+        tr = _subsample(np.nonzero(valid & (split == 0))[0], y, max_train, seed)
+        te = _subsample(np.nonzero(valid & (split == 1))[0], y, max_test, seed + 1)
+        row = {"target": name, "n_train_pos": int(y[tr].sum()), "n_test_pos": int(y[te].sum())}
+        if _scorable(y[tr]) and _scorable(y[te]):
+            X_tr, X_te = np.asarray(store.acts(tr), np.float32), np.asarray(store.acts(te), np.float32)
+            for m, model in enumerate(("base", "distilled")):
+                row[model] = _fit_score(X_tr[:, m], y[tr], X_te[:, m], y[te])
+        else:
+            row.update(base=np.nan, distilled=np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("target")
+
+
+def _dense_columns(acts: SparseActs, latents) -> np.ndarray:
+    return np.stack([acts.column(int(j)) for j in latents], 1)
+
+
+def latent_recovery(acts: SparseActs, split, targets: dict, nrn, ks=(1, 5), exclusive: float = 0.9,
+                    seed: int = 0) -> pd.DataFrame:
+    """Train-selected latents scored on held-out tokens, per target.
+
+    ``acts``: latent activations of the evaluated store tokens; ``split`` [n_tokens] (0 train, 1 held out);
+    ``nrn`` [F] relative decoder norms. Per target: ``best_latent`` (highest training AUROC) with its
+    ``train_auroc``, held-out ``auroc`` and ``relative_norm``; ``best_specific_latent`` / ``specific_auroc``
+    the same among latents with relative norm >= ``exclusive``; ``sparse_probe_k{k}`` the held-out AUROC of a
+    logistic regression on the k latents with the highest training AUROC.
+    """
+    split = np.asarray(split)
+    nrn = np.asarray(nrn, float)
+    n_all = len(split)
+    train, test = restrict(acts, split == 0), restrict(acts, split == 1)
+    rows = []
+    for name, y in targets.items():
+        y, valid = _target(y, n_all, name)
+        tr, te = restrict(train, valid), restrict(test, valid)
+        y_tr, y_te = tr.local(y), te.local(y)
+        row = {"target": name, "n_test_pos": int(y_te.sum())}
+        if not (_scorable(y_tr) and _scorable(y_te)):
+            rows.append(row)
+            continue
+        a_tr = np.nan_to_num(auroc_per_latent(tr, y_tr), nan=0.5)
+        a_te = auroc_per_latent(te, y_te)
+        j = int(np.argmax(a_tr))
+        row.update(best_latent=j, train_auroc=a_tr[j], auroc=a_te[j], relative_norm=nrn[j])
+        spec = np.nonzero(nrn >= exclusive)[0]
+        if len(spec):
+            js = int(spec[np.argmax(a_tr[spec])])
+            row.update(best_specific_latent=js, specific_train_auroc=a_tr[js], specific_auroc=a_te[js])
+        order = np.argsort(-a_tr)
+        for k in ks:
+            top = order[:k]
+            row[f"sparse_probe_k{k}"] = _fit_score(_dense_columns(tr, top), y_tr, _dense_columns(te, top), y_te)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("target")
+
+
+def organism_targets(meta: dict, step_end, categories) -> dict:
+    """The planted targets of an organism store: per category its move spans and its marker tokens, and the
+    distilled-only quantity ("last operation", scored among operation ends only).
+
+    ``meta``: the store's ``label`` (category id, -1 unlabelled) and ``marker`` arrays; ``step_end`` [n] from
+    ``organism.step_end_labels``.
+    """
+    label, marker = np.asarray(meta["label"]), np.asarray(meta["marker"], bool)
+    out = {}
+    for i, c in enumerate(categories):
+        out[f"span: {c}"] = np.where(label >= 0, label == i + 1, np.nan)
+        out[f"marker: {c}"] = marker & (label == i + 1)
+    step_end = np.asarray(step_end)
+    out["last operation"] = np.where(step_end >= 0, step_end == 1, np.nan)
+    return out

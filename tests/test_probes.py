@@ -1,0 +1,78 @@
+"""Probe ceilings and train-selected latent recovery on synthetic data with a known answer."""
+import numpy as np
+import pytest
+
+from thinkdiff import probes
+from thinkdiff.label import SparseActs
+
+
+class FakeStore:
+    """[n, 2, d] activations: the target is written along one direction of the distilled model only."""
+
+    def __init__(self, n=4000, d=16, seed=0):
+        rng = np.random.default_rng(seed)
+        self.y = rng.random(n) < 0.1
+        self.x = rng.normal(size=(n, 2, d)).astype(np.float32)
+        self.x[:, 1, 0] += 3.0 * self.y
+        self.n_tokens = n
+        self.meta = {"split": (np.arange(n) % 4 == 0).astype(np.int8)}
+
+    def acts(self, idx):
+        return self.x[idx]
+
+
+def test_probe_ceiling_finds_a_distilled_only_target():
+    st = FakeStore()
+    out = probes.probe_ceiling(st, {"planted": st.y, "noise": np.random.default_rng(1).random(st.n_tokens) < 0.1})
+    assert out.loc["planted", "distilled"] > 0.95
+    assert out.loc["planted", "base"] < 0.65
+    assert abs(out.loc["noise", "distilled"] - 0.5) < 0.1
+
+
+def test_probe_ceiling_skips_excluded_tokens_and_unscorable_targets():
+    st = FakeStore()
+    y = np.where(st.x[:, 1, 1] > 0, st.y, np.nan)   # half the tokens excluded
+    out = probes.probe_ceiling(st, {"half": y, "empty": np.zeros(st.n_tokens, bool)})
+    assert out.loc["half", "n_train_pos"] < st.y[st.meta["split"] == 0].sum()
+    assert np.isnan(out.loc["empty", "distilled"])
+    with pytest.raises(ValueError, match="one value per store token"):
+        probes.probe_ceiling(st, {"short": st.y[:10]})
+
+
+def _acts(seed=0, n=6000, F=20):
+    """Latent 3 tracks the target everywhere; latent 7 tracks it on held-out tokens only (must not be chosen)."""
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.1
+    split = (np.arange(n) % 3 == 0).astype(np.int8)
+    f = np.maximum(rng.normal(size=(n, F)) - 1.5, 0)
+    f[:, 3] = np.maximum(f[:, 3], 2.0 * y + 0.5 * rng.random(n) * y)
+    f[:, 7] = np.where(split == 1, 3.0 * y, f[:, 7])
+    f[:, 11] = np.maximum(f[:, 11], 1.5 * y * (rng.random(n) < 0.8))
+    return SparseActs.from_dense(f), split, y
+
+
+def test_latent_recovery_selects_on_training_tokens_and_scores_held_out():
+    acts, split, y = _acts()
+    nrn = np.full(20, 0.5)
+    nrn[11] = 0.95
+    out = probes.latent_recovery(acts, split, {"t": y}, nrn, ks=(2,))
+    r = out.loc["t"]
+    assert r.best_latent == 3               # not 7, which is perfect only on the held-out tokens
+    assert r.auroc > 0.95 and r.relative_norm == 0.5
+    assert r.best_specific_latent == 11 and 0.8 < r.specific_auroc < 0.95
+    assert r.sparse_probe_k2 >= r.auroc - 0.01
+
+
+def test_latent_recovery_reports_nothing_without_positives():
+    acts, split, y = _acts()
+    out = probes.latent_recovery(acts, split, {"none": np.zeros_like(y)}, np.full(20, 0.5))
+    assert "best_latent" not in out.columns or np.isnan(out.loc["none"].get("best_latent", np.nan))
+
+
+def test_organism_targets_cover_spans_markers_and_the_planted_quantity():
+    meta = {"label": np.array([-1, 0, 1, 1, 2, 0]), "marker": np.array([0, 0, 1, 0, 1, 0], bool)}
+    t = probes.organism_targets(meta, np.array([-1, 0, -1, -1, -1, 1]), ["self_reflection", "deductive"])
+    assert np.isnan(t["span: self_reflection"][0]) and list(t["span: self_reflection"][1:]) == [0, 1, 1, 0, 0]
+    assert list(t["marker: deductive"]) == [False, False, False, False, True, False]
+    lo = t["last operation"]
+    assert np.isnan(lo[0]) and lo[1] == 0 and lo[5] == 1 and np.isnan(lo[2:5]).all()

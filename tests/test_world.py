@@ -1,0 +1,83 @@
+"""The organism's world: hard multi-step problems, an honest held-out split, the planted distilled-only quantity."""
+import random
+
+import numpy as np
+import pytest
+
+from thinkdiff import organism, world
+
+
+def test_problems_are_multi_step_two_digit_chains():
+    rng = random.Random(0)
+    for fam in world.FAMILIES:
+        for _ in range(200):
+            p = world.make_problem(rng, fam)
+            assert 3 <= len(p.steps) <= 5, (fam, p.steps)
+            for a, op, b, r in p.steps:
+                assert world._op(a, op, b) == r and world.LO <= r or op == "/" or fam == "sequence"
+            values = [r for *_, r in p.steps]
+            if fam in ("arith", "word", "compare"):
+                assert all(world.LO <= v <= world.HI for v in values)
+            assert p.answer == (max(p.compare) if p.compare else p.steps[-1][3])
+
+
+def test_heldout_split_never_shares_a_step_signature():
+    """No held-out problem's computation occurs in any training corpus: base, teacher or harvest."""
+    cfg = organism.CorpusConfig()
+    train_sigs = {p.signature for p in world.problem_split(cfg.seed, cfg.n_train_problems, "train")}
+    held = organism.eval_problems(400)
+    assert len({p.signature for p in held}) == len(held)
+    assert not train_sigs & {p.signature for p in held}
+    # every family balanced in the evaluation set
+    assert {f: sum(p.family == f for p in held) for f in world.FAMILIES} == {f: 80 for f in world.FAMILIES}
+    assert all(world.is_heldout(p) for p in held)
+    assert not any(world.is_heldout(p) for p in world.problem_split(cfg.seed, 2000, "train"))
+
+
+def test_corpora_use_only_training_problems():
+    """Base corpus, teacher traces and harvest corpus draw their problems from the training split only."""
+    cfg = organism.CorpusConfig()
+    train_prompts = {p.prompt for p in world.problem_split(cfg.seed, cfg.n_train_problems, "train")}
+    texts = [d if isinstance(d, str) else world.spans_text(d)
+             for kind in ("base", "teacher") for d in organism.corpus_texts(cfg, kind, 300, seed_offset=5)]
+    texts += [d.text for d in organism.harvest_documents(organism.get_tokenizer(), n_docs=100)]
+    prompts = [t.split("\n", 1)[0] + "\n" for t in texts if t.startswith("Question:")]
+    assert len(prompts) > 150
+    assert set(prompts) <= train_prompts
+
+
+def test_step_end_marks_the_last_operation_only():
+    tok = organism.get_tokenizer()
+    rng = random.Random(0)
+    for fam in world.FAMILIES:
+        p = world.make_problem(rng, fam)
+        doc = organism.tokenize_spans(tok, world.teacher_document(p, rng, world.TeacherConfig(p_slip=1.0)))
+        ends = [i for i, v in enumerate(doc.step_end) if v >= 0]
+        assert len(ends) == len(p.steps)
+        assert [doc.step_end[i] for i in ends] == [0] * (len(p.steps) - 1) + [1]
+        assert all(tok.decode([doc.input_ids[i]]).endswith(".") for i in ends)
+        # the planted slip's wrong step is not an operation end
+        text = tok.decode(doc.input_ids[:ends[0] + 1])
+        assert text.endswith(f"= {p.steps[0][3]}.")
+    base = organism.tokenize_spans(tok, world.base_solution(p))
+    assert set(base.step_end) == {-1}
+
+
+def test_step_end_labels_follow_store_positions():
+    tok = organism.get_tokenizer()
+    docs = organism.harvest_documents(tok, n_docs=20, teacher_fraction=0.5)
+    doc_id = np.concatenate([np.full(len(d.input_ids), i) for i, d in enumerate(docs)])
+    pos = np.concatenate([np.arange(len(d.input_ids)) for d in docs])
+    lab = organism.step_end_labels(docs, {"doc_id": doc_id, "pos": pos})
+    assert (lab == np.concatenate([d.step_end for d in docs])).all()
+    assert (lab == 1).sum() == 10
+    with pytest.raises(ValueError, match="not the store's documents"):
+        organism.step_end_labels(docs, {"doc_id": doc_id, "pos": pos + 1000})
+
+
+def test_base_corpus_never_writes_steps_of_a_problem():
+    cfg = organism.CorpusConfig()
+    for doc in organism.corpus_texts(cfg, "base", 300):
+        assert world.THINK_OPEN not in doc
+        if doc.startswith("Question:"):
+            assert doc.count("=") == doc.split("\n", 1)[0].count("=") and "Answer:" in doc
