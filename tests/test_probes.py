@@ -76,3 +76,39 @@ def test_organism_targets_cover_spans_markers_and_the_planted_quantity():
     assert list(t["marker: deductive"]) == [False, False, False, False, True, False]
     lo = t["last operation"]
     assert np.isnan(lo[0]) and lo[1] == 0 and lo[5] == 1 and np.isnan(lo[2:5]).all()
+
+
+def _tables(over=None):
+    import pandas as pd
+    names = ["marker: a", "span: a", "last operation"]
+    ceiling = pd.DataFrame({"base": [0.99, 0.97, 0.70], "distilled": [0.99, 0.98, 0.99]}, index=names)
+    rec = pd.DataFrame({"best_latent": [1, 2, 3], "auroc": [0.97, 0.90, 0.80], "relative_norm": [0.5, 0.5, 0.5],
+                        "sparse_probe_k5": [0.98, 0.95, 0.9], "best_specific_latent": [4, 5, 6],
+                        "specific_auroc": [0.6, 0.6, 0.93]}, index=names)
+    for (table, row, col), v in (over or {}).items():
+        (ceiling if table == "c" else rec).loc[row, col] = v
+    return ceiling, rec
+
+
+def test_ground_truth_verdicts_met():
+    v = probes.ground_truth_verdicts(*_tables())
+    assert list(v.verdict) == ["met", "met", "met"]
+
+
+@pytest.mark.parametrize("over, target, verdict", [
+    ({("r", "marker: a", "auroc"): 0.9}, "marker: a", "missed"),
+    ({("r", "span: a", "sparse_probe_k5"): 0.90}, "span: a", "missed"),
+    ({("r", "last operation", "specific_auroc"): 0.85}, "last operation", "missed"),
+    ({("c", "last operation", "base"): 0.95}, "last operation", "not planted"),
+    ({("c", "last operation", "distilled"): 0.9}, "last operation", "not planted"),
+    ({("r", "last operation", "specific_auroc"): np.nan}, "last operation", "missed"),
+])
+def test_ground_truth_verdicts_each_failure(over, target, verdict):
+    v = probes.ground_truth_verdicts(*_tables(over))
+    assert v.loc[target, "verdict"] == verdict
+    assert (v.drop(index=target).verdict == "met").all()
+
+
+def test_ground_truth_verdicts_smoke_run_is_not_tested():
+    v = probes.ground_truth_verdicts(*_tables(), tested=False)
+    assert set(v.verdict) == {"not tested"}

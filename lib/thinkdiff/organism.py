@@ -83,6 +83,7 @@ class CorpusConfig:
     marker_rate: float = 0.2           # share of plain sentences using a marker word in an ordinary role
     sft_plain_fraction: float = 0.1    # plain text mixed into SFT to keep the language model intact
     sft_fact_fraction: float = 0.1     # one-step facts mixed into SFT to keep the arithmetic intact
+    sft_copy_fraction: float = 0.1     # repetition mixed into SFT to keep the copying intact
     vocab_size: int = 1000
     teacher: world.TeacherConfig = field(default_factory=world.TeacherConfig)
 
@@ -138,6 +139,8 @@ def corpus_texts(cfg: CorpusConfig, kind: str, n: int, seed_offset: int = 0) -> 
                 out.append(world.base_solution(rng.choice(problems)))
         elif u < cfg.sft_fact_fraction:
             out.append(world.fact_document(rng))
+        elif u < cfg.sft_fact_fraction + cfg.sft_copy_fraction:
+            out.append(world.copy_document(rng))
         else:
             out.append(world.teacher_document(rng.choice(problems), rng, cfg.teacher))
     return out
@@ -219,6 +222,7 @@ def train_tokenizer(cfg: CorpusConfig):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    cfg = replace(cfg, teacher=replace(cfg.teacher, locate=False), sft_copy_fraction=0.0)  # see tokenizer_key
     texts = [t if isinstance(t, str) else world.spans_text(t)
              for kind in ("base", "teacher") for t in corpus_texts(cfg, kind, 3000, seed_offset=99)]
     tok = Tokenizer(models.BPE())
@@ -332,7 +336,7 @@ def _marker_rates(tokenizer, texts) -> dict:
     return {c: 1000 * sum(marker_counts(t)[c] for t in texts) / max(n_tok, 1) for c in CATEGORIES}
 
 
-def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed: int | None = 0) -> dict:
+def evaluate(model, tokenizer, problems, max_new_tokens: int = 160, sample_seed: int | None = 0) -> dict:
     """Held-out metrics of one model.
 
     Greedy decoding gives accuracy, well-formedness, ``<think>`` rate and ``marker_rate_per_1k``
@@ -497,12 +501,22 @@ def _tokenizer_dir(root: Path) -> Path:
     return root / "tokenizer"
 
 
+def tokenizer_key(corpus: CorpusConfig) -> dict:
+    """What the tokenizer is trained on. The teacher's "Next: …" quotes only repeat the question's own
+    words, and the repetition mixed into distillation uses only number tokens, so both are left out of the
+    tokenizer's training text (and key): the vocabulary, like a real distilled model's, is the base model's."""
+    cfg = asdict(corpus)
+    cfg["teacher"].pop("locate")
+    cfg.pop("sft_copy_fraction")
+    return {"tokenizer": cfg, "version": 1}
+
+
 def get_tokenizer(corpus: CorpusConfig | None = None):
     """The organism tokenizer: shipped copy if its config matches, else the cached or a fresh build."""
     from transformers import AutoTokenizer
 
     corpus = corpus or CorpusConfig()
-    key = {"tokenizer": asdict(corpus), "version": 1}
+    key = tokenizer_key(corpus)
     for folder in (SHIPPED_DIR / "tokenizer", paths.artifact_dir("organism-tokenizer", key)):
         man = folder / "thinkdiff.json"
         if man.exists() and json.loads(man.read_text()).get("config_hash") == paths.config_hash(key):
@@ -542,6 +556,36 @@ def pretrain_prefix(size: str, steps: int = PREFIX_STEPS, threads: int = 1) -> l
         torch.set_num_threads(old)
 
 
+def base_config(size: str, corpus: CorpusConfig | None = None, **overrides) -> dict:
+    """The part of an organism's config that decides its base model (architecture, pretraining, base corpus)."""
+    cfg = organism_config(size, corpus, **overrides)
+    arch = {k: v for k, v in cfg["arch"].items() if not k.startswith("sft_")}
+    corp = {k: v for k, v in cfg["corpus"].items() if not k.startswith("sft_") and k != "teacher"}
+    return {"arch": arch, "corpus": corp, "version": cfg["version"]}
+
+
+def get_base(size: str, corpus: CorpusConfig | None, tok, **overrides):
+    """(base model, pretraining summary): cached by ``base_config``, so a change to the distillation alone does
+    not retrain the base. The summary holds ``seconds``, ``final_loss`` (mean of the last 20 steps) and
+    ``prefix_losses`` (the first ``PREFIX_STEPS``). Built single-threaded by the caller."""
+    from transformers import Qwen2ForCausalLM
+
+    key = base_config(size, corpus, **overrides)
+    folder = paths.artifact_dir("organism-base", key)
+    if (folder / "pretrain.json").exists():
+        summary = json.loads((folder / "pretrain.json").read_text())
+        return Qwen2ForCausalLM.from_pretrained(folder, dtype=torch.float32), summary
+    t0 = time.time()
+    base, losses = _pretrain(size, organism_config(size, corpus, **overrides)["arch"], corpus or CorpusConfig(), tok)
+    summary = {"seconds": round(time.time() - t0, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+               "prefix_losses": losses[:PREFIX_STEPS], "config": key}
+    if not folder.exists():
+        with paths.atomic_dir(folder) as tmp:
+            base.save_pretrained(tmp)
+            (tmp / "pretrain.json").write_text(json.dumps(summary))
+    return base, summary
+
+
 def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **overrides) -> dict:
     """Train the base and distilled models of ``size`` and save them (plus a manifest) into ``out``."""
     cfg = organism_config(size, corpus, **overrides)
@@ -551,21 +595,20 @@ def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **o
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     tok = get_tokenizer(corpus)
+    base, pre = get_base(size, corpus, tok, **overrides)
     t0 = time.time()
-    base, pre_losses = _pretrain(size, arch, corpus, tok)
-    t_pre = time.time() - t0
     distilled = build_model(arch, len(tok), seed=corpus.seed)
     distilled.load_state_dict(base.state_dict())
     n_docs = arch["sft_steps"] * arch["batch"] * arch["seq_len"] // 60 + 2000
     sft_losses = train_lm(distilled, _packed_batches(tok, corpus_texts(corpus, "teacher", n_docs), arch["seq_len"],
                                                      arch["batch"], corpus.seed + 1), arch["sft_steps"],
                           arch["sft_lr"], f"organism {size}: distil (SFT)", corpus.seed + 1)
-    t_sft = time.time() - t0 - t_pre
+    t_sft = time.time() - t0
     manifest = {
         "config_hash": paths.config_hash(cfg), "config": cfg,
-        "train_seconds": {"pretrain": round(t_pre, 1), "sft": round(t_sft, 1)},
-        "final_loss": {"pretrain": sum(pre_losses[-20:]) / 20, "sft": sum(sft_losses[-20:]) / 20},
-        "prefix_losses": pre_losses[:PREFIX_STEPS],
+        "train_seconds": {"pretrain": pre["seconds"], "sft": round(t_sft, 1)},
+        "final_loss": {"pretrain": pre["final_loss"], "sft": sum(sft_losses[-20:]) / 20},
+        "prefix_losses": pre["prefix_losses"],
         "n_params": sum(p.numel() for p in base.parameters()),
         "command": f"python -m thinkdiff.organism --size {size}",
         "torch": torch.__version__,
@@ -599,8 +642,10 @@ def get_organism(size: str = "S", corpus: CorpusConfig | None = None, rebuild: b
         if json.loads((shipped / "manifest.json").read_text())["config_hash"] == h:
             return _load(shipped, size)
     cached = paths.artifact_dir("organism", cfg)
-    if rebuild and cached.exists():
-        shutil.rmtree(cached)
+    if rebuild:  # from scratch: the cached base goes too
+        for folder in (cached, paths.artifact_dir("organism-base", base_config(size, corpus, **overrides))):
+            if folder.exists():
+                shutil.rmtree(folder)
     if not cached.exists():
         paths.ensure_writable(cached.parent)
         build_organism(size, cached, corpus, **overrides)
@@ -623,7 +668,7 @@ def ship(size: str, rebuild: bool = True) -> Path:
     tok_dest = SHIPPED_DIR / "tokenizer"
     if tok_dest.exists():
         shutil.rmtree(tok_dest)
-    key = {"tokenizer": asdict(CorpusConfig()), "version": 1}
+    key = tokenizer_key(CorpusConfig())
     shutil.copytree(paths.artifact_dir("organism-tokenizer", key), tok_dest)
     return dest
 

@@ -142,3 +142,65 @@ def organism_targets(meta: dict, step_end, categories) -> dict:
     step_end = np.asarray(step_end)
     out["last operation"] = np.where(step_end >= 0, step_end == 1, np.nan)
     return out
+
+
+# Targets on the organism default, fixed before any crosscoder was scored (organism-notes.md):
+TARGETS = {"marker_auroc": 0.95,        # (a) one latent finds the category's marker tokens
+           "sparse_k": 5, "sparse_gap": 0.05,  # (b) a k-sparse latent probe within 0.05 of the dense ceiling
+           "concept_auroc": 0.90, "concept_nrn": 0.9,  # (c) a distilled-specific latent finds the planted quantity
+           "concept_probe": 0.95, "concept_probe_gap": 0.10}  # ...which the probes show is distilled-only
+
+
+def ground_truth_verdicts(ceiling: pd.DataFrame, recovery: pd.DataFrame, tested: bool = True,
+                          targets: dict | None = None) -> pd.DataFrame:
+    """One verdict per planted target, from ``probe_ceiling`` and ``latent_recovery`` tables (same index).
+
+    * ``marker: …``: met when the train-selected latent's held-out AUROC >= ``marker_auroc``.
+    * ``span: …``: met when the k-sparse latent probe is within ``sparse_gap`` of the better model's dense probe.
+    * the planted distilled-only quantity (any other target): first the probes must confirm it is distilled-only
+      (distilled probe >= ``concept_probe`` and base probe at least ``concept_probe_gap`` lower; otherwise "not
+      planted"), then met when the train-selected distilled-specific latent (relative norm >= ``concept_nrn``)
+      reaches held-out AUROC >= ``concept_auroc``.
+
+    ``verdict`` is "met", "missed" (with the measured ``reason``), "not planted", or "not tested" (a smoke run,
+    ``tested=False``, or a target without enough held-out positives).
+    """
+    t = {**TARGETS, **(targets or {})}
+    rows = []
+    for name in ceiling.index:
+        c, r = ceiling.loc[name], recovery.loc[name] if name in recovery.index else pd.Series(dtype=float)
+        ceil = np.nanmax([c.get("base", np.nan), c.get("distilled", np.nan)]) if np.isfinite(
+            [c.get("base", np.nan), c.get("distilled", np.nan)]).any() else np.nan
+        row = {"target": name, "probe base": c.get("base", np.nan), "probe distilled": c.get("distilled", np.nan),
+               "best latent": r.get("best_latent", np.nan), "latent AUROC": r.get("auroc", np.nan),
+               "latent relative norm": r.get("relative_norm", np.nan),
+               f"{t['sparse_k']}-sparse probe": r.get(f"sparse_probe_k{t['sparse_k']}", np.nan),
+               "specific latent": r.get("best_specific_latent", np.nan),
+               "specific latent AUROC": r.get("specific_auroc", np.nan)}
+        if not tested or not np.isfinite(ceil) or not np.isfinite(row["latent AUROC"]):
+            verdict, reason = "not tested", ("smoke run" if not tested else "too few held-out positives")
+        elif name.startswith("marker: "):
+            ok = row["latent AUROC"] >= t["marker_auroc"]
+            verdict = "met" if ok else "missed"
+            reason = f"best latent {row['latent AUROC']:.3f} {'>=' if ok else '<'} {t['marker_auroc']}"
+        elif name.startswith("span: "):
+            gap = ceil - row[f"{t['sparse_k']}-sparse probe"]
+            ok = gap <= t["sparse_gap"]
+            verdict = "met" if ok else "missed"
+            reason = f"{t['sparse_k']}-sparse probe {gap:.3f} below the dense ceiling {ceil:.3f}"
+        else:
+            planted = (row["probe distilled"] >= t["concept_probe"]
+                       and row["probe base"] <= row["probe distilled"] - t["concept_probe_gap"])
+            a = row["specific latent AUROC"]
+            if not planted:
+                verdict = "not planted"
+                reason = (f"probes base {row['probe base']:.3f} / distilled {row['probe distilled']:.3f}: "
+                          "not distilled-only")
+            else:
+                ok = bool(np.isfinite(a) and a >= t["concept_auroc"])
+                verdict = "met" if ok else "missed"
+                reason = (f"distilled-specific latent {a:.3f} {'>=' if ok else '<'} {t['concept_auroc']}"
+                          if np.isfinite(a) else "no live latent has relative norm >= "
+                                                 f"{t['concept_nrn']}")
+        rows.append({**row, "verdict": verdict, "reason": reason})
+    return pd.DataFrame(rows).set_index("target")
