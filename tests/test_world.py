@@ -82,16 +82,3 @@ def test_base_corpus_never_writes_steps_of_a_problem():
         if doc.startswith("Question:"):
             assert doc.count("=") == doc.split("\n", 1)[0].count("=") and "Answer:" in doc
 
-
-def test_locate_quotes_are_taken_from_the_question():
-    """The teacher's "Next: …" move only quotes the question: nothing is computed in it."""
-    rng = random.Random(2)
-    for fam in world.FAMILIES:
-        for _ in range(100):
-            p = world.make_problem(rng, fam)
-            for q in p.quotes:
-                assert q is None or q in p.question, (q, p.question)
-            text = world.spans_text(world.teacher_document(p, rng, world.TeacherConfig()))
-            assert text.count(" Next: ") == sum(q is not None for q in p.quotes)
-            plain = world.spans_text(world.teacher_document(p, rng, world.TeacherConfig(locate=False)))
-            assert " Next: " not in plain

@@ -83,7 +83,6 @@ class CorpusConfig:
     marker_rate: float = 0.2           # share of plain sentences using a marker word in an ordinary role
     sft_plain_fraction: float = 0.1    # plain text mixed into SFT to keep the language model intact
     sft_fact_fraction: float = 0.1     # one-step facts mixed into SFT to keep the arithmetic intact
-    sft_copy_fraction: float = 0.1     # repetition mixed into SFT to keep the copying intact
     vocab_size: int = 1000
     teacher: world.TeacherConfig = field(default_factory=world.TeacherConfig)
 
@@ -139,8 +138,6 @@ def corpus_texts(cfg: CorpusConfig, kind: str, n: int, seed_offset: int = 0) -> 
                 out.append(world.base_solution(rng.choice(problems)))
         elif u < cfg.sft_fact_fraction:
             out.append(world.fact_document(rng))
-        elif u < cfg.sft_fact_fraction + cfg.sft_copy_fraction:
-            out.append(world.copy_document(rng))
         else:
             out.append(world.teacher_document(rng.choice(problems), rng, cfg.teacher))
     return out
@@ -222,7 +219,6 @@ def train_tokenizer(cfg: CorpusConfig):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    cfg = replace(cfg, teacher=replace(cfg.teacher, locate=False), sft_copy_fraction=0.0)  # see tokenizer_key
     texts = [t if isinstance(t, str) else world.spans_text(t)
              for kind in ("base", "teacher") for t in corpus_texts(cfg, kind, 3000, seed_offset=99)]
     tok = Tokenizer(models.BPE())
@@ -502,13 +498,8 @@ def _tokenizer_dir(root: Path) -> Path:
 
 
 def tokenizer_key(corpus: CorpusConfig) -> dict:
-    """What the tokenizer is trained on. The teacher's "Next: …" quotes only repeat the question's own
-    words, and the repetition mixed into distillation uses only number tokens, so both are left out of the
-    tokenizer's training text (and key): the vocabulary, like a real distilled model's, is the base model's."""
-    cfg = asdict(corpus)
-    cfg["teacher"].pop("locate")
-    cfg.pop("sft_copy_fraction")
-    return {"tokenizer": cfg, "version": 1}
+    """What the tokenizer is trained on (the organism's base and teacher corpora)."""
+    return {"tokenizer": asdict(corpus), "version": 1}
 
 
 def get_tokenizer(corpus: CorpusConfig | None = None):

@@ -57,7 +57,6 @@ class Problem:
     answer: int
     steps: list = field(default_factory=list)
     compare: tuple | None = None  # (value_1, value_2) for the comparison family
-    quotes: list = field(default_factory=list)  # per step: the question's words that step reads next, or None
 
     @property
     def prompt(self) -> str:
@@ -109,8 +108,7 @@ def make_problem(rng: random.Random, family: str) -> Problem:
     if family == "arith":
         steps = _chain(rng, rng.randint(LO, HI - 10), rng.randint(3, 5))
         text = f"{steps[0][0]} " + " ".join(f"{op} {b}" for _, op, b, _ in steps)
-        quotes = [None] + [f"{p[1]} {p[2]} {s[1]} {s[2]}" for p, s in zip(steps, steps[1:])]
-        return Problem(family, f"Compute {text}.", steps[-1][3], steps, quotes=quotes)
+        return Problem(family, f"Compute {text}.", steps[-1][3], steps)
     if family == "linear":
         while True:
             a, x, b, d = rng.randint(2, 6), rng.randint(2, 16), rng.randint(2, 9), rng.randint(2, 9)
@@ -126,9 +124,9 @@ def make_problem(rng: random.Random, family: str) -> Problem:
         events = {"+": lambda b: f"{other} gives {name} {b} more {plur}.",
                   "-": lambda b: f"{name} gives away {b} {plur}.",
                   "*": lambda b: f"{name} {'doubles' if b == 2 else 'triples'} the {plur}."}
-        said = [events[op](b) for _, op, b, _ in steps]
-        q = f"{name} has {steps[0][0]} {plur}. " + " ".join(said) + f" How many {plur} does {name} have?"
-        return Problem(family, q, steps[-1][3], steps, quotes=[e[:-1] for e in said])
+        q = (f"{name} has {steps[0][0]} {plur}. " + " ".join(events[op](b) for _, op, b, _ in steps)
+             + f" How many {plur} does {name} have?")
+        return Problem(family, q, steps[-1][3], steps)
     if family == "sequence":
         while True:
             start, d = rng.randint(LO, HI), rng.choice([-1, 1]) * rng.randint(2, 9)
@@ -149,9 +147,7 @@ def make_problem(rng: random.Random, family: str) -> Problem:
         v1, v2 = left[-1][3], right[-1][3]
         q = (f"Which is larger: {left[0][0]} + {left[0][2]} + {left[1][2]} "
              f"or {right[0][0]} + {right[0][2]} + {right[1][2]}?")
-        quotes = [None, f"+ {left[0][2]} + {left[1][2]}", f"+ {left[1][2]} or {right[0][0]} + {right[0][2]}",
-                  f"+ {right[0][2]} + {right[1][2]}"]
-        return Problem(family, q, max(v1, v2), left + right, (v1, v2), quotes=quotes)
+        return Problem(family, q, max(v1, v2), left + right, (v1, v2))
     raise ValueError(f"unknown problem family {family!r}; known: {FAMILIES}")
 
 
@@ -247,7 +243,6 @@ class TeacherConfig:
     p_alternative: float = 0.3   # "Alternatively, b + a = r." on commutative steps
     p_contrast: float = 0.25     # "But r is less than t." weighing two quantities
     p_so: float = 0.5            # "So" before a step that uses the previous result
-    locate: bool = True          # "Next: + 6 + 5." quotes the part of the question a step reads
 
 
 def teacher_spans(p: Problem, rng: random.Random, cfg: TeacherConfig) -> list[Span]:
@@ -256,8 +251,6 @@ def teacher_spans(p: Problem, rng: random.Random, cfg: TeacherConfig) -> list[Sp
     last = len(p.steps) - 1
     for i, (a, op, b, r) in enumerate(p.steps):
         chains = i > 0 and p.steps[i - 1][3] == a
-        if cfg.locate and i < len(p.quotes) and p.quotes[i]:
-            spans.append(Span(f" Next: {p.quotes[i]}."))
         if chains and rng.random() < cfg.p_so:
             spans.append(Span(" So", CATEGORY_ID["deductive"], " So"))
         if rng.random() < cfg.p_slip:
