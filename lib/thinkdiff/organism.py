@@ -29,7 +29,8 @@ SHIPPED_DIR = paths.DATA_DIR / "organism"
 SPECIALS = [EOS, THINK_OPEN, THINK_CLOSE]
 # Qwen2's pre-tokenisation pattern, except that a number of up to two digits (with its leading space) is one
 # token: the world's quantities are two-digit numbers, and single-digit tokens would make copying an operand
-# from the question a two-token lookup that models this small do not learn (organism-notes.md).
+# from the question a two-token lookup that models this small did not learn (copying stayed at 0 % after
+# 2,000 pretraining steps at sizes S and M; with number tokens S copied perfectly by then).
 ORGANISM_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?\p{N}{1,2}"""
                   r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
@@ -48,7 +49,7 @@ class SizeConfig:
     pretrain_lr: float = 3e-3
     sft_lr: float = 1e-3
     batch: int = 16
-    seq_len: int = 256  # a 5-step trace with its moves is ~200 tokens: the question stays in context
+    seq_len: int = 256  # the longest trace with its question is ~150 tokens: it fits in one window
 
     def check(self, name: str = "?") -> None:
         if self.hidden % self.heads:
@@ -195,7 +196,7 @@ def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.
 
 
 def step_end_labels(docs: list[Document], meta: dict) -> np.ndarray:
-    """The planted distilled-only quantity per store token: 1 at the end of a trace's last operation, 0 at
+    """The planted "last operation" quantity per store token: 1 at the end of a trace's last operation, 0 at
     the end of any other operation, -1 elsewhere. ``meta``: the store's ``doc_id`` and ``pos`` arrays [n]."""
     doc_id, pos = np.asarray(meta["doc_id"]), np.asarray(meta["pos"])
     if len(doc_id) and doc_id.max() >= len(docs):

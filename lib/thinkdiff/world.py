@@ -11,11 +11,12 @@ arithmetic) but answers multi-step problems in one line, with no intermediate va
 writes one easy operation per step. A terse answer has to compose 3–5 operations in one forward
 pass, which these tiny models cannot do, so thinking pays, as in real distillation.
 
-One quantity is planted for the distilled model only: at the end of each written operation the
+One quantity is planted for the distilled model: at the end of each written operation the
 trace either goes on with the next operation or concludes, so a model that continues traces must
 know whether the step it just wrote was the **last** one (``Span.step_end``). The base corpus never
 writes intermediate steps, so the base never needs it, and no token gives it away (every step ends
-with the same "= N." whatever comes next).
+with the same "= N." whatever comes next). Whether the base represents it anyway is measured, not
+assumed: ``probes.probe_ceiling`` compares both models (``03_label``).
 
 Held-out problems are chosen by their *computation*: the step signature (every operation with its
 operands), so no evaluation problem shares its steps with a training problem, whatever its wording.
