@@ -49,7 +49,7 @@ def main() -> None:
                                      ks=(probes.TARGETS["sparse_k"],))
         v = probes.ground_truth_verdicts(ceiling, rec)
         row = {"scheme": scheme, "change": ", ".join(f"{k}={x}" for k, x in over.items()) or "default",
-               "targets met": f"{int((v.verdict == 'met').sum())}/{len(v)}", "seconds": round(time.time() - t0)}
+               "targets met": f"{int((v.verdict == 'met').sum())}/{len(v)}", "seconds (train or load, score)": round(time.time() - t0)}
         for kind in ("marker", "span"):
             sel = v[v.index.str.startswith(kind)]
             row[f"{kind}: met"] = int((sel.verdict == "met").sum())
