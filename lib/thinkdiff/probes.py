@@ -23,6 +23,12 @@ from .label import SparseActs, auroc_per_latent, restrict
 
 MIN_CLASS = 5  # a split needs this many positives and negatives for an AUROC
 
+# Targets on the organism default, fixed before any crosscoder was scored:
+TARGETS = {"marker_auroc": 0.95,        # (a) one latent finds the category's marker tokens
+           "sparse_k": 5, "sparse_gap": 0.05,  # (b) a k-sparse latent probe within 0.05 of the dense ceiling
+           "concept_auroc": 0.90, "concept_nrn": 0.9,  # (c) a distilled-specific latent finds the planted quantity
+           "concept_probe": 0.95, "concept_probe_gap": 0.10}  # ...which the probes show is distilled-only
+
 
 def _target(y, n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """(y bool [n], valid bool [n]) from a bool target or a float target with nan = excluded."""
@@ -88,8 +94,8 @@ def _dense_columns(acts: SparseActs, latents) -> np.ndarray:
     return np.stack([acts.column(int(j)) for j in latents], 1)
 
 
-def latent_recovery(acts: SparseActs, split, targets: dict, nrn, ks=(1, 5), exclusive: float = 0.9,
-                    seed: int = 0) -> pd.DataFrame:
+def latent_recovery(acts: SparseActs, split, targets: dict, nrn, ks=(1, 5),
+                    exclusive: float = TARGETS["concept_nrn"], seed: int = 0) -> pd.DataFrame:
     """Train-selected latents scored on held-out tokens, per target.
 
     ``acts``: latent activations of the evaluated store tokens; ``split`` [n_tokens] (0 train, 1 held out);
@@ -144,13 +150,6 @@ def organism_targets(meta: dict, step_end, categories) -> dict:
     return out
 
 
-# Targets on the organism default, fixed before any crosscoder was scored (organism-notes.md):
-TARGETS = {"marker_auroc": 0.95,        # (a) one latent finds the category's marker tokens
-           "sparse_k": 5, "sparse_gap": 0.05,  # (b) a k-sparse latent probe within 0.05 of the dense ceiling
-           "concept_auroc": 0.90, "concept_nrn": 0.9,  # (c) a distilled-specific latent finds the planted quantity
-           "concept_probe": 0.95, "concept_probe_gap": 0.10}  # ...which the probes show is distilled-only
-
-
 def ground_truth_verdicts(ceiling: pd.DataFrame, recovery: pd.DataFrame, tested: bool = True,
                           targets: dict | None = None) -> pd.DataFrame:
     """One verdict per planted target, from ``probe_ceiling`` and ``latent_recovery`` tables (same index).
@@ -169,8 +168,7 @@ def ground_truth_verdicts(ceiling: pd.DataFrame, recovery: pd.DataFrame, tested:
     rows = []
     for name in ceiling.index:
         c, r = ceiling.loc[name], recovery.loc[name] if name in recovery.index else pd.Series(dtype=float)
-        ceil = np.nanmax([c.get("base", np.nan), c.get("distilled", np.nan)]) if np.isfinite(
-            [c.get("base", np.nan), c.get("distilled", np.nan)]).any() else np.nan
+        ceil = max((v for v in (c.get("base", np.nan), c.get("distilled", np.nan)) if np.isfinite(v)), default=np.nan)
         row = {"target": name, "probe base": c.get("base", np.nan), "probe distilled": c.get("distilled", np.nan),
                "best latent": r.get("best_latent", np.nan), "latent AUROC": r.get("auroc", np.nan),
                "latent relative norm": r.get("relative_norm", np.nan),
