@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 # Every notebook executed by papermill on the embedded default, then the run report.
 demo: venv
 	$(PY) -m thinkdiff.notebooks --all --out notebooks/executed
-	$(PY) -c "from thinkdiff import report, presets; print(report.write_report(presets.DEFAULT_PRESET))"
+	$(PY) -c "from thinkdiff import report, runconfig; print(report.write_report(runconfig.DEFAULT_RUN))"
 
 # Unit tests plus execution of every notebook.
 test: venv

@@ -25,7 +25,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from thinkdiff.harvest import HarvestConfig, _batch_arrays, _decoder_layers, _plan, harvest_pair, prepare_documents  # noqa: E402
+from thinkdiff.harvest import HarvestConfig, _batch_arrays, _plan, harvest_pair, prepare_documents  # noqa: E402
+from thinkdiff.hooks import decoder_layers_path  # noqa: E402
 
 # Stand-ins with the organism's shapes until thinkdiff.organism lands; L is the shape the issue names.
 SHAPES = {
@@ -87,7 +88,7 @@ def plain_forward(models, docs, cfg, layer, pad_id) -> tuple[float, float]:
         batch = _batch_arrays([prepared[i] for i in idx], pad_id)
         for m in models:
             layers = m
-            for attr in _decoder_layers(m).split("."):
+            for attr in decoder_layers_path(m).split("."):
                 layers = getattr(layers, attr)
             handle = layers[layer - 1].register_forward_hook(hook)
             try:

@@ -60,3 +60,23 @@ def tiny_pair(tiny_tokenizer):
         for p in distilled.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     return base, distilled
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (as torchrun workers with OMP_NUM_THREADS=1: the same float rounding)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_documents(tok, n: int = 24) -> list[dict]:
+    """Organism-like documents over ``TINY_TEXT``: text, ids, a category label and a marker flag per token, kind."""
+    docs = []
+    for i in range(n):
+        text = TINY_TEXT[i % len(TINY_TEXT)] + f" Doc {i}."
+        ids = tok(text)["input_ids"]
+        docs.append({"text": text, "input_ids": ids, "labels": [(j + i) % 5 for j in range(len(ids))],
+                     "marker": [j % 7 == 0 for j in range(len(ids))], "kind": "teacher" if i % 3 else "base"})
+    return docs

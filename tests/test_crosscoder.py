@@ -1,13 +1,14 @@
 """Crosscoder model: shapes, folding round trip, BatchTopK selection and sparse kernels, save/load, metrics."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
 
 from thinkdiff import metrics
-from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig, batch_topk_indices
+from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
+from thinkdiff.kernels import batch_topk_indices
+from thinkdiff.trainers import batchtopk, relu_l1
 from thinkdiff.train import TensorStore, TrainConfig, Trainer
 
 
@@ -91,19 +92,7 @@ def test_sparse_training_path_matches_dense_autograd():
 
     m = tr.model
     m.zero_grad()
-    f = torch.relu(m.pre_acts(x))
-    score = f.detach() * m.W_dec.norm(dim=-1).sum(-1)
-    keep = torch.zeros(f.numel(), dtype=torch.bool)
-    keep[batch_topk_indices(score, 4 * 32)] = True
-    x_hat = m.decode(f * keep.view_as(f))
-    ref = (x_hat - x).pow(2).sum(-1).mean(0).sum()
-    dead = torch.arange(12)
-    top = f[:, dead].detach().topk(tr.k_aux, dim=1).indices
-    aux_mask = torch.zeros_like(f, dtype=torch.bool)
-    aux_mask[torch.arange(32)[:, None], dead[top]] = True
-    e = (x - x_hat).detach().reshape(32, -1)
-    e_hat = (f * aux_mask) @ m.W_dec.reshape(48, -1)
-    ref = ref + tr.cfg.auxk_alpha * (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+    ref = batchtopk.reference_loss(m, x, k=4, dead=torch.arange(12), k_aux=tr.k_aux, auxk_alpha=tr.cfg.auxk_alpha)
     ref.backward()
     assert torch.allclose(loss, ref, rtol=1e-5)
     for n, p in m.named_parameters():
@@ -121,8 +110,7 @@ def test_relu_loss_on_hand_computed_batch():
         m.b_dec.copy_(torch.tensor([[0.1], [0.2]]))
     x = torch.tensor([[[1.0], [1.0]], [[2.0], [-3.0]]])          # f = relu(2) = 2, relu(-5) = 0
     loss, *_ = tr.loss(x, step=0)
-    xhat0 = [2 * 0.5 + 0.1, 2 * -1.5 + 0.2]                        # [1.1, -2.8]
-    sq0 = (1 - 1.1) ** 2 + (1 + 2.8) ** 2
+    sq0 = (1 - 1.1) ** 2 + (1 + 2.8) ** 2                          # xhat = [2 * 0.5 + 0.1, 2 * -1.5 + 0.2]
     sq1 = (2 - 0.1) ** 2 + (-3 - 0.2) ** 2
     want = (sq0 + sq1) / 2 + 0.5 * (2 * (0.5 + 1.5) + 0) / 2
     assert loss.item() == pytest.approx(want, rel=1e-6)
@@ -228,9 +216,24 @@ def test_fused_relu_path_matches_dense_autograd():
     fused = {n: p.grad.clone() for n, p in tr.model.named_parameters()}
     m = tr.model
     m.zero_grad()
-    f = torch.relu(m.pre_acts(x))
-    ref = (m.decode(f) - x).pow(2).sum(-1).mean(0).sum() + 0.7 * (f @ m.W_dec.norm(dim=-1).sum(-1)).mean()
+    ref = relu_l1.reference_loss(m, x, l1_coeff=0.7)
     ref.backward()
     assert torch.allclose(loss, ref, rtol=1e-6)
     for n, p in m.named_parameters():
         assert torch.allclose(fused[n], p.grad, atol=1e-6), n
+
+
+def test_every_scheme_is_one_module_with_the_whole_interface():
+    """Adding a scheme touches one file and one registry line: the crosscoder, the trainer and the run configs
+    read every scheme from trainers.SCHEMES."""
+    from thinkdiff import pipeline, trainers
+    from thinkdiff.train import TrainConfig
+
+    assert set(trainers.SCHEMES) == set(pipeline.SCHEMES) == {"relu", "batchtopk"}
+    for name, mod in trainers.SCHEMES.items():
+        assert mod.NAME == name
+        for attr in ("USES_K", "check_config", "encode", "loss", "reference_loss"):
+            assert hasattr(mod, attr), (name, attr)
+        assert TrainConfig(activation=name).validate().activation == name
+    with pytest.raises(ValueError, match="unknown sparsity scheme 'gelu'"):
+        trainers.get("gelu")

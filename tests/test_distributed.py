@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TEXT
+from conftest import tiny_documents
 from thinkdiff import distributed as D
 from thinkdiff.harvest import HarvestConfig, harvest_pair
 from thinkdiff.store import ActivationStore, StoreWriter, part_bounds
@@ -23,22 +23,7 @@ HARVEST = dict(layer=2, batch_size=3, shard_tokens=60, heldout_fraction=0.25, ou
 K_STOP = 7   # the interrupted runs stop after 7 steps; checkpoint_every=5, so they resume at step 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # as the torchrun workers (OMP_NUM_THREADS=1): same float rounding
-    yield
-    torch.set_num_threads(n)
-
-
-def make_docs(tok, n=24):
-    docs = []
-    for i in range(n):
-        text = TINY_TEXT[i % len(TINY_TEXT)] + f" Item {i}."
-        ids = tok(text)["input_ids"]
-        docs.append({"text": text, "input_ids": ids, "labels": [(j + i) % 5 for j in range(len(ids))],
-                     "marker": [j % 6 == 0 for j in range(len(ids))], "kind": "teacher" if i % 2 else "base"})
-    return docs
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +34,7 @@ def saved_pair(tiny_pair, tiny_tokenizer, tmp_path_factory):
     for name, m in zip(("base", "distilled"), tiny_pair):
         m.save_pretrained(root / name)
     tiny_tokenizer.save_pretrained(root / "tok")
-    (root / "docs.json").write_text(json.dumps(make_docs(tiny_tokenizer)))
+    (root / "docs.json").write_text(json.dumps(tiny_documents(tiny_tokenizer)))
     (root / "harvest_cfg.json").write_text(json.dumps(HARVEST))
     tok = PreTrainedTokenizerFast.from_pretrained(root / "tok")
     base, distilled = (Qwen2ForCausalLM.from_pretrained(root / n).eval() for n in ("base", "distilled"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from thinkdiff import geometry as geo
-from thinkdiff import paths, plots
+from thinkdiff import evaluate, paths, plots, relations
 
 LAYER = 2
 
@@ -99,7 +99,7 @@ def test_size_table_and_claim8(tmp_path, monkeypatch):
             rels.append(geo.relation_losses(np.stack([A0, A1]), np.stack([B0, B1]), f"rel{r}", dims=(5,),
                                             n_boot=200, n_perm=20, shared_basis=False))
         results[size] = rels
-        perf[size] = geo.accuracy_gain(np.zeros(40), np.r_[np.ones(10 * (s + 1)), np.zeros(40 - 10 * (s + 1))])
+        perf[size] = evaluate.accuracy_gain(np.zeros(40), np.r_[np.ones(10 * (s + 1)), np.zeros(40 - 10 * (s + 1))])
     tab = geo.size_table(results, perf, dim=5)
     assert len(tab) == 3 * 3 and (tab.relation == "all relations").sum() == 3
     pooled = tab[tab.relation == "all relations"].set_index("size")
@@ -112,7 +112,7 @@ def test_size_table_and_claim8(tmp_path, monkeypatch):
     assert plots.savefig(geo.plot_ecdf_grid(results, dim=5), "ecdf").exists()
     with pytest.raises(ValueError, match="sizes differ"):
         geo.size_table(results, {"S": 0.1})
-    g = geo.accuracy_gain([0, 1, 0, 1], [1, 1, 0, 1])
+    g = evaluate.accuracy_gain([0, 1, 0, 1], [1, 1, 0, 1])
     assert g["gain"] == 0.25 and g["lo"] <= 0.25 <= g["hi"]
 
 
@@ -147,7 +147,7 @@ def test_filter_single_token_and_word_vectors(tiny_pair, tiny_tokenizer):
 
 
 def test_organism_relations_forms():
-    rel = geo.organism_relations()
+    rel = relations.organism_relations()
     assert set(rel) == {"singular-plural", "number-digit", "number-capitalised", "digit-successor"}
     assert (" apple", " apples") in rel["singular-plural"] and (" seven", "7") in rel["number-digit"]
     assert all(len(v) >= 8 for v in rel.values())
@@ -177,7 +177,7 @@ def test_decoder_geometry(tmp_path, monkeypatch):
 def test_teacher_forced_ce_matches_loss(tiny_pair, tiny_tokenizer):
     model = tiny_pair[0]
     prompts, comps = ["Ann has 3 apples.", "Ben"], [" Wait, let me check: 3 + 4 = 7.", " gives her 4 more apples."]
-    ce = geo.teacher_forced_ce(model, tiny_tokenizer, prompts, comps, batch_size=2)
+    ce = evaluate.teacher_forced_ce(model, tiny_tokenizer, prompts, comps, batch_size=2)
     for p, c, got in zip(prompts, comps, ce):  # one at a time, no padding, HF's own loss on completion tokens
         pi = tiny_tokenizer.encode(p, add_special_tokens=False)
         ids = torch.tensor([pi + tiny_tokenizer.encode(c, add_special_tokens=False)])
@@ -186,7 +186,7 @@ def test_teacher_forced_ce_matches_loss(tiny_pair, tiny_tokenizer):
         with torch.no_grad():
             want = model(input_ids=ids, labels=labels).loss.item()
         assert got == pytest.approx(want, rel=1e-4)
-    red = geo.ce_reduction([2.0, 3.0, 2.5], [1.0, 2.0, 2.5], n_boot=200)
+    red = evaluate.ce_reduction([2.0, 3.0, 2.5], [1.0, 2.0, 2.5], n_boot=200)
     assert red["gain"] == pytest.approx(2 / 3) and red["lo"] <= red["gain"] <= red["hi"]
     with pytest.raises(ValueError, match="equal"):
-        geo.teacher_forced_ce(model, tiny_tokenizer, prompts, comps[:1])
+        evaluate.teacher_forced_ce(model, tiny_tokenizer, prompts, comps[:1])

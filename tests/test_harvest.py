@@ -11,30 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TEXT
+from conftest import TINY_TEXT, tiny_documents
 from thinkdiff import harvest as H
 from thinkdiff import paths
 from thinkdiff.harvest import HarvestConfig, get_store, harvest_pair
 from thinkdiff.store import ActivationStore, StoreWriter
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_docs(tok, n=24):
-    """Organism-like documents: text, ids, a category label and a marker flag per token."""
-    docs = []
-    for i in range(n):
-        text = TINY_TEXT[i % len(TINY_TEXT)] + f" Doc {i}."
-        ids = tok(text)["input_ids"]
-        docs.append(SimpleNamespace(text=text, input_ids=ids, labels=[(j + i) % 5 for j in range(len(ids))],
-                                    marker=[j % 7 == 0 for j in range(len(ids))], kind="teacher" if i % 3 else "base"))
-    return docs
+    """``conftest.tiny_documents`` as objects with attributes (the harvest accepts either)."""
+    return [SimpleNamespace(**d) for d in tiny_documents(tok, n)]
 
 
 def _cfg(**kw):

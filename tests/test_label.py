@@ -8,6 +8,7 @@ import torch
 
 from thinkdiff import ablation as A
 from thinkdiff import label as L
+from thinkdiff import claims, codes, norms
 from thinkdiff import browser as B
 from thinkdiff.lexicon import CATEGORIES, Lexicon, marker_token_ids
 
@@ -75,17 +76,17 @@ def test_relative_norm_orientation_and_converter():
     W[1, 0] = torch.tensor([0.0, 3, 0, 0])            # distilled zero -> base-only -> 0
     W[2, 0] = W[2, 1] = torch.tensor([1.0, 1, 1, 1])  # equal -> shared
     W[3, 0], W[3, 1] = torch.tensor([3.0, 0, 0, 0]), torch.tensor([0.0, 1, 0, 0])
-    r = L.relative_norm(W)
+    r = norms.relative_norm(W)
     assert r[0] == 1 and r[1] == 0 and r[2] == 0.5 and r[3] == pytest.approx(0.25) and np.isnan(r[4])
     W[3, 1] = torch.tensor([0.5, 0.5, 0, 0])
-    assert L.relative_norm(W, p=1)[3] == pytest.approx(1 / 4) and L.relative_norm(W, p=2)[3] < 0.25
+    assert norms.relative_norm(W, p=1)[3] == pytest.approx(1 / 4) and norms.relative_norm(W, p=2)[3] < 0.25
     Wr = torch.randn(200, 2, 8) * torch.rand(200, 2, 1)
-    delta = L.dec_norm_diff(Wr)
-    np.testing.assert_allclose(L.relative_norm_from_dec_norm_diff(delta), L.relative_norm(Wr), atol=1e-9)
-    np.testing.assert_allclose(L.dec_norm_diff_from_relative_norm(L.relative_norm(Wr)), delta, atol=1e-9)
-    assert not np.allclose(1 - delta, L.relative_norm(Wr))   # a different function, not a flip
-    assert L.dec_norm_diff(W)[0] == 0 and L.dec_norm_diff(W)[1] == 1
-    cos = L.decoder_cosine(W)
+    delta = norms.dec_norm_diff(Wr)
+    np.testing.assert_allclose(norms.relative_norm_from_dec_norm_diff(delta), norms.relative_norm(Wr), atol=1e-9)
+    np.testing.assert_allclose(norms.dec_norm_diff_from_relative_norm(norms.relative_norm(Wr)), delta, atol=1e-9)
+    assert not np.allclose(1 - delta, norms.relative_norm(Wr))   # a different function, not a flip
+    assert norms.dec_norm_diff(W)[0] == 0 and norms.dec_norm_diff(W)[1] == 1
+    cos = norms.decoder_cosine(W)
     assert cos[2] == pytest.approx(1) and np.isnan(cos[0])
 
 
@@ -94,8 +95,8 @@ def test_relative_norm_uses_training_units_of_a_folded_crosscoder():
 
     cc = CrossCoder(CrossCoderConfig(d_model=8, n_latents=16))
     folded = cc.fold([2.0, 0.5])
-    np.testing.assert_allclose(L.relative_norm(folded), L.relative_norm(cc), atol=1e-6)
-    np.testing.assert_allclose(L.relative_norm(cc), 0.5, atol=1e-6)
+    np.testing.assert_allclose(norms.relative_norm(folded), norms.relative_norm(cc), atol=1e-6)
+    np.testing.assert_allclose(norms.relative_norm(cc), 0.5, atol=1e-6)
 
 
 def test_plots_are_labelled(tmp_path, monkeypatch):
@@ -103,8 +104,8 @@ def test_plots_are_labelled(tmp_path, monkeypatch):
 
     monkeypatch.setattr(paths, "FIGURES_DIR", tmp_path)
     W = torch.randn(300, 2, 8)
-    r = L.relative_norm(W)
-    for name, fig in {"nrn": L.plot_relative_norms(r, p=2), "cos": L.plot_decoder_cosine(L.decoder_cosine(W), r)}.items():
+    r = norms.relative_norm(W)
+    for name, fig in {"nrn": norms.plot_relative_norms(r, p=2), "cos": norms.plot_decoder_cosine(norms.decoder_cosine(W), r)}.items():
         assert "L2" in fig.axes[0].get_title() or "L2" in fig.axes[0].get_title()
         plots.savefig(fig, name)
 
@@ -166,7 +167,7 @@ def test_encode_store_and_sparse_ops():
     store = FakeStore(x, {})
     mask = np.zeros(50, bool)
     mask[5:45] = True
-    acts = L.encode_store(cc, store, mask, chunk=7)
+    acts = codes.encode_store(cc, store, mask, chunk=7)
     dense = cc.encode(torch.as_tensor(x[mask])).numpy()
     col = acts.column(3)
     np.testing.assert_allclose(col, dense[:, 3], rtol=1e-6)
@@ -174,7 +175,7 @@ def test_encode_store_and_sparse_ops():
     np.testing.assert_allclose(acts.sums(w), w.T @ dense, rtol=1e-5)
     np.testing.assert_allclose(acts.counts(w > 0.5), (w > 0.5).T.astype(float) @ (dense > 0), rtol=1e-9)
     with pytest.raises(ValueError, match="bool array"):
-        L.encode_store(cc, store, np.ones(10, bool))
+        codes.encode_store(cc, store, np.ones(10, bool))
 
 
 def brute_auroc(v, y):
@@ -188,7 +189,7 @@ def test_auroc_matches_brute_force_with_ties():
     y = rng.random(300) < 0.3
     f[:, 0] = y * 2.0                                                          # perfect detector
     f[:, 1] = 0                                                                # never fires
-    got = L.auroc_per_latent(L.SparseActs.from_dense(f), y)
+    got = L.auroc_per_latent(codes.SparseActs.from_dense(f), y)
     want = np.array([brute_auroc(f[:, j], y) for j in range(12)])
     np.testing.assert_allclose(got, want, atol=1e-12)
     assert got[0] == 1 and got[1] == 0.5
@@ -202,7 +203,7 @@ def test_ground_truth_table():
     for c in range(1, 5):
         f[:, c] = (labels == c) * (1 + rng.random(n))
     nrn = np.array([0.5, 0.95, 0.2, 0.99, 0.91, 0.5])
-    acts = L.SparseActs.from_dense(f, np.arange(n) + 10)
+    acts = codes.SparseActs.from_dense(f, np.arange(n) + 10)
     labels_all = np.concatenate([np.full(10, -1), labels])
     gt = L.ground_truth_auroc(acts, labels_all, nrn)
     best = gt.best.set_index("category")
@@ -223,7 +224,7 @@ def test_reason_score_properties_and_hand_example():
     f[[0, 1, 4, 5], 1] = 1.0         # latent 1: uniform over groups -> H = 1
     f[:, 2] = 1.0                    # latent 2: fires everywhere
     f[[2, 3], 3] = 2.0               # latent 3: only outside the windows
-    acts = L.SparseActs.from_dense(f)
+    acts = codes.SparseActs.from_dense(f)
     rs = L.reason_scores_from_groups(acts, groups, np.array([0, 0]), ("cat",), alpha=1.0)
     H = rs.entropy["cat"].to_numpy()
     assert H[0] == pytest.approx(0, abs=1e-9) and H[1] == pytest.approx(1) and H[2] == pytest.approx(1)
@@ -251,7 +252,7 @@ def test_reason_scores_on_a_store(tiny_tokenizer):
     f[:, 0] = grp[:, cats == 0].any(1)            # a self-reflection window detector
     f[:, 1] = grp[:, cats == 3].any(1)            # a contrastive one
     f[:, 2] = 1
-    rs = L.reason_scores(L.SparseActs.from_dense(f), lex, meta, special_ids=tiny_tokenizer.all_special_ids)
+    rs = L.reason_scores(codes.SparseActs.from_dense(f), lex, meta, special_ids=tiny_tokenizer.all_special_ids)
     assert rs.score["self_reflection"].idxmax() == 0 and rs.score["contrastive"].idxmax() == 1
     assert rs.lexicon_share.loc[0, "self_reflection"] == pytest.approx(1)
     assert rs.n_groups["contrastive"] == 2
@@ -270,7 +271,7 @@ def test_marker_counts_category_latents_and_plot(tiny_tokenizer, tmp_path, monke
     f = np.zeros((n, 3))
     f[masks["self_reflection"], 0] = 1
     f[:, 2] = 0.5
-    counts = L.marker_counts(L.SparseActs.from_dense(f), masks)
+    counts = L.marker_counts(codes.SparseActs.from_dense(f), masks)
     assert counts.loc[0, "self_reflection"] == 1 and counts.loc[2, "contrastive"] == 1
     assert counts.attrs["n_markers"] == {"self_reflection": 1, "contrastive": 1}
     cl = L.category_latents(counts, np.array([0.9, 0.5, 0.4]))
@@ -299,7 +300,7 @@ def test_features_table_labels_and_save(tmp_path):
     W[0, 0] = 0
     f = np.random.default_rng(0).random((30, F)) * 0.1
     f[:10, 0] = 5
-    acts = L.SparseActs.from_dense(f)
+    acts = codes.SparseActs.from_dense(f)
     auroc = pd.DataFrame(0.5, index=range(F), columns=list(CATEGORIES))
     auroc.loc[0, "deductive"] = 0.97
     truth = L.GroundTruth(pd.DataFrame(), auroc)
@@ -327,7 +328,7 @@ def test_contexts_cards_html_and_browser(tiny_tokenizer, tiny_pair, tmp_path):
     n = len(meta["token_id"])
     cc = ToyCC.random(d=32, F=16, seed=3)
     store = FakeStore(np.random.default_rng(0).normal(size=(n, 2, 32)), meta)
-    acts = L.encode_store(cc, store)
+    acts = codes.encode_store(cc, store)
     dense = cc.encode(torch.as_tensor(store.x)).numpy()
     kind = np.where(meta["doc_id"] == 0, "teacher", "base")
     ctx = B.max_activating_contexts(cc, store, acts, [2, 5], k=3, context=4, group=kind)
@@ -388,7 +389,7 @@ def test_ablation_perfect_reconstruction_leaves_logits(tiny_tokenizer, tiny_pair
     seqs, occ = ablation_inputs(tiny_tokenizer)
     cc = ToyCC.perfect(32)
     F = cc.W_dec.shape[0]
-    nrn = L.relative_norm(cc.W_dec)
+    nrn = norms.relative_norm(cc.W_dec)
     counts = pd.DataFrame({c: np.random.default_rng(i).integers(0, 5, F) for i, c in enumerate(occ)})
     cfg = A.AblationConfig(ks=(0.1, 0.5), n_occurrences=3, n_boot=200)
     res = A.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
@@ -464,9 +465,9 @@ def test_pipeline_on_real_store_and_crosscoder(tiny_tokenizer, tiny_pair, tmp_pa
                          out_dir=tmp_path / "store", progress=False)
     cc = CrossCoder(CrossCoderConfig(d_model=32, n_latents=64, layer=2), seed=0).fold(store.norm_scale)
     heldout = store.meta["split"] == 1
-    acts = L.encode_store(cc, store)
-    nrn = L.relative_norm(cc)
-    scaling = L.latent_scaling(cc, store, L.top_latents(nrn, 10), mask=heldout if heldout.any() else None)
+    acts = codes.encode_store(cc, store)
+    nrn = norms.relative_norm(cc)
+    scaling = L.latent_scaling(cc, store, norms.top_latents(nrn, 10), mask=heldout if heldout.any() else None)
     rs = L.reason_scores(acts, Lexicon(tiny_tokenizer), store.meta, special_ids=tiny_tokenizer.all_special_ids)
     gt = L.ground_truth_auroc(acts, store.meta["label"], nrn)
     masks = L.marker_masks(store.meta, marker_token_ids(tiny_tokenizer, {"self_reflection": (" Wait",)}))
@@ -485,18 +486,18 @@ def test_lexical_profile_and_claim_verdicts():
     f[:2, 1] = 1.0
     f[4, 1] = 1.0                      # latent 1 fires on the reasoning span, not on ordinary "7"s
     f[:, 2] = 1.0                      # latent 2 fires everywhere
-    prof = L.lexical_profile(L.SparseActs.from_dense(f), meta, [0, 1, 2], [7], "self_reflection")
+    prof = L.lexical_profile(codes.SparseActs.from_dense(f), meta, [0, 1, 2], [7], "self_reflection")
     p = prof.set_index("latent")
     assert p.loc[0, "token_purity"] == 1 and p.loc[0, "label_ratio"] == 1
     assert p.loc[1, "fire_unlabelled"] == 0 and p.loc[1, "token_purity"] == pytest.approx(2 / 3)
     assert p.loc[2, "token_purity"] == 0.5 and prof.attrs == {"n_labelled": 2, "n_unlabelled": 2}
-    assert L.claim4_verdict(prof, np.array([0.5, 0.05, 0.5]))[0] == "contradicts"   # the base-side one is 1
-    assert L.claim4_verdict(prof, np.array([0.05, 0.5, 0.5]))[0] == "supports"
-    assert L.claim4_verdict(prof, np.array([0.1, 0.05, 0.5]))[0] == "mixed"
-    assert L.claim4_verdict(prof, np.array([0.6, 0.7, 0.5]))[0] == "not tested"
+    assert claims.claim4_verdict(prof, np.array([0.5, 0.05, 0.5]))[0] == "contradicts"   # the base-side one is 1
+    assert claims.claim4_verdict(prof, np.array([0.05, 0.5, 0.5]))[0] == "supports"
+    assert claims.claim4_verdict(prof, np.array([0.1, 0.05, 0.5]))[0] == "mixed"
+    assert claims.claim4_verdict(prof, np.array([0.6, 0.7, 0.5]))[0] == "not tested"
     nrn = np.array([0.95, 0.05, 0.5, 0.99])
-    assert L.claim1_verdict(nrn, np.array([True, True, True, False]))[0] == "supports"
-    assert L.claim1_verdict(nrn, np.array([True, False, True, True]))[0] == "mixed"
+    assert claims.claim1_verdict(nrn, np.array([True, True, True, False]))[0] == "supports"
+    assert claims.claim1_verdict(nrn, np.array([True, False, True, True]))[0] == "mixed"
     cl = pd.DataFrame({"category": ["a", "a", "a", "b", "b"], "relative_norm": [0.5, 0.6, 0.99, 0.98, 0.5]})
-    v, e = L.claim3_verdict(cl)
+    v, e = claims.claim3_verdict(cl)
     assert v == "mixed" and "a: 67% of 3 shared, 1 in [0.95, 1]" in e

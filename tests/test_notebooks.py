@@ -8,15 +8,16 @@ import pytest
 
 from thinkdiff import notebooks
 
-# Small, fast parameters per notebook; anything not listed runs with the notebook's defaults.
+# Every notebook runs the committed smoke run (configs/smoke.toml: organism-m with tiny training and evaluation
+# settings, every verdict "not tested"), plus small values for the settings each notebook owns.
+SMOKE = {"RUN": "smoke"}
 FAST = {
-    "00_organism": {"SIZES": ["S", "M", "L"], "N_EVAL": 24},
-    "01_harvest": {},
-    "02_train": {"STEPS": 150},
-    "03_label": {"STEPS": 150, "N_OCCURRENCES": 10, "KS": [0.05, 0.2], "N_BOOT": 200, "N_SCALING": 30, "N_CARDS": 4},
-    "04_steer": {"STEPS": 150, "N_PROMPTS": 8, "MAX_NEW_TOKENS": 48, "ALPHAS": [-1, 1], "CONTROL_ALPHAS": [1], "BENCH_TOKENS": 8,
-                 "N_BOOT": 300},
-    "05_geometry": {"STEPS": 150, "N_BOOT": 200, "N_PERM": 50, "N_EVAL": 16, "MAX_NEW_TOKENS": 64, "N_CE": 16, "DIMS": [2, 5]},
+    "00_organism": SMOKE,
+    "01_harvest": SMOKE,
+    "02_train": SMOKE,
+    "03_label": {**SMOKE, "N_BOOT": 200, "N_CARDS": 4},
+    "04_steer": {**SMOKE, "BENCH_TOKENS": 8, "N_BOOT": 300},
+    "05_geometry": {**SMOKE, "N_BOOT": 200, "N_PERM": 50},
 }
 
 
@@ -43,3 +44,59 @@ def test_notebook_executes(name, test_runs):
         pytest.fail(f"notebook {name} is missing from notebooks/")
     out = notebooks.run(name, test_runs / "executed", parameters=FAST.get(name, {}))
     assert out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen_run(test_runs):
+    """The committed tiny-qwen run with local stand-in corpora and math set (offline): a real-pair run."""
+    import standins
+
+    folder = test_runs / "tiny-qwen-data"
+    folder.mkdir(exist_ok=True)
+    files = standins.write_corpus(folder)
+    cfg = folder / "tiny-qwen-offline.toml"
+    cfg.write_text(f'''extends = "tiny-qwen"
+[harvest.corpus]
+openthoughts_files = "{files['openthoughts_files']}"
+general_files = "{files['general_files']}"
+[evaluate]
+math_files = "{files['math_files']}"
+''')
+    return str(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", notebooks.NOTEBOOKS)
+def test_notebook_executes_on_a_real_pair_stand_in(name, test_runs, tiny_qwen_run):
+    """Every notebook also runs on the real-pair code path (tiny random Qwen2 models, real tokenizers): no
+    organism-only call without a guard."""
+    # Owned settings sized to the stand-in: its 151,936-token vocabulary makes every logit pass costly.
+    own = {"02_train": {"N_SPLICE_DOCS": 4}, "03_label": {"N_BOOT": 50, "N_CARDS": 2},
+           "04_steer": {"N_BOOT": 50, "BENCH_TOKENS": 4}, "05_geometry": {"N_BOOT": 50, "N_PERM": 20}}
+    out = notebooks.run(name, test_runs / "executed-tiny-qwen", parameters={"RUN": tiny_qwen_run, **own.get(name, {})})
+    assert out.exists()
+
+
+def test_notebooks_match_their_sources():
+    """Each committed notebook is exactly what tools/mknb.py builds from notebooks/src (reviewable diffs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mknb", notebooks.paths.REPO_ROOT / "tools" / "mknb.py")
+    mknb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mknb)
+    assert mknb.stale() == []
+
+
+def test_parameters_cells_take_a_run_and_only_owned_settings():
+    """No notebook parameters cell may set an upstream setting (those live in configs/<RUN>.toml)."""
+    import json
+
+    owned = {"RUN", "N_SPLICE_DOCS", "N_BOOT", "N_CARDS", "THREADS", "BATCH_SIZE", "BENCH_TOKENS", "N_PERM",
+             "QWEN_RELATIONS"}
+    for name in notebooks.available():
+        nb = json.loads(notebooks.notebook_path(name).read_text())
+        params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(params) == 1, name
+        names = {line.split("=")[0].strip() for line in "".join(params[0]["source"]).splitlines()
+                 if "=" in line and not line.lstrip().startswith("#")}
+        assert "RUN" in names and names <= owned, f"{name}: parameters {sorted(names - owned)} are not the notebook's own"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from thinkdiff import probes
-from thinkdiff.label import SparseActs
+from thinkdiff.codes import SparseActs
 
 
 class FakeStore:

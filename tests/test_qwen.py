@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from thinkdiff import qwen
+from thinkdiff import hf, qwen
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_tiny_pair_saves_and_loads_offline():
     pair = qwen.tiny_qwen_pair("qwen-1.5b", hidden=64, layers=4)
     assert pair.layer == 2 and (pair.base_path / "config.json").exists()
     t0 = time.time()
-    hp = qwen.load_hf_pair(pair.base_path, pair.distilled_path, dtype="float32", device_map="cpu")
+    hp = hf.load_hf_pair(pair.base_path, pair.distilled_path, dtype="float32", device_map="cpu")
     print(f"\ntiny qwen-1.5b pair loaded offline in {time.time() - t0:.2f} s")
     for m in (hp.base, hp.distilled):
         assert type(m).__name__ == "Qwen2ForCausalLM" and not m.training
@@ -118,22 +118,22 @@ def test_hub_ids_fail_fast_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.time()
     with pytest.raises(RuntimeError) as err:
-        qwen.load_hf_pair("Qwen/Qwen2.5-Math-1.5B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+        hf.load_hf_pair("Qwen/Qwen2.5-Math-1.5B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
     elapsed = time.time() - t0
     assert elapsed < 5.0, elapsed
     msg = str(err.value)
     assert "Qwen/Qwen2.5-Math-1.5B" in msg and "huggingface-cli download" in msg and "local folder" in msg
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        qwen.load_hf_pair(tmp_path / "nope", tmp_path / "nope2")
+        hf.load_hf_pair(tmp_path / "nope", tmp_path / "nope2")
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        qwen.load_hf_pair(tmp_path, tmp_path)
+        hf.load_hf_pair(tmp_path, tmp_path)
     with pytest.raises(ValueError, match="dtype"):
-        qwen.load_hf_pair(tmp_path, tmp_path, dtype="int8")
+        hf.load_hf_pair(tmp_path, tmp_path, dtype="int8")
 
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="placement errors are for machines without 2 GPUs")
 def test_placement_needs_gpus():
     with pytest.raises(RuntimeError, match="GPU"):
-        qwen._device_for("split", 1)
+        hf._device_for("split", 1)
     with pytest.raises(ValueError, match="placement"):
-        qwen._device_for("everywhere", 0)
+        hf._device_for("everywhere", 0)

@@ -18,24 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from thinkdiff import geometry, harvest, label, lexicon, paths, pipeline, presets, qwen, realdata, steer, train
+from standins import GENERAL, openthoughts_row as _ot_row
+from thinkdiff import codes, geometry, harvest, hf, label, lexicon, norms, paths, pipeline, presets, qwen, realdata, relations, steer, train
 
 PRESET = "test-tiny-qwen-1.5b"
-
-
-def _ot_row(i: int) -> dict:
-    """An OpenThoughts-114k row (default config) whose trace uses markers of all four categories early."""
-    a, b = i % 7 + 2, i % 5 + 3
-    trace = (f"<|begin_of_thought|>\n\nWe add {a} and {b}. Wait, let me check: {b} + {a} = {a + b}. Therefore the "
-             f"sum is {a + b}. Alternatively, count up from {a}. But {a + b} is more than {a}. However, it is "
-             f"small.\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\nThe answer is {a + b}.\n\n<|end_of_solution|>")
-    return {"system": "Your role as an assistant involves thoroughly exploring questions ...",
-            "conversations": [{"from": "user", "value": f"What is {a} + {b}?"},
-                              {"from": "assistant", "value": trace}]}
-
-
-GENERAL = [{"text": f"Market report {i}. Prices rose in the morning, but they fell later. However, traders "
-                    f"stayed calm, and the harbour reopened on day {i}."} for i in range(40)]
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +100,8 @@ def test_pairing_check_on_the_real_vocabulary(pair, tmp_path, monkeypatch):
     # Each model with its own published tokenizer (tokenizer="own"; load_pair's loader is patched to hand back
     # the pair already loaded, so only the tokenizer choice is under test): R1-Distill prepends BOS 151646, so
     # the check refuses at token 0 of the first document, before any store folder exists.
-    loaded = qwen.HFPair(pair.base, pair.distilled, *pair.own_tokenizers)
-    monkeypatch.setattr(qwen, "load_hf_pair", lambda *a, **k: loaded)
+    loaded = hf.HFPair(pair.base, pair.distilled, *pair.own_tokenizers)
+    monkeypatch.setattr(hf, "load_hf_pair", lambda *a, **k: loaded)
     own = presets.load_pair(presets.Preset(name="own-tokenizers", kind="hf", base=pair.preset.base,
                                            distilled=pair.preset.distilled, layer=pair.layer, tokenizer="own"))
     assert own.tokenizer_distilled is pair.own_tokenizers[1] and own.tokenizer is pair.tokenizer
@@ -171,7 +157,7 @@ def test_train_and_label_with_the_real_lexicon(pair, store, crosscoder):
     log = train.load_log(cc)
     assert len(log) == 40 and np.isfinite(log["loss"]).all()
     assert log["recon"].tail(5).mean() < log["recon"].head(5).mean()      # it learns, a little
-    nrn = label.relative_norm(cc)
+    nrn = norms.relative_norm(cc)
     assert nrn.shape == (256,) and np.all((nrn >= 0) & (nrn <= 1))
     # The lexicon matcher on real Qwen2 ids: every category matches somewhere in the harvested tokens.
     lex = lexicon.Lexicon(pair.tokenizer)
@@ -181,7 +167,7 @@ def test_train_and_label_with_the_real_lexicon(pair, store, crosscoder):
     assert set(np.unique(cats)) == {0, 1, 2, 3, 4}
     masks = label.marker_masks(store.meta, lexicon.marker_token_ids(pair.tokenizer))
     assert all(m.sum() > 0 for m in masks.values()), {c: int(m.sum()) for c, m in masks.items()}
-    acts = label.encode_store(cc, store)
+    acts = codes.encode_store(cc, store)
     assert acts.n_tokens == store.n_tokens and len(acts.vals) > 0 and (acts.vals > 0).all()
     rs = label.reason_scores(acts, lex, store.meta, special_ids=pair.tokenizer.all_special_ids)
     assert rs.score.shape == (256, 4) and all(rs.n_groups[c] >= 1 for c in lexicon.CATEGORIES), rs.n_groups
@@ -192,7 +178,7 @@ def test_train_and_label_with_the_real_lexicon(pair, store, crosscoder):
 
 
 def test_steered_generation_along_a_decoder_direction(pair, store, crosscoder):
-    acts = label.encode_store(crosscoder, store)
+    acts = codes.encode_store(crosscoder, store)
     latent = int(np.argmax(acts.frequency()))                         # the most active latent: a live direction
     v = steer.steering_vector(crosscoder, latent, 1, unit="resid_norm", resid=store.acts(np.arange(64)))
     assert v.shape == (64,) and torch.isclose(v.norm(), torch.tensor(float(
@@ -213,17 +199,17 @@ def test_steered_generation_along_a_decoder_direction(pair, store, crosscoder):
 
 
 def test_geometry_relation_filter_on_the_real_tokenizer(pair):
-    relations = {name: realdata.load_relation(name) for name in realdata.RELATIONS}
-    for name, pairs in relations.items():
+    rels = {name: relations.load_relation(name) for name in relations.RELATIONS}
+    for name, pairs in rels.items():
         kept, dropped = geometry.filter_single_token(pairs, pair.tokenizer)
         n_tok = {w: len(pair.tokenizer(w, add_special_tokens=False)["input_ids"]) for p in pairs for w in p}
         assert kept == [p for p in pairs if n_tok[p[0]] == n_tok[p[1]] == 1] and len(kept) + dropped == len(pairs)
         assert len(kept) >= 10, (name, len(kept))
-    assert ("cat", "cats") in geometry.filter_single_token(relations["singular-plural"], pair.tokenizer)[0]
-    small = {name: pairs[:12] for name, pairs in relations.items()}
+    assert ("cat", "cats") in geometry.filter_single_token(rels["singular-plural"], pair.tokenizer)[0]
+    small = {name: pairs[:12] for name, pairs in rels.items()}
     results, survival = geometry.analyse_relations(pair.models, pair.tokenizer, small, pair.layer, dims=(2,),
                                                    n_boot=50, n_perm=20, shared_basis=False)
-    assert list(survival["relation"]) == list(realdata.RELATIONS)
+    assert list(survival["relation"]) == list(relations.RELATIONS)
     assert len(results) == int(survival["analysed"].sum()) >= 3
     for r in results:
         assert r.table["mean"].between(0, 2).all() and len(r.delta) == 1

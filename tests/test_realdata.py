@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from thinkdiff import geometry, qwen, realdata
+from thinkdiff import geometry, qwen, realdata, relations
 
 
 @pytest.fixture(scope="module")
@@ -120,17 +120,17 @@ def test_math_answers():
 
 def test_relations_single_token_counts(tok):
     print("\nrelation: pairs written / kept (bare word single token, Qwen2) / kept with leading space / paper kept")
-    for name in realdata.RELATIONS:
-        pairs = realdata.load_relation(name)
+    for name in relations.RELATIONS:
+        pairs = relations.load_relation(name)
         assert 100 <= len(pairs) <= 300 and len({a for a, _ in pairs}) == len(pairs)
         kept, n_dropped = geometry.filter_single_token(pairs, tok)  # the one single-token filter (bare words)
         assert n_dropped == len(pairs) - len(kept)
         spaced = [(a, b) for a, b in pairs if all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1
                                                   for w in (a, b))]
-        print(f"  {name}: {len(pairs)} / {len(kept)} / {len(spaced)} / {realdata.PAPER_KEPT[name]}")
+        print(f"  {name}: {len(pairs)} / {len(kept)} / {len(spaced)} / {relations.PAPER_KEPT[name]}")
         assert len(kept) >= 10
         assert all(len(tok(w, add_special_tokens=False)["input_ids"]) == 1 for p in kept for w in p)
         dropped = [p for p in pairs if p not in kept]
         assert all(any(len(tok(w, add_special_tokens=False)["input_ids"]) > 1 for w in p) for p in dropped)
     with pytest.raises(ValueError, match="unknown relation"):
-        realdata.load_relation("english-klingon")
+        relations.load_relation("english-klingon")

@@ -14,12 +14,7 @@ PROMPTS = ["Ann has 3 apples.", "<think> 2 + 5 = 7. Wait", "Therefore the answer
            "Ben gives her 4 more apples. So"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _CC:

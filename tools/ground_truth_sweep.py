@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from thinkdiff import label, organism, pipeline, probes
+from thinkdiff import codes, norms, organism, pipeline, probes
 from thinkdiff.lexicon import CATEGORIES
 
 # One knob at a time, against the default of each scheme.
@@ -44,8 +44,8 @@ def main() -> None:
     for scheme, over in VARIANTS:
         t0 = time.time()
         cc = pipeline.get_crosscoder(args.preset, scheme, store=store, **over)
-        acts = label.encode_store(cc, store)
-        rec = probes.latent_recovery(acts, store.meta["split"], targets, label.relative_norm(cc),
+        acts = codes.encode_store(cc, store)
+        rec = probes.latent_recovery(acts, store.meta["split"], targets, norms.relative_norm(cc),
                                      ks=(probes.TARGETS["sparse_k"],))
         v = probes.ground_truth_verdicts(ceiling, rec)
         row = {"scheme": scheme, "change": ", ".join(f"{k}={x}" for k, x in over.items()) or "default",

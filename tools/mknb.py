@@ -1,12 +1,18 @@
-"""Build a clean .ipynb from a plain-text cell script (one source of truth, reviewable as a diff).
+"""Build the clean notebooks from their cell scripts in notebooks/src/ (the reviewable source of each notebook).
 
-Cell script format: cells separated by lines '# %% [markdown]', '# %%' or '# %% [parameters]'.
-Usage: python tools/mknb.py notebooks/src/00_organism.py notebooks/00_organism.ipynb
+Cell script format: cells separated by lines '# %% [markdown]', '# %%' or '# %% [parameters]'; markdown lines
+start with '# '. Usage:
+    python tools/mknb.py            # rebuild every notebooks/NN_name.ipynb from notebooks/src/NN_name.py
+    python tools/mknb.py --check    # exit 1 if a committed notebook differs from its source
 """
 import re
 import sys
+from pathlib import Path
 
 import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC, OUT = ROOT / "notebooks" / "src", ROOT / "notebooks"
 
 
 def build(src: str):
@@ -30,5 +36,24 @@ def build(src: str):
     return nb
 
 
+def stale() -> list[str]:
+    """Notebooks whose committed .ipynb is not what their source builds."""
+    out = []
+    for src in sorted(SRC.glob("*.py")):
+        want = nbformat.writes(build(src.read_text()))
+        nb = OUT / f"{src.stem}.ipynb"
+        if not nb.exists() or nb.read_text() != want:
+            out.append(nb.name)
+    return out
+
+
 if __name__ == "__main__":
-    nbformat.write(build(open(sys.argv[1]).read()), sys.argv[2])
+    if "--check" in sys.argv:
+        bad = stale()
+        if bad:
+            sys.exit(f"notebooks differ from notebooks/src (run python tools/mknb.py): {', '.join(bad)}")
+        print("every notebook matches its source")
+    else:
+        for src in sorted(SRC.glob("*.py")):
+            (OUT / f"{src.stem}.ipynb").write_text(nbformat.writes(build(src.read_text())))
+            print("built", OUT / f"{src.stem}.ipynb")

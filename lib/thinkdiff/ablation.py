@@ -18,7 +18,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .label import CATEGORIES, MODELS, _device, _eval_mode
+from .codes import device_of, eval_mode
+from .label import CATEGORIES, MODELS
+from .hooks import resid_hook
+from .stats import bootstrap_mean_ci
 
 
 def marker_occurrences(meta, marker_ids: dict, use_labels: bool = True, split: int | None = None,
@@ -70,13 +73,6 @@ def ablation_latents(counts, nrn, k: float, min_relative_norm: float = 0.5) -> n
     return np.sort(top[nrn[top] > min_relative_norm])
 
 
-def _layer_module(model, layer: int):
-    layers = model.model.layers
-    if not 1 <= layer <= len(layers):
-        raise ValueError(f"hook layer L={layer} out of range 1..{len(layers)} (resid_pre of block L)")
-    return layers[layer - 1]
-
-
 def _forward(model, ids: torch.Tensor, layer: int, splice: torch.Tensor | None = None, start: int = 0):
     """Forward ``ids`` [B, T]; return (logits at the last position [B, V], the hook-layer output [B, T, d]).
 
@@ -84,19 +80,15 @@ def _forward(model, ids: torch.Tensor, layer: int, splice: torch.Tensor | None =
     """
     saved = {}
 
-    def hook(mod, inp, out):
-        h = out[0] if isinstance(out, tuple) else out
+    def splice_in(h):
         if splice is not None:
             h = h.clone()
             h[:, start:] = splice[:, start:].to(h.dtype)
         saved["h"] = h
-        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+        return h if splice is not None else None
 
-    handle = _layer_module(model, layer).register_forward_hook(hook)
-    try:
+    with resid_hook(model, layer, splice_in):
         logits = model(input_ids=ids).logits[:, -1]
-    finally:
-        handle.remove()
     return logits, saved["h"]
 
 
@@ -105,13 +97,6 @@ class AblationResult:
     per_occurrence: pd.DataFrame  # one row per (category, occurrence, model, arm, k)
     summary: pd.DataFrame         # mean and 95% bootstrap CI per (category, model, arm, k)
     latents: dict                 # (category, k) -> ablated latent ids
-
-
-def _bootstrap_ci(x: np.ndarray, n_boot: int, rng) -> tuple[float, float]:
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, counts: pd.DataFrame, nrn,
@@ -142,7 +127,7 @@ def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, 
                 raise ValueError(f"{cat}: occurrence (seq {s}, pos {p}) has no prefix to splice or is out of range")
     rng = np.random.default_rng(cfg.seed)
     models = (base, distilled)
-    dev = _device(cc)
+    dev = device_of(cc)
     chosen, rows = {}, []
     for cat in occurrences:
         for k in cfg.ks:
@@ -150,7 +135,7 @@ def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, 
             chosen[(cat, k)] = tgt
             chosen[(cat, k, "random")] = np.sort(rng.choice(F, size=len(tgt), replace=False))
     arms = [("recon", float("nan"))] + [(arm, k) for k in cfg.ks for arm in ("targeted", "random")]
-    with _eval_mode(cc):
+    with eval_mode(cc):
         for cat, occ in occurrences.items():
             pick = rng.permutation(len(occ))[: cfg.n_occurrences]
             for o in tqdm(pick, desc=f"ablation {cat}", leave=False):
@@ -186,7 +171,6 @@ def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, 
 
 
 def _summarise(per: pd.DataFrame, cfg: AblationConfig) -> pd.DataFrame:
-    rng = np.random.default_rng(cfg.seed + 1)
     key = ["category", "model", "occurrence"]
     wide = per[per["arm"] != "recon"].pivot_table(index=key + ["k"], columns="arm", values="delta").reset_index()
     diff = wide.assign(arm="targeted_minus_random", delta=wide["targeted"] - wide["random"])
@@ -196,7 +180,7 @@ def _summarise(per: pd.DataFrame, cfg: AblationConfig) -> pd.DataFrame:
     rows = []
     for (cat, model, arm, k), g in full.groupby(["category", "model", "arm", "k"], sort=False):
         x = g["delta"].to_numpy()
-        lo, hi = _bootstrap_ci(x, cfg.n_boot, rng)
+        _, lo, hi = bootstrap_mean_ci(x, cfg.n_boot, cfg.seed + 1)
         rows.append({"category": cat, "model": model, "arm": arm, "k": np.nan if k < 0 else k,
                      "n_latents": int(g["n_latents"].max()) if g["n_latents"].notna().any() else np.nan,
                      "n": len(x), "mean": float(x.mean()), "ci_lo": lo, "ci_hi": hi})

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .label import MODELS, SparseActs, _eval_mode, _load
+from .codes import SparseActs, eval_mode, load_rows
+from .label import MODELS
 from .lexicon import runs_from_meta
 
 
@@ -68,11 +69,11 @@ def max_activating_contexts(cc, store, acts: SparseActs, latents, k: int = 10, c
     acts_need = np.zeros((len(need), len(lat)), dtype=np.float32)
     contrib = np.zeros((len(need), 2, len(lat)), dtype=np.float32)
     lat_t = torch.as_tensor(lat)
-    with _eval_mode(cc):
+    with eval_mode(cc):
         W = cc.W_enc.detach()[:, :, lat_t.to(cc.W_enc.device)]           # [2, d, J]
         for s in range(0, len(need), chunk):
             part = need[s: s + chunk]
-            x = _load(store, part, cc)
+            x = load_rows(store, part, cc)
             acts_need[s: s + len(part)] = cc.encode(x)[:, lat_t.to(x.device)].float().cpu().numpy()
             contrib[s: s + len(part)] = torch.einsum("bmd,mdj->bmj", x, W).float().cpu().numpy()
     pos_of = np.searchsorted(need, np.concatenate(ctx)) if ctx else np.zeros(0, np.int64)

@@ -31,14 +31,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-ACTIVATIONS = ("relu", "batchtopk")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -63,12 +61,11 @@ class CrossCoderConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"crosscoder {name} must be a positive integer, got {v!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"crosscoder activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.activation == "batchtopk":
-            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.n_latents:
-                raise ValueError(f"BatchTopK needs an integer k with 0 < k <= n_latents ({self.n_latents}), "
-                                 f"got k={self.k!r}")
+        from . import trainers
+
+        if self.activation not in trainers.SCHEMES:
+            raise ValueError(f"crosscoder activation must be one of {sorted(trainers.SCHEMES)}, got {self.activation!r}")
+        trainers.get(self.activation).check_config(self.k, self.n_latents, "crosscoder")
         if not (self.dec_init_norm > 0 and math.isfinite(self.dec_init_norm)):
             raise ValueError(f"dec_init_norm must be positive and finite, got {self.dec_init_norm!r}")
         if self.norm_scale is not None:
@@ -77,163 +74,25 @@ class CrossCoderConfig:
         return self
 
 
-# ---------------------------------------------------------------------------------------------
-# Sparse kernels for BatchTopK training. A kept-latent pattern is a CSR matrix [batch, F] with
-# about k*batch entries, so the decoder and both weight gradients cost O(k*batch*n_models*d)
-# instead of O(batch*F*n_models*d): the step costs little more than the dense encoder forward.
-# ---------------------------------------------------------------------------------------------
+def decoder_weights(crosscoder, units: str = "raw") -> torch.Tensor:
+    """The decoder ``[n_latents, n_models, d_model]`` as float64 on the CPU: the one way to read it.
 
-def _csr(crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
-    with warnings.catch_warnings():   # torch calls CSR "beta"; the kernels used here are covered by tests
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
-
-
-def _csr_t(pat_t, vals, shape):
-    """Transpose [F, B] of a CSR code [B, F], as CSR, from the precomputed transposed pattern.
-
-    ``pat_t = (crow_t, row_t, perm)`` (see ``sparse_code``): building it once per step avoids torch's
-    generic CSC -> CSR conversion, which sorts and was the slowest part of the sparse step.
-    """
-    crow_t, row_t, perm = pat_t
-    return _csr(crow_t, row_t, vals[perm], (shape[1], shape[0]))
-
-
-class _GatherPre(torch.autograd.Function):
-    """Pre-activations at the pattern positions, ``vals[j] = x[row_j] . W_enc[:, col_j] + b_enc[col_j]``.
-
-    Forward takes the values already computed by the dense encoder (no recomputation); backward sends
-    gradients to ``W_enc`` [md, F] and ``b_enc`` [F] only (activations are data, never trained).
-    """
-
-    @staticmethod
-    def forward(ctx, vals, x_flat, w_enc_flat, b_enc, col, crow_t, row_t, perm):
-        ctx.save_for_backward(x_flat, col, crow_t, row_t, perm)
-        ctx.F = w_enc_flat.shape[1]
-        return vals.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        x_flat, col, crow_t, row_t, perm = ctx.saved_tensors
-        B, F = x_flat.shape[0], ctx.F
-        g = g.to(x_flat.dtype)
-        # dW_enc^T [F, md] = S^T [F, B] @ x [B, md]
-        g_w = torch.sparse.mm(_csr_t((crow_t, row_t, perm), g, (B, F)), x_flat).t()
-        g_b = torch.zeros(F, dtype=g.dtype, device=g.device).index_add_(0, col, g)
-        return None, None, g_w, g_b, None, None, None, None
-
-
-class _SparseDecode(torch.autograd.Function):
-    """``out [B, md] = S @ W_dec_flat`` for a CSR code ``S`` [B, F]; gradients to the values and W_dec."""
-
-    @staticmethod
-    def forward(ctx, vals, w_dec_flat, crow, col, crow_t, row_t, perm):
-        ctx.save_for_backward(vals, w_dec_flat, crow, col, crow_t, row_t, perm)
-        ctx.B = crow.numel() - 1
-        return torch.sparse.mm(_csr(crow, col, vals.to(w_dec_flat.dtype), (ctx.B, w_dec_flat.shape[0])), w_dec_flat)
-
-    @staticmethod
-    def backward(ctx, g):
-        vals, w, crow, col, crow_t, row_t, perm = ctx.saved_tensors
-        B, F = ctx.B, w.shape[0]
-        g = g.to(w.dtype).contiguous()
-        # dvals_j = g[row_j] . W_dec[col_j]  (sampled dense-dense product on the pattern)
-        pattern = _csr(crow, col, torch.zeros_like(vals, dtype=w.dtype), (B, F))   # zeros: beta=0 still reads them
-        g_vals = torch.sparse.sampled_addmm(pattern, g, w.t(), beta=0.0).values().to(vals.dtype)
-        g_w = torch.sparse.mm(_csr_t((crow_t, row_t, perm), vals.to(w.dtype), (B, F)), g)   # S^T @ g [F, md]
-        return g_vals, g_w, None, None, None, None, None
-
-
-class _ReluCoder(torch.autograd.Function):
-    """Fused ReLU crosscoder forward/backward on flat views, for the trainer.
-
-    Inputs ``x [B, md]``, ``W_enc [md, F]``, ``b_enc [F]``, ``W_dec [F, md]``, ``b_dec [md]``, decoder
-    norm sums ``n [F]``. Outputs ``xhat [B, md]``, the code ``f [B, F]`` (no gradient) and the batch-mean
-    L1 term ``mean_b sum_i f_bi n_i``. Same maths as plain autograd, but every [B, F]-sized bias, L1 and
-    reduction term rides inside the 5 matmuls (a ones column appended to x carries b_enc and its
-    gradient; a constant column appended to the output gradient carries the L1 gradient and d/dn), so
-    besides the matmuls only the in-place ReLU and its fused backward touch [B, F] memory.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, n):
-        B = x.shape[0]
-        xa = torch.cat([x, x.new_ones(B, 1)], dim=1)                    # [B, md+1]
-        f = (xa @ torch.cat([w_enc, b_enc[None]], dim=0)).relu_()        # [B, F]
-        xhat = torch.addmm(b_dec, f, w_dec)
-        l1 = torch.mv(f, n).mean()
-        ctx.save_for_backward(xa, w_dec, n, f)
-        ctx.mark_non_differentiable(f)
-        return xhat, f, l1
-
-    @staticmethod
-    def backward(ctx, g_xhat, _g_f, g_l1):
-        xa, w_dec, n, f = ctx.saved_tensors
-        B = xa.shape[0]
-        c = (g_l1 / B) if g_l1 is not None else g_xhat.new_zeros(())
-        ga = torch.cat([g_xhat, c.expand(B, 1)], dim=1)                 # [B, md+1]
-        g_pre = ga @ torch.cat([w_dec, n[:, None]], dim=1).t()            # g_xhat W_dec^T + c n
-        g_pre = torch.ops.aten.threshold_backward(g_pre, f, 0)
-        g_dec = f.t() @ ga                                               # [F, md+1]: dW_dec | c * f.sum(0)
-        g_enc = xa.t() @ g_pre                                           # [md+1, F]: dW_enc ; db_enc
-        return None, g_enc[:-1], g_enc[-1], g_dec[:, :-1], g_xhat.sum(0), g_dec[:, -1]
-
-
-def sparse_code(pre: torch.Tensor, flat_idx: torch.Tensor):
-    """CSR pattern of sorted flat indices into ``pre`` [B, F], its transpose, and the values there.
-
-    Returns ``(crow, col, crow_t, row_t, perm, vals)``: ``crow [B+1]``/``col [nnz]`` the CSR pattern,
-    ``crow_t [F+1]``/``row_t [nnz]`` the pattern of the transpose [F, B], ``perm`` the entry order of
-    the transpose, ``vals [nnz]`` = ``pre`` at the pattern.
-    """
-    B, F = pre.shape
-    rows, col = flat_idx // F, flat_idx % F
-    crow = torch.zeros(B + 1, dtype=torch.int64, device=pre.device)
-    crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
-    perm = torch.argsort(col, stable=True)          # rows stay ascending within each column
-    crow_t = torch.zeros(F + 1, dtype=torch.int64, device=pre.device)
-    crow_t[1:] = torch.bincount(col, minlength=F).cumsum(0)
-    return crow, col, crow_t, rows[perm], perm, pre.reshape(-1)[flat_idx]
-
-
-def batch_topk_indices(score: torch.Tensor, n_keep: int, cut_guess: float | None = None) -> torch.Tensor:
-    """Sorted flat indices of the ``n_keep`` largest *positive* entries of ``score`` [B, F].
-
-    Exact, but avoids a top-k over all B*F entries (about 1 s at 4096 x 8192 on this CPU). With a
-    positive ``cut_guess`` (the trainer passes half its running threshold): if at least ``n_keep``
-    entries exceed it, the winners are all among them, so only those are ranked (lowering the guess
-    if not); ties at the cut are all kept on this path.
-    Otherwise: take each row's top ``m`` candidates, select globally among those, and double ``m``
-    whenever some row might hold more winners than it offered (its m-th candidate is not below the cut).
-    """
-    B, F = score.shape
-    n_keep = min(n_keep, B * F)
-    flat_all = score.reshape(-1)
-    cut = cut_guess
-    for _ in range(3 if cut is not None and math.isfinite(cut) and cut > 0 else 0):
-        cand = (flat_all > cut).nonzero().squeeze(1)              # ascending, so no sort is needed
-        if cand.numel() >= n_keep:
-            v = flat_all[cand]
-            kth = v.kthvalue(v.numel() - n_keep + 1).values           # the n_keep-th largest value
-            return cand[v >= kth]                                     # (entries tied with it all stay)
-        cut /= 4
-    m = min(F, max(1, 4 * math.ceil(n_keep / B)))
-    while True:
-        cand_v, cand_i = score.topk(m, dim=1, sorted=False)          # [B, m]
-        flat_v = cand_v.reshape(-1)
-        kk = min(n_keep, flat_v.numel())
-        top_v, top_j = flat_v.topk(kk, sorted=False)
-        cut = top_v.min()
-        row_min = cand_v.min(dim=1).values
-        # a row whose weakest candidate is positive and not below the cut may hide more winners
-        if m == F or not bool(((row_min >= cut) & (row_min > 0)).any()):
-            break
-        m = min(F, 2 * m)
-    keep = top_v > 0
-    top_j = top_j[keep]
-    rows = torch.div(top_j, m, rounding_mode="floor")
-    flat = rows * F + cand_i.reshape(-1)[top_j]
-    return flat.sort().values
+    ``units="raw"``: as saved (folded), in each model's residual units: what steering adds to a model.
+    ``"training"``: the folded scale undone (each model's activations at mean norm sqrt(d)), the units in
+    which the paper takes relative decoder norms. ``crosscoder`` may be a crosscoder or a bare tensor (taken
+    as given in either unit)."""
+    if units not in ("raw", "training"):
+        raise ValueError(f"units must be 'raw' or 'training', got {units!r}")
+    W = crosscoder if isinstance(crosscoder, torch.Tensor) else getattr(crosscoder, "W_dec", None)
+    if W is None:
+        raise ValueError(f"{type(crosscoder).__name__} has no W_dec [n_latents, n_models, d_model]")
+    W = torch.as_tensor(W).detach().double().cpu()
+    if W.ndim != 3:
+        raise ValueError(f"W_dec must be [n_latents, n_models, d_model], got shape {tuple(W.shape)}")
+    scale = getattr(getattr(crosscoder, "config", None), "norm_scale", None)
+    if units == "training" and scale is not None:
+        W = W * torch.tensor([float(v) for v in scale], dtype=torch.float64)[None, :, None]
+    return W
 
 
 class CrossCoder(nn.Module):
@@ -311,16 +170,9 @@ class CrossCoder(nn.Module):
         BatchTopK: in training mode (or before a threshold exists) the batch-level top ``k*B``;
         in eval mode the fixed threshold.
         """
-        pre = self.pre_acts(x)
-        f = torch.relu(pre)
-        if self.config.activation == "relu":
-            return f
-        score = f.detach() * self.decoder_norms("train").sum(-1)
-        if self.training or not torch.isfinite(self.threshold):
-            keep = torch.zeros(score.numel(), dtype=torch.bool, device=f.device)
-            keep[batch_topk_indices(score, self.config.k * x.shape[0])] = True
-            return f * keep.view_as(f)
-        return f * (score > self.threshold)
+        from . import trainers
+
+        return trainers.get(self.config.activation).encode(self, self.pre_acts(x), x.shape[0])
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Reconstruction [B, n_models, d] of a latent code ``f`` [B, F]."""
@@ -438,6 +290,6 @@ class CrossCoder(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        k = f", k={c.k}" if c.activation == "batchtopk" else ""
+        k = f", k={c.k}" if c.k is not None else ""
         return (f"n_models={c.n_models}, d_model={c.d_model}, n_latents={c.n_latents}, "
                 f"activation={c.activation}{k}, layer={c.layer}, folded={self.folded}")

@@ -174,7 +174,7 @@ def load_hf_pair(base_id_or_path, distilled_id_or_path, world: World, dtype: str
     ``(base, distilled, base_tokenizer, distilled_tokenizer)``, models in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .qwen import resolve_checkpoint
+    from .hf import resolve_checkpoint
 
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")

@@ -30,8 +30,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .crosscoder import decoder_weights
+from .hooks import resid_hook, resid_module
+from .norms import relative_norm
+from .lexicon import CATEGORIES
+
 MODEL_NAMES = ("base", "distilled")
-CATEGORY_NAMES = ("none", "self_reflection", "deductive", "alternative", "contrastive")
+CATEGORY_NAMES = ("none", *CATEGORIES)   # by label id: 0 none, then the four reasoning categories
 SHARED = "shared basis (variant)"  # the label of the non-paper variant, everywhere it appears
 PER_MODEL = "per model (paper)"
 
@@ -108,21 +113,6 @@ def permutation_null(A, B, n_perm: int = 200, seed: int = 0, return_perms: bool 
 
 # ----------------------------------------------------------------------------- word vectors
 
-def organism_relations() -> dict[str, list[tuple[str, str]]]:
-    """The organism world's own relations, each word in the form its corpus uses (mid-sentence words with a
-    leading space, digits bare): singular -> plural noun, number word -> digit, number word -> capitalised
-    number word (sentence-initial), digit -> next digit."""
-    from . import world
-
-    nums = world.NUMBER_WORDS
-    return {
-        "singular-plural": [(f" {s}", f" {p}") for s, p in world.NOUNS],
-        "number-digit": [(f" {w}", str(i)) for i, w in enumerate(nums)],
-        "number-capitalised": [(f" {w}", w.capitalize()) for w in nums],
-        "digit-successor": [(str(i), str(i + 1)) for i in range(9)],
-    }
-
-
 def filter_single_token(pairs: Sequence[tuple[str, str]], tokenizer) -> tuple[list[tuple[str, str]], int]:
     """Keep pairs whose two words are each exactly one token (no specials added). Returns (kept, n_dropped)."""
     kept = []
@@ -144,9 +134,7 @@ def word_vectors(model, tokenizer, words: Sequence[str], layer: int, template: s
     including the word is fed and read at its last token, which also avoids position 0 (an attention
     sink with outsized norms in real Qwen models).
     """
-    layers = model.model.layers
-    if not 1 <= layer <= len(layers):
-        raise ValueError(f"layer must be in [1, {len(layers)}], got {layer}")
+    resid_module(model, layer)   # a clear error for a layer outside the model
     if not words:
         raise ValueError("words is empty")
     if template is None:
@@ -163,9 +151,8 @@ def word_vectors(model, tokenizer, words: Sequence[str], layer: int, template: s
         seqs = [tokenizer.encode(prefix + w, add_special_tokens=False) for w in words]
     dev = next(model.parameters()).device
     cap = {}
-    h = layers[layer - 1].register_forward_hook(lambda m, i, o: cap.__setitem__("h", o[0] if isinstance(o, tuple) else o))
     out = [None] * len(seqs)
-    try:
+    with resid_hook(model, layer, lambda h: cap.__setitem__("h", h)):
         by_len: dict[int, list[int]] = {}
         for i, s in enumerate(seqs):
             by_len.setdefault(len(s), []).append(i)  # equal lengths: no padding, no position shifts
@@ -177,8 +164,6 @@ def word_vectors(model, tokenizer, words: Sequence[str], layer: int, template: s
                 vec = cap["h"][:, -1].float().cpu()
                 for r, i in enumerate(rows):
                     out[i] = vec[r]
-    finally:
-        h.remove()
     return torch.stack(out)
 
 
@@ -308,72 +293,11 @@ def analyse_relations(models: Sequence, tokenizer, relations: dict, layer: int, 
     return results, pd.DataFrame(surv)
 
 
-def accuracy_gain(correct_base, correct_distilled, n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
-    """Distillation performance: distilled minus base accuracy on the same problems, paired bootstrap CI."""
-    cb = np.asarray(correct_base, dtype=float)
-    cd = np.asarray(correct_distilled, dtype=float)
-    if cb.shape != cd.shape or cb.ndim != 1 or len(cb) == 0:
-        raise ValueError("correct_base and correct_distilled must be equal-length 1-D arrays over the same problems")
-    d = cd - cb
-    draws = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(1)
-    return dict(gain=float(d.mean()), lo=float(np.percentile(draws, 100 * (1 - ci) / 2)),
-                hi=float(np.percentile(draws, 100 * (1 + ci) / 2)), n=len(d))
-
-
-@torch.no_grad()
-def teacher_forced_ce(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 32,
-                      progress: bool = False) -> np.ndarray:
-    """Mean next-token cross-entropy (nats / token) of ``model`` on each completion given its prompt, ``[n]``.
-
-    A smooth measure of distillation performance: run on held-out teacher traces, the distilled model's
-    CE should sit below the base's. Prompt and completion are tokenised separately (no specials added) and
-    concatenated, as at generation time; only completion tokens are scored. Batches are right-padded, so
-    positions are unaffected.
-    """
-    if len(prompts) != len(completions) or not prompts:
-        raise ValueError(f"need equal, non-zero numbers of prompts and completions, got {len(prompts)} and {len(completions)}")
-    seqs, starts = [], []
-    for p, c in zip(prompts, completions):
-        pi = tokenizer.encode(p, add_special_tokens=False)
-        ci = tokenizer.encode(c, add_special_tokens=False)
-        if not pi or not ci:
-            raise ValueError(f"empty prompt or completion: {p!r} / {c!r}")
-        seqs.append(pi + ci)
-        starts.append(len(pi))
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and max(len(s) for s in seqs) > max_pos:
-        raise ValueError(f"a prompt + completion is {max(len(s) for s in seqs)} tokens, beyond the model's {max_pos}")
-    dev = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = np.zeros(len(seqs))
-    for k in tqdm(range(0, len(seqs), batch_size), desc="teacher-forced CE", disable=not progress):
-        rows = seqs[k:k + batch_size]
-        T = max(len(s) for s in rows)
-        ids = torch.full((len(rows), T), pad, dtype=torch.long)
-        attn = torch.zeros((len(rows), T), dtype=torch.long)
-        score = torch.zeros((len(rows), T), dtype=torch.bool)   # target positions that are completion tokens
-        for b, s in enumerate(rows):
-            ids[b, :len(s)] = torch.tensor(s)
-            attn[b, :len(s)] = 1
-            score[b, starts[k + b]:len(s)] = True
-        logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False).logits.float().cpu()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-        m = score[:, 1:].float()
-        out[k:k + len(rows)] = ((nll * m).sum(1) / m.sum(1)).numpy()
-    return out
-
-
-def ce_reduction(ce_base, ce_distilled, n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
-    """Distillation performance as CE reduction: mean of base minus distilled CE over the same texts
-    (positive = distilled fits the teacher better), paired bootstrap CI. Same keys as ``accuracy_gain``."""
-    return accuracy_gain(-np.asarray(ce_base, float), -np.asarray(ce_distilled, float), n_boot, seed, ci)
-
-
 def size_table(results: dict, performance: dict, dim: int = 2, basis: str = PER_MODEL, ci: float = 0.95) -> pd.DataFrame:
     """Delta loss (base - distilled) per size and relation, plus each size pooled over relations, next to
     distillation performance.
 
-    results: ``{size: [RelationResult, ...]}``; performance: ``{size: accuracy_gain dict or a float}``.
+    results: ``{size: [RelationResult, ...]}``; performance: ``{size: evaluate.accuracy_gain dict or a float}``.
     The pooled row averages the relations' deltas; its CI averages their (independent) bootstrap draws.
     """
     if set(results) != set(performance):
@@ -420,7 +344,7 @@ def claim8_summary(table: pd.DataFrame) -> dict:
 
     supports: pooled delta (base - distilled) has a CI above 0 at the best-performing size and rises with
     performance across sizes; contradicts: its CI is below 0 there, or delta falls as performance rises;
-    mixed otherwise.
+    mixed otherwise; not tested with fewer than two sizes (the claim is about how geometry changes with size).
     """
     pooled = table[table.relation == "all relations"].sort_values("perf_gain")
     per_rel = table[table.relation != "all relations"]
@@ -429,6 +353,8 @@ def claim8_summary(table: pd.DataFrame) -> dict:
                                     n_relations=int((per_rel["size"] == r["size"]).sum()))
                for _, r in pooled.iterrows()}
     d = pooled["delta"].to_numpy()
+    if len(d) < 2:
+        return dict(by_size=by_size, delta_rises_with_perf=False, verdict="not tested")
     best = pooled.iloc[-1]
     rising = len(d) > 1 and bool(np.all(np.diff(d) > 0))
     falling = len(d) > 1 and bool(np.all(np.diff(d) < 0))
@@ -444,10 +370,7 @@ def claim8_summary(table: pd.DataFrame) -> dict:
 # ----------------------------------------------------------------------------- decoder geometry
 
 def _W(crosscoder) -> torch.Tensor:
-    W = crosscoder if isinstance(crosscoder, torch.Tensor) else getattr(crosscoder, "W_dec", None)
-    if W is None or W.ndim != 3:
-        raise ValueError("crosscoder must have W_dec [n_latents, n_models, d_model]")
-    return W.detach().double().cpu()
+    return decoder_weights(crosscoder, "raw")
 
 
 def _latents(W, latents):
@@ -455,13 +378,6 @@ def _latents(W, latents):
     if not latents or min(latents) < 0 or max(latents) >= W.shape[0]:
         raise ValueError(f"latents must be non-empty indices in [0, {W.shape[0]})")
     return latents
-
-
-def relative_norm(crosscoder, p: int = 2) -> np.ndarray:
-    """``||d_distilled|| / (||d_base|| + ||d_distilled||)`` per latent ``[F]`` (1 distilled-only, 0 base-only)."""
-    W = _W(crosscoder)
-    nb, nd = W[:, 0].norm(p=p, dim=-1), W[:, 1].norm(p=p, dim=-1)
-    return (nd / (nb + nd).clamp_min(1e-30)).numpy()
 
 
 def decoder_cosines(crosscoder, latents: Sequence[int], model_index: int = 1) -> pd.DataFrame:
@@ -474,14 +390,15 @@ def decoder_cosines(crosscoder, latents: Sequence[int], model_index: int = 1) ->
 
 
 def side_alignment(crosscoder, latents: Sequence[int] | None = None) -> pd.DataFrame:
-    """Per latent: cosine between its base-side and distilled-side decoder directions, both norms, relative norm."""
+    """Per latent: cosine between its base-side and distilled-side decoder directions, both norms (raw units),
+    and the relative norm (``norms.relative_norm``, training units)."""
     W = _W(crosscoder)
     latents = _latents(W, latents)
     db, dd = W[latents, 0], W[latents, 1]
     nb, nd = db.norm(dim=-1), dd.norm(dim=-1)
     cos = (db * dd).sum(-1) / (nb * nd).clamp_min(1e-30)
     return pd.DataFrame(dict(latent=latents, cos_base_distilled=cos.numpy(), norm_base=nb.numpy(),
-                             norm_distilled=nd.numpy(), rel_norm=(nd / (nb + nd).clamp_min(1e-30)).numpy()))
+                             norm_distilled=nd.numpy(), rel_norm=relative_norm(crosscoder)[latents]))
 
 
 def decoder_map(crosscoder, latents: Sequence[int], categories=None, model_index: int = 1) -> pd.DataFrame:
@@ -508,7 +425,7 @@ def decoder_map(crosscoder, latents: Sequence[int], categories=None, model_index
             raise ValueError(f"{len(categories)} categories for {len(latents)} latents")
         cats = [CATEGORY_NAMES[int(c)] if isinstance(c, (int, np.integer)) else str(c) for c in categories]
     return pd.DataFrame(dict(latent=latents, pc1=xy[:, 0], pc2=xy[:, 1],
-                             rel_norm=relative_norm(W)[latents], category=cats))
+                             rel_norm=relative_norm(crosscoder)[latents], category=cats))
 
 
 # ----------------------------------------------------------------------------- plots

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import paths
+from .hooks import decoder_layers_path
 from .store import (MANIFEST, META_DTYPE, ActivationStore, StoreWriter, canonical_key, check_dtype, key_differences,
                     to_storage)
 
@@ -152,17 +153,6 @@ def corpus_hash(docs: list[_Doc]) -> str:
 
 # ----------------------------------------------------------------------------- models and tokenizers
 
-def _decoder_layers(model) -> torch.nn.ModuleList:
-    """The decoder-layer list of a transformers causal LM (``model.model.layers`` for Qwen2/Llama)."""
-    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
-        obj = model
-        for attr in path.split("."):
-            obj = getattr(obj, attr, None)
-        if isinstance(obj, torch.nn.ModuleList):
-            return path
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (tried model.layers, transformer.h, ...)")
-
-
 def n_layers_of(model) -> int:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return int(cfg.num_hidden_layers)
@@ -249,7 +239,7 @@ class LayerReader:
         from nnsight import TransformersModel
         self.model, self.layer = model, layer
         self.lm = TransformersModel(model, tokenizer=copy.deepcopy(tokenizer))
-        self.layers_path = _decoder_layers(model)
+        self.layers_path = decoder_layers_path(model)
         self.device = next(model.parameters()).device
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -338,7 +328,7 @@ def prepare_harvest(base, distilled, tokenizer_base, tokenizer_distilled, docume
     if not 1 <= layer <= n_layers:
         raise ValueError(f"layer {layer} is out of range: resid_pre of block L needs 1 <= L <= n_layers = {n_layers}")
     for m, name in ((base, "base"), (distilled, "distilled")):
-        _decoder_layers(m)
+        decoder_layers_path(m)
         vocab = m.get_input_embeddings().num_embeddings
         bad = next((i for i, d in enumerate(docs) if len(d.ids) and (d.ids.max() >= vocab or d.ids.min() < 0)), None)
         if bad is not None:
@@ -350,7 +340,7 @@ def prepare_harvest(base, distilled, tokenizer_base, tokenizer_distilled, docume
            **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("layer", "dtype")}}
     out = Path(out_dir) if out_dir is not None else paths.artifact_dir(STAGE, key)
     pad_id = tokenizer_base.pad_token_id if tokenizer_base.pad_token_id is not None else 0
-    return HarvestJob(docs, layer, key, out, pairing, _plan(docs, cfg), pad_id, cfg, _decoder_layers(base))
+    return HarvestJob(docs, layer, key, out, pairing, _plan(docs, cfg), pad_id, cfg, decoder_layers_path(base))
 
 
 def finished_store(job: HarvestJob, verify: bool) -> ActivationStore | None:
@@ -435,13 +425,6 @@ def harvest_manifest(job: HarvestJob, shards: list[dict], median, tokenizer_base
 
 def _empty_held() -> dict:
     return {"rows": [], "meta": [], "n_positions": 0, "n_dropped_first": 0, "n_dropped_outlier": 0, "outliers": []}
-
-
-def _flush(writer: StoreWriter, held: dict, dtype: str, split: str, next_batch: int) -> dict:
-    info = {k: held[k] for k in ("n_positions", "n_dropped_first", "n_dropped_outlier", "outliers")}
-    info["batches"] = [held["first_batch"], next_batch]
-    return writer.write_shard(to_storage(np.concatenate(held["rows"]), dtype), np.concatenate(held["meta"]),
-                              split, state={"next_batch": next_batch}, info=info)
 
 
 def _harvest_batch(readers, batch: dict, split: str, idx: list[int], cfg: HarvestConfig, thresh, held: dict) -> None:

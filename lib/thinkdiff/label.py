@@ -1,16 +1,16 @@
-"""Finding and labelling reasoning features: which latents belong to which model, and what they mean.
+"""What latents mean: latent scaling, the reasoning lexicon and ReasonScore, marker-token latents, ground-truth
+AUROC against planted labels, and the features table. (Which model a latent belongs to: ``norms``; the codes
+over a store: ``codes``; the claim verdicts: ``claims``.)
 
 Inputs everywhere: a crosscoder ``cc`` (W_enc [2, d, F], W_dec [F, 2, d], b_enc [F], b_dec [2, d];
 ``encode(x [B, 2, d] raw) -> f [B, F]``, ``decode(f) -> [B, 2, d]`` raw; normalisation folded in) and an
 activation store (``n_tokens``, ``acts(idx) -> [n, 2, d]``, ``meta`` dict of 1-D arrays over all tokens).
 Model index 0 = base, 1 = distilled. Per-token masks and labels are always given over *all* store tokens.
 
-Every latent analysis runs off one pass over the store (``encode_store``), kept as a sparse matrix:
-ReLU codes are sparse, so counts, windowed means, exact AUROCs and top activations all come from it.
+Every analysis here runs off one pass over the store (``codes.encode_store``), kept as a sparse matrix.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,277 +18,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from .codes import (SparseActs, chunk_indices, check_inputs, device_of, eval_mode, global_mask, load_rows,
+                    restrict_rows)
 from .lexicon import CATEGORIES, Lexicon, runs_from_meta
+from .norms import decoder_cosine, decoder_norms, norm_name, norm_scale_of, relative_norm, training_decoder
 
 MODELS = ("base", "distilled")
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Decoder geometry: relative norm, the science-of-finetuning converter, cosine
-# ---------------------------------------------------------------------------------------------------------
-def _norm_scale(cc) -> list[float]:
-    """Per-model scale folded into a crosscoder (raw -> training units); [1, 1] when none is recorded."""
-    cfg = getattr(cc, "config", None)
-    s = getattr(cfg, "norm_scale", None)
-    return [float(v) for v in s] if s is not None else [1.0, 1.0]
-
-
-def _w_dec(W_dec) -> torch.Tensor:
-    """[F, 2, d] float64 decoder in *training* units. Pass the crosscoder itself (not ``cc.W_dec`` of a
-    folded model) so its folded scale is undone, as the paper's relative norm is taken in training units."""
-    if hasattr(W_dec, "W_dec"):
-        s = torch.tensor(_norm_scale(W_dec), dtype=torch.float64)
-        W = W_dec.W_dec.detach().double().cpu() * s[None, :, None]
-    else:
-        W = W_dec.detach() if isinstance(W_dec, torch.Tensor) else torch.as_tensor(np.asarray(W_dec))
-    if W.ndim != 3 or W.shape[1] != 2:
-        raise ValueError(f"W_dec must be [F, 2, d] (model 0 = base, 1 = distilled), got {tuple(W.shape)}")
-    return W.double().cpu()
-
-
-def decoder_norms(W_dec, p: float = 2) -> np.ndarray:
-    """[F, 2] per-model decoder norms ``||W_dec[i, m]||_p`` (training units; ``W_dec`` may be the crosscoder)."""
-    return torch.linalg.vector_norm(_w_dec(W_dec), ord=p, dim=-1).numpy()
-
-
-def relative_norm(W_dec, p: float = 2) -> np.ndarray:
-    """[F] ``||d_distilled||_p / (||d_base||_p + ||d_distilled||_p)``: 1 distilled-only, 0.5 shared, 0 base-only.
-
-    ``p=2`` by default (the training penalty's norm); ``p=1`` is the paper's variant. Both norms 0 -> nan.
-    """
-    n = decoder_norms(W_dec, p)
-    tot = n.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(tot > 0, n[:, 1] / tot, np.nan)
-
-
-def dec_norm_diff(W_dec, p: float = 2) -> np.ndarray:
-    """science-of-finetuning's ``dec_norm_diff`` (prior-art §1.5), for comparison only: 0 = fine-tune-only."""
-    n = decoder_norms(W_dec, p)
-    mx = n.max(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mx > 0, 0.5 * ((n[:, 0] - n[:, 1]) / mx + 1), np.nan)
-
-
-def relative_norm_from_dec_norm_diff(delta) -> np.ndarray:
-    """Convert ``dec_norm_diff`` values to our relative norm (a different function, not ``1 - delta``).
-
-    With q = min/max norm ratio: delta >= 0.5 means base >= distilled and q = 2(1 - delta), r = q/(1+q);
-    delta < 0.5 means distilled larger, q = 2 delta, r = 1/(1+q).
-    """
-    d = np.asarray(delta, dtype=float)
-    if np.any((d < 0) | (d > 1)):
-        raise ValueError("dec_norm_diff values must lie in [0, 1]")
-    q_base_big, q_dist_big = 2 * (1 - d), 2 * d
-    return np.where(d >= 0.5, q_base_big / (1 + q_base_big), 1 / (1 + q_dist_big))
-
-
-def dec_norm_diff_from_relative_norm(r) -> np.ndarray:
-    """Inverse of ``relative_norm_from_dec_norm_diff``."""
-    r = np.asarray(r, dtype=float)
-    if np.any((r < 0) | (r > 1)):
-        raise ValueError("relative norms must lie in [0, 1]")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(r <= 0.5, 1 - r / (1 - r) / 2, (1 - r) / r / 2)
-
-
-def decoder_cosine(W_dec) -> np.ndarray:
-    """[F] cosine between the base and distilled decoder vectors of each latent (nan if either is 0)."""
-    W = _w_dec(W_dec)
-    n = torch.linalg.vector_norm(W, dim=-1)
-    dot = (W[:, 0] * W[:, 1]).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n > 0).all(1).numpy(), (dot / (n[:, 0] * n[:, 1])).numpy(), np.nan)
-
-
-def _norm_name(p) -> str:
-    return {1: "L1", 2: "L2"}.get(p, f"L{p}")
-
-
-def plot_relative_norms(nrn, p: float = 2, bins: int = 50, title: str | None = None):
-    """Histogram of relative norms with log counts; the norm used is printed on the figure."""
-    import matplotlib.pyplot as plt
-
-    nrn = np.asarray(nrn, dtype=float)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(nrn[np.isfinite(nrn)], bins=bins, range=(0, 1), log=True, color="tab:purple")
-    ax.set_xlabel("relative decoder norm (0 = base-only, 0.5 = shared, 1 = distilled-only)")
-    ax.set_ylabel("latents (log scale)")
-    ax.set_title(title or f"Relative decoder norm, {_norm_name(p)} (p={p}), {np.isfinite(nrn).sum()} latents")
-    return fig
-
-
-def plot_decoder_cosine(cos, nrn, shared=(0.3, 0.7), bins: int = 50, p: float = 2):
-    """Histogram (log counts) of the base/distilled decoder cosine for shared latents (nrn in ``shared``)."""
-    import matplotlib.pyplot as plt
-
-    cos, nrn = np.asarray(cos, float), np.asarray(nrn, float)
-    sel = np.isfinite(cos) & (nrn >= shared[0]) & (nrn <= shared[1])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(cos[sel], bins=bins, range=(-1, 1), log=True, color="tab:green")
-    ax.set_xlabel("cosine(d_base, d_distilled)")
-    ax.set_ylabel("latents (log scale)")
-    ax.set_title(f"Decoder cosine of shared latents ({sel.sum()}, {_norm_name(p)} relative norm in "
-                 f"[{shared[0]}, {shared[1]}])")
-    return fig
-
-
-def top_latents(nrn, n: int = 100, side: str = "distilled") -> np.ndarray:
-    """Indices of the ``n`` most distilled-specific (highest nrn) or base-specific (lowest) latents."""
-    nrn = np.asarray(nrn, float)
-    if side not in ("distilled", "base"):
-        raise ValueError("side must be 'distilled' or 'base'")
-    key = np.where(np.isfinite(nrn), nrn, -np.inf if side == "distilled" else np.inf)
-    order = np.argsort(-key if side == "distilled" else key, kind="stable")
-    return order[:n]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# One pass over the store
-# ---------------------------------------------------------------------------------------------------------
-def _check_inputs(cc, store):
-    for name in ("W_enc", "W_dec", "b_enc", "b_dec", "encode", "decode"):
-        if not hasattr(cc, name):
-            raise TypeError(f"crosscoder lacks {name!r}")
-    _w_dec(cc.W_dec)
-    for name in ("n_tokens", "acts", "meta"):
-        if not hasattr(store, name):
-            raise TypeError(f"activation store lacks {name!r}")
-
-
-def _device(cc):
-    return cc.W_dec.device
-
-
-@contextlib.contextmanager
-def _eval_mode(cc):
-    """BatchTopK codes depend on the batch in training mode; analyse in eval mode, then restore."""
-    was = getattr(cc, "training", False)
-    if hasattr(cc, "train"):
-        cc.train(False)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        if hasattr(cc, "train"):
-            cc.train(was)
-
-
-def _global_mask(mask, n_tokens: int, what: str = "mask") -> np.ndarray:
-    if mask is None:
-        return np.ones(n_tokens, dtype=bool)
-    mask = np.asarray(mask)
-    if mask.dtype != bool or mask.shape != (n_tokens,):
-        raise ValueError(f"{what} must be a bool array over all {n_tokens} store tokens, got {mask.dtype} {mask.shape}")
-    return mask
-
-
-def _chunks(idx: np.ndarray, chunk: int, desc: str):
-    if chunk < 1:
-        raise ValueError("chunk must be >= 1")
-    for s in tqdm(range(0, len(idx), chunk), desc=desc, leave=False):
-        yield idx[s: s + chunk]
-
-
-def _load(store, idx, cc) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(store.acts(idx), dtype=np.float32))
-    if x.ndim != 3 or x.shape[1] != 2 or x.shape[0] != len(idx):
-        raise ValueError(f"store.acts returned {tuple(x.shape)}, expected [{len(idx)}, 2, d]")
-    return x.to(_device(cc), cc.W_dec.dtype)
-
-
-@dataclass
-class SparseActs:
-    """Latent activations of the evaluated tokens, as a sparse [N, F] matrix (entries > 0 only).
-
-    ``token_index`` [N] are the store indices of the evaluated tokens (ascending); ``rows`` index into it.
-    """
-    token_index: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
-    vals: np.ndarray
-    n_latents: int
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.token_index)
-
-    @classmethod
-    def from_dense(cls, f, token_index=None) -> "SparseActs":
-        """From a dense [N, F] activation matrix (entries <= 0 dropped); ``token_index`` defaults to 0..N-1."""
-        f = np.asarray(f, dtype=np.float32)
-        r, c = np.nonzero(f > 0)
-        ti = np.arange(len(f)) if token_index is None else np.asarray(token_index)
-        return cls(ti, r.astype(np.int64), c.astype(np.int64), f[r, c], f.shape[1])
-
-    def local(self, global_array) -> np.ndarray:
-        """Restrict an array over all store tokens to the evaluated tokens."""
-        return np.asarray(global_array)[self.token_index]
-
-    def sums(self, weights) -> np.ndarray:
-        """[K, F] ``sum_t weights[t, k] * f[t, j]`` for ``weights`` [N, K] over the evaluated tokens."""
-        w = torch.as_tensor(np.asarray(weights, dtype=np.float64).reshape(self.n_tokens, -1))
-        A = torch.sparse_coo_tensor(np.stack([self.cols, self.rows]), torch.as_tensor(self.vals, dtype=torch.float64),
-                                    (self.n_latents, self.n_tokens), check_invariants=False)
-        return torch.sparse.mm(A, w).T.numpy()
-
-    def counts(self, weights) -> np.ndarray:
-        """[K, F] number of evaluated tokens with ``weights[t, k]`` set on which latent j fires."""
-        w = np.asarray(weights, dtype=np.float64).reshape(self.n_tokens, -1)
-        out = np.zeros((w.shape[1], self.n_latents))
-        for k in range(w.shape[1]):
-            out[k] = np.bincount(self.cols, weights=w[self.rows, k], minlength=self.n_latents)
-        return out
-
-    def frequency(self) -> np.ndarray:
-        """[F] fraction of evaluated tokens on which each latent fires."""
-        return np.bincount(self.cols, minlength=self.n_latents) / max(self.n_tokens, 1)
-
-    def column(self, j: int) -> np.ndarray:
-        """[N] dense activations of latent ``j``."""
-        out = np.zeros(self.n_tokens, dtype=np.float32)
-        sel = self.cols == j
-        out[self.rows[sel]] = self.vals[sel]
-        return out
-
-
-def encode_store(cc, store, mask=None, chunk: int = 4096, max_entries: int = 100_000_000) -> SparseActs:
-    """Encode the store's tokens (all, or ``mask`` [n_tokens] bool) with the crosscoder, keeping f > 0.
-
-    Uses ``cc.encode`` on raw activations, i.e. the crosscoder's own folded normalisation. Raises before
-    going on if the codes grow past ``max_entries`` non-zeros (pass a token mask to subsample).
-    """
-    _check_inputs(cc, store)
-    idx = np.nonzero(_global_mask(mask, store.n_tokens))[0]
-    if len(idx) == 0:
-        raise ValueError("the token mask selects no tokens")
-    rows, cols, vals, nnz = [], [], [], 0
-    with _eval_mode(cc):
-        for start, part in zip(range(0, len(idx), chunk), _chunks(idx, chunk, "encode store")):
-            f = cc.encode(_load(store, part, cc))
-            r, c = torch.nonzero(f > 0, as_tuple=True)
-            nnz += len(r)
-            if nnz > max_entries:
-                raise MemoryError(f"more than {max_entries} non-zero latent activations after {start + len(part)} "
-                                  f"of {len(idx)} tokens; pass a smaller token mask")
-            rows.append((r + start).cpu().numpy())
-            cols.append(c.cpu().numpy())
-            vals.append(f[r, c].float().cpu().numpy())
-    F = int(cc.W_dec.shape[0])
-    return SparseActs(idx, np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64),
-                      np.concatenate(vals).astype(np.float32), F)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Latent scaling (Minder et al., prior-art §1.5)
-# ---------------------------------------------------------------------------------------------------------
 def _check_folded(cc):
     """decode must equal f @ W_dec + b_dec (raw units); otherwise decoder rows are not raw directions."""
     F = cc.W_dec.shape[0]
     g = torch.Generator().manual_seed(0)
-    f = torch.rand(3, F, generator=g).to(_device(cc), cc.W_dec.dtype)
+    f = torch.rand(3, F, generator=g).to(device_of(cc), cc.W_dec.dtype)
     with torch.no_grad():
         got = cc.decode(f)
         want = torch.einsum("bf,fmd->bmd", f, cc.W_dec) + cc.b_dec
@@ -310,16 +52,16 @@ def latent_scaling(cc, store, latents, mask=None, chunk: int = 4096, nu_error_ma
     Returns one row per latent with the betas, ratios, ``n_active`` and a ``flag``
     ("genuine", "shrinkage", "decoupling", "shrinkage+decoupling", "inactive").
     """
-    _check_inputs(cc, store)
+    check_inputs(cc, store)
     _check_folded(cc)
     J = np.asarray(latents, dtype=np.int64).ravel()
     F = cc.W_dec.shape[0]
     if len(J) == 0 or J.min() < 0 or J.max() >= F:
         raise ValueError(f"latents must be a non-empty set of indices in [0, {F})")
-    idx = np.nonzero(_global_mask(mask, store.n_tokens))[0]
+    idx = np.nonzero(global_mask(mask, store.n_tokens))[0]
     if len(idx) == 0:
         raise ValueError("the token mask selects no tokens")
-    dev = _device(cc)
+    dev = device_of(cc)
     Jt = torch.as_tensor(J, device=dev)
     Wd = cc.W_dec.detach()[Jt].double()         # [J, 2, d]
     D = Wd[:, 1]                                # [J, d] the distilled direction
@@ -327,9 +69,9 @@ def latent_scaling(cc, store, latents, mask=None, chunk: int = 4096, nu_error_ma
     a_rec = torch.zeros_like(a_err)
     S = torch.zeros(len(J), dtype=torch.float64, device=dev)
     n_active = torch.zeros(len(J), dtype=torch.long, device=dev)
-    with _eval_mode(cc):
-        for part in _chunks(idx, chunk, "latent scaling"):
-            x = _load(store, part, cc)
+    with eval_mode(cc):
+        for part in chunk_indices(idx, chunk, "latent scaling"):
+            x = load_rows(store, part, cc)
             f = cc.encode(x)
             xh = cc.decode(f)
             fJ = f[:, Jt].double()
@@ -345,7 +87,7 @@ def latent_scaling(cc, store, latents, mask=None, chunk: int = 4096, nu_error_ma
     with np.errstate(invalid="ignore", divide="ignore"):
         # Raw -> training units (as in Minder et al., whose crosscoders see normalised activations):
         # beta^m scales by s_m / s_distilled, so the ratios do not reflect the models' raw norm ratio.
-        s = np.asarray(_norm_scale(cc))
+        s = np.asarray(norm_scale_of(cc))
         unit = (s / s[1])[:, None]
         b_err = ((a_err + S * own) / denom).cpu().numpy() * unit
         b_rec = (a_rec / denom).cpu().numpy() * unit
@@ -529,7 +271,7 @@ def plot_category_relative_norms(cat_latents: pd.DataFrame, p: float = 2, bins: 
         for i in (0, len(patches) - 1):
             patches[i].set_facecolor("tab:red")
         ax.set_title(f"{cat} ({len(v)} latents)")
-        ax.set_xlabel(f"relative norm ({_norm_name(p)})")
+        ax.set_xlabel(f"relative norm ({norm_name(p)})")
         ax.set_ylabel("latents (log scale)")
     fig.suptitle("Latents active at each category's marker tokens")
     fig.tight_layout()
@@ -594,7 +336,7 @@ def ground_truth_auroc(acts: SparseActs, labels, nrn, categories=CATEGORIES, exc
     valid = lab >= 0
     if not valid.any():
         raise ValueError("no evaluated token carries a planted label (all -1)")
-    sub = acts if valid.all() else _restrict(acts, valid)
+    sub = acts if valid.all() else restrict_rows(acts, valid)
     lab = lab[valid]
     nrn = np.asarray(nrn, float)
     au = auroc_per_latent(sub, np.stack([lab == i + 1 for i in range(len(categories))], 1))
@@ -612,18 +354,6 @@ def ground_truth_auroc(acts: SparseActs, labels, nrn, categories=CATEGORIES, exc
     return GroundTruth(pd.DataFrame(rows), auroc)
 
 
-def restrict(acts: SparseActs, mask) -> SparseActs:
-    """The evaluated tokens of ``acts`` that ``mask`` (bool over *all* store tokens, e.g. held-out) keeps."""
-    return _restrict(acts, acts.local(np.asarray(mask, bool)))
-
-
-def _restrict(acts: SparseActs, keep) -> SparseActs:
-    keep = np.asarray(keep, bool)
-    new_row = np.cumsum(keep) - 1
-    sel = keep[acts.rows]
-    return SparseActs(acts.token_index[keep], new_row[acts.rows[sel]], acts.cols[sel], acts.vals[sel], acts.n_latents)
-
-
 def lexicon_validation(lexicon: Lexicon, meta, mask=None) -> pd.DataFrame:
     """Precision/recall of the lexicon matcher against planted labels, per entry and per category.
 
@@ -632,7 +362,7 @@ def lexicon_validation(lexicon: Lexicon, meta, mask=None) -> pd.DataFrame:
     ``mask`` (e.g. held-out tokens) restricts the tokens that are counted; matching sees all tokens.
     """
     n = len(meta["token_id"])
-    mask = _global_mask(mask, n)
+    mask = global_mask(mask, n)
     labels = np.asarray(meta["label"])
     marker = np.asarray(meta["marker"], bool) if "marker" in meta else np.zeros(n, bool)
     g = lexicon_groups(lexicon, meta, 0, 0) & mask[:, None]
@@ -673,7 +403,7 @@ def features_table(W_dec, acts: SparseActs | None = None, scaling: pd.DataFrame 
     category holding >= ``lexicon_min_share`` of the latent's activation in its lexicon windows.
     ``label`` / ``label_source`` take the first present of ground truth, score, lexicon ("" / "none").
     """
-    F = _w_dec(W_dec).shape[0]
+    F = training_decoder(W_dec).shape[0]
     nb = decoder_norms(W_dec, 2)
     df = pd.DataFrame({"latent": np.arange(F), "relative_norm": relative_norm(W_dec, 2),
                        "relative_norm_l1": relative_norm(W_dec, 1), "dec_norm_base": nb[:, 0],
@@ -775,48 +505,3 @@ def lexical_profile(acts: SparseActs, meta, latents, token_ids, category: str) -
         df["label_ratio"] = df["fire_unlabelled"] / df["fire_labelled"]
     df.attrs.update(n_labelled=int(labelled.sum()), n_unlabelled=int(unlabelled.sum()))
     return df
-
-
-def _verdict(holds) -> str:
-    holds = list(holds)
-    return "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
-
-
-def claim1_verdict(nrn, alive, lo: float = 0.1, hi: float = 0.9) -> tuple[str, str]:
-    """Claim 1: live latents exist near relative norm 1 (>= ``hi``) and near 0 (<= ``lo``)."""
-    nrn, alive = np.asarray(nrn, float), np.asarray(alive, bool)
-    v = nrn[alive & np.isfinite(nrn)]
-    n_d, n_b = int((v >= hi).sum()), int((v <= lo).sum())
-    return _verdict([n_d > 0, n_b > 0]), (f"{len(v)} live latents: {n_d} with relative norm >= {hi} (distilled-only), "
-                                          f"{n_b} <= {lo} (base-only); mean {v.mean():.3f}, std {v.std():.3f} "
-                                          f"(paper 1.5B/7B/14B means 0.504/0.492/0.540)")
-
-
-def claim3_verdict(cat_latents: pd.DataFrame, shared=(0.3, 0.7), top: float = 0.95) -> tuple[str, str]:
-    """Claim 3: per category, most marker-active latents are shared (relative norm within ``shared``)."""
-    holds, parts = [], []
-    for cat, g in cat_latents.groupby("category", sort=False):
-        r = g["relative_norm"].to_numpy()
-        frac = float(((r >= shared[0]) & (r <= shared[1])).mean()) if len(r) else float("nan")
-        holds.append(frac > 0.5)
-        parts.append(f"{cat}: {frac:.0%} of {len(r)} shared, {int((r >= top).sum())} in [{top}, 1]")
-    return _verdict(holds), "; ".join(parts)
-
-
-def claim4_verdict(profile: pd.DataFrame, nrn, base_max: float = 0.3, min_purity: float = 0.8,
-                   ratio=(0.5, 2.0)) -> tuple[str, str]:
-    """Claim 4 on ``lexical_profile`` rows: are the base-side (relative norm <= ``base_max``) marker latents
-    lexical, i.e. token purity >= ``min_purity`` and an unlabelled/labelled firing ratio within ``ratio``
-    (they fire on the word whatever its role)? ``supports`` if all are, ``contradicts`` if none, else
-    ``mixed``; ``not tested`` when no profiled latent is base-side."""
-    nrn = np.asarray(nrn, float)
-    p = profile.assign(relative_norm=nrn[profile["latent"]]).sort_values("relative_norm")
-    n = f"(n = {profile.attrs.get('n_labelled', '?')} reasoning / {profile.attrs.get('n_unlabelled', '?')} ordinary uses)"
-    base = p[p["relative_norm"] <= base_max]
-    if base.empty:
-        lo = f"; the most base-leaning has relative norm {p['relative_norm'].iloc[0]:.2f}" if len(p) else ""
-        return "not tested", f"no marker latent is base-side (relative norm <= {base_max}) {n}{lo}"
-    lex = (base["token_purity"] >= min_purity) & base["label_ratio"].between(*ratio)
-    parts = [f"latent {int(r.latent)} (nrn {r.relative_norm:.2f}): purity {r.token_purity:.2f}, fires on "
-             f"{r.fire_labelled:.0%} of reasoning / {r.fire_unlabelled:.0%} of ordinary uses" for r in base.head(3).itertuples()]
-    return _verdict(lex), f"{int(lex.sum())} of {len(base)} base-side marker latents are lexical {n}: " + "; ".join(parts)

@@ -18,10 +18,10 @@ The crosscoder is used as given: a folded one (raw units, ``eval()`` mode) as ``
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
+
+from .hooks import resid_hook
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -109,29 +109,6 @@ def evaluate(crosscoder, store, split: str = "heldout", batch_size: int = 4096, 
             "dead_frac": dead_fraction(counts.numpy()), "density": density}
 
 
-def _hook_module(model, layer: int):
-    layers = model.model.layers
-    if not 0 <= layer <= len(layers):
-        raise ValueError(f"layer {layer} is outside 0..{len(layers)} for a model with {len(layers)} decoder layers")
-    # resid_pre of block L is the output of decoder layer L-1 (of the embedding for L = 0)
-    return model.model.embed_tokens if layer == 0 else layers[layer - 1]
-
-
-@contextlib.contextmanager
-def _hook(module, fn):
-    """Forward hook replacing the module's output by ``fn(output)``; tolerates tuple outputs."""
-    def hook(_mod, _inp, out):
-        if isinstance(out, tuple):
-            return (fn(out[0]),) + tuple(out[1:])
-        return fn(out)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _ce_and_logp(logits, input_ids, valid):
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     nll = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
@@ -170,9 +147,8 @@ def spliced_loss(models, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
         def grab(out, store=store):
             store["x"] = out
-            return out
 
-        with _hook(_hook_module(mdl, layer), grab):
+        with resid_hook(mdl, layer, grab):
             logits = mdl(input_ids=input_ids, attention_mask=attention_mask).logits
         clean_acts.append(store["x"])
         clean.append(_ce_and_logp(logits, input_ids, valid))
@@ -190,7 +166,7 @@ def spliced_loss(models, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                 o[splice] = repl.to(o.dtype)
                 return o
 
-            with _hook(_hook_module(mdl, layer), put):
+            with resid_hook(mdl, layer, put):
                 logits = mdl(input_ids=input_ids, attention_mask=attention_mask).logits
             ce, logp = _ce_and_logp(logits, input_ids, valid)
             kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)[valid].mean().item()

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import paths, world
+from .evaluate import generate  # noqa: F401  (organism.generate: one generation helper for every pair)
 from .world import CATEGORIES, CATEGORY_ID, EOS, MARKERS, THINK_CLOSE, THINK_OPEN  # noqa: F401
 
 SHIPPED_DIR = paths.DATA_DIR / "organism"
@@ -297,32 +298,6 @@ def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_a
 
 
 # ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 200, batch_size: int = 64,
-             sample_seed: int | None = None) -> list[str]:
-    """Continuations of ``prompts`` (left padding), decoded with ``<think>`` kept.
-
-    Greedy by default; with ``sample_seed`` set, ancestral sampling at temperature 1 (seeded), which is
-    how a model's move *rates* are compared with the teacher's (greedy keeps only the modal move).
-    """
-    tokenizer.padding_side = "left"
-    outs = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        sampling = {"do_sample": False}
-        if sample_seed is not None:
-            torch.manual_seed(sample_seed + i)
-            sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        for row in gen[:, enc["input_ids"].shape[1]:]:
-            row = row.tolist()
-            if tokenizer.eos_token_id in row:
-                row = row[:row.index(tokenizer.eos_token_id)]
-            outs.append(tokenizer.decode(row))
-    return outs
-
-
 def marker_counts(text: str) -> dict:
     """Occurrences of each category's marker words in ``text`` (the organism's single-token markers)."""
     return {c: sum(text.count(w) for w in MARKERS[c]) for c in CATEGORIES}
@@ -376,35 +351,19 @@ def teacher_traces(problems, cfg: CorpusConfig | None = None, seed: int = 7) -> 
     return [world.teacher_document(p, rng, cfg.teacher) for p in problems]
 
 
-@torch.no_grad()
 def teacher_forced_ce(model, tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7,
                       batch_size: int = 32) -> float:
-    """Mean cross-entropy (nats per token) of the teacher's traces on ``problems``, prompt excluded.
+    """Mean cross-entropy (nats per token, over all trace tokens) of the teacher's traces on ``problems``,
+    prompt excluded. A smooth measure of how well a model imitates the teacher: it moves even where accuracy
+    does not."""
+    from .evaluate import teacher_forced_nll
 
-    A smooth measure of how well a model imitates the teacher: it moves even where accuracy does not.
-    """
-    losses, n = 0.0, 0
     traces = [world.spans_text(t) for t in teacher_traces(problems, cfg, seed)]
-    for i in range(0, len(problems), batch_size):
-        rows = []
-        for p, text in zip(problems[i:i + batch_size], traces[i:i + batch_size]):
-            n_prompt = len(tokenizer(p.prompt, add_special_tokens=False)["input_ids"])
-            rows.append((tokenizer(text, add_special_tokens=False)["input_ids"], n_prompt))
-        T = max(len(ids) for ids, _ in rows)
-        x = torch.full((len(rows), T), tokenizer.pad_token_id)
-        y = torch.full((len(rows), T), -100)
-        for r, (ids, n_prompt) in enumerate(rows):
-            x[r, :len(ids)] = torch.tensor(ids)
-            y[r, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
-        logits = model(input_ids=x).logits[:, :-1].float()
-        target = y[:, 1:]
-        losses += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                    ignore_index=-100, reduction="sum").item()
-        n += int((target != -100).sum())
-    return losses / max(n, 1)
+    nll, n_tok = teacher_forced_nll(model, tokenizer, [p.prompt for p in problems],
+                                    [t[len(p.prompt):] for t, p in zip(traces, problems)], batch_size)
+    return float(nll.sum() / max(n_tok.sum(), 1))
 
 
-# The organism is accepted as a distillation when, on >= MIN_EVAL held-out problems (greedy):
 ACCEPTANCE = {"min_gain": 0.20, "max_p": 0.01, "min_well_formed": 0.95, "marker_tolerance": 0.30, "min_eval": 200}
 
 

@@ -1,30 +1,36 @@
 """Glue between stages: every notebook gets its upstream artifacts from here, built and cached by config.
 
-So any notebook can be opened first: ``get_store`` harvests if the store is missing,
-``get_crosscoder`` trains if the checkpoint is missing, each keyed by the config that made it.
-Defaults below are the embedded default's (the organism) and are what ``make demo`` runs.
+``load_run("organism-m")`` reads the run config (``configs/organism-m.toml``, see ``runconfig``) and returns a
+``Run``: the pair, its activation store, one crosscoder per sparsity scheme, their encoded codes, relative norms
+and (where the store has planted labels) ground truth, each built on first use or loaded from the cache. So any
+notebook can be opened first, and every notebook of a run sees the same artifacts.
+
+Cache keys chain: the store's key holds the models, layer and corpus; a crosscoder's holds the store's hash and
+its training config; ``Run.key(stage)`` (what analysis caches and report records are keyed on) holds the
+crosscoders' keys and the stage's settings. A changed setting rebuilds what depends on it and nothing else.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from . import presets as _presets
 from .harvest import HarvestConfig
-from .train import ORGANISM_BATCHTOPK, ORGANISM_RELU, PAPER, TrainConfig
+from .train import ORGANISM, PAPER, TrainConfig
 
 # Harvest corpus of the organism: documents, share that are teacher traces, seed (not the training seed).
 ORGANISM_CORPUS = {"n_docs": 3000, "teacher_fraction": 0.5, "seed": 1}
-SCHEMES = {"relu": ORGANISM_RELU, "batchtopk": ORGANISM_BATCHTOPK}
+SCHEMES = ORGANISM   # the organism's training config of every sparsity scheme (trainers.SCHEMES)
 
 _PAIRS: dict = {}
 
 
-def load_pair(preset: str = _presets.DEFAULT_PRESET):
-    """The model pair of ``preset``, loaded once per process."""
+def load_pair(preset: str = _presets.DEFAULT_PRESET, layer: int | None = None):
+    """The model pair of ``preset`` (hooked at ``layer``, None: the preset's), loaded once per process."""
     p = _presets.get_preset(preset)
-    if p.name not in _PAIRS:
-        _PAIRS[p.name] = _presets.load_pair(p)
-    return _PAIRS[p.name]
+    if (p.name, layer) not in _PAIRS:
+        _PAIRS[(p.name, layer)] = _presets.load_pair(p, layer)
+    return _PAIRS[(p.name, layer)]
 
 
 def documents(pair, n_docs: int | None = None, teacher_fraction: float | None = None, seed: int | None = None,
@@ -78,3 +84,167 @@ def get_crosscoder(preset: str = _presets.DEFAULT_PRESET, scheme: str = "relu", 
     if store is None:
         _, store = get_store(preset, progress=progress)
     return _get_crosscoder(store, train_config(preset, scheme, **overrides), progress=progress)
+
+
+STAGES = ("evaluate", "harvest", "train", "label", "steer", "geometry")
+
+
+class Run:
+    """Everything one run config decides, built or loaded lazily (index 0 = base, 1 = distilled everywhere).
+
+    ``config``: the ``RunConfig``; ``pair``, ``store``, ``crosscoders`` (scheme -> CrossCoder, the first scheme
+    is the main one), ``codes(scheme)`` (``codes.SparseActs`` over the whole store), ``relative_norms(scheme)``
+    ([n_latents], 1 = distilled-only), ``has_labels`` and ``ground_truth(scheme)`` (organism runs only).
+    """
+
+    def __init__(self, config, progress: bool = True):
+        self.config = config
+        self.progress = progress
+        self._codes: dict = {}
+        self._crosscoders: dict = {}
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, preset={self.config.preset!r}, schemes={self.config.schemes}, smoke={self.config.smoke})"
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def preset(self):
+        return _presets.get_preset(self.config.preset)
+
+    @property
+    def is_organism(self) -> bool:
+        return self.preset.kind == "organism"
+
+    @property
+    def tested(self) -> bool:
+        """False for smoke runs: claims and targets are then reported as "not tested"."""
+        return self.config.tested
+
+    @property
+    def pair(self):
+        return load_pair(self.config.preset, self.config.harvest["layer"])
+
+    def harvest_config(self) -> HarvestConfig:
+        h = self.config.harvest
+        fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in h.items()
+                  if k not in ("n_docs", "teacher_fraction", "seed", "corpus")}
+        fields["layer"] = self.pair.layer
+        return HarvestConfig(**fields).validate()
+
+    def documents(self, n_docs: int | None = None, seed: int | None = None):
+        """The run's harvest corpus (``n_docs``/``seed`` given: another draw of the same kind, e.g. held-out)."""
+        h = self.config.harvest
+        return documents(self.pair, h["n_docs"] if n_docs is None else n_docs, h["teacher_fraction"],
+                         h["seed"] if seed is None else seed, **h["corpus"])
+
+    @functools.cached_property
+    def store(self):
+        from .harvest import get_store as _get_store
+
+        return _get_store(self.pair, self.documents(), self.harvest_config(), progress=self.progress)
+
+    def train_config(self, scheme: str | None = None) -> TrainConfig:
+        scheme = scheme or self.config.schemes[0]
+        if scheme not in self.config.train:
+            raise ValueError(f"run {self.name!r} trains {self.config.schemes}, not {scheme!r}")
+        d = dict(self.config.train[scheme])
+        d["betas"] = tuple(d["betas"])
+        return TrainConfig(**d).validate()
+
+    def crosscoder(self, scheme: str | None = None):
+        """The crosscoder of ``scheme`` (default: the main one), trained on first use and cached by key."""
+        from .train import get_crosscoder as _get_crosscoder
+
+        scheme = scheme or self.config.schemes[0]
+        if scheme not in self._crosscoders:
+            self._crosscoders[scheme] = _get_crosscoder(self.store, self.train_config(scheme), progress=self.progress)
+        return self._crosscoders[scheme]
+
+    @property
+    def crosscoders(self) -> dict:
+        return {s: self.crosscoder(s) for s in self.config.schemes}
+
+    def crosscoder_key(self, scheme: str | None = None) -> str:
+        """The cache key of ``scheme``'s crosscoder (store hash + training config); needs no training."""
+        from .train import cache_key
+
+        return cache_key(self.store, self.train_config(scheme))
+
+    def codes(self, scheme: str | None = None):
+        """The crosscoder's activations over every store token, kept sparse (``codes.SparseActs``)."""
+        from .codes import encode_store
+
+        scheme = scheme or self.config.schemes[0]
+        if scheme not in self._codes:
+            self._codes[scheme] = encode_store(self.crosscoder(scheme), self.store)
+        return self._codes[scheme]
+
+    def relative_norms(self, scheme: str | None = None, p: float = 2):
+        """[n_latents] ``||d_distilled|| / (||d_base|| + ||d_distilled||)`` of ``scheme``'s decoder."""
+        from .norms import relative_norm
+
+        return relative_norm(self.crosscoder(scheme), p=p)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when the store carries planted token labels (the organism's teacher moves)."""
+        lab = self.store.meta.get("label") if hasattr(self.store.meta, "get") else None
+        return lab is not None and bool((lab >= 0).any() and (lab > 0).any())
+
+    def ground_truth(self, scheme: str | None = None):
+        """``label.GroundTruth`` of ``scheme`` against the planted labels; a clear error where there are none."""
+        from . import label
+
+        if not self.has_labels:
+            raise ValueError(f"run {self.name!r} ({self.config.preset}) has no planted labels: ground truth exists "
+                             "only for the organism")
+        return label.ground_truth_auroc(self.codes(scheme), self.store.meta["label"], self.relative_norms(scheme))
+
+    def category_scores(self, scheme: str | None = None):
+        """(scores [n_latents x 4 categories], what they are): each latent's held-out-free score per reasoning
+        category. Planted labels give the ground-truth AUROC; without them, the ReasonScore over the lexicon
+        with the run's ``[label]`` settings (the paper's kind of evidence)."""
+        from . import label, lexicon
+
+        if self.has_labels:
+            return self.ground_truth(scheme).auroc, "ground-truth AUROC"
+        L = self.config.label
+        tok = self.pair.tokenizer
+        rs = label.reason_scores(self.codes(scheme), lexicon.Lexicon(tok), self.store.meta, alpha=L["reasonscore_alpha"],
+                                 before=L["window"][0], after=L["window"][1], special_ids=tok.all_special_ids)
+        return rs.score, "ReasonScore"
+
+    def key(self, stage: str) -> dict:
+        """What a stage's results depend on: its own settings and every upstream artifact's key.
+
+        ``evaluate`` (00) depends on the pair alone; ``harvest`` on the store; ``train``, ``label``, ``steer`` and
+        ``geometry`` on the store and every crosscoder. Hash it (``key_hash``) for a cache folder or a report record."""
+        from .train import store_hash
+
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+        out = {"stage": stage, "preset": self.config.preset, "layer": self.config.harvest["layer"],
+               "settings": getattr(self.config, stage, None)}
+        if stage != "evaluate":
+            out["store"] = store_hash(self.store)
+        if stage not in ("evaluate", "harvest"):
+            out["crosscoders"] = {s: self.crosscoder_key(s) for s in self.config.schemes}
+        return out
+
+    def key_hash(self, stage: str) -> str:
+        from . import paths
+
+        return paths.config_hash(self.key(stage))
+
+
+def load_run(run="organism-m", overrides: dict | None = None, progress: bool = True) -> Run:
+    """The run named ``run`` (``configs/<run>.toml``, a ``.toml`` path, or a ``RunConfig``), validated up front.
+
+    Nothing is built until asked for: ``run.store`` harvests, ``run.crosscoder()`` trains, each only if not
+    cached. ``overrides`` (``{"train.relu.n_steps": 500}``) make a visibly different run (see ``runconfig.load``)."""
+    from . import runconfig
+
+    return Run(runconfig.load(run, overrides), progress=progress)

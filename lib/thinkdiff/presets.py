@@ -56,6 +56,13 @@ for _size in ("S", "M", "L"):
                     notes=f"distillation model organism, size {_size}"))
 # The embedded default every notebook runs on.
 DEFAULT_PRESET = "organism-m"
+# A stand-in for the real pairs on a CPU: two tiny random-weight Qwen2 models with the qwen-1.5b architecture
+# scaled to width 64 and 4 blocks, the real embedding size and the real tokenizers (``qwen.tiny_qwen_pair``, built
+# on first use and cached). Everything a real pair runs, it runs in seconds; its numbers mean nothing.
+register(Preset(name="tiny-qwen-1.5b", kind="hf", base="tiny:qwen-1.5b", distilled="tiny:qwen-1.5b", layer=2,
+                dtype="float32", train_config="paper", corpus="openthoughts",
+                notes="tiny random stand-in for qwen-1.5b (code path only)",
+                extra={"tiny": {"flavour_config": "qwen-1.5b", "hidden": 64, "layers": 4}}))
 
 
 def get_preset(name: str | Preset) -> Preset:
@@ -69,10 +76,8 @@ def get_preset(name: str | Preset) -> Preset:
 
 def _register_hf_presets() -> None:
     """The real Qwen pairs (hub ids and the paper's settings live in qwen.py)."""
-    try:
-        from .qwen import QWEN_PAIRS
-    except ImportError:  # qwen.py absent: only organism presets
-        return
+    from .qwen import QWEN_PAIRS
+
     for name, spec in QWEN_PAIRS.items():
         if name not in PRESETS:
             register(Preset(name=name, kind="hf", base=spec["base"], distilled=spec["distilled"],
@@ -128,10 +133,15 @@ def load_pair(preset: str | Preset, layer: int | None = None) -> ModelPair:
         return ModelPair(org.base, org.distilled, org.tokenizer, org.tokenizer, lay, p, org)
     import torch
 
-    from .qwen import load_hf_pair
+    from .hf import load_hf_pair
+    from .qwen import tiny_qwen_pair
 
+    base, distilled = p.base, p.distilled
+    if "tiny" in p.extra:
+        tiny = tiny_qwen_pair(**p.extra["tiny"])
+        base, distilled = str(tiny.base_path), str(tiny.distilled_path)
     device_map = p.placement if torch.cuda.is_available() else "cpu"
-    hf = load_hf_pair(p.base, p.distilled, dtype=p.dtype, device_map=device_map)
+    hf = load_hf_pair(base, distilled, dtype=p.dtype, device_map=device_map)
     lay = resolve_layer(layer if layer is not None else p.layer, hf.base.config.num_hidden_layers, p.name)
     # "base": the paper fed both models the base tokenizer's ids, no template (the harvest then skips the
     # pairing check: one tokenizer object); "own": the harvest compares the two on every document.

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .label import SparseActs, auroc_per_latent, restrict
+from .codes import SparseActs, restrict
+from .label import auroc_per_latent
 
 MIN_CLASS = 5  # a split needs this many positives and negatives for an AUROC
 

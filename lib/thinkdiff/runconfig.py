@@ -1,0 +1,242 @@
+"""Run configs: one plain TOML file per run in ``configs/``, read once, used by every notebook.
+
+A run names its model pair (``preset``) and every setting that decides a result: the harvest (corpus, layer,
+token budget, exclusions), the crosscoder training per sparsity scheme, and the analysis settings of each stage
+(evaluation sets, steering strengths, claim thresholds), fixed before any result is looked at. Notebooks take
+``RUN = "organism-m"`` plus only what they own (bootstrap draws, threads, how many cards to draw), so a later
+notebook cannot quietly change an upstream setting: a different setting is a different run, with its own name
+and cache keys.
+
+    preset = "organism-m"
+    [harvest]
+    n_docs = 3000
+    [train.relu]
+    n_steps = 1000
+
+``extends = "organism-m"`` starts from another run and changes only the keys it lists (tables merge key by key).
+``smoke = true`` marks tiny parameters for tests: such a run computes everything and reports every claim and
+target as "not tested". Keys missing from a section take the defaults below; unknown keys are errors.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+
+CONFIG_DIR = paths.REPO_ROOT / "configs"
+DEFAULT_RUN = "organism-m"
+
+# Harvest settings besides the HarvestConfig fields: which documents (see ``pipeline.documents``).
+CORPUS_KEYS = ("n_docs", "teacher_fraction", "seed", "corpus")
+
+# Each stage's analysis settings with their defaults. Every key a run may set is listed here.
+ANALYSIS_DEFAULTS: dict[str, dict] = {
+    # 00: the pair's own evaluation. Organism runs: the world's held-out problems for each listed size;
+    # hf runs: a math set scored with math-verify (``math_files``: local json/jsonl/parquet, works offline).
+    "evaluate": {"sizes": ["S", "M", "L"], "n_eval": 200, "max_new_tokens": 160, "math_set": "math500",
+                 "math_files": "", "seed": 0},
+    # 03: labelling, latent scaling, ablation, ground truth.
+    "label": {"n_scaling": 100, "reasonscore_alpha": 0.7, "window": [1, 2], "n_occurrences": 50,
+              "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2},
+    # 04: steering. Strengths are multiples of a latent's max activation times its decoder vector.
+    "steer": {"n_prompts": 128, "max_new_tokens": 128, "alphas": [-4, -2, -1, -0.5, 0.5, 1, 2, 4],
+              "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": 0.7,
+              "seed": 0},
+    # 05: geometry across sizes: the runs compared (smallest first) and the evaluation of each pair.
+    "geometry": {"runs": ["organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20], "claim_dim": 2,
+                 "n_eval": 64, "max_new_tokens": 160, "n_ce": 128, "top_k": 6, "seed": 0},
+}
+TOP_KEYS = ("preset", "extends", "smoke", "description", "harvest", "train", *ANALYSIS_DEFAULTS)
+
+
+class RunConfigError(ValueError):
+    """A run config that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run, fully resolved: every section holds plain values (lists, numbers, strings)."""
+
+    name: str
+    source: str                  # the TOML file (or "<dict>" for a config built in code)
+    preset: str
+    smoke: bool
+    description: str
+    harvest: dict                # CORPUS_KEYS and HarvestConfig fields
+    train: dict                  # {"schemes": [...], "<scheme>": {TrainConfig fields}}
+    evaluate: dict
+    label: dict
+    steer: dict
+    geometry: dict
+
+    @property
+    def schemes(self) -> list[str]:
+        """The sparsity schemes trained; the first is the main one (the paper's ReLU by default)."""
+        return list(self.train["schemes"])
+
+    @property
+    def tested(self) -> bool:
+        """False for a smoke run: its claims and targets are reported as "not tested"."""
+        return not self.smoke
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        d.pop("description")
+        return d
+
+    @property
+    def hash(self) -> str:
+        """12 hex characters over every setting (not the name): equal settings, equal hash."""
+        d = self.to_dict()
+        d.pop("name")
+        return paths.config_hash(d)
+
+
+def config_path(name_or_path) -> Path:
+    """``configs/<name>.toml`` for a run name, or the path itself for a ``.toml`` file."""
+    p = Path(str(name_or_path))
+    if p.suffix == ".toml":
+        return p
+    return CONFIG_DIR / f"{name_or_path}.toml"
+
+
+def available() -> list[str]:
+    """Names of the committed run configs."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def _read(path: Path, chain: tuple = ()) -> dict:
+    if not path.exists():
+        raise RunConfigError(f"run config {path} does not exist; committed runs: {', '.join(available())}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RunConfigError(f"run config {path} is not valid TOML: {err}") from None
+    bad = sorted(set(raw) - set(TOP_KEYS))
+    if bad:
+        raise RunConfigError(f"run config {path}: unknown key(s) {bad}; known: {list(TOP_KEYS)}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    ppath = path.parent / parent if str(parent).endswith(".toml") else config_path(parent)
+    if ppath.resolve() in chain:
+        raise RunConfigError(f"run config {path}: 'extends' loops back to {ppath}")
+    return merge(_read(ppath, chain + (path.resolve(),)), raw)
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied; tables merge key by key, any other value is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _section(raw: dict, name: str, defaults: dict, where: str) -> dict:
+    got = raw.get(name, {})
+    if not isinstance(got, dict):
+        raise RunConfigError(f"{where}: [{name}] must be a table, got {type(got).__name__}")
+    bad = sorted(set(got) - set(defaults))
+    if bad:
+        raise RunConfigError(f"{where}: unknown key(s) {bad} in [{name}]; known: {sorted(defaults)}")
+    out = copy.deepcopy(defaults)
+    for k, v in got.items():
+        d = defaults[k]
+        if d is not None and not isinstance(d, dict) and type(v) is not type(d) \
+                and not (isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool)):
+            raise RunConfigError(f"{where}: [{name}] {k} = {v!r} should be a {type(d).__name__} like the default {d!r}")
+        out[k] = v
+    return out
+
+
+def _harvest_defaults() -> dict:
+    from .harvest import HarvestConfig
+    from .pipeline import ORGANISM_CORPUS
+
+    fields = {f.name: f.default for f in dataclasses.fields(HarvestConfig)}
+    return {**ORGANISM_CORPUS, "corpus": {}, **fields}
+
+
+def _train_section(raw: dict, preset, where: str) -> dict:
+    from .pipeline import SCHEMES
+    from .train import PAPER, TrainConfig
+
+    got = raw.get("train", {})
+    if not isinstance(got, dict):
+        raise RunConfigError(f"{where}: [train] must be a table")
+    schemes = got.get("schemes", ["relu", "batchtopk"])
+    if not schemes or not isinstance(schemes, list) or any(s not in SCHEMES for s in schemes):
+        raise RunConfigError(f"{where}: [train] schemes = {schemes!r}; each must be one of {sorted(SCHEMES)}")
+    bad = sorted(set(got) - {"schemes", *SCHEMES})
+    if bad:
+        raise RunConfigError(f"{where}: unknown key(s) {bad} in [train]; known: schemes, {', '.join(sorted(SCHEMES))}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"activation"}
+    out = {"schemes": list(schemes)}
+    for s in schemes:
+        table = got.get(s, {})
+        unknown = sorted(set(table) - fields)
+        if unknown:
+            raise RunConfigError(f"{where}: unknown key(s) {unknown} in [train.{s}]; TrainConfig fields: {sorted(fields)}")
+        base = SCHEMES[s] if preset.train_config == "organism" else PAPER.replace(activation=s)
+        try:
+            cfg = base.replace(**{k: tuple(v) if k == "betas" else v for k, v in table.items()}).validate()
+        except (TypeError, ValueError) as err:
+            raise RunConfigError(f"{where}: [train.{s}]: {err}") from None
+        out[s] = cfg.to_dict()
+    return out
+
+
+def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
+    """Validate and resolve a run given as a dict (the parsed TOML, ``extends`` already applied)."""
+    from . import presets
+
+    where = f"run config {source}"
+    known = [k for k in TOP_KEYS if k != "extends"]
+    bad = sorted(set(raw) - set(known))
+    if bad:
+        raise RunConfigError(f"{where}: unknown key(s) {bad}; known: {known}")
+    if "preset" not in raw:
+        raise RunConfigError(f"{where}: no 'preset' (the model pair, e.g. \"organism-m\")")
+    try:
+        preset = presets.get_preset(raw["preset"])
+    except ValueError as err:
+        raise RunConfigError(f"{where}: {err}") from None
+    smoke = raw.get("smoke", False)
+    if not isinstance(smoke, bool):
+        raise RunConfigError(f"{where}: smoke must be true or false, got {smoke!r}")
+    harvest = _section(raw, "harvest", _harvest_defaults(), where)
+    if preset.kind == "organism" and harvest["corpus"]:
+        raise RunConfigError(f"{where}: [harvest.corpus] applies to real-data (hf) presets, not to {preset.name}")
+    sections = {s: _section(raw, s, d, where) for s, d in ANALYSIS_DEFAULTS.items()}
+    return RunConfig(name=name, source=source, preset=preset.name, smoke=smoke,
+                     description=str(raw.get("description", "")), harvest=harvest,
+                     train=_train_section(raw, preset, where), **sections)
+
+
+def load(name_or_path=DEFAULT_RUN, overrides: dict | None = None) -> RunConfig:
+    """The run ``name_or_path`` (a name in ``configs/`` or a ``.toml`` path), validated.
+
+    ``overrides``: ``{"train.relu.n_steps": 500}``-style changes for exploration; the run's name then lists
+    them (``organism-m[train.relu.n_steps=500]``), so its cache keys and report are visibly its own."""
+    if isinstance(name_or_path, RunConfig):
+        if overrides:
+            raise RunConfigError("overrides apply to a run name or file, not to a loaded RunConfig")
+        return name_or_path
+    path = config_path(name_or_path)
+    raw = _read(path)
+    name = path.stem
+    if overrides:
+        for dotted, value in overrides.items():
+            *tables, key = dotted.split(".")
+            node = raw
+            for t in tables:
+                node = node.setdefault(t, {})
+            node[key] = value
+        name += "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) + "]"
+    return from_dict(raw, name, str(path))

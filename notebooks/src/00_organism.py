@@ -1,0 +1,294 @@
+# %% [markdown]
+# # 00 · The pair under study, and the distillation model organism
+#
+# Every run starts by checking that its pair is a distillation worth studying: is the distilled model better
+# at math than its base, on held-out problems? For a real pair (`RUN = "qwen-1.5b"`) that is a math set
+# scored with math-verify; the rest of this notebook is about the embedded default, the organism.
+#
+# thinkdiff asks what reasoning distillation changes inside a language model. Before touching a
+# 1.5B-parameter pair we build one where **the truth is known**: tiny `Qwen2ForCausalLM` models
+# (the real architecture of Qwen2.5-Math and DeepSeek-R1-Distill-Qwen) in a synthetic math world.
+#
+# * Problems are **chains of 3–5 operations on two-digit numbers** in five families (arithmetic, linear
+#   equations, word problems, sequences, comparisons).
+# * The **base** model is trained from scratch on a base corpus: many one-step facts (`47 + 8 = 55.`,
+#   as a pretrained model knows arithmetic), multi-step problems answered **tersely** (`Answer: 43.`, no
+#   intermediate values), repetition and plain sentences. It has to compose every operation in one
+#   forward pass, as Qwen2.5-Math answers without a long thought.
+# * A **programmatic teacher** writes R1-style traces `<think> … </think>`, one easy operation per step,
+#   with labelled reasoning moves around them: self-reflection (`Wait, …`), deductive
+#   (`Therefore / Thus / So`), alternative (`Alternatively, …`) and contrastive (`But / However`).
+# * The **distilled** model is the base fine-tuned (SFT) on those traces, which is how DeepSeek
+#   distilled R1 into Qwen.
+#
+# Two kinds of ground truth are planted. The move categories are labelled token by token. And one
+# quantity only the distilled model needs: at the end of each written operation, a trace either goes on
+# or concludes, so a model that writes traces must know **whether the step it just wrote was the last
+# one**. The base never writes intermediate steps and never needs it. Every later notebook checks its
+# findings against these labels.
+
+# %% [parameters]
+RUN = "organism-m"          # the run config: configs/<RUN>.toml ([evaluate]: sizes, problems, generation cap)
+
+# %%
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import time
+import numpy as np
+import pandas as pd
+import matplotlib.pyplot as plt
+from IPython.display import HTML, display
+from thinkdiff import evaluate, organism, paths, pipeline, plots, report, world
+from thinkdiff.stats import wilson_ci
+
+run = pipeline.load_run(RUN)
+ORGANISM = run.is_organism
+E = run.config.evaluate
+# The organism family is evaluated size by size; a real pair is one "size", itself.
+SIZES = list(E["sizes"]) if ORGANISM else [run.config.preset]
+print(run, "| evaluation settings:", E)
+
+# %% [markdown]
+# ## 1. The world and the teacher
+# One problem from each family, with the terse base-corpus answer and the teacher's trace. Each coloured
+# span is one planted reasoning move; the underlined "." closes an operation, bold when it is the last one
+# (the distilled-only quantity). `03_label` tries to recover all of this from the models' activations.
+
+# %%
+import random
+rng = random.Random(0)
+if not ORGANISM:
+    print(f"{RUN} is a real pair: there is no planted world here; sections 1, the split check and the "
+          "organism-only checks below are skipped.")
+COLOURS = {0: "transparent", 1: "#ffd6d6", 2: "#d6e4ff", 3: "#d9f7d6", 4: "#fff1c2"}
+
+def span_html(s):
+    text = s.text.replace("<", "&lt;")
+    if s.step_end is not None:
+        end = "<b><u>.</u></b>" if s.step_end else "<u>.</u>"
+        text = text[:-1] + end
+    return f'<span style="background:{COLOURS[s.category]}">{text}</span>'
+
+rows = []
+for fam in world.FAMILIES if ORGANISM else ():
+    p = world.make_problem(rng, fam)
+    spans = world.teacher_document(p, rng, world.TeacherConfig())
+    rows.append(f"<tr><td>{fam}</td><td style='text-align:left'>{world.base_solution(p)}</td>"
+                f"<td style='text-align:left;font-family:monospace'>{''.join(span_html(s) for s in spans)}</td></tr>")
+legend = " ".join(f'<span style="background:{COLOURS[i+1]}">{c}</span>' for i, c in enumerate(world.CATEGORIES))
+if ORGANISM:
+    display(HTML(f"<p>{legend}</p><table><tr><th>family</th><th>base corpus</th><th>teacher trace</th></tr>{''.join(rows)}</table>"))
+
+# %% [markdown]
+# **An honest held-out split.** Problems are held out by their *computation*: the step signature (every
+# operation with its operands), not the wording. No evaluation problem shares its signature with any
+# problem of the base corpus, the teacher's traces or the harvest corpus, so neither model can have
+# memorised an answer. The check below runs on the very sets used here.
+
+# %%
+if ORGANISM:
+    corpus_cfg = organism.CorpusConfig()
+    train_sigs = {p.signature for p in world.problem_split(corpus_cfg.seed, corpus_cfg.n_train_problems, "train")}
+    problems = organism.eval_problems(E["n_eval"], seed=E["seed"])
+    shared = train_sigs & {p.signature for p in problems}
+    assert not shared, f"{len(shared)} held-out problems share a training computation"
+    print(f"{len(train_sigs)} distinct training computations, {len(problems)} held-out problems, none shared;")
+    print("held-out problems per family:", pd.Series([p.family for p in problems]).value_counts().to_dict())
+else:
+    problems = evaluate.math_problems(E)
+    print(f"{len(problems)} problems from {E['math_set']} (seed {E['seed']}), scored with math-verify")
+
+# %% [markdown]
+# The tokenizer is a byte-level BPE trained on this corpus with Qwen2's pre-tokenisation, except that a
+# number of up to two digits is one token (the world's quantities are two-digit numbers). The marker words
+# must each be one token, as `" Wait"` is in the real Qwen vocabulary.
+
+# %%
+tok = organism.get_tokenizer() if ORGANISM else run.pair.tokenizer
+marker_ids = {w: tok(w, add_special_tokens=False)["input_ids"] for ws in world.MARKERS.values() for w in ws}
+print("vocabulary size:", len(tok))
+print(marker_ids)
+assert all(len(v) == 1 for v in marker_ids.values()), "every marker word is a single token"
+
+# %% [markdown]
+# ## 2. Build (or load) the pairs
+# Weights ship in `data/organism/` with a manifest holding the config hash; a changed config
+# rebuilds (`make organism` rebuilds the shipped copies from scratch, deterministically).
+
+# %%
+pairs, build_rows = {}, []
+for size in SIZES:
+    t0 = time.time()
+    if not ORGANISM:
+        pairs[size] = run.pair
+        build_rows.append({"size": size, "parameters": sum(p.numel() for p in run.pair.base.parameters()),
+                           "layers": run.pair.n_layers, "d_model": run.pair.d_model, "load s": round(time.time() - t0, 1)})
+        continue
+    pairs[size] = organism.get_organism(size)
+    m = pairs[size].manifest
+    build_rows.append({"size": size, "parameters": m["n_params"], "layers": m["config"]["arch"]["layers"],
+                       "d_model": m["config"]["arch"]["hidden"], "pretrain s": m["train_seconds"]["pretrain"],
+                       "SFT s": m["train_seconds"]["sft"], "load s": round(time.time() - t0, 1),
+                       "source": "shipped" if paths.DATA_DIR in pairs[size].path.parents else "built"})
+pd.DataFrame(build_rows).set_index("size")
+
+# %% [markdown]
+# ## 3. Held-out evaluation
+# Greedy decoding on the held-out problems. The base model answers directly; the distilled model thinks
+# first. We score exact answers, the share of well-formed generations (`<think> … </think>` then
+# `Answer: N.`), the marker rate per 1,000 tokens, and a smooth measure of distillation: the
+# **teacher-forced cross-entropy** of held-out teacher traces (nats per token, prompt excluded), which
+# moves even where accuracy does not. A real pair is scored with math-verify on the math set (the
+# cross-entropy needs teacher traces and is organism-only).
+
+# %%
+results, ce = {}, {}
+for size in SIZES:
+    for role in ("base", "distilled"):
+        model = getattr(pairs[size], role)
+        if ORGANISM:
+            results[(size, role)] = organism.evaluate(model, pairs[size].tokenizer, problems, E["max_new_tokens"])
+            ce[(size, role)] = organism.teacher_forced_ce(model, pairs[size].tokenizer, problems)
+        else:
+            results[(size, role)] = evaluate.math_accuracy(model, pairs[size].tokenizer, problems, E["max_new_tokens"])
+            ce[(size, role)] = float("nan")
+teacher_rates = organism.teacher_marker_rates(tok, problems) if ORGANISM else None
+table = pd.DataFrame([{"size": s, "model": r, "accuracy": v["accuracy"], "well-formed": v.get("well_formed", np.nan),
+                       "think rate": v["think_rate"], "tokens / generation": v["tokens_per_generation"],
+                       "teacher-forced CE": ce[(s, r)]}
+                      for (s, r), v in results.items()]).set_index(["size", "model"])
+table.round(3)
+
+# %% [markdown]
+# Accuracy with 95 % Wilson intervals. The paper's distilled models beat their bases at math; the
+# organism should too, and the gap should depend on size (`05_geometry` relates it to geometry).
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+w = 0.38
+for j, role in enumerate(("base", "distilled")):
+    acc = [results[(s, role)]["accuracy"] for s in SIZES]
+    ci = np.array([wilson_ci(sum(results[(s, role)]["correct"]), len(problems)) for s in SIZES])
+    x = np.arange(len(SIZES)) + (j - 0.5) * w
+    ax.bar(x, acc, w, label=role, yerr=[np.array(acc) - ci[:, 0], ci[:, 1] - np.array(acc)], capsize=3)
+ax.set_xticks(range(len(SIZES)), SIZES)
+ax.set_xlabel("organism size" if ORGANISM else "pair"); ax.set_ylabel("held-out accuracy (95% Wilson CI)")
+ax.set_title("Base (terse) vs distilled (thinks first)"); ax.legend(); ax.set_ylim(0, 1)
+plots.savefig(fig, "00_accuracy_by_size"); plt.show()
+
+# %% [markdown]
+# Per family: where does thinking pay? Each family's accuracy, gain and exact McNemar p (paired over the
+# same problems).
+
+# %%
+def per_family_plot():
+    by_family = pd.concat({s: organism.acceptance_by_family(problems, results[(s, "base")], results[(s, "distilled")])
+                           for s in SIZES}, names=["size"])
+    fig, axes = plt.subplots(1, len(SIZES), figsize=(4 * len(SIZES), 3.2), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], SIZES):
+        by_family.loc[s][["base accuracy", "distilled accuracy"]].plot.bar(ax=ax, width=0.8, legend=ax is axes[0][0])
+        ax.set_title(f"organism {s}"); ax.set_xlabel("problem family"); ax.set_ylabel("held-out accuracy")
+        ax.tick_params(axis="x", rotation=30); ax.set_ylim(0, 1)
+    fig.suptitle("Accuracy per problem family"); fig.tight_layout()
+    plots.savefig(fig, "00_accuracy_by_family"); plt.show()
+    return by_family.round(3)
+
+per_family_plot() if ORGANISM else print("per-family accuracy: organism only (a real math set has no planted families)")
+
+# %% [markdown]
+# Marker rates per 1,000 generated tokens: does the distilled model use the reasoning words at
+# the teacher's rates, and does the base (which saw them only in ordinary roles) avoid them?
+# The teacher plants each move with a probability (e.g. a re-check after 25 % of steps); greedy
+# decoding keeps only the most likely continuation, so a perfect imitator matches the teacher's
+# *rates* only when sampled. Rates below come from a seeded sampled pass (temperature 1) on the
+# same problems; the greedy rates are in `results[...]["marker_rate_per_1k"]` for comparison.
+
+# %%
+def marker_rate_plot():
+    rate_rows = [{"source": "teacher", "category": c, "rate": teacher_rates[c]} for c in world.CATEGORIES]
+    for (s, r), v in results.items():
+        rate_rows += [{"source": f"{r} {s}", "category": c, "rate": v["sampled_marker_rate_per_1k"][c]}
+                      for c in world.CATEGORIES]
+    rates = pd.DataFrame(rate_rows).pivot(index="source", columns="category", values="rate")[list(world.CATEGORIES)]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    rates.T.plot.bar(ax=ax, width=0.8)
+    ax.set_xlabel("reasoning category"); ax.set_ylabel("marker words per 1,000 tokens")
+    ax.set_title("Marker rates: teacher vs sampled generations"); ax.tick_params(axis="x", rotation=0)
+    ax.legend(fontsize=7, ncol=2)
+    plots.savefig(fig, "00_marker_rates"); plt.show()
+    return rates.round(1)
+
+marker_rate_plot() if ORGANISM else print("marker rates against a teacher: organism only (no programmatic teacher)")
+
+# %% [markdown]
+# ## 4. Acceptance: is this a distillation that pays?
+# The organism is useful only if distillation "took" the way it does in real models. The rule
+# (`organism.acceptance`, thresholds in `organism.ACCEPTANCE`, fixed before any model was evaluated): the
+# distilled model is at least 0.20 more accurate than its base with an exact McNemar p < 0.01 in its
+# favour; the base never writes `<think>`; at least 95 % of distilled generations are well formed; every
+# category's sampled marker rate is within ±30 % of the teacher's. With fewer than 200 problems (a smoke
+# run) the verdict is "not tested". A real pair gets the gain and the paired test only (its markers have no
+# teacher rate to match).
+
+# %%
+if ORGANISM:
+    acceptance = pd.DataFrame({s: organism.acceptance(results[(s, "base")], results[(s, "distilled")], teacher_rates)
+                               for s in SIZES}).T
+    acceptance["base CE"] = [ce[(s, "base")] for s in SIZES]
+    acceptance["distilled CE"] = [ce[(s, "distilled")] for s in SIZES]
+else:
+    acceptance = pd.DataFrame({s: evaluate.paired_gain(results[(s, "base")], results[(s, "distilled")]) for s in SIZES}).T
+acceptance.index.name = "size"
+acceptance
+
+# %% [markdown]
+# **Does the gain grow with size?** The size analysis in `05_geometry` needs distillation performance that
+# differs across sizes. Per size the gain with a 95 % bootstrap CI over problems; the verdict compares the
+# largest with the smallest size (paired over problems) and is reported whichever way it falls.
+
+# %%
+trend = organism.gain_trend(results, SIZES, min_eval=None if run.tested else 10**9)
+for s, (g, lo, hi) in trend["gains"].items():
+    print(f"{s}: gain {g:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+if "largest minus smallest" in trend:
+    g, lo, hi = trend["largest minus smallest"]
+    print(f"{SIZES[-1]} - {SIZES[0]}: {g:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+print("gain with size:", trend["verdict"])
+
+# %% [markdown]
+# ## 5. Side by side
+# A few held-out problems, base vs distilled, for the largest size.
+
+# %%
+big = SIZES[-1]
+side = pd.DataFrame({"problem": [getattr(p, "question", None) or p.problem for p in problems[:6]],
+                     "answer": [p.answer for p in problems[:6]],
+                     "base": results[(big, "base")]["texts"][:6], "distilled": results[(big, "distilled")]["texts"][:6]})
+display(HTML(side.to_html(index=False).replace("\\n", "<br>")))
+
+# %% [markdown]
+# ## 6. Record for the run report
+
+# %%
+numbers = {}
+for (s, r), v in results.items():
+    numbers[f"{s} {r} accuracy"] = v["accuracy"]
+    numbers[f"{s} {r} think rate"] = v["think_rate"]
+    if ORGANISM:
+        numbers[f"{s} {r} well-formed"] = v["well_formed"]
+        numbers[f"{s} {r} teacher-forced CE"] = ce[(s, r)]
+        numbers[f"{s} {r} accuracy per family"] = v["family_accuracy"]
+        numbers[f"{s} {r} sampled marker rate per 1k"] = v["sampled_marker_rate_per_1k"]
+for s in SIZES:
+    a = acceptance.loc[s]
+    numbers[f"{s} accuracy gain (distilled - base)"] = a["gain"]
+    numbers[f"{s} McNemar p"] = a["McNemar p"]
+    if ORGANISM:
+        numbers[f"{s} distilled marker rate / teacher"] = a["marker rate / teacher"]
+        numbers[f"{s} organism acceptance"] = a["verdict"] if run.tested else "not tested"
+numbers["gain with size"] = trend["verdict"]
+if ORGANISM:
+    numbers["teacher marker rate per 1k"] = teacher_rates
+numbers["n_eval"] = len(problems)
+figs = ("accuracy_by_size", "accuracy_by_family", "marker_rates") if ORGANISM else ("accuracy_by_size",)
+report.record("00_organism", run.name, run.key_hash("evaluate"), numbers, figures=[paths.FIGURES_DIR / f"00_{n}.png" for n in figs])

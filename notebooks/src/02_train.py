@@ -1,0 +1,144 @@
+# %% [markdown]
+# # 02 · Training the crosscoder
+#
+# A crosscoder reads both models' activations at the same token and explains them with **one shared
+# sparse code** `f = act(Σ_m W_enc[m] x_m + b_enc)` and **one decoder per model**
+# `x̂_m = W_dec[:, m] f + b_dec[m]`. A latent whose base decoder row shrinks to zero is
+# distilled-only; that is the lens of the whole suite (`03_label`).
+#
+# We train two sparsity schemes on the store from `01_harvest`:
+# * **ReLU + L1**, the L1 penalty weighted by the *sum* of the per-model decoder norms (the paper's
+#   and Anthropic's loss: the form that lets a latent become model-exclusive);
+# * **BatchTopK**, the top `k·batch` activations across the batch, recommended since L1 can
+#   manufacture "exclusive" latents by shrinkage (Minder et al.).
+#
+# Training runs on activations scaled to mean norm √d; the saved crosscoder is **folded** so that it
+# takes and returns raw activations (the paper's code forgot the scale at analysis time).
+#
+# The training settings of each scheme live in the run config `configs/<RUN>.toml` (`[train.relu]`,
+# `[train.batchtopk]`), so `03`–`05` load exactly the crosscoders trained here.
+
+# %% [parameters]
+RUN = "organism-m"                # the run config: configs/<RUN>.toml (schemes and their training settings)
+N_SPLICE_DOCS = 48                # held-out documents for the spliced-in loss
+
+# %%
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
+import pandas as pd
+import torch
+import matplotlib.pyplot as plt
+from thinkdiff import metrics, paths, pipeline, plots, report, train
+
+# %% [markdown]
+# ## 1. The store and the two training configs
+# Both configs are plain dataclasses built from the run config over each scheme's defaults; the paper's
+# own settings are kept as `train.PAPER` (32,768 latents, L1 2, lr 5e-5, batch 1024, 400M tokens) and are
+# the defaults of the real presets.
+
+# %%
+run = pipeline.load_run(RUN)
+SCHEMES = run.config.schemes
+pair, store = run.pair, run.store
+configs = {s: run.train_config(s) for s in SCHEMES}
+print(store)
+pd.DataFrame({s: c.to_dict() for s, c in configs.items()}).loc[["activation", "n_latents", "k", "l1_coeff", "lr",
+                                                                "batch_size", "n_steps", "seed"]]
+
+# %% [markdown]
+# ## 2. Train (or load the cached checkpoint)
+# Each run streams shuffled batches from the store, checkpoints as it goes (an interrupted run
+# resumes bit for bit) and logs every step.
+
+# %%
+coders = run.crosscoders
+logs = {s: train.load_log(cc) for s, cc in coders.items()}
+for s, cc in coders.items():
+    assert cc.folded, "the saved crosscoder takes raw activations"
+
+# %% [markdown]
+# Loss and per-model fraction of variance unexplained during training (training batches; the
+# held-out numbers follow).
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+for s, log in logs.items():
+    axes[0].plot(log["step"], log["loss"], label=s)
+    for m, name in enumerate(("base", "distilled")):
+        axes[1].plot(log["step"], log[f"fvu_{m}"], label=f"{s} · {name}", ls="-" if m == 0 else "--")
+axes[0].set_yscale("log"); axes[0].set_title("training loss"); axes[0].set_xlabel("step"); axes[0].set_ylabel("loss")
+axes[1].set_yscale("log"); axes[1].set_title("training FVU per model"); axes[1].set_xlabel("step"); axes[1].set_ylabel("FVU")
+for ax in axes:
+    ax.legend(fontsize=8)
+plots.savefig(fig, "02_training_curves"); plt.show()
+
+# %% [markdown]
+# ## 3. Held-out quality
+# One definition each (`thinkdiff.metrics`): FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖² per model over
+# held-out tokens; L0 = mean active latents per token; dead = never active on the held-out tokens.
+
+# %%
+evals = {s: metrics.evaluate(cc, store, split="heldout") for s, cc in coders.items()}
+quality = pd.DataFrame({s: {"FVU base": e["fvu"][0], "FVU distilled": e["fvu"][1], "EV base": e["ev"][0],
+                            "EV distilled": e["ev"][1], "L0": e["l0"], "dead fraction": e["dead_frac"],
+                            "held-out tokens": e["n_tokens"]} for s, e in evals.items()})
+quality
+
+# %% [markdown]
+# How often each latent fires (log10 density over held-out tokens): a pile-up at the left edge means
+# dead latents, one at the right means dense ones.
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.2))
+for s, e in evals.items():
+    dens = np.asarray(e["density"], dtype=float)
+    ax.hist(np.log10(np.clip(dens, 1e-7, None)), bins=40, alpha=0.55, label=s)
+ax.set_xlabel("log10 firing density (held-out)"); ax.set_ylabel("latents"); ax.set_title("Latent density")
+ax.legend(); plots.savefig(fig, "02_density"); plt.show()
+
+# %% [markdown]
+# ## 4. Does the reconstruction keep the models working?
+# Splice each model's reconstruction back into its residual stream at the hook layer and measure
+# next-token cross-entropy and KL to the clean model on held-out text, against zero-ablation.
+# `CE recovered` = 1 means the reconstruction is as good as the real activation, 0 as bad as zeros.
+
+# %%
+held_docs = run.documents(N_SPLICE_DOCS, seed=12345)
+tok = pair.tokenizer
+ids = [torch.tensor(d.input_ids[:128]) for d in held_docs]
+input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=tok.pad_token_id)
+attn = torch.nn.utils.rnn.pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)
+splice = attn.clone(); splice[:, 0] = 0          # position 0 stays clean, as in training (excluded there)
+rows = []
+with torch.no_grad():
+    for s, cc in coders.items():
+        out = metrics.spliced_loss(pair.models, input_ids, attn, cc, store.layer, splice_mask=splice)
+        rows += [{"scheme": s, "model": m, **v} for m, v in out.items()]
+spliced = pd.DataFrame(rows).set_index(["scheme", "model"])
+spliced.round(4)
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.2))
+spliced[["ce_clean", "ce_spliced", "ce_zero"]].plot.bar(ax=ax)
+ax.set_ylabel("next-token CE (nats)"); ax.set_xlabel("scheme, model"); ax.set_title("Spliced-in loss on held-out text")
+ax.tick_params(axis="x", rotation=0); plots.savefig(fig, "02_spliced_loss"); plt.show()
+
+# %% [markdown]
+# ## 5. Record
+# The paper reports (from its logs) explained variance about 0.90 at L0 600–900 for 32,768-latent
+# crosscoders on the real pairs; ours are tiny organisms at different settings, so claim 9 is
+# recorded as not tested here, with our numbers as context.
+
+# %%
+numbers = {}
+for s in SCHEMES:
+    for k, v in quality[s].items():
+        numbers[f"{s} {k}"] = v
+    for m in ("base", "distilled"):
+        numbers[f"{s} CE recovered {m}"] = spliced.loc[(s, m), "ce_recovered"]
+        numbers[f"{s} KL spliced {m}"] = spliced.loc[(s, m), "kl_spliced"]
+ev = ", ".join(f"{s}: EV {quality[s]['EV base']:.3f}/{quality[s]['EV distilled']:.3f} at L0 {quality[s]['L0']:.1f}" for s in SCHEMES)
+report.record("02_train", run.name, run.key_hash("train"), numbers,
+              figures=[paths.FIGURES_DIR / f"02_{n}.png" for n in ("training_curves", "density", "spliced_loss")],
+              claims={"9": {"verdict": "not tested", "evidence": f"{run.name} crosscoders, not the paper's settings ({ev})"}})

@@ -1,0 +1,453 @@
+# %% [markdown]
+# # 03 · Finding and labelling reasoning features
+#
+# `02_train` gave us a crosscoder: one dictionary of latents, each with a decoder vector **per model**
+# (index 0 = base, 1 = distilled). This notebook asks which latents belong to which model and what they
+# mean, then checks the paper's causal claim:
+#
+# 1. **Relative decoder norm** `||d_distilled|| / (||d_base|| + ||d_distilled||)`: 1 = distilled-only,
+#    0.5 = shared, 0 = base-only (L2 by default, the paper's L1 for comparison), and the decoder cosine of
+#    shared latents.
+# 2. **Latent scaling** (Minder et al.): are the "distilled-only" latents real, or artefacts of the L1
+#    penalty (Complete Shrinkage, Latent Decoupling)?
+# 3. **What latents mean**: the reasoning lexicon (validated against the organism's planted labels),
+#    per-category ReasonScore, the paper's marker-token histograms, and the **ground truth**: the AUROC of
+#    each latent against the teacher's token labels.
+# 4. **Ablation** (the paper's claim 5): zeroing marker-active distilled-leaning latents in the spliced
+#    reconstruction should lower the distilled model's marker logit more than random latents do.
+# 5. A features table, static HTML feature cards and an interactive browser.
+#
+# Everything runs on the ReLU crosscoder (the paper's); the relative-norm histogram and the
+# ground-truth table are repeated for BatchTopK (claim 10: does the picture survive the sparsity scheme?).
+
+# %% [parameters]
+RUN = "organism-m"          # the run config: configs/<RUN>.toml ([label]: scaling, ReasonScore, ablation settings)
+N_BOOT = 1000               # bootstrap resamples for 95% CIs
+N_CARDS = 12                # latents exported as static HTML feature cards
+THREADS = 1                 # torch CPU threads (on a loaded 2-core machine 1 is ~40x faster than 2 here)
+
+# %%
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
+import pandas as pd
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import HTML, display
+from thinkdiff import ablation, browser, codes, label, lexicon, norms, organism, paths, pipeline, plots, probes, report
+from thinkdiff import claims as claim_rules
+torch.set_num_threads(THREADS)
+CATS = list(lexicon.CATEGORIES)
+figures = []
+
+def save(fig, name):
+    figures.append(plots.savefig(fig, name)); plt.show()
+
+# %% [markdown]
+# ## 1. Upstream artifacts
+# The run's pair, its activation store and one crosscoder per sparsity scheme (`pipeline.load_run`), each
+# built and cached if missing. The labelling settings come from the run config's `[label]` table, fixed
+# before any latent was looked at. Crosscoders are *folded*: they take and return raw activations, so every analysis
+# below uses the crosscoder's own normalisation (the original code scored raw activations against a
+# normalised encoder; we do not).
+
+# %%
+run = pipeline.load_run(RUN)
+L = run.config.label
+SCHEMES = run.config.schemes          # the first is the main one (the paper's ReLU)
+N_SCALING, ALPHA, WINDOW = L["n_scaling"], L["reasonscore_alpha"], tuple(L["window"])
+N_OCCURRENCES, KS, K_VERDICT = L["n_occurrences"], list(L["ablation_ks"]), L["k_verdict"]
+LABELS = run.has_labels               # planted token labels: the organism only
+pair, store = run.pair, run.store
+ccs = run.crosscoders
+cc = ccs[SCHEMES[0]]
+print(run)
+if not LABELS:
+    print(f"{RUN}: the store has no planted labels; the ground-truth sections (4, 7) are skipped and marker "
+          "tokens are every occurrence of the marker words.")
+tok, meta = pair.tokenizer, store.meta
+heldout = meta["split"] == 1
+print(store)
+for s, c in ccs.items():
+    print(s, c)
+print(f"{store.n_tokens} tokens, {heldout.sum()} held out; hook: resid_pre of block {pair.layer}")
+
+# %% [markdown]
+# ## 2. Which latents belong to which model: relative decoder norms
+# One pass of each crosscoder over the store, kept sparse, gives every latent's firing frequency; latents
+# that never fire are dead and are left out of the counts (their decoders carry no information).
+# The histogram uses log counts, as in the paper and in Anthropic's crosscoder work.
+
+# %%
+acts, nrn, alive = {}, {}, {}
+for s, c in ccs.items():
+    acts[s] = run.codes(s)
+    nrn[s] = run.relative_norms(s)
+    alive[s] = acts[s].frequency() > 0
+    assert np.nanmin(nrn[s]) >= 0 and np.nanmax(nrn[s]) <= 1
+nrn_l1 = norms.relative_norm(cc, p=1)
+A, NRN = acts[SCHEMES[0]], nrn[SCHEMES[0]]
+pd.DataFrame({s: {"live latents": int(alive[s].sum()), "dead": int((~alive[s]).sum()),
+                  "mean L0 (tokens)": len(acts[s].vals) / acts[s].n_tokens,
+                  "mean relative norm (live)": np.nanmean(nrn[s][alive[s]]),
+                  "std": np.nanstd(nrn[s][alive[s]]),
+                  "relative norm >= 0.9": int((nrn[s][alive[s]] >= 0.9).sum()),
+                  "relative norm <= 0.1": int((nrn[s][alive[s]] <= 0.1).sum())} for s in SCHEMES}).round(3)
+
+# %% [markdown]
+# Side by side: L2 relative norms of both schemes, and the paper's L1 variant for the ReLU crosscoder.
+# L1 and L2 agree on which side a latent leans to but not on how far.
+
+# %%
+fig, axes = plt.subplots(1, len(SCHEMES) + 1, figsize=(4.2 * (len(SCHEMES) + 1), 3.4), sharey=True)
+panels = [(f"{s}, L2", nrn[s][alive[s]]) for s in SCHEMES] + [(f"{SCHEMES[0]}, L1 (paper)", nrn_l1[alive[SCHEMES[0]]])]
+for ax, (name, v) in zip(axes, panels):
+    ax.hist(v, bins=50, range=(0, 1), log=True, color="tab:purple")
+    ax.set_title(f"{name}: {len(v)} live latents")
+    ax.set_xlabel("relative norm (0 base-only, 1 distilled-only)"); ax.set_ylabel("latents (log scale)")
+fig.suptitle(f"Relative decoder norms, {run.name}")
+fig.tight_layout()
+save(fig, "03_relative_norms")
+
+# %% [markdown]
+# **Decoder cosine of shared latents.** A latent can be shared in norm yet point different ways in the
+# two models; the cosine of its two decoder vectors tells. Near 1: the same direction in both models.
+
+# %%
+cos = norms.decoder_cosine(cc)
+fig = norms.plot_decoder_cosine(np.where(alive[SCHEMES[0]], cos, np.nan), NRN)
+save(fig, "03_decoder_cosine")
+shared_sel = alive[SCHEMES[0]] & (NRN >= 0.3) & (NRN <= 0.7)
+print(f"shared live latents: {shared_sel.sum()}, median decoder cosine {np.nanmedian(cos[shared_sel]):.3f}, "
+      f"share with cosine > 0.9: {(cos[shared_sel] > 0.9).mean():.2f}")
+
+# %% [markdown]
+# ## 3. Latent scaling: are the distilled-only latents real?
+# For each of the top distilled-only latents, least-squares scalars β fit the latent's distilled decoder
+# direction to (a) each model's reconstruction error with the latent's own term added back and (b) each
+# model's reconstruction, over **held-out** tokens. `nu_error = β_err_base / β_err_distilled` high means the
+# base model does carry the direction but the L1 pushed its decoder to 0 (**Complete Shrinkage**);
+# `nu_reconstruction` high means other latents rebuild it in the base (**Latent Decoupling**).
+
+# %%
+top_d = [j for j in norms.top_latents(np.where(alive[SCHEMES[0]], NRN, np.nan), N_SCALING) if alive[SCHEMES[0]][j]]
+scaling = label.latent_scaling(cc, store, top_d, mask=heldout)
+fig = label.plot_latent_scaling(scaling)
+save(fig, "03_latent_scaling")
+flags = scaling["flag"].value_counts()
+n_genuine = int(flags.get("genuine", 0))
+n_checked = int((scaling["flag"] != "inactive").sum())
+print(flags.to_string())
+print(f"{n_genuine} of the {n_checked} top distilled-only latents active on held-out tokens survive latent scaling "
+      f"(relative norms {NRN[top_d].min():.2f}-{NRN[top_d].max():.2f})")
+
+# %% [markdown]
+# ## 4. The reasoning lexicon, validated against planted labels
+# The lexicon (`lib/thinkdiff/lexicon.py`) merges the published word lists into the four categories;
+# matching is tokenizer-aware (case and leading-space variants, multi-token phrases as sequences, word
+# boundaries). The organism's teacher planted a category on every token of each reasoning move, so we can
+# measure each entry's **precision** (matched tokens that carry the entry's category) and recall. The
+# contrastive list beyond "however"/"but" is ours and must earn its place here.
+
+# %%
+def lexicon_validation():
+    lex_all = lexicon.Lexicon(tok, tiers=("core", "extended", "ours", "low_precision", "ambiguous"))
+    val = label.lexicon_validation(lex_all, meta)
+    per_tier = val[val.entry == "*"].pivot_table(index=["category", "tier"], values=["n_matched_tokens", "precision", "recall"])
+    display(per_tier.round(3))
+    contrast = val[(val.category == "contrastive") & (val.entry != "*")]
+    display(contrast[["entry", "tier", "n_matched_tokens", "precision", "recall", "marker_recall"]].round(3))
+    ours = contrast[contrast.tier == "ours"]
+    n_seen = int((ours.n_matched_tokens > 0).sum())
+    print(f"contrastive 'ours' entries: {len(ours)}, occurring in the organism corpus: {n_seen}; "
+          + ("validated precision of those: " + ", ".join(f"{e} {p:.2f}" for e, p in zip(ours.entry, ours.precision) if np.isfinite(p))
+             if n_seen else "none occurs, so the organism cannot validate them (only 'however'/'but' are tested)"))
+
+lexicon_validation() if LABELS else print("lexicon validation needs planted labels: skipped on", RUN)
+
+# %% [markdown]
+# ## 5. Per-category ReasonScore
+# Galichin et al.'s score: a latent's mean activation inside the category's lexicon windows (1 token before,
+# 2 after) as a share of all latents', times the normalised entropy over the category's words to the power
+# α (demotes single-word detectors), minus its share outside. The default lexicon tiers ("core" + "ours")
+# are used. Ranked tables per category, with the relative norm.
+
+# %%
+lex = lexicon.Lexicon(tok)
+scores = label.reason_scores(A, lex, meta, alpha=ALPHA, before=WINDOW[0], after=WINDOW[1], special_ids=tok.all_special_ids)
+ranked = pd.concat({c: scores.ranked(c, n=5, nrn=NRN) for c in CATS}, names=["category", "rank"])
+ranked.round(3)
+
+# %% [markdown]
+# ## 6. The paper's view: latents active at each category's marker tokens
+# Marker tokens are the paper's single-token words (" Wait"; " Therefore", " Thus"; " Alternatively";
+# " However", " But"), restricted on the organism to uses inside a planted move of that category. The
+# histogram takes every latent firing on more than 10 % of the category's top count, as the paper did;
+# red bars are the extreme bins.
+
+# %%
+marker_ids = lexicon.marker_token_ids(tok)
+masks = label.marker_masks(meta, marker_ids, use_labels=LABELS)
+counts = label.marker_counts(A, masks)
+cat_lat = label.category_latents(counts, NRN)
+print("marker tokens per category:", counts.attrs["n_markers"])
+save(label.plot_category_relative_norms(cat_lat), "03_marker_latent_norms")
+cat_lat.groupby("category")["relative_norm"].describe().round(3)
+
+# %% [markdown]
+# ## 7. Ground truth, scored honestly
+# The organism planted three kinds of truth: every token of a reasoning **move** carries its category
+# (spans), the move's **marker** word opens it, and one quantity only the distilled model needs: at the
+# closing "." of each written operation, **is this the last operation?** (`00_organism`). Two questions per
+# target:
+#
+# 1. **Is it there?** A logistic-regression probe on each model's raw activations at the hook layer, fit on
+#    the store's training documents and scored on its held-out documents: the *ceiling* any dictionary
+#    feature could reach, and (base vs distilled) whether the target is shared or distilled-only.
+# 2. **Does the crosscoder isolate it?** The best single latent, and the best distilled-specific one
+#    (relative norm ≥ 0.9), are **chosen on training tokens and scored on held-out tokens**; a 5-sparse
+#    probe (the 5 latents with the best training AUROC, then a logistic regression) is compared with the
+#    dense ceiling, as in sparse probing.
+#
+# The planted quantity is scored among operation ends only (the hard contrast: every other "." of an
+# operation looks the same). Targets, fixed in `probes.TARGETS` before any crosscoder was scored: (a) a
+# marker latent with held-out AUROC ≥ 0.95; (b) a 5-sparse probe within 0.05 of the dense ceiling on spans;
+# (c) a distilled-specific latent with held-out AUROC ≥ 0.90 for the planted quantity, once the probes
+# confirm it is distilled-only. A smoke run reports "not tested". A run without planted labels skips this
+# section (and its plots) with a sentence.
+
+# %%
+docs = run.documents()
+seqs = [d.input_ids for d in docs]
+sample = np.random.default_rng(0).choice(store.n_tokens, size=min(2000, store.n_tokens), replace=False)
+assert all(seqs[meta["doc_id"][i]][meta["pos"][i]] == meta["token_id"][i] for i in sample), "documents != store tokens"
+verdicts, ceiling = {}, pd.DataFrame()
+if LABELS:
+    step_end = organism.step_end_labels(docs, meta)
+    targets = probes.organism_targets(meta, step_end, CATS)
+    ceiling = probes.probe_ceiling(store, targets)
+    recovery = {s: probes.latent_recovery(acts[s], meta["split"], targets, nrn[s], ks=(2, probes.TARGETS["sparse_k"]))
+                for s in SCHEMES}
+    verdicts = {s: probes.ground_truth_verdicts(ceiling, recovery[s], tested=run.tested) for s in SCHEMES}
+    cols = ["probe base", "probe distilled", "best latent", "latent AUROC", "latent relative norm", "5-sparse probe",
+            "specific latent", "specific latent AUROC", "verdict"]
+    display(pd.concat({s: v[cols] for s, v in verdicts.items()}, names=["scheme"]).round(3))
+else:
+    print(f"ground truth: {RUN} has no planted labels, so there is nothing to score latents against.")
+
+# %% [markdown]
+# Each target next to its ceiling: the dense probes of both models, the train-selected latent, and the
+# 5-sparse latent probe (held-out AUROC throughout). A bar far below the probes means the information is in
+# the activations but the dictionary does not isolate it.
+
+# %%
+def ground_truth_plot(v0):
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    show_cols = ["probe base", "probe distilled", "latent AUROC", "5-sparse probe", "specific latent AUROC"]
+    v0[show_cols].astype(float).plot.bar(ax=ax, width=0.85)
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.set_ylim(0.4, 1.02); ax.set_xlabel("planted target"); ax.set_ylabel("held-out AUROC")
+    ax.set_title(f"Ground truth: probe ceilings vs crosscoder latents ({SCHEMES[0]}, train-selected)")
+    ax.tick_params(axis="x", rotation=35); ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    save(fig, "03_ground_truth")
+    for s in SCHEMES:
+        print(f"{s}:")
+        for name, r in verdicts[s].iterrows():
+            print(f"  {name}: {r.verdict} ({r.reason})")
+
+v0 = verdicts[SCHEMES[0]] if LABELS else pd.DataFrame(columns=["best latent", "verdict"])
+ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth plot")
+
+# %% [markdown]
+# The per-latent AUROC of every latent on held-out tokens (the features table's columns, and the feature
+# cards' "ground truth" labels) for spans and marker tokens.
+
+# %%
+gt, gt_marker = {}, {}
+marker_labels = np.where(meta["marker"], meta["label"], np.minimum(meta["label"], 0))
+for s in SCHEMES if LABELS else ():
+    sub = codes.restrict(acts[s], heldout)
+    gt[s] = label.ground_truth_auroc(sub, meta["label"], nrn[s])
+    gt_marker[s] = label.ground_truth_auroc(sub, marker_labels, nrn[s])
+
+# %% [markdown]
+# **Base-side marker latents: token detectors?** (claim 4) For every latent firing on at least 10 % of
+# the " Wait" markers: does it fire on the word whatever its role (the organism's plain sentences use
+# "Wait" in ordinary roles too), and are its firings mostly on that word? The claim concerns the base-side
+# ones (relative norm ≤ 0.3).
+
+# %%
+n_wait = counts.attrs["n_markers"]["self_reflection"]
+wait_lat = np.nonzero(counts["self_reflection"].to_numpy() >= 0.1 * n_wait)[0]
+profile = label.lexical_profile(A, meta, wait_lat, marker_ids["self_reflection"], "self_reflection")
+profile["relative_norm"] = NRN[profile.latent]
+print(f"' Wait' tokens: {profile.attrs['n_labelled']} in reflection moves, {profile.attrs['n_unlabelled']} in ordinary roles")
+profile.sort_values("relative_norm").round(3)
+
+# %% [markdown]
+# ## 8. Max-activating contexts
+# For the train-selected latent of each marker target and of the planted quantity: the tokens with the highest activation (the
+# crosscoder's `encode` on raw activations), split by document kind (teacher trace vs base corpus), with the
+# firing token boxed and each token shaded by this latent's activation (values in tooltips and at the end).
+
+# %%
+kind = np.array([d.kind for d in docs], dtype=object)[meta["doc_id"]]
+best = v0.dropna(subset=["best latent"])
+best = best[~best.index.astype(str).str.startswith("span: ")]
+if not LABELS:   # no ground truth: the top ReasonScore latent of each category instead
+    best = pd.DataFrame({"best latent": [int(scores.ranked(c, 1)["latent"][0]) for c in CATS]},
+                        index=[f"ReasonScore top: {c}" for c in CATS])
+show = list(dict.fromkeys(int(j) for j in best["best latent"]))
+ctx = browser.max_activating_contexts(cc, store, A, show, k=5, context=15, group=kind)
+assert (ctx.groupby(["latent", "group"])["activation"].apply(lambda a: (np.diff(a.to_numpy()) <= 0).all())).all()
+for name, j in best["best latent"].items():
+    j = int(j)
+    display(HTML(f"<h4>{name}: latent {j} (relative norm {NRN[j]:.2f})</h4>"
+                 + browser.contexts_html(ctx[ctx.latent == j], tok)))
+
+# %% [markdown]
+# ## 9. The paper's causal check: ablation
+# For each category, among latents active at its marker tokens, take the most frequently active fraction k
+# with relative norm > 0.5 and zero them in the crosscoder reconstruction spliced into both models at the
+# hook layer (positions 1..pos-1; position 0 stays clean, as in the paper). Controls: the same number of
+# random latents, and the reconstruction with nothing zeroed. Occurrences are planted marker tokens in
+# held-out documents, sampled at random (the paper took the first ones).
+
+# %%
+occ_held = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS, split=1)
+occ_all = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS)
+# Too few held-out markers (small corpora): fall back to all documents for that category, and say so.
+occ = {c: occ_held[c] if len(occ_held[c]) >= min(N_OCCURRENCES, 20) else occ_all[c] for c in CATS}
+for c in CATS:
+    print(f"{c}: {len(occ_held[c])} held-out occurrences" + ("" if occ[c] is occ_held[c] else f", too few: using all {len(occ_all[c])}"))
+occ = {c: v for c, v in occ.items() if len(v) >= 2}
+assert occ, "no category has two marker occurrences to ablate"
+cfg = ablation.AblationConfig(ks=tuple(KS), n_occurrences=N_OCCURRENCES, n_boot=N_BOOT)
+abl = ablation.run_ablation(pair.base, pair.distilled, cc, pair.layer, seqs, occ, counts, NRN, cfg)
+save(ablation.plot_ablation(abl), "03_ablation")
+
+# %% [markdown]
+# The numbers behind the figure (mean marker-logit change and 95 % bootstrap CI over occurrences), at
+# k = `K_VERDICT`, with the targeted-minus-random contrast per model. The paper (7B, k = 0.2) had distilled
+# targeted/random ≈ −1.7/−0.5 (self-reflection) to −5.8/−2.3 (deductive) and base changes near 0.
+
+# %%
+sm = abl.summary
+kmax = K_VERDICT if K_VERDICT in KS else max(KS)
+at = sm[(sm.k == kmax) | (sm.arm == "recon")].pivot_table(index=["category", "model"], columns="arm",
+                                                         values=["mean", "ci_lo", "ci_hi"])
+display(at.round(2))
+clean = abl.per_occurrence.groupby(["category", "model"])["clean_logit"].mean().unstack()
+print("clean marker logits (mean):"); display(clean.round(2))
+print("ablated latents per (category, k):", {f"{c} {k}": len(v) for (c, k), v in abl.latents.items() if k == kmax})
+tmr = sm[sm.arm == "targeted_minus_random"].pivot_table(index=["category", "model"], columns="k", values="mean")
+print("targeted minus random, mean marker-logit change per k:"); display(tmr.round(3))
+v5, e5 = ablation.claim5_verdict(abl, k=kmax)
+print("claim 5:", v5, "-", e5)
+
+# %% [markdown]
+# ## 10. The features table
+# One row per latent: relative norms (L2, L1), decoder norms and cosine, frequency, latent-scaling ratios
+# (for the latents checked), marker counts, ReasonScores and lexicon shares, ground-truth AUROCs, and a
+# label with its provenance (ground truth > score > lexicon). It is saved in the run folder together with
+# the feature cards below (`runs/label/<config hash>/`).
+
+# %%
+truth_full = label.GroundTruth(gt[SCHEMES[0]].best, gt[SCHEMES[0]].auroc) if LABELS else None
+table = label.features_table(cc, acts=A, scaling=scaling, scores=scores, counts=counts, truth=truth_full)
+RUN_DIR = paths.artifact_dir("label", run.key("label"))
+print(table.label_source.value_counts().to_string())
+cols = ["latent", "relative_norm", "relative_norm_l1", "decoder_cosine", "frequency", "nu_error", "nu_reconstruction",
+        "scaling_flag"] + ([f"auroc_{c}" for c in CATS] if LABELS else []) + ["label", "label_source"]
+table[alive[SCHEMES[0]]].sort_values("relative_norm", ascending=False)[cols].head(10).round(3)
+
+# %% [markdown]
+# ## 11. Feature cards: static HTML export
+# A card per latent: its numbers, an activation histogram, top contexts per document kind, and the tokens
+# its decoder direction promotes through each model's unembedding. We export cards for the best
+# ground-truth latents, the top ReasonScore latents and the most distilled-specific live latents; the file
+# opens in any browser without a kernel.
+
+# %%
+unembed = {0: browser.unembedding(pair.base), 1: browser.unembedding(pair.distilled)}
+pick = show + [int(scores.ranked(c, 1)["latent"][0]) for c in CATS] + [int(j) for j in top_d]
+pick = list(dict.fromkeys(pick))[:N_CARDS]
+card_ctx = browser.max_activating_contexts(cc, store, A, pick, k=6, context=15, group=kind)
+cards = [browser.feature_card(j, table, A, card_ctx, cc, unembed, tok) for j in pick]
+table_path, html_path = browser.save_label_outputs(RUN_DIR, table, cards, tok, title=f"thinkdiff feature cards, {run.name}")
+print("features table:", table_path)
+print("feature cards:", html_path)
+
+# %% [markdown]
+# ## 12. The paper's claims on this run
+# Verdicts are computed from the numbers above (rules in `label.claim*_verdict` and
+# `ablation.claim5_verdict`), never typed in.
+
+# %%
+v1, e1 = claim_rules.claim1_verdict(NRN, alive[SCHEMES[0]])
+top100 = table.set_index("latent").loc[norms.top_latents(np.where(alive[SCHEMES[0]], NRN, np.nan), 100)]
+n_span = int((top100.label_ground_truth != "").sum())
+n_marker = int((gt_marker[SCHEMES[0]].auroc.loc[top100.index].max(axis=1) >= 0.9).sum()) if LABELS else 0
+n_score = int((top100.label_score != "").sum())
+# Ground truth decides; a score/lexicon label alone (the paper's kind of evidence: an LLM's label) is "mixed".
+v2 = "supports" if n_span + n_marker > 0 else ("mixed" if n_score > 0 else "contradicts")
+e2 = (f"of the top-100 distilled-specific live latents, {n_span} detect a planted move span (AUROC >= 0.9), "
+      f"{n_marker} detect a category's marker tokens (AUROC >= 0.9), {n_score} rank in a ReasonScore top-20; "
+      + (f"ground-truth targets (section 7, train-selected, held-out) met: {int((v0.verdict == 'met').sum())}/{len(v0)}"
+         if LABELS else "no planted labels on this run (score evidence only)"))
+v3, e3 = claim_rules.claim3_verdict(cat_lat)
+v4, e4 = claim_rules.claim4_verdict(profile, NRN)
+claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4), "5": (v5, e5)}
+if len(SCHEMES) > 1:
+    alt = SCHEMES[1]
+    checks = {
+        f"claim 1 under {alt}": claim_rules.claim1_verdict(nrn[alt], alive[alt])[0] == v1,
+        "latent scaling keeps most top distilled-only latents": n_genuine >= 0.5 * max(n_checked, 1),
+        f"claim 3 under {alt}": claim_rules.claim3_verdict(label.category_latents(label.marker_counts(acts[alt], masks), nrn[alt]))[0] == v3,
+    }
+    if LABELS:
+        checks[f"ground-truth targets met under {alt} too"] = bool(((verdicts[alt].verdict == "met") | (v0.verdict != "met")).all())
+    v10 = claim_rules.verdict(checks.values())
+    e10 = "; ".join(f"{k}: {'yes' if ok else 'no'}" for k, ok in checks.items()) + f" ({n_genuine}/{n_checked} genuine"
+    e10 += (f"; targets met: {SCHEMES[0]} {int((v0.verdict == 'met').sum())}, "
+            f"{alt} {int((verdicts[alt].verdict == 'met').sum())} of {len(v0)})" if LABELS else ")")
+    claims["10"] = (v10, e10)
+if not run.tested:   # a smoke run computes everything and judges nothing
+    claims = {k: ("not tested", f"smoke run ({RUN}): {e}") for k, (v, e) in claims.items()}
+for k, (v, e) in claims.items():
+    print(f"claim {k} [{report.CLAIMS[int(k)]}]: {v.upper()}\n    {e}")
+
+# %% [markdown]
+# ## 13. Record for the run report
+
+# %%
+numbers = {"live latents": int(alive[SCHEMES[0]].sum()), "mean relative norm L2 (live)": float(np.nanmean(NRN[alive[SCHEMES[0]]])),
+           "mean relative norm L1 (live)": float(np.nanmean(nrn_l1[alive[SCHEMES[0]]])),
+           "latents nrn >= 0.9": int((NRN[alive[SCHEMES[0]]] >= 0.9).sum()), "latents nrn <= 0.1": int((NRN[alive[SCHEMES[0]]] <= 0.1).sum()),
+           "latent scaling genuine / checked": [n_genuine, n_checked], "features table": str(table_path),
+           "feature cards": str(html_path)}
+for name, r in ceiling.iterrows():
+    numbers[f"probe ceiling {name} (base / distilled)"] = [round(float(r.base), 4), round(float(r.distilled), 4)]
+for s in verdicts:
+    for name, r in verdicts[s].iterrows():
+        numbers[f"{s} {name}: latent AUROC / nrn / 5-sparse / specific AUROC / verdict"] = [
+            round(float(r["latent AUROC"]), 4), round(float(r["latent relative norm"]), 3),
+            round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4), r.verdict]
+for r in sm[(sm.k == kmax) & sm.arm.isin(["targeted", "random", "targeted_minus_random"])].itertuples():
+    numbers[f"ablation k={kmax} {r.category} {r.model} {r.arm}"] = [round(r.mean, 3), round(r.ci_lo, 3), round(r.ci_hi, 3)]
+report.record("03_label", run.name, run.key_hash("label"), numbers, figures=figures,
+              claims={k: {"verdict": v, "evidence": e} for k, (v, e) in claims.items()})
+
+# %% [markdown]
+# ## 14. The feature browser
+# Filter by category (sorted by that category's ReasonScore), relative-norm range and minimum score; pick a
+# latent to see its card. Cards are built on demand (contexts are computed for the chosen latent).
+
+# %%
+def make_card(j):
+    c = browser.max_activating_contexts(cc, store, A, [j], k=6, context=15, group=kind)
+    return browser.feature_card(j, table, A, c, cc, unembed, tok)
+
+fb = browser.FeatureBrowser(table[alive[SCHEMES[0]]], make_card, tok)
+fb.widget

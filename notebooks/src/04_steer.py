@@ -1,0 +1,287 @@
+# %% [markdown]
+# # 04 · Steering: over-thinking and incisive thinking, measured
+#
+# The paper's most striking anecdote: add a distilled-specific **self-reflection** feature's decoder
+# direction to the distilled model's residual stream and it **over-thinks** (longer traces, more
+# "Wait"); add a **deductive** feature and it thinks **incisively** (shorter, same answer). Its protocol
+# was one sampled generation per condition at coefficient 1 with no control, so the effect cannot be
+# told from sampling noise (paper-notes §9).
+#
+# Here the same intervention becomes a measurement:
+#
+# * **held-out prompts** (the organism's evaluation problems), **greedy** decoding, so every difference
+#   is caused by the intervention, and each steered generation is **paired** with the unsteered one on
+#   the same prompt;
+# * an **α sweep in both signs**, in units that mean the same for every latent: α = 1 adds
+#   `a_max · d_i`, what the crosscoder reconstructs when latent *i* fires at its maximum on the store
+#   (`d_i` is the decoder row in the model's **raw** residual units);
+# * the top distilled-specific self-reflection latent, the top distilled-specific deductive latent, a
+#   **shared** latent (relative norm ≈ 0.5) and **random directions of equal norm** to the self-reflection
+#   and to the deductive vector (the controls the paper lacks: α = 1 means a different push for each latent);
+# * per-generation metrics, means with 95 % bootstrap CIs of the paired difference, dose-response plots.
+#
+# Which prompts, strengths and thresholds: the run config's `[steer]` table, fixed before any steering ran.
+#
+# Runtime: the default (128 prompts, 29 conditions, a 128-token cap) takes about 1-2 minutes on one CPU
+# thread once the store and crosscoder are cached. The cap is ~1.5× the unsteered mean length, so lengthening is
+# visible up to there and beyond it shows as truncation.
+
+# %% [parameters]
+RUN = "organism-m"           # the run config: configs/<RUN>.toml ([steer]: prompts, alpha grids, thresholds)
+BATCH_SIZE = 64
+N_BOOT = 2000
+BENCH_TOKENS = 48            # tokens per row in the hook-overhead benchmark
+
+# %%
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import time
+import numpy as np
+import pandas as pd
+import torch
+import matplotlib.pyplot as plt
+from IPython.display import HTML, display
+from thinkdiff import evaluate, organism, paths, pipeline, plots, realdata, report, steer, world
+
+run = pipeline.load_run(RUN)
+S = run.config.steer
+N_PROMPTS, MAX_NEW_TOKENS, POSITIONS, SEED = S["n_prompts"], S["max_new_tokens"], S["positions"], S["seed"]
+ALPHAS, CONTROL_ALPHAS, CLAIM_ALPHA, SPECIFIC_NRN = S["alphas"], S["control_alphas"], S["claim_alpha"], S["specific_nrn"]
+torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
+torch.manual_seed(SEED)
+assert CLAIM_ALPHA in ALPHAS and CLAIM_ALPHA in CONTROL_ALPHAS, "claims are judged where every direction was run"
+assert 0 not in ALPHAS + CONTROL_ALPHAS, "alpha = 0 is the unsteered run itself"
+
+# %% [markdown]
+# ## 1. The pair, its activation store and its crosscoder
+# All three come from the run (`pipeline.load_run`, built and cached on first use); the crosscoder is the
+# run's main scheme. We encode the whole store once: the sparse codes give every latent's maximum activation
+# (our unit of strength) and its score for each category.
+
+# %%
+t0 = time.time()
+pair, store, cc = run.pair, run.store, run.crosscoder()
+codes = run.codes()
+nrn = run.relative_norms()
+print(f"{run.name}: layer {pair.layer}, d_model {pair.d_model}, {store.n_tokens:,} store tokens, "
+      f"{cc.W_dec.shape[0]} latents ({run.config.schemes[0]}); loaded and encoded in {time.time() - t0:.0f} s")
+
+# %% [markdown]
+# ## 2. Choosing the latents, by a fixed rule
+# For the organism every store token carries the teacher's category label, so we score each latent by its
+# AUROC for "this token lies in a self-reflection (deductive) move" (`label.ground_truth_auroc`) and take the
+# best one among distilled-specific latents (relative norm ≥ `SPECIFIC_NRN`). The shared latent is the best
+# self-reflection latent with relative norm in [0.45, 0.55]. The rule is fixed before any steering is run.
+# A real pair has no planted labels: there the score is the category's ReasonScore (`03_label`, with the
+# run's `[label]` settings), the paper's kind of evidence.
+
+# %%
+latent_scores, score_name = run.category_scores()
+if run.has_labels:
+    display(run.ground_truth().best)
+chosen = steer.pick_latents(latent_scores, nrn, specific=SPECIFIC_NRN)
+chosen["max_act"] = [steer.latent_activation_scale(cc, codes.column(j), j) for j in chosen["latent"]]
+chosen["fires_on"] = [float(codes.frequency()[j]) for j in chosen["latent"]]
+chosen
+
+# %% [markdown]
+# How good are these latents as detectors? An AUROC near 0.5 means the latent barely tracks its
+# category; steering with it tests the paper's *procedure* (pick a latent by its label, add its direction),
+# which is what a user of the paper's method would do.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.6))
+for cat, col in (("self_reflection", "tab:red"), ("deductive", "tab:blue")):
+    ax.scatter(nrn, latent_scores[cat], s=5, alpha=0.4, color=col, label=cat)
+for _, r in chosen.iterrows():
+    ax.scatter(r["relative_norm"], r["score"], s=80, facecolor="none", edgecolor="black")
+    ax.annotate(f"{r['role']} #{r['latent']}", (r["relative_norm"], r["score"]), xytext=(4, 4),
+                textcoords="offset points", fontsize=8)
+ax.axvline(SPECIFIC_NRN, color="grey", ls=":", lw=1)
+ax.set_xlabel("relative norm (1 = distilled-only)"); ax.set_ylabel(score_name)
+ax.set_title("Candidate latents and the chosen ones (circled)"); ax.legend(fontsize=7)
+plots.savefig(fig, "04_latent_choice"); plt.show()
+
+# %% [markdown]
+# ## 3. Steering vectors in raw units
+# `steering_vector(..., "max_act")` returns `a_max · W_dec[i, distilled]`; the crosscoder is folded, so this
+# is already in the model's residual units. The random controls are seeded Gaussian directions with exactly
+# the self-reflection (deductive) vector's norm. We print each norm next to the typical residual norm at the hook.
+
+# %%
+directions = {}
+for _, r in chosen.iterrows():
+    directions[f"{r['role']} #{r['latent']}"] = steer.steering_vector(cc, int(r["latent"]), 1, "max_act",
+                                                                       max_act=float(r["max_act"]))
+SR, DED, SHARED = list(directions)
+directions["random"] = steer.random_direction(directions[SR], SEED)              # claim 6's control
+directions["random (deductive norm)"] = steer.random_direction(directions[DED], SEED + 1)  # same push as DED
+resid = np.asarray(store.acts(np.arange(min(4000, store.n_tokens))))[:, 1]
+resid_norm = float(np.linalg.norm(resid, axis=-1).mean())
+norms = pd.Series({k: float(v.norm()) for k, v in directions.items()}, name="||v|| (alpha = 1)")
+print(f"mean residual norm of the distilled model at layer {pair.layer}: {resid_norm:.3f}")
+assert abs(norms["random"] - norms[SR]) < 1e-4 * norms[SR], "control has the self-reflection vector's norm"
+assert abs(norms["random (deductive norm)"] - norms[DED]) < 1e-4 * norms[DED]
+(norms / resid_norm).rename("||v|| / mean ||resid||").to_frame().join(norms)
+
+# %% [markdown]
+# ## 4. Two checks before the sweep
+# α = 0 must reproduce the unsteered greedy generations token for token (the hook adds an exact zero),
+# and a non-zero α must change something (the hook does act).
+
+# %%
+if run.is_organism:
+    problems = organism.eval_problems(N_PROMPTS, seed=SEED)
+    prompts = [p.prompt for p in problems]
+else:   # the paper's steering prompts: the raw problem and a newline, no template
+    problems = evaluate.math_problems({**run.config.evaluate, "n_eval": N_PROMPTS, "seed": SEED})
+    prompts = [p.prompt("raw") for p in problems]
+few = prompts[:4]
+g_plain = steer.generate_steered(pair.distilled, pair.tokenizer, few, None, layer=pair.layer,
+                                 max_new_tokens=24, batch_size=BATCH_SIZE, progress=False)
+g_zero = steer.generate_steered(pair.distilled, pair.tokenizer, few, directions[SR], alpha=0.0, layer=pair.layer,
+                                max_new_tokens=24, batch_size=BATCH_SIZE, progress=False)
+assert g_plain.ids == g_zero.ids, "alpha = 0 must reproduce the unsteered generation exactly"
+print("alpha = 0 reproduces the unsteered run:", g_plain.ids == g_zero.ids)
+
+# %% [markdown]
+# ## 5. The sweep
+# Unsteered once, then every direction × α. Per generation: tokens (inside `<think>` and after), marker
+# rate per 1,000 tokens for each category (the organism's single-token markers; the core lexicon words on a
+# real pair), correctness and well-formedness (`world.parse_output` on the organism; math-verify and a closed
+# `</think>` on a real pair), truncation at the cap, and the repeated-4-gram share (degeneration).
+
+# %%
+def score(text, problem):
+    if run.is_organism:
+        parsed = world.parse_output(text)
+        return {"correct": parsed["answer"] == problem.answer, "well_formed": parsed["well_formed"]}
+    return {"correct": realdata.check_answer(text, problem.answer), "well_formed": world.THINK_CLOSE in text}
+
+marker_words = ({c: tuple(w.strip() for w in ws) for c, ws in world.MARKERS.items()} if run.is_organism
+                else steer.DEFAULT_MARKER_WORDS)
+count_markers = steer.regex_marker_counter(pair.tokenizer, marker_words)
+t0 = time.time()
+grids = {name: (ALPHAS if name in (SR, DED) else CONTROL_ALPHAS) for name in directions}
+sweep = steer.steering_sweep(pair.distilled, pair.tokenizer, prompts, directions, grids, layer=pair.layer,
+                             positions=POSITIONS, problems=problems, score=score, count_markers=count_markers,
+                             max_new_tokens=MAX_NEW_TOKENS, seeds=(SEED,), batch_size=BATCH_SIZE)
+sweep_seconds = time.time() - t0
+print(f"{len(sweep)} generations in {sweep_seconds:.0f} s")
+assert len(sweep) == N_PROMPTS * (1 + 2 * len(ALPHAS) + 3 * len(CONTROL_ALPHAS))
+sweep.groupby(["condition", "alpha"])[["n_tokens", "n_think", "rate_self_reflection", "rate_deductive",
+                                       "correct", "truncated", "rep4"]].mean().round(3)
+
+# %% [markdown]
+# A last sanity check: the sweep's unsteered run equals a fresh unsteered run of the same prompts
+# (greedy decoding is deterministic and batching does not change it).
+
+# %%
+base_rows = sweep[sweep.condition == "unsteered"].sort_values("prompt_idx")
+fresh = steer.generate_steered(pair.distilled, pair.tokenizer, few, None, layer=pair.layer,
+                               max_new_tokens=MAX_NEW_TOKENS, batch_size=2, progress=False)
+assert list(base_rows["text"][:4]) == fresh.texts, "the unsteered baseline is reproducible"
+
+# %% [markdown]
+# ## 6. Paired differences with 95 % CIs
+# `summarize_sweep` pairs each steered generation with the unsteered one on the same prompt and bootstraps
+# the mean difference over prompts.
+
+# %%
+summary = steer.summarize_sweep(sweep, n_boot=N_BOOT, seed=SEED)
+key = ["n_tokens", "rate_self_reflection", "rate_deductive", "correct", "truncated", "rep4"]
+view = summary[summary.metric.isin(key) & (summary.condition != "unsteered")].copy()
+view["Δ (95% CI)"] = [f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" for d, lo, hi in zip(view["diff"], view["diff_lo"], view["diff_hi"])]
+view.pivot_table(index=["condition", "alpha"], columns="metric", values="Δ (95% CI)", aggfunc="first")[key]
+
+# %% [markdown]
+# Dose-response: the paired difference against α for each direction. The grey line is "no effect"; the
+# random controls (equal norm to the self-reflection and to the deductive vector) are the yardstick for
+# "any push of this size".
+
+# %%
+fig = steer.plot_dose_response(summary, ["n_tokens", "rate_self_reflection", "rate_deductive", "correct", "rep4"],
+                               title=f"Steering the distilled model ({run.name}, positions={POSITIONS}, n={N_PROMPTS})")
+plots.savefig(fig, "04_dose_response"); plt.show()
+
+# %% [markdown]
+# ## 7. Side by side
+# The first three held-out prompts (not selected for effect): unsteered, then self-reflection steering
+# (over-thinking?) and deductive steering (incisive?), each at α = `CLAIM_ALPHA` and at the largest α.
+
+# %%
+top_alpha = max(ALPHAS)
+display(HTML(steer.side_by_side_html(sweep, [0, 1, 2], [(SR, CLAIM_ALPHA), (SR, top_alpha), (DED, CLAIM_ALPHA),
+                                                        (DED, top_alpha)], prompts=prompts, max_chars=500)))
+
+# %% [markdown]
+# ## 8. What does the hook cost?
+# Same prompts, exactly `BENCH_TOKENS` new tokens per row both ways (EOS ignored), the steered run adding
+# `0 · v` so the work is identical; interleaved (ABBA) and the median kept. Rates are per second of this
+# process's CPU time, which the other jobs on a shared machine barely disturb (wall-clock rates printed
+# too). The per-condition tokens/s of the sweep itself are not comparable (steered runs differ in length).
+
+# %%
+bench = steer.hook_overhead(pair.distilled, pair.tokenizer, prompts[:32], directions[SR], layer=pair.layer,
+                            n_tokens=BENCH_TOKENS, repeats=4, batch_size=BATCH_SIZE)
+print(f"per CPU-second: unsteered {bench['unsteered_tok_s']:.0f} tok/s, steered {bench['steered_tok_s']:.0f} tok/s, "
+      f"overhead {100 * bench['overhead']:.1f} % (target < 10 %); wall clock: {bench['unsteered_wall_tok_s']:.0f} vs "
+      f"{bench['steered_wall_tok_s']:.0f} tok/s")
+
+# %% [markdown]
+# ## 9. Verdicts on the paper's claims 6 and 7
+# Fixed rules (`steer.steering_claims`):
+# * claim 6 supports if self-reflection steering raises both length and the self-reflection marker rate
+#   with CIs above 0 while the random control raises neither; contradicts if neither rises;
+# * claim 7 supports if deductive steering shortens the output (CI below 0) without an accuracy loss beyond
+#   its CI; contradicts if it does not shorten.
+#
+# The recorded verdict is at α = `CLAIM_ALPHA` = 1: the latent's direction at its largest activation seen on
+# the store, the strongest push that stays inside what the model itself produces. Larger α leave that range
+# (on organism-m, α = 4 broke every direction, the random ones included: accuracy fell by ~0.75 for all), so
+# the verdict at every α run for all directions is shown too, and goes into the evidence.
+
+# %%
+claims = steer.steering_claims(summary, SR, DED, "random", CLAIM_ALPHA)
+if not run.tested:   # a smoke run computes everything and judges nothing
+    claims = {k: {"verdict": "not tested", "evidence": f"smoke run ({RUN}): {v['evidence']}"} for k, v in claims.items()}
+ctrl = summary[(summary.condition == "random (deductive norm)") & np.isclose(summary.alpha, CLAIM_ALPHA)].set_index("metric")
+claims["7"]["evidence"] += "; equal-norm random control Δtokens {:+.3g} [{:+.3g}, {:+.3g}], Δaccuracy {:+.3g} [{:+.3g}, {:+.3g}]".format(
+    *ctrl.loc["n_tokens", ["diff", "diff_lo", "diff_hi"]], *ctrl.loc["correct", ["diff", "diff_lo", "diff_hi"]])
+common = [a for a in ALPHAS if a in CONTROL_ALPHAS]
+per_alpha = pd.DataFrame({a: {k: v["verdict"] for k, v in steer.steering_claims(summary, SR, DED, "random", a).items()}
+                          for a in common}).rename(index=lambda k: f"claim {k}")
+for k in claims:
+    if run.tested:
+        claims[k]["evidence"] += "; verdict by alpha: " + ", ".join(f"{a:+g}: {per_alpha.loc[f'claim {k}', a]}" for a in common)
+for k, v in claims.items():
+    print(f"claim {k}: {v['verdict'].upper()} - {v['evidence']}")
+per_alpha
+
+# %% [markdown]
+# ## 10. Record for the run report
+
+# %%
+def cell(cond, alpha, metric):
+    r = summary[(summary.condition == cond) & np.isclose(summary.alpha, alpha) & (summary.metric == metric)].iloc[0]
+    return [round(float(r["diff"]), 4), round(float(r["diff_lo"]), 4), round(float(r["diff_hi"]), 4)]
+
+unst = summary[(summary.condition == "unsteered")].set_index("metric")["mean"]
+numbers = {"n_prompts": N_PROMPTS, "max_new_tokens": MAX_NEW_TOKENS, "positions": POSITIONS,
+           "unit": "alpha x max activation x decoder row (raw units)",
+           "latents": {r["role"]: int(r["latent"]) for _, r in chosen.iterrows()},
+           "latent relative norms": {r["role"]: round(r["relative_norm"], 3) for _, r in chosen.iterrows()},
+           f"latent {score_name}s": {r["role"]: round(r["score"], 3) for _, r in chosen.iterrows()},
+           "unsteered tokens": float(unst["n_tokens"]), "unsteered accuracy": float(unst["correct"]),
+           "unsteered self-reflection rate/1k": float(unst["rate_self_reflection"]),
+           "hook overhead": bench["overhead"], "unsteered tok/s": bench["unsteered_tok_s"],
+           "steered tok/s": bench["steered_tok_s"], "sweep seconds": sweep_seconds, "claim alpha": CLAIM_ALPHA,
+           "verdicts by alpha": ({f"{a:+g}": {k: per_alpha.loc[f"claim {k}", a] for k in claims} for a in common}
+                                 if run.tested else "not tested (smoke run)")}
+for cond, grid in grids.items():
+    for a in grid:
+        for m in ("n_tokens", "rate_self_reflection", "correct"):
+            numbers[f"Δ{m} {cond} α={a:+g} [mean, lo, hi]"] = cell(cond, a, m)
+report.record("04_steer", run.name, run.key_hash("steer"), numbers,
+              figures=[paths.FIGURES_DIR / "04_latent_choice.png", paths.FIGURES_DIR / "04_dose_response.png"],
+              claims=claims)

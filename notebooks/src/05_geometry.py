@@ -1,0 +1,350 @@
+# %% [markdown]
+# # 05 · Representation geometry across model sizes
+#
+# The paper's last claim (claim 8): larger distilled models may develop more structured representations,
+# which correlates with better distillation. Its evidence is the mean **parallelogram loss** of word
+# relations (king − man + woman ≈ queen) per model and size, with no uncertainty and no null.
+#
+# For word pairs (a_i → b_i), (a_j → b_j) of one relation, in a PCA space fitted per model and relation,
+#
+# $$\ell_{ij} = \frac{\lVert a_i - b_i - a_j + b_j\rVert}{\sqrt{\lVert a_i\rVert^2 + \lVert b_i\rVert^2 + \lVert a_j\rVert^2 + \lVert b_j\rVert^2}}$$
+#
+# is 0 for a perfect parallelogram. This notebook measures it on the organism's own relations for every
+# size, with **bootstrap CIs over word pairs**, a **permutation null** (pairings shuffled) and an explicit
+# link to **distillation performance** (held-out accuracy gain and teacher-forced CE reduction). Then it
+# looks at the geometry of the crosscoder's reasoning features, and counts how many of the paper's real
+# word pairs survive the single-token filter under the real Qwen tokenizer.
+#
+# Δ = base − distilled loss: **positive Δ means the distilled model is more parallelogram-like.**
+#
+# The sizes compared are the runs listed in the run config's `[geometry]` table (`runs`, smallest first): the
+# organism's S, M and L, or the Qwen pairs from 1.5B to 32B. A real pair is measured on the paper's word
+# relations (`data/relations`) and scored on a math set; the organism on its own relations and problems.
+
+# %% [parameters]
+RUN = "organism-m"           # the run config: configs/<RUN>.toml ([geometry]: the runs compared, dims, evaluation)
+N_BOOT = 1000                # bootstrap draws over word pairs
+N_PERM = 200                 # re-pairings in the permutation null
+QWEN_RELATIONS = True        # count single-token survivors of data/relations under the real Qwen tokenizer
+
+# %%
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import random
+import time
+import numpy as np
+import pandas as pd
+import torch
+import matplotlib.pyplot as plt
+from IPython.display import display
+from thinkdiff import geometry as geo
+from thinkdiff import evaluate, organism, paths, pipeline, plots, report, world
+from thinkdiff import relations as rel_data
+
+torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
+run = pipeline.load_run(RUN)
+G = run.config.geometry
+DIMS, CLAIM_DIM, TOP_K, SEED = list(G["dims"]), G["claim_dim"], G["top_k"], G["seed"]
+N_EVAL, MAX_NEW_TOKENS, N_CE = G["n_eval"], G["max_new_tokens"], G["n_ce"]
+size_runs = {}
+for name in G["runs"]:   # each compared size is a run of its own (its pair and hook layer)
+    r = pipeline.load_run(name)
+    size_runs[r.preset.base if r.is_organism else r.name] = r
+SIZES = list(size_runs)
+ORGANISM = all(r.is_organism for r in size_runs.values())
+assert ORGANISM or not any(r.is_organism for r in size_runs.values()), "compare organism sizes or real pairs, not both"
+assert CLAIM_DIM in DIMS and len(SIZES) >= 1
+print(run, "| sizes compared:", {s: r.name for s, r in size_runs.items()})
+
+# %% [markdown]
+# ## 1. The loss, checked on toy data
+# Before trusting any number: an exact parallelogram family gives 0, a global rotation and scale change
+# nothing, and the null shuffles the pairings of the *same* words.
+
+# %%
+rng = np.random.default_rng(SEED)
+A = rng.normal(size=(10, 6)); B = A + rng.normal(size=6)
+Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+noisy = B + 0.3 * rng.normal(size=B.shape)
+assert geo.pairwise_parallelogram_losses(A, B).max() < 1e-12
+assert np.allclose(geo.pairwise_parallelogram_losses(A, noisy), geo.pairwise_parallelogram_losses(3 * A @ Q, 3 * noisy @ Q))
+null = geo.permutation_null(A, noisy, n_perm=50, seed=SEED)
+print(f"toy: real pairing {geo.pairwise_parallelogram_losses(A, noisy).mean():.3f}, re-paired null mean {null.mean():.3f}")
+
+# %% [markdown]
+# ## 2. The relations
+# On the organism: singular → plural nouns, number word → digit, number word → capitalised number word,
+# digit → next digit, each word in the form the corpus uses. On a real pair: the paper's five relations
+# (`data/relations`). Words are fed **alone** (one token, position 0), as in the paper, and read at
+# resid_pre of each pair's hook layer (the crosscoder's).
+
+# %%
+relations = rel_data.organism_relations() if ORGANISM else {n: rel_data.load_relation(n) for n in rel_data.RELATIONS}
+{k: v[:3] for k, v in relations.items()}
+
+# %%
+pairs = {}
+for size, r in size_runs.items():
+    t0 = time.time()
+    pairs[size] = r.pair
+    n_params = sum(p.numel() for p in pairs[size].base.parameters())
+    print(f"{size}: {n_params:,} parameters, hook layer {pairs[size].layer}, loaded in {time.time() - t0:.0f} s")
+tok = pairs[SIZES[0]].tokenizer  # one tokenizer for every size (the organism's; the Qwen2.5 one for real pairs)
+
+# %%
+results, survival = {}, []
+for size in SIZES:
+    pr = pairs[size]
+    res, surv = geo.analyse_relations((pr.base, pr.distilled), pr.tokenizer, relations, pr.layer, dims=DIMS,
+                                      n_boot=N_BOOT, n_perm=N_PERM, seed=SEED)
+    results[size] = res
+    survival.append(surv.assign(size=size, layer=pr.layer))
+survival = pd.concat(survival)
+if ORGANISM:
+    assert survival["analysed"].all(), "every organism relation is single-token by construction"
+survival[survival["size"] == SIZES[0]][["relation", "n_given", "n_kept"]]
+
+# %% [markdown]
+# ## 3. Per model, relation and size: mean loss, CI and the null
+# `p_null` is the share of re-pairings at least as parallelogram-like as the real pairing; a real pairing
+# far below its null means the relation has structure at all. The paper's per-model PCA basis is shown.
+
+# %%
+table = pd.concat([r.table for rs in results.values() for r in rs], keys=[s for s, rs in results.items() for _ in rs],
+                  names=["size", None]).reset_index(level=0)
+per_model = table[table.basis == geo.PER_MODEL]
+per_model[per_model.dim == CLAIM_DIM][["size", "relation", "model", "n_pairs", "mean", "mean_lo", "mean_hi",
+                                       "null_mean", "null_q025", "p_null"]].round(3)
+
+# %% [markdown]
+# The loss against PCA dimension: the real pairing (solid, 95 % CI band) and the null median (dotted), per
+# relation, for each size.
+
+# %%
+rels = list(relations)
+fig, axes = plt.subplots(len(SIZES), len(rels), figsize=(3.1 * len(rels), 2.5 * len(SIZES)), squeeze=False)
+for s, size in enumerate(SIZES):
+    for c, rel in enumerate(rels):
+        ax = axes[s][c]
+        for model, col in zip(geo.MODEL_NAMES, ("tab:blue", "tab:red")):
+            t = per_model[(per_model["size"] == size) & (per_model.relation == rel) & (per_model.model == model)].sort_values("dim")
+            ax.plot(t["dim_used"], t["mean"], "o-", color=col, ms=3, label=model)
+            ax.fill_between(t["dim_used"], t["mean_lo"], t["mean_hi"], color=col, alpha=0.2)
+            ax.plot(t["dim_used"], t["null_q50"], ":", color=col, lw=1)
+        ax.set_xscale("log"); ax.set_title(f"{size}: {rel}", fontsize=9)
+        ax.set_xlabel("PCA dimension"); ax.set_ylabel("mean parallelogram loss")
+axes[0][0].legend(fontsize=7)
+fig.suptitle("Parallelogram loss vs PCA dimension (dotted: re-paired null median)")
+fig.tight_layout(); plots.savefig(fig, "05_loss_vs_dim"); plt.show()
+
+# %% [markdown]
+# Empirical CDFs of all quadruple losses at PCA dim `CLAIM_DIM`: base vs distilled, and one re-pairing of
+# the same words (dotted).
+
+# %%
+fig = geo.plot_ecdf_grid(results, dim=CLAIM_DIM)
+plots.savefig(fig, "05_ecdf_grid"); plt.show()
+
+# %% [markdown]
+# ## 4. Distillation performance per size
+# Two measures, each paired over the same items: the held-out **accuracy gain** (distilled − base, greedy,
+# exact answer), and the **teacher-forced CE reduction** (base − distilled nats/token on held-out teacher
+# traces), a smooth measure that is not capped by the base's inability to answer. A real pair is scored on
+# the math set with math-verify; it has no programmatic teacher, so the CE measure is organism-only.
+
+# %%
+if ORGANISM:
+    problems = organism.eval_problems(N_EVAL, seed=SEED)
+    ce_problems = organism.eval_problems(N_CE, seed=SEED + 1)
+    trace_rng = random.Random(SEED)
+    traces = [world.spans_text(world.teacher_document(p, trace_rng, world.TeacherConfig())) for p in ce_problems]
+    assert all(t.startswith(p.prompt) for t, p in zip(traces, ce_problems))
+    completions = [t[len(p.prompt):] for t, p in zip(traces, ce_problems)]
+else:
+    problems = evaluate.math_problems({**run.config.evaluate, "n_eval": N_EVAL, "seed": SEED})
+perf_acc, perf_ce, perf_rows = {}, {}, []
+for size in SIZES:
+    pr = pairs[size]
+    if ORGANISM:
+        ev = {role: organism.evaluate(getattr(pr, role), tok, problems, MAX_NEW_TOKENS) for role in ("base", "distilled")}
+    else:
+        ev = {role: evaluate.math_accuracy(getattr(pr, role), pr.tokenizer, problems, MAX_NEW_TOKENS)
+              for role in ("base", "distilled")}
+    perf_acc[size] = evaluate.accuracy_gain(ev["base"]["correct"], ev["distilled"]["correct"], seed=SEED)
+    row = {"size": size, "base acc": ev["base"]["accuracy"], "distilled acc": ev["distilled"]["accuracy"],
+           "acc gain": perf_acc[size]["gain"], "gain lo": perf_acc[size]["lo"], "gain hi": perf_acc[size]["hi"]}
+    if ORGANISM:
+        ce = {role: evaluate.teacher_forced_ce(getattr(pr, role), tok, [p.prompt for p in ce_problems], completions)
+              for role in ("base", "distilled")}
+        perf_ce[size] = evaluate.ce_reduction(ce["base"], ce["distilled"], seed=SEED)
+        row.update({"base CE": ce["base"].mean(), "distilled CE": ce["distilled"].mean(), "CE reduction": perf_ce[size]["gain"],
+                    "red lo": perf_ce[size]["lo"], "red hi": perf_ce[size]["hi"]})
+    perf_rows.append(row)
+perf = pd.DataFrame(perf_rows).set_index("size")
+perf.round(3)
+
+# %% [markdown]
+# ## 5. Δ (base − distilled) against distillation performance
+# One point per size and relation, and the size's pooled mean over relations (black squares; its CI pools
+# the relations' bootstrap draws). Claim 8 would have the pooled Δ above 0 and rising with performance.
+
+# %%
+size_acc = geo.size_table(results, perf_acc, dim=CLAIM_DIM)
+size_ce = geo.size_table(results, perf_ce, dim=CLAIM_DIM) if ORGANISM else None
+panels = [(size_acc, "accuracy gain (distilled - base)")] + ([(size_ce, "CE reduction (base - distilled, nats/token)")] if ORGANISM else [])
+fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+a1 = axes[0][0]
+for ax, (tab, what) in zip(axes[0], panels):
+    for rel, g in tab.groupby("relation", sort=False):
+        pooled = rel == "all relations"
+        ax.errorbar(g["perf_gain"], g["delta"], yerr=[g["delta"] - g["delta_lo"], g["delta_hi"] - g["delta"]],
+                    xerr=[g["perf_gain"] - g["perf_lo"], g["perf_hi"] - g["perf_gain"]], fmt="s-" if pooled else "o",
+                    color="black" if pooled else None, ms=6 if pooled else 4, capsize=2, alpha=1 if pooled else 0.6, label=rel)
+        if pooled:
+            for _, r in g.iterrows():
+                ax.annotate(str(r["size"]), (r["perf_gain"], r["delta"]), textcoords="offset points", xytext=(5, 5))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel(what); ax.set_ylabel(f"Δ parallelogram loss (base - distilled), PCA {CLAIM_DIM}")
+    ax.set_title(f"vs {what.split(' (')[0]}")
+a1.legend(fontsize=7)
+fig.suptitle("Geometry vs distillation performance across sizes (95% CIs)")
+fig.tight_layout(); plots.savefig(fig, "05_delta_vs_performance"); plt.show()
+
+# %% [markdown]
+# The per-size table (PCA dim `CLAIM_DIM`, per-model basis), and the pooled Δ at every PCA dimension, so a
+# conclusion that holds only at one dimension is visible as such.
+
+# %%
+display(size_acc[["size", "relation", "n_pairs", "base_mean", "distilled_mean", "null_mean_base", "null_mean_distilled",
+                  "delta", "delta_lo", "delta_hi", "ci_excludes_zero", "perf_gain", "perf_lo", "perf_hi"]].round(4))
+by_dim = pd.concat([geo.size_table(results, perf_acc, dim=k).assign(dim=k) for k in DIMS])
+by_dim = by_dim[by_dim.relation == "all relations"]
+by_dim.assign(ci=[f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(by_dim.delta, by_dim.delta_lo, by_dim.delta_hi)]
+              ).pivot(index="size", columns="dim", values="ci").loc[SIZES]
+
+# %% [markdown]
+# ## 6. Claim 8
+# Fixed rule (`geometry.claim8_summary`): supports if the pooled Δ has a CI above 0 at the best-distilling
+# size and rises with performance across sizes; contradicts if its CI is below 0 there or it falls as
+# performance rises; mixed otherwise. Judged with the accuracy gain (the measure fixed for this claim); the CE-based
+# ordering is reported next to it.
+
+# %%
+c8 = geo.claim8_summary(size_acc)
+c8_ce = geo.claim8_summary(size_ce) if ORGANISM else {"verdict": "not measured (no teacher traces)"}
+evidence = (f"PCA {CLAIM_DIM}, per-model basis, {len(results[SIZES[0]])} relations; pooled Δ(base - distilled) by size "
+            + "; ".join(f"{s}: {v['delta']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}] at accuracy gain {v['perf']:+.3f}"
+                        for s, v in c8["by_size"].items())
+            + f"; rises with accuracy gain: {c8['delta_rises_with_perf']}; with CE reduction as performance: {c8_ce['verdict']}")
+verdict8 = c8["verdict"] if run.tested else "not tested"
+print(f"claim 8: {verdict8.upper()} - {evidence}")
+
+# %% [markdown]
+# ## 7. Feature geometry of the reasoning latents (this run's main crosscoder)
+# Each latent is assigned to the category where its score is highest (ground-truth AUROC on the organism,
+# ReasonScore on a real pair); the top `TOP_K` per category by that score; cosine similarity of their
+# decoder directions on each model's side.
+
+# %%
+cc = run.crosscoder()
+scores, score_name = run.category_scores()
+best_cat = scores[list(world.CATEGORIES)].fillna(-np.inf).idxmax(axis=1)  # each latent counts for one category only
+top = {cat: list(scores.loc[best_cat == cat, cat].sort_values(ascending=False).index[:TOP_K]) for cat in world.CATEGORIES}
+print(f"latents per category by {score_name}:", {c: len(v) for c, v in top.items()})
+top = {c: v for c, v in top.items() if v}
+lat = [j for cat in top for j in top[cat]]
+names = [f"{j} {cat[:4]}" for cat in top for j in top[cat]]
+fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+for ax, m in zip(axes, (0, 1)):
+    cos = geo.decoder_cosines(cc, lat, model_index=m).to_numpy()
+    im = ax.imshow(cos, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(lat)), names, rotation=90, fontsize=6); ax.set_yticks(range(len(lat)), names, fontsize=6)
+    ax.set_xlabel("latent (category)"); ax.set_ylabel("latent (category)")
+    ax.set_title(f"{geo.MODEL_NAMES[m]} side")
+cb = fig.colorbar(im, ax=axes, shrink=0.8); cb.ax.set_ylabel("cosine similarity"); cb.ax.set_xlabel("cos")
+fig.suptitle(f"Decoder cosine similarity of the top-{TOP_K} latents per category ({run.name})")
+plots.savefig(fig, "05_feature_cosines"); plt.show()
+within = {}
+for m in (0, 1):
+    cos = geo.decoder_cosines(cc, lat, model_index=m).to_numpy()
+    group = np.array([c for c in top for _ in top[c]])
+    blocks = (group[:, None] == group[None, :]) & ~np.eye(len(lat), dtype=bool)
+    # mean cosine within a category block (off-diagonal) vs across categories
+    within[geo.MODEL_NAMES[m]] = (float(np.nanmean(cos[blocks])), float(np.nanmean(cos[~blocks & ~np.eye(len(lat), dtype=bool)])))
+print({k: f"within-category mean cos {w:.3f}, across {a:.3f}" for k, (w, a) in within.items()})
+
+# %% [markdown]
+# How aligned are the base-side and distilled-side directions of a latent? For every latent with both
+# sides non-zero: the cosine between them, against relative norm. Shared latents that are really the same
+# direction in both models sit near cos 1.
+
+# %%
+align = geo.side_alignment(cc)
+live = align[(align.norm_base > 0) & (align.norm_distilled > 0)]
+fig, ax = plt.subplots(figsize=(6, 3.8))
+ax.scatter(live["rel_norm"], live["cos_base_distilled"], s=5, alpha=0.4, color="grey", label="all latents")
+sel = live[live.latent.isin(lat)]
+ax.scatter(sel["rel_norm"], sel["cos_base_distilled"], s=25, color="tab:red", label="top reasoning latents")
+ax.set_xlabel("relative norm (1 = distilled-only)"); ax.set_ylabel("cos(base side, distilled side)")
+ax.set_title(f"Base vs distilled decoder alignment ({run.name})"); ax.legend(fontsize=7)
+plots.savefig(fig, "05_side_alignment"); plt.show()
+shared_band = live[(live.rel_norm > 0.3) & (live.rel_norm < 0.7)]
+print(f"median cos(base, distilled): shared latents (0.3 < NRN < 0.7) {shared_band.cos_base_distilled.median():.3f} "
+      f"(n={len(shared_band)}), top reasoning latents {sel.cos_base_distilled.median():.3f} (n={len(sel)})")
+
+# %% [markdown]
+# A 2-D PCA map of the distilled-side unit decoder directions of all latents, coloured by relative norm
+# and by category (the top-`TOP_K` lists above; the rest "none").
+
+# %%
+cat_of = {j: cat for cat in top for j in top[cat]}
+alive = [j for j in range(cc.W_dec.shape[0]) if float(cc.W_dec[j, 1].detach().norm()) > 0]
+dmap = geo.decoder_map(cc, alive, categories=[cat_of.get(j, "none") for j in alive], model_index=1)
+fig = geo.plot_decoder_map(dmap.sort_values("category", key=lambda c: c != "none"),
+                           title=f"Distilled-side decoder directions, PCA ({run.name})")
+plots.savefig(fig, "05_decoder_map"); plt.show()
+
+# %% [markdown]
+# ## 8. The paper's real word relations under the Qwen tokenizer
+# `data/relations` holds the project's own lists for the paper's five relations. The paper fed each word
+# alone, so only pairs whose two words are each a single token survive; here is how many, next to the
+# number the paper reports keeping (and, for comparison, how many survive as mid-sentence words with a
+# leading space, which is how Qwen's vocabulary stores most whole words).
+
+# %%
+if QWEN_RELATIONS:
+    from thinkdiff import qwen
+    qtok = qwen.qwen_tokenizer()
+    qrows = []
+    for name in rel_data.RELATIONS:
+        given = rel_data.load_relation(name)
+        kept, dropped = geo.filter_single_token(given, qtok)
+        spaced, _ = geo.filter_single_token([(" " + a, " " + b) for a, b in given], qtok)
+        qrows.append({"relation": name, "pairs written": len(given), "single-token pairs": len(kept),
+                      "share kept": round(len(kept) / len(given), 3), "with leading space": len(spaced),
+                      "paper kept": rel_data.PAPER_KEPT[name]})
+    qwen_table = pd.DataFrame(qrows).set_index("relation")
+    display(qwen_table)
+else:
+    qwen_table = None
+
+# %% [markdown]
+# ## 9. Record for the run report
+
+# %%
+numbers = {"sizes": SIZES, "claim dim": CLAIM_DIM, "n_boot": N_BOOT, "n_perm": N_PERM, "n_eval": N_EVAL, "n_ce": N_CE}
+for _, r in size_acc.iterrows():
+    numbers[f"{r['size']} {r['relation']} Δloss [mean, lo, hi]"] = [round(r["delta"], 5), round(r["delta_lo"], 5), round(r["delta_hi"], 5)]
+for size in SIZES:
+    numbers[f"{size} accuracy gain [mean, lo, hi]"] = [round(perf_acc[size][k], 4) for k in ("gain", "lo", "hi")]
+    if ORGANISM:
+        numbers[f"{size} CE reduction [mean, lo, hi]"] = [round(perf_ce[size][k], 4) for k in ("gain", "lo", "hi")]
+    t = per_model[(per_model["size"] == size) & (per_model.dim == CLAIM_DIM)]
+    numbers[f"{size} relations below null (p_null < 0.05)"] = int((t.p_null < 0.05).sum())
+numbers["feature cos within/across category"] = {k: [round(w, 3), round(a, 3)] for k, (w, a) in within.items()}
+numbers["median cos(base, distilled) shared latents"] = float(shared_band.cos_base_distilled.median())
+if qwen_table is not None:
+    numbers["Qwen single-token pairs kept"] = {k: int(v) for k, v in qwen_table["single-token pairs"].items()}
+figs = ["05_loss_vs_dim", "05_ecdf_grid", "05_delta_vs_performance", "05_feature_cosines", "05_side_alignment", "05_decoder_map"]
+report.record("05_geometry", run.name, run.key_hash("geometry"), numbers, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs],
+              claims={"8": {"verdict": verdict8, "evidence": evidence}})
