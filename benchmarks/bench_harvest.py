@@ -27,13 +27,11 @@ import torch  # noqa: E402
 
 from thinkdiff.harvest import HarvestConfig, _batch_arrays, _plan, harvest_pair, prepare_documents  # noqa: E402
 from thinkdiff.hooks import decoder_layers_path  # noqa: E402
+from thinkdiff.organism import SIZES  # noqa: E402
 
-# Stand-ins with the organism's shapes until thinkdiff.organism lands; L is the shape the issue names.
-SHAPES = {
-    "S": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=192),
-    "M": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, intermediate_size=384),
-    "L": dict(hidden_size=192, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2, intermediate_size=576),
-}
+# Random-weight models with the organism's shapes (organism.SIZES): the harvest's cost depends on shape only.
+SHAPES = {name: dict(hidden_size=c.hidden, num_hidden_layers=c.layers, num_attention_heads=c.heads,
+                     num_key_value_heads=c.kv_heads, intermediate_size=c.intermediate) for name, c in SIZES.items()}
 VOCAB = 1000
 
 

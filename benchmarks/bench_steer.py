@@ -1,4 +1,4 @@
-"""Generated tokens/s, steered vs unsteered, on a model of organism-L shape (issue 6: hook cost < 10 %).
+"""Generated tokens/s, steered vs unsteered, on a model of organism-L shape (target: hook cost < 10 %).
 
 Random Qwen2ForCausalLM: hidden 192, 8 layers, 6 heads / 2 KV heads, intermediate 576, vocab ~1000;
 batch 32 prompts, 64 new tokens each (no early stop). Runs are interleaved and the median of

@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py                  # 2 x 256 inputs -> 8,192 latents, batch 4,096, fp32, CPU
     python benchmarks/bench_train.py --d-model 1536 --n-latents 32768 --batch 1024 --device cuda   # 1.5B shape
 
-FLOP convention (as in the issue): a step is 6 matmuls of 2 * batch * (n_models * d_model) * F FLOP
+FLOP convention: a step is 6 matmuls of 2 * batch * (n_models * d_model) * F FLOP
 (encoder and decoder forward, two backward matmuls each), 206 GFLOP at the default shape. The trainer
 never needs the gradient of the input activations, so ReLU really executes 5 of them; BatchTopK runs the
 dense encoder forward plus sparse work proportional to k. GFLOP/s below use the 6-matmul count for both,

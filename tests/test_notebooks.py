@@ -15,7 +15,9 @@ FAST = {
     "00_organism": SMOKE,
     "01_harvest": SMOKE,
     "02_train": SMOKE,
-    "03_label": {**SMOKE, "N_BOOT": 200, "N_CARDS": 4},
+    "03_label": SMOKE,
+    "03b_ablation": {**SMOKE, "N_BOOT": 200},
+    "03c_browser": {**SMOKE, "N_CARDS": 4},
     "04_steer": {**SMOKE, "BENCH_TOKENS": 8, "N_BOOT": 300},
     "05_geometry": {**SMOKE, "N_BOOT": 200, "N_PERM": 50},
 }
@@ -71,7 +73,7 @@ def test_notebook_executes_on_a_real_pair_stand_in(name, test_runs, tiny_qwen_ru
     """Every notebook also runs on the real-pair code path (tiny random Qwen2 models, real tokenizers): no
     organism-only call without a guard."""
     # Owned settings sized to the stand-in: its 151,936-token vocabulary makes every logit pass costly.
-    own = {"02_train": {"N_SPLICE_DOCS": 4}, "03_label": {"N_BOOT": 50, "N_CARDS": 2},
+    own = {"02_train": {"N_SPLICE_DOCS": 4}, "03b_ablation": {"N_BOOT": 50}, "03c_browser": {"N_CARDS": 2},
            "04_steer": {"N_BOOT": 50, "BENCH_TOKENS": 4}, "05_geometry": {"N_BOOT": 50, "N_PERM": 20}}
     out = notebooks.run(name, test_runs / "executed-tiny-qwen", parameters={"RUN": tiny_qwen_run, **own.get(name, {})})
     assert out.exists()

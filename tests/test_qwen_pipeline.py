@@ -2,8 +2,8 @@
 
 Two tiny random-weight ``Qwen2ForCausalLM`` (the qwen-1.5b config scaled to width 64 and 4 blocks, the real
 151,936-row embedding; ``qwen.tiny_qwen_pair``) are registered as a custom hf preset from their local folders
-and go through the functions a real run calls: ``presets.load_pair`` / ``pipeline.get_store`` (realdata corpus
-from local OpenThoughts-format and general-text files, harvest with pairing check), ``pipeline.get_crosscoder``
+and go through the functions a real run calls: ``presets.load_pair`` / ``pipeline.load_run`` (realdata corpus
+from local OpenThoughts-format and general-text files, harvest with pairing check), ``Run.crosscoder``
 (the paper's config scaled down), labelling with the real-tokenizer lexicon matcher, relative norms and
 ReasonScore, a steered generation along a decoder direction, and the geometry relation filter on
 ``data/relations`` with the real Qwen2 tokenizer. Also the smoke path of ``benchmarks/gpu_check.py``.
@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from standins import GENERAL, openthoughts_row as _ot_row
-from thinkdiff import codes, geometry, harvest, hf, label, lexicon, norms, paths, pipeline, presets, qwen, realdata, relations, steer, train
+from thinkdiff import (codes, geometry, harvest, hf, label, lexicon, norms, paths, pipeline, presets, qwen, realdata,
+                       relations, runconfig, steer, train)
 
 PRESET = "test-tiny-qwen-1.5b"
 
@@ -41,7 +42,7 @@ def pair(tiny, tmp_path_factory):
         mp.setattr(paths, "RUNS_DIR", tmp_path_factory.mktemp("runs"))
         yield pipeline.load_pair(p.name)
     presets.PRESETS.pop(PRESET, None)
-    pipeline._PAIRS.pop(PRESET, None)
+    pipeline._PAIRS.pop((PRESET, None), None)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +54,23 @@ def corpus_files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def store(pair, corpus_files):
-    """A few hundred tokens of the realdata corpus, harvested through pipeline.get_store."""
-    _, st = pipeline.get_store(PRESET, n_docs=16, teacher_fraction=0.5, seed=49, progress=False,
-                               corpus=dict(max_tokens=64, shuffle_buffer=8, **corpus_files),
-                               batch_size=8, max_seq_len=64, heldout_fraction=0.2, shard_tokens=256)
-    return st
+def run(pair, corpus_files):
+    """A run of the tiny pair, declared as a run config would declare it: a few hundred tokens of the realdata
+    corpus, and the paper's crosscoder config (ReLU + L1, lambda 2, Adam betas, decoder init 0.08, grad clip 1)
+    scaled down to 256 latents and 40 steps of 64 tokens (lr raised from 5e-5 so that 40 steps move the weights)."""
+    cfg = runconfig.from_dict({
+        "preset": PRESET,
+        "harvest": {"n_docs": 16, "teacher_fraction": 0.5, "seed": 49, "batch_size": 8, "max_seq_len": 64,
+                    "heldout_fraction": 0.2, "shard_tokens": 256,
+                    "corpus": {"max_tokens": 64, "shuffle_buffer": 8, **{k: str(v) for k, v in corpus_files.items()}}},
+        "train": {"schemes": ["relu"], "relu": {"n_latents": 256, "n_steps": 40, "batch_size": 64, "lr": 2e-3,
+                                                "buffer_tokens": 1024, "checkpoint_every": 0}}}, "test-tiny-qwen")
+    return pipeline.Run(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def store(run):
+    return run.store
 
 
 def test_presets_table_and_custom_preset(pair, tiny):
@@ -141,14 +153,10 @@ def test_harvest_store_real_corpus(pair, store, corpus_files):
 
 
 @pytest.fixture(scope="module")
-def crosscoder(pair, store):
-    """The paper's config (ReLU + L1, lambda 2, Adam betas, decoder init 0.08, grad clip 1) scaled down: 256
-    latents, 40 steps of 64 tokens; lr raised from 5e-5 so that 40 steps move the weights at all."""
-    cfg = pipeline.train_config(PRESET, "relu", n_latents=256, n_steps=40, batch_size=64, lr=2e-3,
-                                buffer_tokens=1024, checkpoint_every=0)
-    assert (cfg.l1_coeff, cfg.dec_init_norm, cfg.lr_decay_frac, cfg.seed) == (2.0, 0.08, 0.2, 49)
-    return pipeline.get_crosscoder(PRESET, "relu", store=store, progress=False, n_latents=256, n_steps=40,
-                                   batch_size=64, lr=2e-3, buffer_tokens=1024, checkpoint_every=0)
+def crosscoder(run):
+    cfg = run.train_config("relu")
+    assert (cfg.l1_coeff, cfg.dec_init_norm, cfg.lr_decay_frac, cfg.seed) == (2.0, 0.08, 0.2, 49)   # train.PAPER's
+    return run.crosscoder("relu")
 
 
 def test_train_and_label_with_the_real_lexicon(pair, store, crosscoder):

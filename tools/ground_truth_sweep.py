@@ -1,17 +1,17 @@
 """Which dictionary knob recovers the organism's planted truth? Train crosscoders that differ in one knob
 (size, steps, sparsity scheme) on the same store and score each with the rules of ``03_label`` §7.
 
-Usage: python tools/ground_truth_sweep.py [--preset organism-m] [--out docs/ground-truth-sweep.md]
-Every crosscoder is cached by config (``runs/``), so a rerun only trains what is new.
+Usage: python tools/ground_truth_sweep.py [--run organism-m] [--out docs/ground-truth-sweep.md]
+Each variant is the run with one training setting overridden (``pipeline.load_run(run, overrides)``); every
+crosscoder is cached by its key (``runs/``), so a rerun only trains what is new.
 """
 import argparse
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 
-from thinkdiff import codes, norms, organism, pipeline, probes
+from thinkdiff import organism, pipeline, probes
 from thinkdiff.lexicon import CATEGORIES
 
 # One knob at a time, against the default of each scheme.
@@ -31,21 +31,20 @@ def markdown(df: pd.DataFrame) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="organism-m")
+    ap.add_argument("--run", default="organism-m", help="a run config (configs/<run>.toml) on an organism preset")
     ap.add_argument("--out", default="docs/ground-truth-sweep.md")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pair, store = pipeline.get_store(args.preset)
-    docs = pipeline.documents(pair)
+    base = pipeline.load_run(args.run)
+    store, docs = base.store, base.documents()
     targets = probes.organism_targets(store.meta, organism.step_end_labels(docs, store.meta), CATEGORIES)
     ceiling = probes.probe_ceiling(store, targets)
     rows = []
     for scheme, over in VARIANTS:
         t0 = time.time()
-        cc = pipeline.get_crosscoder(args.preset, scheme, store=store, **over)
-        acts = codes.encode_store(cc, store)
-        rec = probes.latent_recovery(acts, store.meta["split"], targets, norms.relative_norm(cc),
+        run = pipeline.load_run(args.run, overrides={f"train.{scheme}.{k}": x for k, x in over.items()})
+        rec = probes.latent_recovery(run.codes(scheme), store.meta["split"], targets, run.relative_norms(scheme),
                                      ks=(probes.TARGETS["sparse_k"],))
         v = probes.ground_truth_verdicts(ceiling, rec)
         row = {"scheme": scheme, "change": ", ".join(f"{k}={x}" for k, x in over.items()) or "default",
@@ -63,7 +62,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     probe_table = ceiling[["base", "distilled"]].round(3).reset_index()
     with open(args.out, "w") as f:
-        f.write(f"# Ground-truth recovery by dictionary knob ({args.preset})\n\n"
+        f.write(f"# Ground-truth recovery by dictionary knob ({args.run})\n\n"
                 "Written by `python tools/ground_truth_sweep.py`; rules and targets as in `03_label` §7 "
                 "(latents chosen on the store's training split, AUROC on its held-out split).\n\n"
                 "## Probe ceilings (held-out AUROC of a dense logistic probe per model)\n\n"

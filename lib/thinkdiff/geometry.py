@@ -470,11 +470,13 @@ def plot_ecdf_grid(results: dict, dim: int = 2, basis: str = PER_MODEL, show_nul
     return fig
 
 
-def plot_delta_vs_performance(table: pd.DataFrame, title: str = "Geometry vs distillation performance"):
-    """Delta loss (base - distilled, 95% CI) against the accuracy gain (95% CI), one point per size and relation."""
+def plot_delta_vs_performance(table: pd.DataFrame, title: str = "Geometry vs distillation performance",
+                              xlabel: str = "distillation performance (accuracy gain, distilled - base)", ax=None):
+    """Delta loss (base - distilled, 95% CI) against distillation performance (95% CI), one point per size and
+    relation; the pooled row in black with its sizes annotated. Draws on ``ax`` when given."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(5.5, 4)) if ax is None else (ax.figure, ax)
     for rel, g in table.groupby("relation", sort=False):
         pooled = rel == "all relations"
         xerr = None if g["perf_lo"].isna().all() else [g["perf_gain"] - g["perf_lo"], g["perf_hi"] - g["perf_gain"]]
@@ -485,7 +487,7 @@ def plot_delta_vs_performance(table: pd.DataFrame, title: str = "Geometry vs dis
             for _, r in g.iterrows():
                 ax.annotate(str(r["size"]), (r["perf_gain"], r["delta"]), textcoords="offset points", xytext=(5, 5))
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("distillation performance (accuracy gain, distilled - base)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Δ parallelogram loss (base - distilled)")
     ax.set_title(title)
     ax.legend(fontsize=7)
@@ -493,16 +495,19 @@ def plot_delta_vs_performance(table: pd.DataFrame, title: str = "Geometry vs dis
     return fig
 
 
-def plot_cosine_matrix(cos: pd.DataFrame, title: str = "Decoder cosine similarity", labels: Sequence[str] | None = None):
-    """Heatmap of a ``decoder_cosines`` matrix (labels, e.g. "4975 self_reflection", default the latent ids)."""
+def plot_cosine_matrix(cos: pd.DataFrame, title: str = "Decoder cosine similarity", labels: Sequence[str] | None = None,
+                       ax=None):
+    """Heatmap of a ``decoder_cosines`` matrix (labels, e.g. "4975 self_reflection", default the latent ids).
+    Draws on ``ax`` when given."""
     import matplotlib.pyplot as plt
 
     k = len(cos)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * k, 1.0 + 0.35 * k))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * k, 1.0 + 0.35 * k)) if ax is None else (ax.figure, ax)
     im = ax.imshow(cos.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
     lab = list(labels) if labels is not None else [str(x) for x in cos.index]
-    ax.set_xticks(range(k), lab, rotation=90, fontsize=7)
-    ax.set_yticks(range(k), lab, fontsize=7)
+    fs = 7 if k <= 24 else 6
+    ax.set_xticks(range(k), lab, rotation=90, fontsize=fs)
+    ax.set_yticks(range(k), lab, fontsize=fs)
     ax.set_xlabel("latent")
     ax.set_ylabel("latent")
     ax.set_title(title)

@@ -20,9 +20,10 @@ import pandas as pd
 import torch
 
 from .codes import (SparseActs, chunk_indices, check_inputs, device_of, eval_mode, global_mask, load_rows,
-                    restrict_rows)
+                    restrict, restrict_rows)
 from .lexicon import CATEGORIES, Lexicon, runs_from_meta
-from .norms import decoder_cosine, decoder_norms, norm_name, norm_scale_of, relative_norm, training_decoder
+from .norms import (decoder_cosine, decoder_norms, norm_name, norm_scale_of, relative_norm, top_latents,
+                    training_decoder)
 
 MODELS = ("base", "distilled")
 
@@ -457,6 +458,53 @@ def features_table(W_dec, acts: SparseActs | None = None, scaling: pd.DataFrame 
         df.loc[hit, "label"] = df.loc[hit, col]
         df.loc[hit, "label_source"] = src
     return df
+
+
+@dataclass
+class LabelParts:
+    """What the features table is built from (``run_features``): each computed with the run's ``[label]`` settings."""
+    scaling: pd.DataFrame         # latent scaling of the top distilled-only live latents, held-out tokens
+    scores: ReasonScores          # per-category ReasonScore over the default lexicon tiers
+    counts: pd.DataFrame          # [F x categories] firings at each category's marker tokens
+    truth: GroundTruth | None     # held-out ground-truth AUROC (planted labels only)
+
+
+def label_parts(run, scheme: str | None = None) -> LabelParts:
+    """The parts of ``run``'s features table for ``scheme`` (default: the main one), from its ``[label]`` settings."""
+    from .lexicon import marker_token_ids
+
+    cc, acts, nrn = run.crosscoder(scheme), run.codes(scheme), run.relative_norms(scheme)
+    store, tok, L = run.store, run.pair.tokenizer, run.config.label
+    meta = store.meta
+    alive = acts.frequency() > 0
+    top = [int(j) for j in top_latents(np.where(alive, nrn, np.nan), L["n_scaling"]) if alive[j]]
+    scaling = latent_scaling(cc, store, top, mask=meta["split"] == 1)
+    scores = reason_scores(acts, Lexicon(tok), meta, alpha=L["reasonscore_alpha"], before=L["window"][0],
+                           after=L["window"][1], special_ids=tok.all_special_ids)
+    counts = marker_counts(acts, marker_masks(meta, marker_token_ids(tok), use_labels=run.has_labels))
+    truth = None
+    if run.has_labels:
+        gt = ground_truth_auroc(restrict(acts, meta["split"] == 1), meta["label"], nrn)
+        truth = GroundTruth(gt.best, gt.auroc)
+    return LabelParts(scaling, scores, counts, truth)
+
+
+def run_features(run, scheme: str | None = None, parts: LabelParts | None = None) -> pd.DataFrame:
+    """The features table of ``run``'s crosscoder ``scheme`` (default: the main one), cached next to the run's
+    other labelling outputs (``runs/label/<run.key_hash("label")>/features-<scheme>.parquet``): built once, from
+    ``parts`` when given (computed with the run's settings, as ``label_parts`` does) or by ``label_parts``."""
+    from . import paths
+
+    scheme = scheme or run.config.schemes[0]
+    folder = paths.artifact_dir("label", run.key("label"))
+    path = folder / f"features-{scheme}.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    parts = parts or label_parts(run, scheme)
+    table = features_table(run.crosscoder(scheme), acts=run.codes(scheme), scaling=parts.scaling,
+                           scores=parts.scores, counts=parts.counts, truth=parts.truth)
+    save_features_table(table, folder, f"features-{scheme}")
+    return table
 
 
 def save_features_table(df: pd.DataFrame, folder, name: str = "features", fmt: str = "parquet") -> Path:

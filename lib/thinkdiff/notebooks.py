@@ -12,7 +12,8 @@ from pathlib import Path
 from . import paths
 
 NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
-NOTEBOOKS = ("00_organism", "01_harvest", "02_train", "03_label", "04_steer", "05_geometry")
+NOTEBOOKS = ("00_organism", "01_harvest", "02_train", "03_label", "03b_ablation", "03c_browser", "04_steer",
+             "05_geometry")
 
 
 def notebook_path(name: str) -> Path:

@@ -11,12 +11,11 @@ crosscoders' keys and the stage's settings. A changed setting rebuilds what depe
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 from . import presets as _presets
 from .harvest import HarvestConfig
-from .train import ORGANISM, PAPER, TrainConfig
+from .train import ORGANISM, TrainConfig
 
 # Harvest corpus of the organism: documents, share that are teacher traces, seed (not the training seed).
 ORGANISM_CORPUS = {"n_docs": 3000, "teacher_fraction": 0.5, "seed": 1}
@@ -52,38 +51,6 @@ def documents(pair, n_docs: int | None = None, teacher_fraction: float | None = 
     from . import realdata
 
     return realdata.harvest_corpus(pair.tokenizer, n_docs, teacher_fraction=teacher_fraction, seed=seed, **corpus)
-
-
-def get_store(preset: str = _presets.DEFAULT_PRESET, n_docs: int | None = None, teacher_fraction: float | None = None,
-              seed: int | None = None, progress: bool = True, corpus: dict | None = None, **harvest_overrides):
-    """(pair, store): the paired activation store of ``preset``, harvested if not cached.
-
-    ``corpus``: options of the real-data corpus (see ``documents``); ``harvest_overrides``: HarvestConfig fields."""
-    pair = load_pair(preset)
-    cfg = dataclasses.replace(HarvestConfig(layer=pair.layer), **harvest_overrides)
-    docs = documents(pair, n_docs, teacher_fraction, seed, **(corpus or {}))
-    from .harvest import get_store as _get_store
-
-    return pair, _get_store(pair, docs, cfg, progress=progress)
-
-
-def train_config(preset: str = _presets.DEFAULT_PRESET, scheme: str = "relu", **overrides) -> TrainConfig:
-    """The named training config of ``preset`` and ``scheme`` with ``overrides`` applied (validated)."""
-    p = _presets.get_preset(preset)
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown sparsity scheme {scheme!r}; choose one of {sorted(SCHEMES)}")
-    base = SCHEMES[scheme] if p.train_config == "organism" else PAPER.replace(activation=scheme)
-    return base.replace(**overrides).validate()
-
-
-def get_crosscoder(preset: str = _presets.DEFAULT_PRESET, scheme: str = "relu", store=None, progress: bool = True,
-                   **overrides):
-    """The crosscoder of ``preset`` trained with ``scheme`` (cached by store + config)."""
-    from .train import get_crosscoder as _get_crosscoder
-
-    if store is None:
-        _, store = get_store(preset, progress=progress)
-    return _get_crosscoder(store, train_config(preset, scheme, **overrides), progress=progress)
 
 
 STAGES = ("evaluate", "harvest", "train", "label", "steer", "geometry")

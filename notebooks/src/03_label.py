@@ -3,7 +3,7 @@
 #
 # `02_train` gave us a crosscoder: one dictionary of latents, each with a decoder vector **per model**
 # (index 0 = base, 1 = distilled). This notebook asks which latents belong to which model and what they
-# mean, then checks the paper's causal claim:
+# mean (the paper's causal check is `03b_ablation`, the feature cards and browser `03c_browser`):
 #
 # 1. **Relative decoder norm** `||d_distilled|| / (||d_base|| + ||d_distilled||)`: 1 = distilled-only,
 #    0.5 = shared, 0 = base-only (L2 by default, the paper's L1 for comparison), and the decoder cosine of
@@ -13,17 +13,13 @@
 # 3. **What latents mean**: the reasoning lexicon (validated against the organism's planted labels),
 #    per-category ReasonScore, the paper's marker-token histograms, and the **ground truth**: the AUROC of
 #    each latent against the teacher's token labels.
-# 4. **Ablation** (the paper's claim 5): zeroing marker-active distilled-leaning latents in the spliced
-#    reconstruction should lower the distilled model's marker logit more than random latents do.
-# 5. A features table, static HTML feature cards and an interactive browser.
+# 4. A features table: every number per latent, with a label and its provenance.
 #
 # Everything runs on the ReLU crosscoder (the paper's); the relative-norm histogram and the
 # ground-truth table are repeated for BatchTopK (claim 10: does the picture survive the sparsity scheme?).
 
 # %% [parameters]
-RUN = "organism-m"          # the run config: configs/<RUN>.toml ([label]: scaling, ReasonScore, ablation settings)
-N_BOOT = 1000               # bootstrap resamples for 95% CIs
-N_CARDS = 12                # latents exported as static HTML feature cards
+RUN = "organism-m"          # the run config: configs/<RUN>.toml ([label]: scaling and ReasonScore settings)
 THREADS = 1                 # torch CPU threads (on a loaded 2-core machine 1 is ~40x faster than 2 here)
 
 # %%
@@ -34,7 +30,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
-from thinkdiff import ablation, browser, codes, label, lexicon, norms, organism, paths, pipeline, plots, probes, report
+from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, plots, probes, report
 from thinkdiff import claims as claim_rules
 torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
@@ -56,7 +52,6 @@ run = pipeline.load_run(RUN)
 L = run.config.label
 SCHEMES = run.config.schemes          # the first is the main one (the paper's ReLU)
 N_SCALING, ALPHA, WINDOW = L["n_scaling"], L["reasonscore_alpha"], tuple(L["window"])
-N_OCCURRENCES, KS, K_VERDICT = L["n_occurrences"], list(L["ablation_ks"]), L["k_verdict"]
 LABELS = run.has_labels               # planted token labels: the organism only
 pair, store = run.pair, run.store
 ccs = run.crosscoders
@@ -307,82 +302,24 @@ for name, j in best["best latent"].items():
                  + browser.contexts_html(ctx[ctx.latent == j], tok)))
 
 # %% [markdown]
-# ## 9. The paper's causal check: ablation
-# For each category, among latents active at its marker tokens, take the most frequently active fraction k
-# with relative norm > 0.5 and zero them in the crosscoder reconstruction spliced into both models at the
-# hook layer (positions 1..pos-1; position 0 stays clean, as in the paper). Controls: the same number of
-# random latents, and the reconstruction with nothing zeroed. Occurrences are planted marker tokens in
-# held-out documents, sampled at random (the paper took the first ones).
-
-# %%
-occ_held = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS, split=1)
-occ_all = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS)
-# Too few held-out markers (small corpora): fall back to all documents for that category, and say so.
-occ = {c: occ_held[c] if len(occ_held[c]) >= min(N_OCCURRENCES, 20) else occ_all[c] for c in CATS}
-for c in CATS:
-    print(f"{c}: {len(occ_held[c])} held-out occurrences" + ("" if occ[c] is occ_held[c] else f", too few: using all {len(occ_all[c])}"))
-occ = {c: v for c, v in occ.items() if len(v) >= 2}
-assert occ, "no category has two marker occurrences to ablate"
-cfg = ablation.AblationConfig(ks=tuple(KS), n_occurrences=N_OCCURRENCES, n_boot=N_BOOT)
-abl = ablation.run_ablation(pair.base, pair.distilled, cc, pair.layer, seqs, occ, counts, NRN, cfg)
-save(ablation.plot_ablation(abl), "03_ablation")
-
-# %% [markdown]
-# The numbers behind the figure (mean marker-logit change and 95 % bootstrap CI over occurrences), at
-# k = `K_VERDICT`, with the targeted-minus-random contrast per model. The paper (7B, k = 0.2) had distilled
-# targeted/random ≈ −1.7/−0.5 (self-reflection) to −5.8/−2.3 (deductive) and base changes near 0.
-
-# %%
-sm = abl.summary
-kmax = K_VERDICT if K_VERDICT in KS else max(KS)
-at = sm[(sm.k == kmax) | (sm.arm == "recon")].pivot_table(index=["category", "model"], columns="arm",
-                                                         values=["mean", "ci_lo", "ci_hi"])
-display(at.round(2))
-clean = abl.per_occurrence.groupby(["category", "model"])["clean_logit"].mean().unstack()
-print("clean marker logits (mean):"); display(clean.round(2))
-print("ablated latents per (category, k):", {f"{c} {k}": len(v) for (c, k), v in abl.latents.items() if k == kmax})
-tmr = sm[sm.arm == "targeted_minus_random"].pivot_table(index=["category", "model"], columns="k", values="mean")
-print("targeted minus random, mean marker-logit change per k:"); display(tmr.round(3))
-v5, e5 = ablation.claim5_verdict(abl, k=kmax)
-print("claim 5:", v5, "-", e5)
-
-# %% [markdown]
-# ## 10. The features table
+# ## 9. The features table
 # One row per latent: relative norms (L2, L1), decoder norms and cosine, frequency, latent-scaling ratios
 # (for the latents checked), marker counts, ReasonScores and lexicon shares, ground-truth AUROCs, and a
-# label with its provenance (ground truth > score > lexicon). It is saved in the run folder together with
-# the feature cards below (`runs/label/<config hash>/`).
+# label with its provenance (ground truth > score > lexicon). It is cached with the run
+# (`label.run_features`), where `03c_browser` finds it.
 
 # %%
 truth_full = label.GroundTruth(gt[SCHEMES[0]].best, gt[SCHEMES[0]].auroc) if LABELS else None
-table = label.features_table(cc, acts=A, scaling=scaling, scores=scores, counts=counts, truth=truth_full)
-RUN_DIR = paths.artifact_dir("label", run.key("label"))
+table = label.run_features(run, parts=label.LabelParts(scaling, scores, counts, truth_full))
 print(table.label_source.value_counts().to_string())
 cols = ["latent", "relative_norm", "relative_norm_l1", "decoder_cosine", "frequency", "nu_error", "nu_reconstruction",
         "scaling_flag"] + ([f"auroc_{c}" for c in CATS] if LABELS else []) + ["label", "label_source"]
 table[alive[SCHEMES[0]]].sort_values("relative_norm", ascending=False)[cols].head(10).round(3)
 
 # %% [markdown]
-# ## 11. Feature cards: static HTML export
-# A card per latent: its numbers, an activation histogram, top contexts per document kind, and the tokens
-# its decoder direction promotes through each model's unembedding. We export cards for the best
-# ground-truth latents, the top ReasonScore latents and the most distilled-specific live latents; the file
-# opens in any browser without a kernel.
-
-# %%
-unembed = {0: browser.unembedding(pair.base), 1: browser.unembedding(pair.distilled)}
-pick = show + [int(scores.ranked(c, 1)["latent"][0]) for c in CATS] + [int(j) for j in top_d]
-pick = list(dict.fromkeys(pick))[:N_CARDS]
-card_ctx = browser.max_activating_contexts(cc, store, A, pick, k=6, context=15, group=kind)
-cards = [browser.feature_card(j, table, A, card_ctx, cc, unembed, tok) for j in pick]
-table_path, html_path = browser.save_label_outputs(RUN_DIR, table, cards, tok, title=f"thinkdiff feature cards, {run.name}")
-print("features table:", table_path)
-print("feature cards:", html_path)
-
-# %% [markdown]
-# ## 12. The paper's claims on this run
-# Verdicts are computed from the numbers above (rules in `label.claim*_verdict` and
-# `ablation.claim5_verdict`), never typed in.
+# ## 10. The paper's claims on this run
+# Verdicts are computed from the numbers above (rules in `thinkdiff.claims`), never typed in; a smoke run
+# reports "not tested".
 
 # %%
 v1, e1 = claim_rules.claim1_verdict(NRN, alive[SCHEMES[0]])
@@ -398,7 +335,7 @@ e2 = (f"of the top-100 distilled-specific live latents, {n_span} detect a plante
          if LABELS else "no planted labels on this run (score evidence only)"))
 v3, e3 = claim_rules.claim3_verdict(cat_lat)
 v4, e4 = claim_rules.claim4_verdict(profile, NRN)
-claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4), "5": (v5, e5)}
+claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4)}
 if len(SCHEMES) > 1:
     alt = SCHEMES[1]
     checks = {
@@ -419,14 +356,13 @@ for k, (v, e) in claims.items():
     print(f"claim {k} [{report.CLAIMS[int(k)]}]: {v.upper()}\n    {e}")
 
 # %% [markdown]
-# ## 13. Record for the run report
+# ## 11. Record for the run report
 
 # %%
 numbers = {"live latents": int(alive[SCHEMES[0]].sum()), "mean relative norm L2 (live)": float(np.nanmean(NRN[alive[SCHEMES[0]]])),
            "mean relative norm L1 (live)": float(np.nanmean(nrn_l1[alive[SCHEMES[0]]])),
            "latents nrn >= 0.9": int((NRN[alive[SCHEMES[0]]] >= 0.9).sum()), "latents nrn <= 0.1": int((NRN[alive[SCHEMES[0]]] <= 0.1).sum()),
-           "latent scaling genuine / checked": [n_genuine, n_checked], "features table": str(table_path),
-           "feature cards": str(html_path)}
+           "latent scaling genuine / checked": [n_genuine, n_checked]}
 for name, r in ceiling.iterrows():
     numbers[f"probe ceiling {name} (base / distilled)"] = [round(float(r.base), 4), round(float(r.distilled), 4)]
 for s in verdicts:
@@ -434,20 +370,5 @@ for s in verdicts:
         numbers[f"{s} {name}: latent AUROC / nrn / 5-sparse / specific AUROC / verdict"] = [
             round(float(r["latent AUROC"]), 4), round(float(r["latent relative norm"]), 3),
             round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4), r.verdict]
-for r in sm[(sm.k == kmax) & sm.arm.isin(["targeted", "random", "targeted_minus_random"])].itertuples():
-    numbers[f"ablation k={kmax} {r.category} {r.model} {r.arm}"] = [round(r.mean, 3), round(r.ci_lo, 3), round(r.ci_hi, 3)]
 report.record("03_label", run.name, run.key_hash("label"), numbers, figures=figures,
               claims={k: {"verdict": v, "evidence": e} for k, (v, e) in claims.items()})
-
-# %% [markdown]
-# ## 14. The feature browser
-# Filter by category (sorted by that category's ReasonScore), relative-norm range and minimum score; pick a
-# latent to see its card. Cards are built on demand (contexts are computed for the chosen latent).
-
-# %%
-def make_card(j):
-    c = browser.max_activating_contexts(cc, store, A, [j], k=6, context=15, group=kind)
-    return browser.feature_card(j, table, A, c, cc, unembed, tok)
-
-fb = browser.FeatureBrowser(table[alive[SCHEMES[0]]], make_card, tok)
-fb.widget

@@ -193,20 +193,8 @@ size_acc = geo.size_table(results, perf_acc, dim=CLAIM_DIM)
 size_ce = geo.size_table(results, perf_ce, dim=CLAIM_DIM) if ORGANISM else None
 panels = [(size_acc, "accuracy gain (distilled - base)")] + ([(size_ce, "CE reduction (base - distilled, nats/token)")] if ORGANISM else [])
 fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-a1 = axes[0][0]
 for ax, (tab, what) in zip(axes[0], panels):
-    for rel, g in tab.groupby("relation", sort=False):
-        pooled = rel == "all relations"
-        ax.errorbar(g["perf_gain"], g["delta"], yerr=[g["delta"] - g["delta_lo"], g["delta_hi"] - g["delta"]],
-                    xerr=[g["perf_gain"] - g["perf_lo"], g["perf_hi"] - g["perf_gain"]], fmt="s-" if pooled else "o",
-                    color="black" if pooled else None, ms=6 if pooled else 4, capsize=2, alpha=1 if pooled else 0.6, label=rel)
-        if pooled:
-            for _, r in g.iterrows():
-                ax.annotate(str(r["size"]), (r["perf_gain"], r["delta"]), textcoords="offset points", xytext=(5, 5))
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel(what); ax.set_ylabel(f"Δ parallelogram loss (base - distilled), PCA {CLAIM_DIM}")
-    ax.set_title(f"vs {what.split(' (')[0]}")
-a1.legend(fontsize=7)
+    geo.plot_delta_vs_performance(tab, title=f"vs {what.split(' (')[0]}, PCA {CLAIM_DIM}", xlabel=what, ax=ax)
 fig.suptitle("Geometry vs distillation performance across sizes (95% CIs)")
 fig.tight_layout(); plots.savefig(fig, "05_delta_vs_performance"); plt.show()
 
@@ -256,12 +244,7 @@ lat = [j for cat in top for j in top[cat]]
 names = [f"{j} {cat[:4]}" for cat in top for j in top[cat]]
 fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
 for ax, m in zip(axes, (0, 1)):
-    cos = geo.decoder_cosines(cc, lat, model_index=m).to_numpy()
-    im = ax.imshow(cos, vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(len(lat)), names, rotation=90, fontsize=6); ax.set_yticks(range(len(lat)), names, fontsize=6)
-    ax.set_xlabel("latent (category)"); ax.set_ylabel("latent (category)")
-    ax.set_title(f"{geo.MODEL_NAMES[m]} side")
-cb = fig.colorbar(im, ax=axes, shrink=0.8); cb.ax.set_ylabel("cosine similarity"); cb.ax.set_xlabel("cos")
+    geo.plot_cosine_matrix(geo.decoder_cosines(cc, lat, model_index=m), title=f"{geo.MODEL_NAMES[m]} side", labels=names, ax=ax)
 fig.suptitle(f"Decoder cosine similarity of the top-{TOP_K} latents per category ({run.name})")
 plots.savefig(fig, "05_feature_cosines"); plt.show()
 within = {}

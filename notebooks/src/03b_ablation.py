@@ -1,0 +1,100 @@
+# %% [markdown]
+# # 03b · The paper's causal check: ablating distilled-leaning latents
+#
+# The paper's claim 5: zero the crosscoder latents that fire at a category's marker tokens and lean to the
+# distilled model, splice that reconstruction into both models at the hook layer, and the distilled model's
+# logit for the marker word should fall more than when the same number of random latents are zeroed, while
+# the base barely moves. Here with held-out occurrences, a random-latent control at every k, the
+# reconstruction-only arm, and 95 % bootstrap CIs over occurrences. The ablation settings (occurrences per
+# category, the k grid and the k the claim is judged at) are the run config's `[label]` table.
+
+# %% [parameters]
+RUN = "organism-m"          # the run config: configs/<RUN>.toml ([label]: n_occurrences, ablation_ks, k_verdict)
+N_BOOT = 1000               # bootstrap resamples for 95% CIs
+THREADS = 1                 # torch CPU threads (on a loaded 2-core machine 1 is several times faster than 2)
+
+# %%
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import display
+from thinkdiff import ablation, label, lexicon, pipeline, plots, report
+torch.set_num_threads(THREADS)
+CATS = list(lexicon.CATEGORIES)
+figures = []
+
+def save(fig, name):
+    figures.append(plots.savefig(fig, name)); plt.show()
+
+# %% [markdown]
+# ## 1. The run and the latents active at each category's marker tokens
+# The marker tokens are the paper's single-token words (" Wait"; " Therefore", " Thus"; " Alternatively";
+# " However", " But"), on the organism restricted to uses inside a planted move of that category. For each
+# latent: how many of a category's marker tokens it fires on (`label.marker_counts`).
+
+# %%
+run = pipeline.load_run(RUN)
+L = run.config.label
+N_OCCURRENCES, KS, K_VERDICT = L["n_occurrences"], list(L["ablation_ks"]), L["k_verdict"]
+LABELS = run.has_labels
+pair, store, cc = run.pair, run.store, run.crosscoder()
+meta, tok = store.meta, pair.tokenizer
+A, NRN = run.codes(), run.relative_norms()
+marker_ids = lexicon.marker_token_ids(tok)
+counts = label.marker_counts(A, label.marker_masks(meta, marker_ids, use_labels=LABELS))
+seqs = [d.input_ids for d in run.documents()]
+print(run)
+print("marker tokens per category:", counts.attrs["n_markers"])
+
+# %% [markdown]
+# ## 2. Ablation
+# For each category, among latents active at its marker tokens, take the most frequently active fraction k
+# with relative norm > 0.5 and zero them in the crosscoder reconstruction spliced into both models at the
+# hook layer (positions 1..pos-1; position 0 stays clean, as in the paper). Controls: the same number of
+# random latents, and the reconstruction with nothing zeroed. Occurrences are planted marker tokens in
+# held-out documents, sampled at random (the paper took the first ones).
+
+# %%
+occ_held = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS, split=1)
+occ_all = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS)
+# Too few held-out markers (small corpora): fall back to all documents for that category, and say so.
+occ = {c: occ_held[c] if len(occ_held[c]) >= min(N_OCCURRENCES, 20) else occ_all[c] for c in CATS}
+for c in CATS:
+    print(f"{c}: {len(occ_held[c])} held-out occurrences" + ("" if occ[c] is occ_held[c] else f", too few: using all {len(occ_all[c])}"))
+occ = {c: v for c, v in occ.items() if len(v) >= 2}
+assert occ, "no category has two marker occurrences to ablate"
+cfg = ablation.AblationConfig(ks=tuple(KS), n_occurrences=N_OCCURRENCES, n_boot=N_BOOT)
+abl = ablation.run_ablation(pair.base, pair.distilled, cc, pair.layer, seqs, occ, counts, NRN, cfg)
+save(ablation.plot_ablation(abl), "03b_ablation")
+
+# %% [markdown]
+# The numbers behind the figure (mean marker-logit change and 95 % bootstrap CI over occurrences), at
+# k = `K_VERDICT`, with the targeted-minus-random contrast per model. The paper (7B, k = 0.2) had distilled
+# targeted/random ≈ −1.7/−0.5 (self-reflection) to −5.8/−2.3 (deductive) and base changes near 0.
+
+# %%
+sm = abl.summary
+kmax = K_VERDICT if K_VERDICT in KS else max(KS)
+at = sm[(sm.k == kmax) | (sm.arm == "recon")].pivot_table(index=["category", "model"], columns="arm",
+                                                         values=["mean", "ci_lo", "ci_hi"])
+display(at.round(2))
+clean = abl.per_occurrence.groupby(["category", "model"])["clean_logit"].mean().unstack()
+print("clean marker logits (mean):"); display(clean.round(2))
+print("ablated latents per (category, k):", {f"{c} {k}": len(v) for (c, k), v in abl.latents.items() if k == kmax})
+tmr = sm[sm.arm == "targeted_minus_random"].pivot_table(index=["category", "model"], columns="k", values="mean")
+print("targeted minus random, mean marker-logit change per k:"); display(tmr.round(3))
+v5, e5 = ablation.claim5_verdict(abl, k=kmax)
+print("claim 5:", v5, "-", e5)
+
+# %% [markdown]
+# ## 3. Record for the run report
+
+# %%
+numbers = {"k judged": kmax, "occurrences per category": {c: len(v) for c, v in occ.items()}}
+for r in sm[(sm.k == kmax) & sm.arm.isin(["targeted", "random", "targeted_minus_random"])].itertuples():
+    numbers[f"ablation k={kmax} {r.category} {r.model} {r.arm}"] = [round(r.mean, 3), round(r.ci_lo, 3), round(r.ci_hi, 3)]
+if not run.tested:   # a smoke run computes everything and judges nothing
+    v5, e5 = "not tested", f"smoke run ({RUN}): {e5}"
+report.record("03b_ablation", run.name, run.key_hash("label"), numbers, figures=figures,
+              claims={"5": {"verdict": v5, "evidence": e5}})
