@@ -23,7 +23,7 @@ demo: venv
 
 # Unit tests plus execution of every notebook.
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 # Rebuild the shipped organism weights under data/organism/ from scratch (deterministic).
 organism: venv

@@ -190,3 +190,19 @@ def test_teacher_forced_ce_matches_loss(tiny_pair, tiny_tokenizer):
     assert red["gain"] == pytest.approx(2 / 3) and red["lo"] <= red["gain"] <= red["hi"]
     with pytest.raises(ValueError, match="equal"):
         evaluate.teacher_forced_ce(model, tiny_tokenizer, prompts, comps[:1])
+
+
+def test_figures_records_what_it_saves(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(paths, "FIGURES_DIR", tmp_path)
+    figs = plots.Figures()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0]); ax.set_xlabel("x"); ax.set_ylabel("y"); ax.set_title("t")
+    p = figs.save(fig, "one")
+    assert figs == [p] and p.exists() and p.name == "one.png"
+    fig2, ax2 = plt.subplots()
+    ax2.plot([0, 1], [1, 0])
+    with pytest.raises(ValueError, match="labels"):
+        figs.save(fig2, "unlabelled")
+    assert figs == [p] and not (tmp_path / "unlabelled.png").exists()

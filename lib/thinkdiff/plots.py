@@ -30,3 +30,14 @@ def savefig(fig, name: str, pdf: bool = False) -> Path:
     if pdf:
         fig.savefig(out.with_suffix(".pdf"), bbox_inches="tight")
     return out
+
+
+class Figures(list):
+    """The figures a notebook saved, in order (their PNG paths): ``save`` writes one, shows it, and records it,
+    so the run report lists exactly what the notebook drew."""
+
+    def save(self, fig, name: str) -> Path:
+        path = savefig(fig, name)
+        self.append(path)
+        plt.show()
+        return path

@@ -34,10 +34,7 @@ from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline,
 from thinkdiff import claims as claim_rules
 torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
-figures = []
-
-def save(fig, name):
-    figures.append(plots.savefig(fig, name)); plt.show()
+figures = plots.Figures()   # every figure this notebook saves, for the run report
 
 # %% [markdown]
 # ## 1. Upstream artifacts
@@ -102,7 +99,7 @@ for ax, (name, v) in zip(axes, panels):
     ax.set_xlabel("relative norm (0 base-only, 1 distilled-only)"); ax.set_ylabel("latents (log scale)")
 fig.suptitle(f"Relative decoder norms, {run.name}")
 fig.tight_layout()
-save(fig, "03_relative_norms")
+figures.save(fig, "03_relative_norms")
 
 # %% [markdown]
 # **Decoder cosine of shared latents.** A latent can be shared in norm yet point different ways in the
@@ -111,7 +108,7 @@ save(fig, "03_relative_norms")
 # %%
 cos = norms.decoder_cosine(cc)
 fig = norms.plot_decoder_cosine(np.where(alive[SCHEMES[0]], cos, np.nan), NRN)
-save(fig, "03_decoder_cosine")
+figures.save(fig, "03_decoder_cosine")
 shared_sel = alive[SCHEMES[0]] & (NRN >= 0.3) & (NRN <= 0.7)
 print(f"shared live latents: {shared_sel.sum()}, median decoder cosine {np.nanmedian(cos[shared_sel]):.3f}, "
       f"share with cosine > 0.9: {(cos[shared_sel] > 0.9).mean():.2f}")
@@ -128,7 +125,7 @@ print(f"shared live latents: {shared_sel.sum()}, median decoder cosine {np.nanme
 top_d = [j for j in norms.top_latents(np.where(alive[SCHEMES[0]], NRN, np.nan), N_SCALING) if alive[SCHEMES[0]][j]]
 scaling = label.latent_scaling(cc, store, top_d, mask=heldout)
 fig = label.plot_latent_scaling(scaling)
-save(fig, "03_latent_scaling")
+figures.save(fig, "03_latent_scaling")
 flags = scaling["flag"].value_counts()
 n_genuine = int(flags.get("genuine", 0))
 n_checked = int((scaling["flag"] != "inactive").sum())
@@ -186,7 +183,7 @@ masks = label.marker_masks(meta, marker_ids, use_labels=LABELS)
 counts = label.marker_counts(A, masks)
 cat_lat = label.category_latents(counts, NRN)
 print("marker tokens per category:", counts.attrs["n_markers"])
-save(label.plot_category_relative_norms(cat_lat), "03_marker_latent_norms")
+figures.save(label.plot_category_relative_norms(cat_lat), "03_marker_latent_norms")
 cat_lat.groupby("category")["relative_norm"].describe().round(3)
 
 # %% [markdown]
@@ -245,7 +242,7 @@ def ground_truth_plot(v0):
     ax.set_title(f"Ground truth: probe ceilings vs crosscoder latents ({SCHEMES[0]}, train-selected)")
     ax.tick_params(axis="x", rotation=35); ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    save(fig, "03_ground_truth")
+    figures.save(fig, "03_ground_truth")
     for s in SCHEMES:
         print(f"{s}:")
         for name, r in verdicts[s].iterrows():

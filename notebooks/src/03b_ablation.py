@@ -16,16 +16,12 @@ THREADS = 1                 # torch CPU threads (on a loaded 2-core machine 1 is
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 from thinkdiff import ablation, label, lexicon, pipeline, plots, report
 torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
-figures = []
-
-def save(fig, name):
-    figures.append(plots.savefig(fig, name)); plt.show()
+figures = plots.Figures()   # every figure this notebook saves, for the run report
 
 # %% [markdown]
 # ## 1. The run and the latents active at each category's marker tokens
@@ -66,7 +62,7 @@ occ = {c: v for c, v in occ.items() if len(v) >= 2}
 assert occ, "no category has two marker occurrences to ablate"
 cfg = ablation.AblationConfig(ks=tuple(KS), n_occurrences=N_OCCURRENCES, n_boot=N_BOOT)
 abl = ablation.run_ablation(pair.base, pair.distilled, cc, pair.layer, seqs, occ, counts, NRN, cfg)
-save(ablation.plot_ablation(abl), "03b_ablation")
+figures.save(ablation.plot_ablation(abl), "03b_ablation")
 
 # %% [markdown]
 # The numbers behind the figure (mean marker-logit change and 95 % bootstrap CI over occurrences), at
