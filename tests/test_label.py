@@ -501,3 +501,40 @@ def test_lexical_profile_and_claim_verdicts():
     cl = pd.DataFrame({"category": ["a", "a", "a", "b", "b"], "relative_norm": [0.5, 0.6, 0.99, 0.98, 0.5]})
     v, e = claims.claim3_verdict(cl)
     assert v == "mixed" and "a: 67% of 3 shared, 1 in [0.95, 1]" in e
+
+
+def test_claim10_needs_each_property_under_every_scheme():
+    both = {"exclusive latents": {"relu": True, "batchtopk": True}, "markers shared": {"relu": True, "batchtopk": True}}
+    assert claims.claim10_verdict(both)[0] == "supports"
+    one = {**both, "markers shared": {"relu": True, "batchtopk": False}}
+    assert claims.claim10_verdict(one)[0] == "mixed"
+    # failing under both schemes is not surviving: two failures do not make the claim hold
+    fails = {p: {"relu": False, "batchtopk": False} for p in both}
+    assert claims.claim10_verdict(fails)[0] == "contradicts"
+    v, e = claims.claim10_verdict({"exclusive latents": {"relu": True, "batchtopk": False}})
+    assert v == "contradicts" and "relu yes, batchtopk no" in e
+    with pytest.raises(ValueError):
+        claims.claim10_verdict({})
+
+
+def test_claim2_compares_the_top_distilled_latents_with_random_live_latents():
+    F = 1024
+    nrn = np.full(F, 0.5)
+    nrn[:10] = 0.95                                  # ten distilled-specific latents
+    freq = np.full(F, 0.01)
+    hit = np.zeros(F, bool)
+    n_top = claims.claim2_top_size(F)
+    assert n_top == 3 and claims.claim2_top_size(32_768) == 100
+    hit[:3] = True                                   # all three top latents are reasoning features, rare elsewhere
+    hit[500:510] = True
+    assert claims.claim2_verdict(nrn, freq, hit, ground_truth=True)[0] == "supports"
+    assert claims.claim2_verdict(nrn, freq, hit, ground_truth=False)[0] == "mixed"      # score evidence only
+    common = hit.copy()
+    common[::2] = True                               # half of all live latents hit: the top set is no better
+    common[1:3] = False
+    assert claims.claim2_verdict(nrn, freq, common, ground_truth=True)[0] == "mixed"
+    assert claims.claim2_verdict(nrn, freq, np.zeros(F, bool), ground_truth=True)[0] == "contradicts"
+    rare = freq.copy()
+    rare[:10] = 1e-6                                 # distilled-specific but (almost) never firing: not counted
+    v, e = claims.claim2_verdict(nrn, rare, hit, ground_truth=True)
+    assert v == "contradicts" and "0 candidates" in e

@@ -2,7 +2,10 @@
 
 ``make demo`` runs the same notebooks with their default parameters.
 """
+import json
+import math
 import os
+import re
 
 import pytest
 
@@ -21,6 +24,42 @@ FAST = {
     "04_steer": {**SMOKE, "BENCH_TOKENS": 8, "N_BOOT": 300},
     "05_geometry": {**SMOKE, "N_BOOT": 200, "N_PERM": 50},
 }
+
+
+# Headline numbers each stage must record, finite (regular expressions over the record's keys).
+HEADLINES = {
+    "00_organism": [r"accuracy gain \(distilled - base\)$", r"^n_eval$"],
+    "01_harvest": [r"^tokens$", r"^held-out tokens$"],
+    "02_train": [r"FVU base$", r"L0$"],
+    "03_label": [r"^live latents$", r"^mean relative norm L2 \(live\)$"],
+    "03b_ablation": [r"^ablation k=.* targeted_minus_random$"],
+    "03c_browser": [r"^cards$"],
+    "04_steer": [r"^unsteered tokens$", r"^hook overhead$"],
+    "05_geometry": [r"accuracy gain \[mean, lo, hi\]$"],
+}
+
+
+def _finite(v) -> bool:
+    if isinstance(v, dict):
+        return all(_finite(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_finite(x) for x in v)
+    if isinstance(v, str):
+        return v.lower() not in ("nan", "inf", "-inf")
+    return v is None or isinstance(v, bool) or math.isfinite(v)
+
+
+def check_record(runs_dir, run_name: str, stage: str) -> None:
+    """The stage wrote its report record: headline numbers present and finite, every claim with its evidence
+    and rule, and (smoke runs) no claim judged."""
+    rec = json.loads((runs_dir / "report" / run_name / f"{stage}.json").read_text())
+    for pattern in HEADLINES[stage]:
+        hits = {k: v for k, v in rec["numbers"].items() if re.search(pattern, k)}
+        assert hits, f"{stage}: no number matches {pattern!r}"
+        assert _finite(list(hits.values())), f"{stage}: {hits}"
+    for k, c in rec["claims"].items():
+        assert c["evidence"] and c["rule"], (stage, k)
+        assert c["verdict"] == "not tested", f"{stage}: a smoke run judged claim {k}: {c['verdict']}"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +85,7 @@ def test_notebook_executes(name, test_runs):
         pytest.fail(f"notebook {name} is missing from notebooks/")
     out = notebooks.run(name, test_runs / "executed", parameters=FAST.get(name, {}))
     assert out.exists()
+    check_record(test_runs / "runs", "smoke", name)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +117,7 @@ def test_notebook_executes_on_a_real_pair_stand_in(name, test_runs, tiny_qwen_ru
            "04_steer": {"N_BOOT": 50, "BENCH_TOKENS": 4}, "05_geometry": {"N_BOOT": 50, "N_PERM": 20}}
     out = notebooks.run(name, test_runs / "executed-tiny-qwen", parameters={"RUN": tiny_qwen_run, **own.get(name, {})})
     assert out.exists()
+    check_record(test_runs / "runs", "tiny-qwen-offline", name)
 
 
 def test_notebooks_match_their_sources():

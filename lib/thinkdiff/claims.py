@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC, SHARED_BAND
+
 
 def verdict(holds) -> str:
     """"supports" if every check holds, "contradicts" if none does, "mixed" otherwise."""
@@ -15,7 +17,7 @@ def verdict(holds) -> str:
     return "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
 
 
-def claim1_verdict(nrn, alive, lo: float = 0.1, hi: float = 0.9) -> tuple[str, str]:
+def claim1_verdict(nrn, alive, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC) -> tuple[str, str]:
     """Claim 1: live latents exist near relative norm 1 (>= ``hi``) and near 0 (<= ``lo``)."""
     nrn, alive = np.asarray(nrn, float), np.asarray(alive, bool)
     v = nrn[alive & np.isfinite(nrn)]
@@ -25,7 +27,7 @@ def claim1_verdict(nrn, alive, lo: float = 0.1, hi: float = 0.9) -> tuple[str, s
                                           f"(paper 1.5B/7B/14B means 0.504/0.492/0.540)")
 
 
-def claim3_verdict(cat_latents: pd.DataFrame, shared=(0.3, 0.7), top: float = 0.95) -> tuple[str, str]:
+def claim3_verdict(cat_latents: pd.DataFrame, shared=SHARED_BAND, top: float = 0.95) -> tuple[str, str]:
     """Claim 3: per category, most marker-active latents are shared (relative norm within ``shared``)."""
     holds, parts = [], []
     for cat, g in cat_latents.groupby("category", sort=False):
@@ -36,7 +38,7 @@ def claim3_verdict(cat_latents: pd.DataFrame, shared=(0.3, 0.7), top: float = 0.
     return verdict(holds), "; ".join(parts)
 
 
-def claim4_verdict(profile: pd.DataFrame, nrn, base_max: float = 0.3, min_purity: float = 0.8,
+def claim4_verdict(profile: pd.DataFrame, nrn, base_max: float = SHARED_BAND[0], min_purity: float = 0.8,
                    ratio=(0.5, 2.0)) -> tuple[str, str]:
     """Claim 4 on ``lexical_profile`` rows: are the base-side (relative norm <= ``base_max``) marker latents
     lexical, i.e. token purity >= ``min_purity`` and an unlabelled/labelled firing ratio within ``ratio``
@@ -53,3 +55,60 @@ def claim4_verdict(profile: pd.DataFrame, nrn, base_max: float = 0.3, min_purity
     parts = [f"latent {int(r.latent)} (nrn {r.relative_norm:.2f}): purity {r.token_purity:.2f}, fires on "
              f"{r.fire_labelled:.0%} of reasoning / {r.fire_unlabelled:.0%} of ordinary uses" for r in base.head(3).itertuples()]
     return verdict(lex), f"{int(lex.sum())} of {len(base)} base-side marker latents are lexical {n}: " + "; ".join(parts)
+
+
+def claim10_verdict(properties: dict) -> tuple[str, str]:
+    """Claim 10: the findings survive the pitfall fixes, BatchTopK and latent scaling.
+
+    ``properties``: ``{property: {scheme: holds}}``, each a substantive finding measured separately under every
+    sparsity scheme (e.g. "exclusive latents exist", "marker latents are mostly shared"). A property survives
+    only where it holds under **every** scheme (failing under both is not surviving). supports: every property
+    survives; contradicts: none does; mixed otherwise."""
+    if not properties:
+        raise ValueError("claim 10 needs at least one property measured under the sparsity schemes")
+    survives = {p: bool(by_scheme) and all(by_scheme.values()) for p, by_scheme in properties.items()}
+    parts = [f"{p}: " + ", ".join(f"{s} {'yes' if ok else 'no'}" for s, ok in by_scheme.items())
+             for p, by_scheme in properties.items()]
+    return verdict(survives.values()), f"{sum(survives.values())} of {len(survives)} properties hold under every scheme (" \
+        + "; ".join(parts) + ")"
+
+
+PAPER_TOP = (100, 32_768)   # the paper inspected its top 100 distilled-specific latents of a 32,768-latent dictionary
+MIN_FREQUENCY = 1e-4        # a latent counts only if it fires on at least this share of store tokens
+
+
+def claim2_top_size(n_latents: int) -> int:
+    """How many top distilled-specific latents to inspect: the paper's share of the dictionary (at least 3)."""
+    return max(3, round(n_latents * PAPER_TOP[0] / PAPER_TOP[1]))
+
+
+def claim2_verdict(nrn, frequency, is_reasoning, ground_truth: bool, alpha: float = 0.05) -> tuple[str, str]:
+    """Claim 2: some distilled-specific latents are reasoning features.
+
+    ``nrn``, ``frequency`` [F]; ``is_reasoning`` [F] bool: the latent detects a reasoning target (held-out
+    ground-truth AUROC >= 0.9 on the organism; a ReasonScore top-20 label otherwise). Candidates are latents with
+    relative norm >= ``DISTILLED_SPECIFIC`` firing on >= ``MIN_FREQUENCY`` of tokens; the top ``claim2_top_size(F)``
+    by relative norm are compared with the null: the hit rate among all live latents (random live latents of the
+    same count), by a one-sided exact binomial test. supports: the top set's hit rate exceeds the null at
+    ``alpha`` and the evidence is ground truth; mixed: it exceeds the null by score evidence only, or has hits
+    without beating the null; contradicts: no hit, or no distilled-specific latent at all."""
+    from scipy.stats import binomtest
+
+    nrn, freq, hit = (np.asarray(a) for a in (nrn, frequency, is_reasoning))
+    live = freq >= MIN_FREQUENCY
+    cand = np.nonzero(live & (nrn >= DISTILLED_SPECIFIC))[0]
+    n_top = claim2_top_size(len(nrn))
+    top = cand[np.argsort(-nrn[cand], kind="stable")][:n_top]
+    null = float(hit[live].mean()) if live.any() else 0.0
+    k = int(hit[top].sum())
+    p = float(binomtest(k, len(top), null, alternative="greater").pvalue) if len(top) and 0 < null < 1 else (
+        0.0 if len(top) and k and null == 0 else 1.0)
+    kind = "ground truth" if ground_truth else "ReasonScore labels (no ground truth)"
+    evidence = (f"{k} of the top {len(top)} distilled-specific live latents (relative norm >= {DISTILLED_SPECIFIC}, "
+                f"frequency >= {MIN_FREQUENCY}; {len(cand)} candidates) are reasoning features by {kind}; null: "
+                f"{null:.3f} of all {int(live.sum())} live latents; one-sided binomial p = {p:.3g}")
+    if not len(top) or k == 0:
+        return "contradicts", evidence
+    if p < alpha and ground_truth:
+        return "supports", evidence
+    return "mixed", evidence

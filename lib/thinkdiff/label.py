@@ -22,7 +22,7 @@ import torch
 from .codes import (SparseActs, chunk_indices, check_inputs, device_of, eval_mode, global_mask, load_rows,
                     restrict, restrict_rows)
 from .lexicon import CATEGORIES, Lexicon, runs_from_meta
-from .norms import (decoder_cosine, decoder_norms, norm_name, norm_scale_of, relative_norm, top_latents,
+from .norms import (DISTILLED_SPECIFIC, decoder_cosine, decoder_norms, norm_name, norm_scale_of, relative_norm, top_latents,
                     training_decoder)
 
 MODELS = ("base", "distilled")
@@ -325,7 +325,7 @@ class GroundTruth:
     auroc: pd.DataFrame   # [F x categories]
 
 
-def ground_truth_auroc(acts: SparseActs, labels, nrn, categories=CATEGORIES, exclusive: float = 0.9,
+def ground_truth_auroc(acts: SparseActs, labels, nrn, categories=CATEGORIES, exclusive: float = DISTILLED_SPECIFIC,
                        target: float = 0.95) -> GroundTruth:
     """AUROC of every latent vs ``labels == category id`` (ids 1..4; tokens labelled -1 are skipped).
 

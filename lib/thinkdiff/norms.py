@@ -11,6 +11,11 @@ import torch
 
 from .crosscoder import decoder_weights
 
+# One definition of which model a latent belongs to, used by every claim, target and selection.
+DISTILLED_SPECIFIC = 0.9    # relative norm at or above which a latent is distilled-specific
+BASE_SPECIFIC = 0.1         # ... at or below which it is base-specific
+SHARED_BAND = (0.3, 0.7)    # ... inside which (inclusive) it is shared
+
 # ---------------------------------------------------------------------------------------------------------
 # Decoder geometry: relative norm, the science-of-finetuning converter, cosine
 # ---------------------------------------------------------------------------------------------------------
@@ -103,7 +108,7 @@ def plot_relative_norms(nrn, p: float = 2, bins: int = 50, title: str | None = N
     return fig
 
 
-def plot_decoder_cosine(cos, nrn, shared=(0.3, 0.7), bins: int = 50, p: float = 2):
+def plot_decoder_cosine(cos, nrn, shared=SHARED_BAND, bins: int = 50, p: float = 2):
     """Histogram (log counts) of the base/distilled decoder cosine for shared latents (nrn in ``shared``)."""
     import matplotlib.pyplot as plt
 

@@ -107,6 +107,16 @@ class Run:
         return documents(self.pair, h["n_docs"] if n_docs is None else n_docs, h["teacher_fraction"],
                          h["seed"] if seed is None else seed, **h["corpus"])
 
+    def heldout_documents(self, n_docs: int | None = None) -> list:
+        """The first ``n_docs`` (default all) documents of the store's held-out split, in corpus order: text the
+        crosscoders never trained on."""
+        import numpy as np
+
+        meta = self.store.meta
+        held = np.unique(meta["doc_id"][meta["split"] == 1])
+        docs = self.documents()
+        return [docs[int(i)] for i in held[:n_docs]]
+
     @functools.cached_property
     def store(self):
         from .harvest import get_store as _get_store

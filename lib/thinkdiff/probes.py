@@ -21,13 +21,14 @@ import pandas as pd
 
 from .codes import SparseActs, restrict
 from .label import auroc_per_latent
+from .norms import DISTILLED_SPECIFIC
 
 MIN_CLASS = 5  # a split needs this many positives and negatives for an AUROC
 
 # Targets on the organism default, fixed before any crosscoder was scored:
 TARGETS = {"marker_auroc": 0.95,        # (a) one latent finds the category's marker tokens
            "sparse_k": 5, "sparse_gap": 0.05,  # (b) a k-sparse latent probe within 0.05 of the dense ceiling
-           "concept_auroc": 0.90, "concept_nrn": 0.9,  # (c) a distilled-specific latent finds the planted quantity
+           "concept_auroc": 0.90, "concept_nrn": DISTILLED_SPECIFIC,  # (c) a distilled-specific latent finds the planted quantity
            "concept_probe": 0.95, "concept_probe_gap": 0.10}  # ...which the probes show is distilled-only
 
 

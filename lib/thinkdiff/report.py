@@ -5,7 +5,7 @@ A record is ``RUNS_DIR/report/<run>/<stage>.json`` (``run``: the run config's na
     {"stage": "00_organism", "run": "organism-m", "config_hash": "...",
      "numbers": {"name": value, ...},              # computed this run, never typed in
      "figures": ["figures/x.png", ...],
-     "claims": {"6": {"verdict": "supports", "evidence": "..."}}}
+     "claims": {"6": {"verdict": "supports", "evidence": "...", "rule": "thinkdiff.steer.steering_claims"}}}
 
 Claims are numbered as in ``shared/docs/paper-notes.md`` §11. A verdict is one of
 ``supports``, ``contradicts``, ``mixed`` or ``not tested``.
@@ -60,21 +60,25 @@ def _relative(fig) -> str:
         return fig.as_posix()
 
 
-def record(stage: str, run: str, config_hash: str, numbers: dict, figures=(), claims=None) -> Path:
+def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), claims=None) -> Path:
     """Write (replace) this stage's record for the run named ``run``. Returns the JSON path.
 
-    ``config_hash``: what the numbers depend on (``pipeline.Run.key_hash(stage)``)."""
+    ``provenance``: what the numbers depend on (``pipeline.Run.key(stage)``: the pair, the store's hash, every
+    crosscoder's key and the stage's settings); ``write_report`` refuses records whose provenance disagrees."""
     claims = claims or {}
     for key, val in claims.items():
         if int(key) not in CLAIMS:
             raise ValueError(f"unknown paper claim {key!r}; claims are numbered 1-{len(CLAIMS)}")
         if val.get("verdict") not in VERDICTS:
             raise ValueError(f"claim {key}: verdict must be one of {VERDICTS}, got {val.get('verdict')!r}")
+        if not val.get("evidence") or not val.get("rule"):
+            raise ValueError(f"claim {key}: a verdict needs its evidence (the numbers) and its rule (what decided it)")
     folder = paths.ensure_writable(_report_dir(run))
     rec = {
         "stage": stage,
         "run": run,
-        "config_hash": config_hash,
+        "config_hash": paths.config_hash(provenance),
+        "provenance": _jsonable(provenance),
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "numbers": _jsonable(numbers),
         "figures": [_relative(f) for f in figures],
@@ -102,19 +106,41 @@ def _fmt(v):
     return str(v)
 
 
+PROVENANCE_KEYS = ("preset", "layer", "store", "crosscoders")
+
+
+def check_provenance(records: list[dict]) -> None:
+    """Every stage of one report must have used the same pair, layer, store and crosscoders: raise a
+    ``ValueError`` naming the stages that disagree (e.g. a stage rerun after the run config was edited)."""
+    for key in PROVENANCE_KEYS:
+        seen: dict[str, list[str]] = {}
+        for rec in records:
+            prov = rec.get("provenance") or {}
+            if key in prov:
+                seen.setdefault(json.dumps(prov[key], sort_keys=True), []).append(rec["stage"])
+        if len(seen) > 1:
+            groups = "; ".join(f"{', '.join(st)}: {v}" for v, st in seen.items())
+            raise ValueError(f"the stage records disagree on the {key} they used ({groups}); rerun the stages "
+                             "of this run so that they share one (or give the changed settings a new run name)")
+
+
 def write_report(run: str, out: Path | None = None) -> Path:
     """Render every stage record of the run ``run`` as one Markdown report and return its path."""
     out = Path(out) if out else _report_dir(run) / "REPORT.md"
     recs = load_records(run)
     if not recs:
         raise FileNotFoundError(f"no stage records for run {run!r} under {_report_dir(run)}; run the notebooks first")
+    check_provenance(recs)
     lines = [f"# thinkdiff run report: run `{run}`", "",
              f"Written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. "
              "Every number below was computed by the run that wrote it; the claims table compares them "
              "with Baek & Tegmark (arXiv 2503.03730) as summarised in `paper-notes.md` §11.", ""]
     verdicts: dict[int, list[tuple[str, dict]]] = {k: [] for k in CLAIMS}
     for rec in recs:
-        lines += [f"## {rec['stage']}", "", f"config hash `{rec['config_hash']}`, written {rec['written']}", "",
+        prov = rec.get("provenance") or {}
+        used = ", ".join(f"{k} `{json.dumps(prov[k], sort_keys=True)}`" for k in ("store", "crosscoders") if k in prov)
+        lines += [f"## {rec['stage']}", "", f"config hash `{rec['config_hash']}`, written {rec['written']}"
+                  + (f"; used {used}" if used else ""), "",
                   "| quantity | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in rec["numbers"].items()]
         lines.append("")
@@ -125,11 +151,11 @@ def write_report(run: str, out: Path | None = None) -> Path:
         lines.append("")
         for k, v in rec["claims"].items():
             verdicts[int(k)].append((rec["stage"], v))
-    lines += ["## The paper's claims on this run", "", "| # | claim | verdict | evidence |", "|---|---|---|---|"]
+    lines += ["## The paper's claims on this run", "", "| # | claim | verdict | rule | evidence |", "|---|---|---|---|---|"]
     for k, text in CLAIMS.items():
         if not verdicts[k]:
-            lines.append(f"| {k} | {text} | not tested | no stage of this run tests it |")
+            lines.append(f"| {k} | {text} | not tested | | no stage of this run tests it |")
         for stage, v in verdicts[k]:
-            lines.append(f"| {k} | {text} | **{v['verdict']}** | {stage}: {v.get('evidence', '')} |")
+            lines.append(f"| {k} | {text} | **{v['verdict']}** | {v['rule']} | {stage}: {v['evidence']} |")
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
+from .norms import DISTILLED_SPECIFIC
 
 CONFIG_DIR = paths.REPO_ROOT / "configs"
 DEFAULT_RUN = "organism-m"
@@ -45,7 +46,7 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
               "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2},
     # 04: steering. Strengths are multiples of a latent's max activation times its decoder vector.
     "steer": {"n_prompts": 128, "max_new_tokens": 128, "alphas": [-4, -2, -1, -0.5, 0.5, 1, 2, 4],
-              "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": 0.7,
+              "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": DISTILLED_SPECIFIC,
               "seed": 0},
     # 05: geometry across sizes: the runs compared (smallest first) and the evaluation of each pair.
     "geometry": {"runs": ["organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20], "claim_dim": 2,

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from .crosscoder import decoder_weights
 from .hooks import decoder_layers, resid_hook
+from .norms import DISTILLED_SPECIFIC
 from .stats import bootstrap_mean_ci
 
 POSITION_POLICIES = ("all", "generated", "think")
@@ -144,7 +145,7 @@ def random_direction(vector: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def pick_latents(scores: pd.DataFrame, nrn, categories: Sequence[str] = ("self_reflection", "deductive"),
-                 specific: float = 0.7, shared: tuple[float, float] = (0.45, 0.55),
+                 specific: float = DISTILLED_SPECIFIC, shared: tuple[float, float] = (0.45, 0.55),
                  shared_category: str = "self_reflection") -> pd.DataFrame:
     """Which latents to steer with, by a fixed rule (no peeking at steering results).
 

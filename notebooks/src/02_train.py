@@ -104,7 +104,7 @@ ax.legend(); plots.savefig(fig, "02_density"); plt.show()
 # `CE recovered` = 1 means the reconstruction is as good as the real activation, 0 as bad as zeros.
 
 # %%
-held_docs = run.documents(N_SPLICE_DOCS, seed=12345)
+held_docs = run.heldout_documents(N_SPLICE_DOCS)      # the store's held-out split: never trained on
 tok = pair.tokenizer
 ids = [torch.tensor(d.input_ids[:128]) for d in held_docs]
 input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=tok.pad_token_id)
@@ -139,6 +139,7 @@ for s in SCHEMES:
         numbers[f"{s} CE recovered {m}"] = spliced.loc[(s, m), "ce_recovered"]
         numbers[f"{s} KL spliced {m}"] = spliced.loc[(s, m), "kl_spliced"]
 ev = ", ".join(f"{s}: EV {quality[s]['EV base']:.3f}/{quality[s]['EV distilled']:.3f} at L0 {quality[s]['L0']:.1f}" for s in SCHEMES)
-report.record("02_train", run.name, run.key_hash("train"), numbers,
+report.record("02_train", run.name, run.key("train"), numbers,
               figures=[paths.FIGURES_DIR / f"02_{n}.png" for n in ("training_curves", "density", "spliced_loss")],
-              claims={"9": {"verdict": "not tested", "evidence": f"{run.name} crosscoders, not the paper's settings ({ev})"}})
+              claims={"9": {"verdict": "not tested", "evidence": f"{run.name} crosscoders, not the paper's settings ({ev})",
+                            "rule": "judged only for crosscoders at the paper's settings (train.PAPER) on a paper pair"}})

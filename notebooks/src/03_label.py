@@ -83,8 +83,9 @@ pd.DataFrame({s: {"live latents": int(alive[s].sum()), "dead": int((~alive[s]).s
                   "mean L0 (tokens)": len(acts[s].vals) / acts[s].n_tokens,
                   "mean relative norm (live)": np.nanmean(nrn[s][alive[s]]),
                   "std": np.nanstd(nrn[s][alive[s]]),
-                  "relative norm >= 0.9": int((nrn[s][alive[s]] >= 0.9).sum()),
-                  "relative norm <= 0.1": int((nrn[s][alive[s]] <= 0.1).sum())} for s in SCHEMES}).round(3)
+                  f"relative norm >= {norms.DISTILLED_SPECIFIC}": int((nrn[s][alive[s]] >= norms.DISTILLED_SPECIFIC).sum()),
+                  f"relative norm <= {norms.BASE_SPECIFIC}": int((nrn[s][alive[s]] <= norms.BASE_SPECIFIC).sum())}
+              for s in SCHEMES}).round(3)
 
 # %% [markdown]
 # Side by side: L2 relative norms of both schemes, and the paper's L1 variant for the ReLU crosscoder.
@@ -109,7 +110,7 @@ figures.save(fig, "03_relative_norms")
 cos = norms.decoder_cosine(cc)
 fig = norms.plot_decoder_cosine(np.where(alive[SCHEMES[0]], cos, np.nan), NRN)
 figures.save(fig, "03_decoder_cosine")
-shared_sel = alive[SCHEMES[0]] & (NRN >= 0.3) & (NRN <= 0.7)
+shared_sel = alive[SCHEMES[0]] & (NRN >= norms.SHARED_BAND[0]) & (NRN <= norms.SHARED_BAND[1])
 print(f"shared live latents: {shared_sel.sum()}, median decoder cosine {np.nanmedian(cos[shared_sel]):.3f}, "
       f"share with cosine > 0.9: {(cos[shared_sel] > 0.9).mean():.2f}")
 
@@ -320,33 +321,35 @@ table[alive[SCHEMES[0]]].sort_values("relative_norm", ascending=False)[cols].hea
 
 # %%
 v1, e1 = claim_rules.claim1_verdict(NRN, alive[SCHEMES[0]])
-top100 = table.set_index("latent").loc[norms.top_latents(np.where(alive[SCHEMES[0]], NRN, np.nan), 100)]
-n_span = int((top100.label_ground_truth != "").sum())
-n_marker = int((gt_marker[SCHEMES[0]].auroc.loc[top100.index].max(axis=1) >= 0.9).sum()) if LABELS else 0
-n_score = int((top100.label_score != "").sum())
-# Ground truth decides; a score/lexicon label alone (the paper's kind of evidence: an LLM's label) is "mixed".
-v2 = "supports" if n_span + n_marker > 0 else ("mixed" if n_score > 0 else "contradicts")
-e2 = (f"of the top-100 distilled-specific live latents, {n_span} detect a planted move span (AUROC >= 0.9), "
-      f"{n_marker} detect a category's marker tokens (AUROC >= 0.9), {n_score} rank in a ReasonScore top-20; "
-      + (f"ground-truth targets (section 7, train-selected, held-out) met: {int((v0.verdict == 'met').sum())}/{len(v0)}"
-         if LABELS else "no planted labels on this run (score evidence only)"))
+# Claim 2: is a reasoning feature among the top distilled-specific latents more often than among random live
+# latents? Ground truth decides on the organism (held-out AUROC >= 0.9 for a move span or a marker); without
+# planted labels only the ReasonScore labels exist, which can give at most "mixed".
+if LABELS:
+    is_reasoning = (table.label_ground_truth != "").to_numpy() | (gt_marker[SCHEMES[0]].auroc.max(axis=1) >= 0.9).to_numpy()
+else:
+    is_reasoning = (table.label_score != "").to_numpy()
+v2, e2 = claim_rules.claim2_verdict(NRN, table.frequency.to_numpy(), is_reasoning, ground_truth=LABELS)
 v3, e3 = claim_rules.claim3_verdict(cat_lat)
 v4, e4 = claim_rules.claim4_verdict(profile, NRN)
 claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4)}
-if len(SCHEMES) > 1:
-    alt = SCHEMES[1]
-    checks = {
-        f"claim 1 under {alt}": claim_rules.claim1_verdict(nrn[alt], alive[alt])[0] == v1,
-        "latent scaling keeps most top distilled-only latents": n_genuine >= 0.5 * max(n_checked, 1),
-        f"claim 3 under {alt}": claim_rules.claim3_verdict(label.category_latents(label.marker_counts(acts[alt], masks), nrn[alt]))[0] == v3,
+if len(SCHEMES) > 1:   # claim 10: each substantive finding measured again under every scheme
+    def genuine_share(s):
+        if s == SCHEMES[0]:
+            return n_genuine / max(n_checked, 1)
+        top = [j for j in norms.top_latents(np.where(alive[s], nrn[s], np.nan), N_SCALING) if alive[s][j]]
+        sc = label.latent_scaling(ccs[s], store, top, mask=heldout)
+        return (sc["flag"] == "genuine").sum() / max(int((sc["flag"] != "inactive").sum()), 1)
+
+    properties = {
+        "exclusive latents exist (claim 1)": {s: claim_rules.claim1_verdict(nrn[s], alive[s])[0] == "supports" for s in SCHEMES},
+        "marker latents are mostly shared (claim 3)": {
+            s: claim_rules.claim3_verdict(label.category_latents(label.marker_counts(acts[s], masks), nrn[s]))[0] == "supports"
+            for s in SCHEMES},
+        "most top distilled-only latents survive latent scaling": {s: genuine_share(s) >= 0.5 for s in SCHEMES},
     }
     if LABELS:
-        checks[f"ground-truth targets met under {alt} too"] = bool(((verdicts[alt].verdict == "met") | (v0.verdict != "met")).all())
-    v10 = claim_rules.verdict(checks.values())
-    e10 = "; ".join(f"{k}: {'yes' if ok else 'no'}" for k, ok in checks.items()) + f" ({n_genuine}/{n_checked} genuine"
-    e10 += (f"; targets met: {SCHEMES[0]} {int((v0.verdict == 'met').sum())}, "
-            f"{alt} {int((verdicts[alt].verdict == 'met').sum())} of {len(v0)})" if LABELS else ")")
-    claims["10"] = (v10, e10)
+        properties["a ground-truth target is met"] = {s: bool((verdicts[s].verdict == "met").any()) for s in SCHEMES}
+    claims["10"] = claim_rules.claim10_verdict(properties)
 if not run.tested:   # a smoke run computes everything and judges nothing
     claims = {k: ("not tested", f"smoke run ({RUN}): {e}") for k, (v, e) in claims.items()}
 for k, (v, e) in claims.items():
@@ -358,7 +361,7 @@ for k, (v, e) in claims.items():
 # %%
 numbers = {"live latents": int(alive[SCHEMES[0]].sum()), "mean relative norm L2 (live)": float(np.nanmean(NRN[alive[SCHEMES[0]]])),
            "mean relative norm L1 (live)": float(np.nanmean(nrn_l1[alive[SCHEMES[0]]])),
-           "latents nrn >= 0.9": int((NRN[alive[SCHEMES[0]]] >= 0.9).sum()), "latents nrn <= 0.1": int((NRN[alive[SCHEMES[0]]] <= 0.1).sum()),
+           "latents nrn >= 0.9": int((NRN[alive[SCHEMES[0]]] >= norms.DISTILLED_SPECIFIC).sum()), "latents nrn <= 0.1": int((NRN[alive[SCHEMES[0]]] <= norms.BASE_SPECIFIC).sum()),
            "latent scaling genuine / checked": [n_genuine, n_checked]}
 for name, r in ceiling.iterrows():
     numbers[f"probe ceiling {name} (base / distilled)"] = [round(float(r.base), 4), round(float(r.distilled), 4)]
@@ -367,5 +370,5 @@ for s in verdicts:
         numbers[f"{s} {name}: latent AUROC / nrn / 5-sparse / specific AUROC / verdict"] = [
             round(float(r["latent AUROC"]), 4), round(float(r["latent relative norm"]), 3),
             round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4), r.verdict]
-report.record("03_label", run.name, run.key_hash("label"), numbers, figures=figures,
-              claims={k: {"verdict": v, "evidence": e} for k, (v, e) in claims.items()})
+report.record("03_label", run.name, run.key("label"), numbers, figures=figures,
+              claims={k: {"verdict": v, "evidence": e, "rule": f"thinkdiff.claims.claim{k}_verdict"} for k, (v, e) in claims.items()})

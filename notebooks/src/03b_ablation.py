@@ -92,5 +92,5 @@ for r in sm[(sm.k == kmax) & sm.arm.isin(["targeted", "random", "targeted_minus_
     numbers[f"ablation k={kmax} {r.category} {r.model} {r.arm}"] = [round(r.mean, 3), round(r.ci_lo, 3), round(r.ci_hi, 3)]
 if not run.tested:   # a smoke run computes everything and judges nothing
     v5, e5 = "not tested", f"smoke run ({RUN}): {e5}"
-report.record("03b_ablation", run.name, run.key_hash("label"), numbers, figures=figures,
-              claims={"5": {"verdict": v5, "evidence": e5}})
+report.record("03b_ablation", run.name, run.key("label"), numbers, figures=figures,
+              claims={"5": {"verdict": v5, "evidence": e5, "rule": "thinkdiff.ablation.claim5_verdict"}})

@@ -70,5 +70,5 @@ fb = browser.FeatureBrowser(table[alive], make_card, tok)
 fb.widget
 
 # %%
-report.record("03c_browser", run.name, run.key_hash("label"), {"feature cards": str(html_path), "cards": len(cards),
+report.record("03c_browser", run.name, run.key("label"), {"feature cards": str(html_path), "cards": len(cards),
               "features table": str(table_path)})

@@ -70,7 +70,8 @@ print(f"{run.name}: layer {pair.layer}, d_model {pair.d_model}, {store.n_tokens:
 # ## 2. Choosing the latents, by a fixed rule
 # For the organism every store token carries the teacher's category label, so we score each latent by its
 # AUROC for "this token lies in a self-reflection (deductive) move" (`label.ground_truth_auroc`) and take the
-# best one among distilled-specific latents (relative norm ≥ `SPECIFIC_NRN`). The shared latent is the best
+# best one among distilled-specific latents (relative norm ≥ `SPECIFIC_NRN`: `norms.DISTILLED_SPECIFIC` = 0.9, the
+# one definition every notebook uses, unless the run config overrides it). The shared latent is the best
 # self-reflection latent with relative norm in [0.45, 0.55]. The rule is fixed before any steering is run.
 # A real pair has no planted labels: there the score is the category's ReasonScore (`03_label`, with the
 # run's `[label]` settings), the paper's kind of evidence.
@@ -282,6 +283,6 @@ for cond, grid in grids.items():
     for a in grid:
         for m in ("n_tokens", "rate_self_reflection", "correct"):
             numbers[f"Δ{m} {cond} α={a:+g} [mean, lo, hi]"] = cell(cond, a, m)
-report.record("04_steer", run.name, run.key_hash("steer"), numbers,
+report.record("04_steer", run.name, run.key("steer"), numbers,
               figures=[paths.FIGURES_DIR / "04_latent_choice.png", paths.FIGURES_DIR / "04_dose_response.png"],
-              claims=claims)
+              claims={k: {**v, "rule": f"thinkdiff.steer.steering_claims at alpha = {CLAIM_ALPHA}"} for k, v in claims.items()})

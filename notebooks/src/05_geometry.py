@@ -38,7 +38,7 @@ import torch
 import matplotlib.pyplot as plt
 from IPython.display import display
 from thinkdiff import geometry as geo
-from thinkdiff import evaluate, organism, paths, pipeline, plots, report, world
+from thinkdiff import evaluate, norms, organism, paths, pipeline, plots, report, world
 from thinkdiff import relations as rel_data
 
 torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
@@ -271,8 +271,9 @@ ax.scatter(sel["rel_norm"], sel["cos_base_distilled"], s=25, color="tab:red", la
 ax.set_xlabel("relative norm (1 = distilled-only)"); ax.set_ylabel("cos(base side, distilled side)")
 ax.set_title(f"Base vs distilled decoder alignment ({run.name})"); ax.legend(fontsize=7)
 plots.savefig(fig, "05_side_alignment"); plt.show()
-shared_band = live[(live.rel_norm > 0.3) & (live.rel_norm < 0.7)]
-print(f"median cos(base, distilled): shared latents (0.3 < NRN < 0.7) {shared_band.cos_base_distilled.median():.3f} "
+lo, hi = norms.SHARED_BAND
+shared_band = live[(live.rel_norm >= lo) & (live.rel_norm <= hi)]
+print(f"median cos(base, distilled): shared latents ({lo} <= NRN <= {hi}) {shared_band.cos_base_distilled.median():.3f} "
       f"(n={len(shared_band)}), top reasoning latents {sel.cos_base_distilled.median():.3f} (n={len(sel)})")
 
 # %% [markdown]
@@ -329,5 +330,6 @@ numbers["median cos(base, distilled) shared latents"] = float(shared_band.cos_ba
 if qwen_table is not None:
     numbers["Qwen single-token pairs kept"] = {k: int(v) for k, v in qwen_table["single-token pairs"].items()}
 figs = ["05_loss_vs_dim", "05_ecdf_grid", "05_delta_vs_performance", "05_feature_cosines", "05_side_alignment", "05_decoder_map"]
-report.record("05_geometry", run.name, run.key_hash("geometry"), numbers, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs],
-              claims={"8": {"verdict": verdict8, "evidence": evidence}})
+report.record("05_geometry", run.name, run.key("geometry"), numbers, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs],
+              claims={"8": {"verdict": verdict8, "evidence": evidence,
+                            "rule": f"thinkdiff.geometry.claim8_summary (accuracy gain, PCA {CLAIM_DIM})"}})

@@ -1,0 +1,45 @@
+"""The run report: records carry what they used, and a report refuses stages that used different artifacts."""
+from __future__ import annotations
+
+import pytest
+
+from thinkdiff import paths, report
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path)
+    return tmp_path
+
+
+def prov(stage, store="s1", ccs=None):
+    return {"stage": stage, "preset": "organism-m", "layer": None, "store": store,
+            "crosscoders": ccs or {"relu": "c1"}, "settings": {"x": 1}}
+
+
+def test_report_lists_each_stage_with_what_it_used(runs_dir):
+    report.record("02_train", "r", prov("train"), {"FVU": 0.1})
+    report.record("03_label", "r", prov("label"), {"live": 10}, claims={"1": {"verdict": "supports", "evidence": "e", "rule": "r"}})
+    text = report.write_report("r").read_text()
+    assert "## 02_train" in text and "## 03_label" in text and '"s1"' in text and "**supports**" in text
+    assert "| 9 |" in text and "not tested" in text          # a claim no stage tested says so
+
+
+@pytest.mark.parametrize("changed", ["store", "crosscoders"])
+def test_report_refuses_stages_that_used_different_artifacts(runs_dir, changed):
+    report.record("02_train", "r", prov("train"), {"FVU": 0.1})
+    other = prov("label", **({"store": "s2"} if changed == "store" else {"ccs": {"relu": "c2"}}))
+    report.record("03_label", "r", other, {"live": 10})
+    with pytest.raises(ValueError, match=f"disagree on the {changed}.*02_train.*03_label"):
+        report.write_report("r")
+
+
+def test_record_refuses_unknown_claims_and_verdicts(runs_dir):
+    with pytest.raises(ValueError, match="unknown paper claim"):
+        report.record("x", "r", prov("label"), {}, claims={"11": {"verdict": "supports"}})
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        report.record("x", "r", prov("label"), {}, claims={"1": {"verdict": "proves"}})
+    with pytest.raises(ValueError, match="evidence .* and its rule"):
+        report.record("x", "r", prov("label"), {}, claims={"1": {"verdict": "supports", "evidence": "e"}})
+    with pytest.raises(FileNotFoundError, match="no stage records"):
+        report.write_report("empty")
