@@ -120,6 +120,25 @@ def test_notebook_executes_on_a_real_pair_stand_in(name, test_runs, tiny_qwen_ru
     check_record(test_runs / "runs", "tiny-qwen-offline", name)
 
 
+@pytest.mark.slow
+def test_deterministic_cells_reproduce_under_nbval(test_runs):
+    """Re-executing an executed notebook reproduces the outputs of its cells marked NBVAL_CHECK_OUTPUT (nbval,
+    --nbval-lax): 01_harvest's label table and exactly-once count come out identical on a second run."""
+    import subprocess
+    import sys
+
+    executed = test_runs / "executed" / "01_harvest.ipynb"
+    if not executed.exists():
+        notebooks.run("01_harvest", test_runs / "executed", parameters=FAST["01_harvest"])
+    nb = json.loads(executed.read_text())
+    marked = [c for c in nb["cells"] if "NBVAL_CHECK_OUTPUT" in "".join(c["source"])]
+    assert len(marked) == 2 and all(c.get("outputs") for c in marked)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+                          "--nbval-current-env", str(executed)], cwd=notebooks.NOTEBOOK_DIR, capture_output=True,
+                         text=True, env=os.environ.copy())
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
 def test_notebooks_match_their_sources():
     """Each committed notebook is exactly what tools/mknb.py builds from notebooks/src (reviewable diffs)."""
     import importlib.util

@@ -119,6 +119,7 @@ pd.DataFrame({"token": [repr(tok.decode([int(meta["token_id"][idx[i]])])) for i 
 # planted labels (every token is "unlabelled").
 
 # %%
+# NBVAL_CHECK_OUTPUT
 labels = pd.Series(meta["label"]).map({0: "none", -1: "unlabelled", **{i + 1: c for i, c in enumerate(lexicon.CATEGORIES)}})
 if not run.has_labels:
     print(f"{RUN}: no planted labels in this corpus; the ground-truth sections of 03_label are skipped.")
@@ -130,6 +131,7 @@ pd.DataFrame({"tokens": labels.value_counts(), "marker tokens": labels[meta["mar
 # distinct (document, position) rows served: it must equal the split size, with no repeats.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from thinkdiff.store import ServeCounter
 counter = ServeCounter(store.n_tokens)
 n_rows = 0
