@@ -246,6 +246,7 @@ fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
 for ax, m in zip(axes, (0, 1)):
     geo.plot_cosine_matrix(geo.decoder_cosines(cc, lat, model_index=m), title=f"{geo.MODEL_NAMES[m]} side", labels=names, ax=ax)
 fig.suptitle(f"Decoder cosine similarity of the top-{TOP_K} latents per category ({run.name})")
+fig.tight_layout()   # again, now that the figure has a title above the two panels
 plots.savefig(fig, "05_feature_cosines"); plt.show()
 within = {}
 for m in (0, 1):
