@@ -186,8 +186,10 @@ def test_teacher_forced_ce_matches_loss(tiny_pair, tiny_tokenizer):
         with torch.no_grad():
             want = model(input_ids=ids, labels=labels).loss.item()
         assert got == pytest.approx(want, rel=1e-4)
-    red = evaluate.ce_reduction([2.0, 3.0, 2.5], [1.0, 2.0, 2.5], n_boot=200)
-    assert red["gain"] == pytest.approx(2 / 3) and red["lo"] <= red["gain"] <= red["hi"]
+    red = evaluate.ce_reduction([20.0, 30.0, 25.0], [10.0, 20.0, 25.0], [10, 10, 10], n_boot=200)
+    assert red["gain"] == pytest.approx(20 / 30) and red["lo"] <= red["gain"] <= red["hi"]
+    red = evaluate.ce_reduction([20.0, 3.0], [10.0, 3.0], [10, 1], n_boot=200)      # token-weighted: 10 / 11
+    assert red["gain"] == pytest.approx(10 / 11)
     with pytest.raises(ValueError, match="equal"):
         evaluate.teacher_forced_ce(model, tiny_tokenizer, prompts, comps[:1])
 

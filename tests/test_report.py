@@ -23,6 +23,7 @@ def test_report_lists_each_stage_with_what_it_used(runs_dir):
     text = report.write_report("r").read_text()
     assert "## 02_train" in text and "## 03_label" in text and '"s1"' in text and "**supports**" in text
     assert "| 9 |" in text and "not tested" in text          # a claim no stage tested says so
+    assert text.count('Settings: `{"x": 1}`') == 2                # the pre-registered settings are printed
 
 
 @pytest.mark.parametrize("changed", ["store", "crosscoders"])

@@ -248,25 +248,59 @@ def test_sweep_and_summary(tiny_pair, tiny_tokenizer, tmp_path, monkeypatch):
         steer.steering_sweep(model, tiny_tokenizer, PROMPTS, dirs, [1], LAYER, seeds=(0, 1))
 
 
-def test_steering_claim_rules():
+def test_steering_claim6_rule():
     def rows(cond, metric, d, lo, hi):
         return dict(condition=cond, alpha=2.0, metric=metric, n=64, mean=0, mean_lo=0, mean_hi=0, diff=d,
                     diff_lo=lo, diff_hi=hi)
     base = [rows("sr", "n_tokens", 30, 10, 50), rows("sr", "rate_self_reflection", 5, 1, 9),
-            rows("rand", "n_tokens", 1, -5, 7), rows("rand", "rate_self_reflection", 0, -1, 1),
-            rows("ded", "n_tokens", -20, -30, -10), rows("ded", "correct", -0.02, -0.08, 0.03)]
-    v = steer.steering_claims(pd.DataFrame(base), "sr", "ded", "rand", 2.0)
-    assert v["6"]["verdict"] == "supports" and v["7"]["verdict"] == "supports"
-    worse = base[:5] + [rows("ded", "correct", -0.2, -0.3, -0.1)]
+            rows("rand", "n_tokens", 1, -5, 7), rows("rand", "rate_self_reflection", 0, -1, 1)]
+    assert steer.steering_claims(pd.DataFrame(base), "sr", "rand", 2.0)["6"]["verdict"] == "supports"
+    worse = list(base)
     worse[2] = rows("rand", "n_tokens", 20, 5, 35)  # the control lengthens too
-    v = steer.steering_claims(pd.DataFrame(worse), "sr", "ded", "rand", 2.0)
-    assert v["6"]["verdict"] == "mixed" and v["7"]["verdict"] == "mixed"
-    none = [rows("sr", "n_tokens", 0, -5, 5), rows("sr", "rate_self_reflection", 0, -1, 1)] + base[2:4] + [
-        rows("ded", "n_tokens", 0, -5, 5), base[5]]
-    v = steer.steering_claims(pd.DataFrame(none), "sr", "ded", "rand", 2.0)
-    assert v["6"]["verdict"] == "contradicts" and v["7"]["verdict"] == "contradicts"
+    assert steer.steering_claims(pd.DataFrame(worse), "sr", "rand", 2.0)["6"]["verdict"] == "mixed"
+    none = [rows("sr", "n_tokens", 0, -5, 5), rows("sr", "rate_self_reflection", 0, -1, 1)] + base[2:4]
+    assert steer.steering_claims(pd.DataFrame(none), "sr", "rand", 2.0)["6"]["verdict"] == "contradicts"
     with pytest.raises(ValueError, match="alpha"):
-        steer.steering_claims(pd.DataFrame(base), "sr", "ded", "rand", 3.0)
+        steer.steering_claims(pd.DataFrame(base), "sr", "rand", 3.0)
+
+
+def _sweep(ded_tokens, ctrl_tokens, ded_correct, n=40, base_tokens=100):
+    """A sweep table: unsteered, deductive and control generations on the same n prompts."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        noise = rng.normal(0, 2)
+        rows.append(dict(condition="unsteered", alpha=0.0, prompt_idx=i, replicate=0, n_tokens=base_tokens + noise, correct=1.0))
+        rows.append(dict(condition="ded", alpha=1.0, prompt_idx=i, replicate=0, n_tokens=ded_tokens + noise + rng.normal(0, 2),
+                         correct=float(ded_correct[i])))
+        rows.append(dict(condition="ctrl", alpha=1.0, prompt_idx=i, replicate=0, n_tokens=ctrl_tokens + noise + rng.normal(0, 2),
+                         correct=1.0))
+    return pd.DataFrame(rows)
+
+
+def test_claim7_is_a_difference_in_differences_with_non_inferiority():
+    from thinkdiff import claims
+
+    keep = np.ones(40)
+    assert claims.claim7_verdict(_sweep(80, 100, keep), "ded", "ctrl", 1.0, n_boot=300)[0] == "supports"
+    # the random control shortens as much: no shortening beyond it
+    assert claims.claim7_verdict(_sweep(80, 80, keep), "ded", "ctrl", 1.0, n_boot=300)[0] == "contradicts"
+    # shorter, but a quarter of the answers break: accuracy is not non-inferior
+    broke = keep.copy()
+    broke[:10] = 0
+    v, e = claims.claim7_verdict(_sweep(80, 100, broke), "ded", "ctrl", 1.0, n_boot=300)
+    assert v == "mixed" and "unchanged on 75%" in e
+    with pytest.raises(ValueError, match="alpha"):
+        claims.claim7_verdict(_sweep(80, 100, keep), "ded", "ctrl", 2.0)
+
+
+def test_sweep_summary_adjusts_p_values_over_the_steered_conditions():
+    df = _sweep(80, 100, np.ones(40))
+    s = steer.summarize_sweep(df, ["n_tokens", "correct"], n_boot=200)
+    tok = s[(s.metric == "n_tokens") & (s.condition != "unsteered")]
+    assert (tok.n_comparisons == 2).all() and (tok.p_bh >= tok.p).all()
+    assert tok.set_index("condition").loc["ded", "p_bh"] < 1e-3          # 20 tokens shorter on every prompt
+    assert s[(s.metric == "correct") & (s.condition == "ctrl")].p.iloc[0] == 1.0     # all differences zero
 
 
 def test_pick_latents_rule():

@@ -112,3 +112,40 @@ def claim2_verdict(nrn, frequency, is_reasoning, ground_truth: bool, alpha: floa
     if p < alpha and ground_truth:
         return "supports", evidence
     return "mixed", evidence
+
+
+def claim7_verdict(sweep: pd.DataFrame, deductive: str, control: str, alpha: float, margin: float = 0.05,
+                   n_boot: int = 2000, seed: int = 0, baseline: str = "unsteered") -> tuple[str, str]:
+    """Claim 7 (incisive thinking): steering with ``deductive`` shortens the output beyond what an equal-norm random
+    ``control`` does, without a loss of accuracy beyond ``margin``.
+
+    ``sweep``: one row per generation (``steer.steering_sweep``: condition, alpha, prompt_idx, replicate, n_tokens,
+    correct). Shortening is the difference in differences per prompt, (deductive - unsteered) - (control -
+    unsteered) tokens, with a bootstrap CI over prompts; "same answer" is non-inferiority: the CI of the accuracy
+    difference (deductive - unsteered) lies above -``margin``. supports: the DiD CI is below 0 and accuracy is
+    non-inferior; contradicts: the DiD CI is not below 0 (no shortening beyond the control); mixed: it shortens but
+    accuracy is not shown non-inferior."""
+    from .stats import bootstrap_mean_ci
+
+    key = ["prompt_idx", "replicate"]
+
+    def at(cond, a):
+        g = sweep[(sweep.condition == cond) & np.isclose(sweep.alpha, a)].set_index(key)
+        if g.empty:
+            raise ValueError(f"the sweep has no generations for {cond!r} at alpha {a}")
+        return g
+
+    base, ded, ctrl = sweep[sweep.condition == baseline].set_index(key), at(deductive, alpha), at(control, alpha)
+    common = base.index.intersection(ded.index).intersection(ctrl.index)
+    if len(common) < 2:
+        raise ValueError("claim 7 needs at least two prompts run unsteered, deductive and control")
+    tok = {n: g.loc[common, "n_tokens"].astype(float).to_numpy() for n, g in (("b", base), ("d", ded), ("c", ctrl))}
+    did, did_lo, did_hi = bootstrap_mean_ci((tok["d"] - tok["b"]) - (tok["c"] - tok["b"]), n_boot, seed)
+    acc = ded.loc[common, "correct"].astype(float).to_numpy() - base.loc[common, "correct"].astype(float).to_numpy()
+    dacc, dacc_lo, dacc_hi = bootstrap_mean_ci(acc, n_boot, seed)
+    unchanged = float(np.mean(ded.loc[common, "correct"].to_numpy() == base.loc[common, "correct"].to_numpy()))
+    shorter, non_inferior = did_hi < 0, dacc_lo > -margin
+    v = "contradicts" if not shorter else ("supports" if non_inferior else "mixed")
+    return v, (f"alpha={alpha:g}, n={len(common)} prompts: (deductive - unsteered) - ({control} - unsteered) tokens "
+               f"{did:+.3g} [{did_lo:+.3g}, {did_hi:+.3g}]; Δaccuracy {dacc:+.3g} [{dacc_lo:+.3g}, {dacc_hi:+.3g}] "
+               f"(non-inferiority margin {margin}); correctness unchanged on {unchanged:.0%} of prompts")

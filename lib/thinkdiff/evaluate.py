@@ -149,7 +149,57 @@ def teacher_forced_ce(model, tokenizer, prompts: Sequence[str], completions: Seq
     return nll_sum / n_tok
 
 
-def ce_reduction(ce_base, ce_distilled, n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
-    """Distillation performance as CE reduction: mean of base minus distilled CE over the same texts
-    (positive = distilled fits the teacher better), paired bootstrap CI. Same keys as ``accuracy_gain``."""
-    return accuracy_gain(-np.asarray(ce_base, float), -np.asarray(ce_distilled, float), n_boot, seed, ci)
+def ce_reduction(nll_base, nll_distilled, n_tokens, n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
+    """Distillation performance as CE reduction on the same texts: (sum of base minus distilled nats) / (sum of
+    tokens), i.e. the drop in token-weighted teacher-forced CE (positive = the distilled model fits the teacher
+    better), with a paired bootstrap CI over texts. Same keys as ``accuracy_gain``."""
+    from .stats import bootstrap_ratio_ci
+
+    diff = np.asarray(nll_base, float) - np.asarray(nll_distilled, float)
+    gain, lo, hi = bootstrap_ratio_ci(diff, n_tokens, n_boot, seed, ci)
+    return dict(gain=gain, lo=lo, hi=hi, n=len(diff))
+
+
+EVALUATE_KEYS = ("n_eval", "max_new_tokens", "seed", "math_set", "math_files")
+
+
+def pair_evaluation(preset: str, settings: dict, progress: bool = True) -> dict:
+    """Both models of ``preset`` on the held-out problems of an ``[evaluate]`` table, computed once and cached.
+
+    One accuracy number per model and size: ``00`` and ``05`` read the same evaluation. The cache key holds the
+    models' identities (weight hashes) and the settings that decide the result (``EVALUATE_KEYS``), under
+    ``runs/evaluate/<hash>/evaluation.json``. Returns ``{"base": result, "distilled": result}``: organism
+    presets give ``organism.evaluate``'s fields plus the teacher-forced ``ce`` (nats per token over held-out
+    teacher traces) and its per-trace ``ce_nll`` / ``ce_tokens``; real pairs give ``math_accuracy``'s fields."""
+    import json
+
+    from . import organism, paths, presets, world
+    from .harvest import model_identity
+    from .pipeline import load_pair
+
+    pair = load_pair(preset)
+    kept = {k: settings[k] for k in EVALUATE_KEYS if k in settings}
+    key = {"preset": presets.get_preset(preset).name, "models": [model_identity(m) for m in pair.models],
+           "settings": kept, "version": 1}
+    folder = paths.artifact_dir("evaluate", key)
+    if (folder / "evaluation.json").exists():
+        return json.loads((folder / "evaluation.json").read_text())
+    out = {}
+    if pair.organism is not None:
+        problems = organism.eval_problems(kept["n_eval"], seed=kept["seed"])
+        traces = [world.spans_text(t) for t in organism.teacher_traces(problems)]
+        for role, model in zip(("base", "distilled"), pair.models):
+            res = organism.evaluate(model, pair.tokenizer, problems, kept["max_new_tokens"])
+            nll, n_tok = teacher_forced_nll(model, pair.tokenizer, [p.prompt for p in problems],
+                                            [t[len(p.prompt):] for t, p in zip(traces, problems)])
+            res.update(ce=float(nll.sum() / n_tok.sum()), ce_nll=nll.tolist(), ce_tokens=n_tok.tolist())
+            out[role] = res
+    else:
+        problems = math_problems(settings)
+        for role, model in zip(("base", "distilled"), pair.models):
+            out[role] = math_accuracy(model, pair.tokenizer, problems, kept["max_new_tokens"], progress=progress)
+    paths.ensure_writable(folder.parent)
+    if not folder.exists():
+        with paths.atomic_dir(folder) as tmp:
+            (tmp / "evaluation.json").write_text(json.dumps({**out, "key": key}, default=float))
+    return out

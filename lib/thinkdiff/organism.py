@@ -351,19 +351,6 @@ def teacher_traces(problems, cfg: CorpusConfig | None = None, seed: int = 7) -> 
     return [world.teacher_document(p, rng, cfg.teacher) for p in problems]
 
 
-def teacher_forced_ce(model, tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7,
-                      batch_size: int = 32) -> float:
-    """Mean cross-entropy (nats per token, over all trace tokens) of the teacher's traces on ``problems``,
-    prompt excluded. A smooth measure of how well a model imitates the teacher: it moves even where accuracy
-    does not."""
-    from .evaluate import teacher_forced_nll
-
-    traces = [world.spans_text(t) for t in teacher_traces(problems, cfg, seed)]
-    nll, n_tok = teacher_forced_nll(model, tokenizer, [p.prompt for p in problems],
-                                    [t[len(p.prompt):] for t, p in zip(traces, problems)], batch_size)
-    return float(nll.sum() / max(n_tok.sum(), 1))
-
-
 ACCEPTANCE = {"min_gain": 0.20, "max_p": 0.01, "min_well_formed": 0.95, "marker_tolerance": 0.30, "min_eval": 200}
 
 

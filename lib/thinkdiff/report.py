@@ -139,9 +139,12 @@ def write_report(run: str, out: Path | None = None) -> Path:
     for rec in recs:
         prov = rec.get("provenance") or {}
         used = ", ".join(f"{k} `{json.dumps(prov[k], sort_keys=True)}`" for k in ("store", "crosscoders") if k in prov)
+        settings = prov.get("settings")
         lines += [f"## {rec['stage']}", "", f"config hash `{rec['config_hash']}`, written {rec['written']}"
-                  + (f"; used {used}" if used else ""), "",
-                  "| quantity | value |", "|---|---|"]
+                  + (f"; used {used}" if used else ""), ""]
+        if settings:   # the pre-registered settings this stage ran with (the run config's table)
+            lines += [f"Settings: `{json.dumps(settings, sort_keys=True)}`", ""]
+        lines += ["| quantity | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in rec["numbers"].items()]
         lines.append("")
         for fig in rec["figures"]:

@@ -48,9 +48,9 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
     "steer": {"n_prompts": 128, "max_new_tokens": 128, "alphas": [-4, -2, -1, -0.5, 0.5, 1, 2, 4],
               "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": DISTILLED_SPECIFIC,
               "seed": 0},
-    # 05: geometry across sizes: the runs compared (smallest first) and the evaluation of each pair.
+    # 05: geometry across sizes: the runs compared (smallest first); each pair's performance is its [evaluate].
     "geometry": {"runs": ["organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20], "claim_dim": 2,
-                 "n_eval": 64, "max_new_tokens": 160, "n_ce": 128, "top_k": 6, "seed": 0},
+                 "top_k": 6, "seed": 0},
 }
 TOP_KEYS = ("preset", "extends", "smoke", "description", "harvest", "train", *ANALYSIS_DEFAULTS)
 

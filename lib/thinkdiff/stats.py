@@ -34,6 +34,23 @@ def bootstrap_mean_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 
     return float(v.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def bootstrap_ratio_ci(num, den, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(sum(num) / sum(den), low, high): a ratio of sums (e.g. nats over tokens) with a percentile bootstrap CI
+    that resamples the items [n] (``scipy.stats.bootstrap``, paired)."""
+    from scipy.stats import bootstrap
+
+    a, b = (np.asarray(v, dtype=float).reshape(-1) for v in (num, den))
+    if a.shape != b.shape or a.size == 0 or not b.sum() > 0:
+        raise ValueError(f"bootstrap_ratio_ci needs equal-length, non-empty num and den with a positive sum, got "
+                         f"{a.shape} and {b.shape}")
+    est = float(a.sum() / b.sum())
+    if a.size < 2:
+        return est, float("nan"), float("nan")
+    res = bootstrap((a, b), lambda x, y, axis=-1: x.sum(axis) / y.sum(axis), n_resamples=n_boot, paired=True,
+                    confidence_level=level, method="percentile", rng=np.random.default_rng(seed), vectorized=True)
+    return est, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def mcnemar(correct_a, correct_b) -> dict:
     """Exact McNemar test of paired outcomes ``correct_a`` vs ``correct_b`` [n] bool (same items, two systems).
 

@@ -567,8 +567,12 @@ def summarize_sweep(df: pd.DataFrame, metrics: Sequence[str] | None = None, n_bo
 
     One row per (condition, alpha, metric): ``mean, mean_lo, mean_hi`` (bootstrap over generations)
     and ``diff, diff_lo, diff_hi`` = steered minus unsteered on the same (prompt, replicate), bootstrap
-    over those pairs; ``excludes_zero`` says whether the difference CI excludes 0.
+    over those pairs; ``excludes_zero`` says whether the difference CI excludes 0; ``p`` the two-sided
+    Wilcoxon signed-rank p of the paired differences (1 when they are all zero), and ``p_bh`` that p adjusted
+    by Benjamini-Hochberg over the ``n_comparisons`` steered conditions x strengths of the same metric.
     """
+    from scipy.stats import false_discovery_control, wilcoxon
+
     if baseline not in set(df["condition"]):
         raise ValueError(f"no {baseline!r} rows: the sweep needs its unsteered run to pair against")
     metrics = [m for m in (metrics or DEFAULT_METRICS) if m in df.columns and df[m].notna().any()]
@@ -585,22 +589,26 @@ def summarize_sweep(df: pd.DataFrame, metrics: Sequence[str] | None = None, n_bo
             d = x - base.loc[common, m].astype(float).to_numpy()
             mean, mean_lo, mean_hi = bootstrap_mean_ci(x, n_boot, seed, ci)
             diff, diff_lo, diff_hi = bootstrap_mean_ci(d, n_boot, seed, ci)   # same seed: the same resamples
+            p = 1.0 if cond == baseline or not np.any(d) else float(wilcoxon(d, zero_method="zsplit").pvalue)
             rows.append(dict(condition=cond, alpha=float(alpha), metric=m, n=len(common), mean=mean,
-                             mean_lo=mean_lo, mean_hi=mean_hi, diff=diff, diff_lo=diff_lo, diff_hi=diff_hi))
+                             mean_lo=mean_lo, mean_hi=mean_hi, diff=diff, diff_lo=diff_lo, diff_hi=diff_hi, p=p))
     out = pd.DataFrame(rows)
     out["excludes_zero"] = (out["diff_lo"] > 0) | (out["diff_hi"] < 0)
+    steered = out["condition"] != baseline
+    out["p_bh"], out["n_comparisons"] = out["p"], 0
+    for m, g in out[steered].groupby("metric"):
+        out.loc[g.index, "p_bh"] = false_discovery_control(g["p"].to_numpy(), method="bh")
+        out.loc[g.index, "n_comparisons"] = len(g)
     return out
 
 
-def steering_claims(summary: pd.DataFrame, self_reflection: str, deductive: str, control: str, alpha: float) -> dict:
-    """Verdicts on paper claims 6 and 7 from a ``summarize_sweep`` table at strength ``alpha``, by fixed rules.
+def steering_claims(summary: pd.DataFrame, self_reflection: str, control: str, alpha: float) -> dict:
+    """The verdict on paper claim 6 (over-thinking) from a ``summarize_sweep`` table at strength ``alpha``.
 
-    Claim 6 (over-thinking): supports if steering with ``self_reflection`` raises both length (n_tokens)
-    and the self-reflection marker rate with difference CIs above 0 while the ``control`` raises
-    neither; contradicts if neither CI is above 0; mixed otherwise.
-    Claim 7 (incisive): supports if ``deductive`` shortens output (n_tokens CI below 0) and the accuracy
-    difference CI reaches 0 or above (no loss beyond the CI); contradicts if it does not shorten;
-    mixed if it shortens but loses accuracy. Returns ``{"6": {verdict, evidence}, "7": {...}}``.
+    supports if steering with ``self_reflection`` raises both length (n_tokens) and the self-reflection marker
+    rate with difference CIs above 0 while the ``control`` raises neither; contradicts if neither CI is above 0;
+    mixed otherwise. Returns ``{"6": {verdict, evidence}}``. (Claim 7 is ``claims.claim7_verdict``, a
+    difference in differences over the generations themselves.)
     """
     def get(cond, metric):
         r = summary[(summary.condition == cond) & (summary.metric == metric) & np.isclose(summary.alpha, alpha)]
@@ -616,17 +624,11 @@ def steering_claims(summary: pd.DataFrame, self_reflection: str, deductive: str,
     up = [sl["diff_lo"] > 0, sr["diff_lo"] > 0]
     ctrl_up = cl["diff_lo"] > 0 or cr["diff_lo"] > 0
     v6 = "supports" if all(up) and not ctrl_up else "contradicts" if not any(up) else "mixed"
-    dl, dc = get(deductive, "n_tokens"), get(deductive, "correct")
-    shorter = dl["diff_hi"] < 0
-    v7 = "contradicts" if not shorter else "supports" if dc["diff_hi"] >= 0 else "mixed"
-    n = int(sl["n"])
-    return {
-        "6": dict(verdict=v6, evidence=(
-            f"alpha={alpha:g}, n={n} paired generations: {self_reflection} Δtokens {fmt(sl)}, "
-            f"Δself-reflection rate/1k {fmt(sr)}; random control Δtokens {fmt(cl)}, Δrate {fmt(cr)}")),
-        "7": dict(verdict=v7, evidence=(
-            f"alpha={alpha:g}, n={int(dl['n'])}: {deductive} Δtokens {fmt(dl)}, Δaccuracy {fmt(dc)}")),
-    }
+    adjusted = (f"; Wilcoxon p of Δtokens, BH-adjusted over {int(sl['n_comparisons'])} steered conditions: "
+                f"{sl['p_bh']:.3g}") if "p_bh" in sl else ""
+    return {"6": dict(verdict=v6, evidence=(
+        f"alpha={alpha:g}, n={int(sl['n'])} paired generations: {self_reflection} Δtokens {fmt(sl)}, "
+        f"Δself-reflection rate/1k {fmt(sr)}; random control Δtokens {fmt(cl)}, Δrate {fmt(cr)}" + adjusted))}
 
 
 # ----------------------------------------------------------------------------- displays

@@ -139,19 +139,17 @@ pd.DataFrame(build_rows).set_index("size")
 # `Answer: N.`), the marker rate per 1,000 tokens, and a smooth measure of distillation: the
 # **teacher-forced cross-entropy** of held-out teacher traces (nats per token, prompt excluded), which
 # moves even where accuracy does not. A real pair is scored with math-verify on the math set (the
-# cross-entropy needs teacher traces and is organism-only).
+# cross-entropy needs teacher traces and is organism-only). Each pair is evaluated once per settings and
+# cached (`evaluate.pair_evaluation`): `05_geometry` reads the same numbers.
 
 # %%
 results, ce = {}, {}
 for size in SIZES:
+    preset = f"organism-{size.lower()}" if ORGANISM else run.config.preset
+    ev = evaluate.pair_evaluation(preset, E)
     for role in ("base", "distilled"):
-        model = getattr(pairs[size], role)
-        if ORGANISM:
-            results[(size, role)] = organism.evaluate(model, pairs[size].tokenizer, problems, E["max_new_tokens"])
-            ce[(size, role)] = organism.teacher_forced_ce(model, pairs[size].tokenizer, problems)
-        else:
-            results[(size, role)] = evaluate.math_accuracy(model, pairs[size].tokenizer, problems, E["max_new_tokens"])
-            ce[(size, role)] = float("nan")
+        results[(size, role)] = ev[role]
+        ce[(size, role)] = ev[role].get("ce", float("nan"))
 teacher_rates = organism.teacher_marker_rates(tok, problems) if ORGANISM else None
 table = pd.DataFrame([{"size": s, "model": r, "accuracy": v["accuracy"], "well-formed": v.get("well_formed", np.nan),
                        "think rate": v["think_rate"], "tokens / generation": v["tokens_per_generation"],

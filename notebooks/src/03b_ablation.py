@@ -5,8 +5,11 @@
 # distilled model, splice that reconstruction into both models at the hook layer, and the distilled model's
 # logit for the marker word should fall more than when the same number of random latents are zeroed, while
 # the base barely moves. Here with held-out occurrences, a random-latent control at every k, the
-# reconstruction-only arm, and 95 % bootstrap CIs over occurrences. The ablation settings (occurrences per
-# category, the k grid and the k the claim is judged at) are the run config's `[label]` table.
+# reconstruction-only arm, and 95 % bootstrap CIs over occurrences. The random control is matched to the
+# targeted latents on firing count at the markers (`ablation.matched_random_latents`): drawing from all
+# latents, dead ones included, would remove almost nothing and make any targeted effect look large. The
+# ablation settings (occurrences per category, the k grid and the k the claim is judged at) are the run
+# config's `[label]` table.
 
 # %% [parameters]
 RUN = "organism-m"          # the run config: configs/<RUN>.toml ([label]: n_occurrences, ablation_ks, k_verdict)
@@ -27,7 +30,8 @@ figures = plots.Figures()   # every figure this notebook saves, for the run repo
 # ## 1. The run and the latents active at each category's marker tokens
 # The marker tokens are the paper's single-token words (" Wait"; " Therefore", " Thus"; " Alternatively";
 # " However", " But"), on the organism restricted to uses inside a planted move of that category. For each
-# latent: how many of a category's marker tokens it fires on (`label.marker_counts`).
+# latent: how many of a category's marker tokens in the store's training split it fires on
+# (`label.marker_counts`).
 
 # %%
 run = pipeline.load_run(RUN)
@@ -38,7 +42,9 @@ pair, store, cc = run.pair, run.store, run.crosscoder()
 meta, tok = store.meta, pair.tokenizer
 A, NRN = run.codes(), run.relative_norms()
 marker_ids = lexicon.marker_token_ids(tok)
-counts = label.marker_counts(A, label.marker_masks(meta, marker_ids, use_labels=LABELS))
+# The latents are selected on the training split; the ablation runs at held-out occurrences (section 2).
+train_masks = {c: m & (meta["split"] == 0) for c, m in label.marker_masks(meta, marker_ids, use_labels=LABELS).items()}
+counts = label.marker_counts(A, train_masks)
 seqs = [d.input_ids for d in run.documents()]
 print(run)
 print("marker tokens per category:", counts.attrs["n_markers"])
@@ -48,8 +54,10 @@ print("marker tokens per category:", counts.attrs["n_markers"])
 # For each category, among latents active at its marker tokens, take the most frequently active fraction k
 # with relative norm > 0.5 and zero them in the crosscoder reconstruction spliced into both models at the
 # hook layer (positions 1..pos-1; position 0 stays clean, as in the paper). Controls: the same number of
-# random latents, and the reconstruction with nothing zeroed. Occurrences are planted marker tokens in
-# held-out documents, sampled at random (the paper took the first ones).
+# random latents matched on firing count at the markers, and the reconstruction with nothing zeroed.
+# Occurrences are planted marker tokens in held-out documents, sampled at random (the paper took the first
+# ones). The claim holds for a category when the distilled model's targeted-minus-random change has a CI
+# below 0 and the base model's lies above it (`ablation.claim5_verdict`).
 
 # %%
 occ_held = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS, split=1)

@@ -30,7 +30,6 @@ QWEN_RELATIONS = True        # count single-token survivors of data/relations un
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-import random
 import time
 import numpy as np
 import pandas as pd
@@ -38,14 +37,13 @@ import torch
 import matplotlib.pyplot as plt
 from IPython.display import display
 from thinkdiff import geometry as geo
-from thinkdiff import evaluate, norms, organism, paths, pipeline, plots, report, world
+from thinkdiff import evaluate, norms, paths, pipeline, plots, report, world
 from thinkdiff import relations as rel_data
 
 torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
 run = pipeline.load_run(RUN)
 G = run.config.geometry
 DIMS, CLAIM_DIM, TOP_K, SEED = list(G["dims"]), G["claim_dim"], G["top_k"], G["seed"]
-N_EVAL, MAX_NEW_TOKENS, N_CE = G["n_eval"], G["max_new_tokens"], G["n_ce"]
 size_runs = {}
 for name in G["runs"]:   # each compared size is a run of its own (its pair and hook layer)
     r = pipeline.load_run(name)
@@ -150,34 +148,19 @@ plots.savefig(fig, "05_ecdf_grid"); plt.show()
 # Two measures, each paired over the same items: the held-out **accuracy gain** (distilled − base, greedy,
 # exact answer), and the **teacher-forced CE reduction** (base − distilled nats/token on held-out teacher
 # traces), a smooth measure that is not capped by the base's inability to answer. A real pair is scored on
-# the math set with math-verify; it has no programmatic teacher, so the CE measure is organism-only.
+# the math set with math-verify; it has no programmatic teacher, so the CE measure is organism-only. Both come
+# from the one cached evaluation of each pair under this run's `[evaluate]` settings, the numbers `00` shows.
 
 # %%
-if ORGANISM:
-    problems = organism.eval_problems(N_EVAL, seed=SEED)
-    ce_problems = organism.eval_problems(N_CE, seed=SEED + 1)
-    trace_rng = random.Random(SEED)
-    traces = [world.spans_text(world.teacher_document(p, trace_rng, world.TeacherConfig())) for p in ce_problems]
-    assert all(t.startswith(p.prompt) for t, p in zip(traces, ce_problems))
-    completions = [t[len(p.prompt):] for t, p in zip(traces, ce_problems)]
-else:
-    problems = evaluate.math_problems({**run.config.evaluate, "n_eval": N_EVAL, "seed": SEED})
 perf_acc, perf_ce, perf_rows = {}, {}, []
-for size in SIZES:
-    pr = pairs[size]
-    if ORGANISM:
-        ev = {role: organism.evaluate(getattr(pr, role), tok, problems, MAX_NEW_TOKENS) for role in ("base", "distilled")}
-    else:
-        ev = {role: evaluate.math_accuracy(getattr(pr, role), pr.tokenizer, problems, MAX_NEW_TOKENS)
-              for role in ("base", "distilled")}
+for size, r in size_runs.items():
+    ev = evaluate.pair_evaluation(r.config.preset, run.config.evaluate)
     perf_acc[size] = evaluate.accuracy_gain(ev["base"]["correct"], ev["distilled"]["correct"], seed=SEED)
     row = {"size": size, "base acc": ev["base"]["accuracy"], "distilled acc": ev["distilled"]["accuracy"],
            "acc gain": perf_acc[size]["gain"], "gain lo": perf_acc[size]["lo"], "gain hi": perf_acc[size]["hi"]}
     if ORGANISM:
-        ce = {role: evaluate.teacher_forced_ce(getattr(pr, role), tok, [p.prompt for p in ce_problems], completions)
-              for role in ("base", "distilled")}
-        perf_ce[size] = evaluate.ce_reduction(ce["base"], ce["distilled"], seed=SEED)
-        row.update({"base CE": ce["base"].mean(), "distilled CE": ce["distilled"].mean(), "CE reduction": perf_ce[size]["gain"],
+        perf_ce[size] = evaluate.ce_reduction(ev["base"]["ce_nll"], ev["distilled"]["ce_nll"], ev["base"]["ce_tokens"], seed=SEED)
+        row.update({"base CE": ev["base"]["ce"], "distilled CE": ev["distilled"]["ce"], "CE reduction": perf_ce[size]["gain"],
                     "red lo": perf_ce[size]["lo"], "red hi": perf_ce[size]["hi"]})
     perf_rows.append(row)
 perf = pd.DataFrame(perf_rows).set_index("size")
@@ -317,7 +300,7 @@ else:
 # ## 9. Record for the run report
 
 # %%
-numbers = {"sizes": SIZES, "claim dim": CLAIM_DIM, "n_boot": N_BOOT, "n_perm": N_PERM, "n_eval": N_EVAL, "n_ce": N_CE}
+numbers = {"sizes": SIZES, "claim dim": CLAIM_DIM, "n_boot": N_BOOT, "n_perm": N_PERM, "n_eval": run.config.evaluate["n_eval"]}
 for _, r in size_acc.iterrows():
     numbers[f"{r['size']} {r['relation']} Δloss [mean, lo, hi]"] = [round(r["delta"], 5), round(r["delta_lo"], 5), round(r["delta_hi"], 5)]
 for size in SIZES:
