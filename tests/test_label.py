@@ -495,9 +495,18 @@ def test_lexical_profile_and_claim_verdicts():
     assert claims.claim4_verdict(prof, np.array([0.05, 0.5, 0.5]))[0] == "supports"
     assert claims.claim4_verdict(prof, np.array([0.1, 0.05, 0.5]))[0] == "mixed"
     assert claims.claim4_verdict(prof, np.array([0.6, 0.7, 0.5]))[0] == "not tested"
-    nrn = np.array([0.95, 0.05, 0.5, 0.99])
-    assert claims.claim1_verdict(nrn, np.array([True, True, True, False]))[0] == "supports"
-    assert claims.claim1_verdict(nrn, np.array([True, False, True, True]))[0] == "mixed"
+    nrn = np.r_[np.full(30, 0.95), np.full(20, 0.05), np.full(50, 0.5)]
+    freq = np.full(100, 0.01)
+    quiet = [{"distilled_only": 2, "base_only": 1}, {"distilled_only": 4, "base_only": 3}]   # bars 6 and 5
+    assert claims.claim1_verdict(nrn, freq, quiet)[0] == "supports"
+    loud = [{"distilled_only": 2, "base_only": 15}, {"distilled_only": 4, "base_only": 18}]  # base bar 21 > 20
+    assert claims.claim1_verdict(nrn, freq, loud)[0] == "mixed"
+    rare = freq.copy()
+    rare[:50] = 1e-6                                # the exclusive latents hardly fire: they do not count
+    v, e = claims.claim1_verdict(nrn, rare, quiet)
+    assert v == "contradicts" and "50 live latents" in e
+    with pytest.raises(ValueError, match="null"):
+        claims.claim1_verdict(nrn, freq, [])
     cl = pd.DataFrame({"category": ["a", "a", "a", "b", "b"], "relative_norm": [0.5, 0.6, 0.99, 0.98, 0.5]})
     v, e = claims.claim3_verdict(cl)
     assert v == "mixed" and "a: 67% of 3 shared, 1 in [0.95, 1]" in e

@@ -10,6 +10,8 @@ import pandas as pd
 
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC, SHARED_BAND
 
+MIN_FREQUENCY = 1e-4        # a latent counts only if it fires on at least this share of store tokens
+
 
 def verdict(holds) -> str:
     """"supports" if every check holds, "contradicts" if none does, "mixed" otherwise."""
@@ -17,14 +19,33 @@ def verdict(holds) -> str:
     return "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
 
 
-def claim1_verdict(nrn, alive, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC) -> tuple[str, str]:
-    """Claim 1: live latents exist near relative norm 1 (>= ``hi``) and near 0 (<= ``lo``)."""
-    nrn, alive = np.asarray(nrn, float), np.asarray(alive, bool)
-    v = nrn[alive & np.isfinite(nrn)]
-    n_d, n_b = int((v >= hi).sum()), int((v <= lo).sum())
-    return verdict([n_d > 0, n_b > 0]), (f"{len(v)} live latents: {n_d} with relative norm >= {hi} (distilled-only), "
-                                          f"{n_b} <= {lo} (base-only); mean {v.mean():.3f}, std {v.std():.3f} "
-                                          f"(paper 1.5B/7B/14B means 0.504/0.492/0.540)")
+def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC) -> dict:
+    """Latents firing on at least ``MIN_FREQUENCY`` of tokens with relative norm >= ``hi`` / <= ``lo``."""
+    nrn, freq = np.asarray(nrn, float), np.asarray(frequency, float)
+    v = nrn[(freq >= MIN_FREQUENCY) & np.isfinite(nrn)]
+    return {"live": int(len(v)), "distilled_only": int((v >= hi).sum()), "base_only": int((v <= lo).sum()),
+            "mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
+
+
+def claim1_verdict(nrn, frequency, null: list, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC) -> tuple[str, str]:
+    """Claim 1: exclusive latents exist, beyond what a pair without distillation gives.
+
+    ``nrn``, ``frequency`` [F] of the real crosscoder; ``null``: ``exclusive_counts`` of null crosscoders (the
+    same training on the base model paired with itself), one per seed. A side (distilled-only, base-only) counts
+    as shown when the real count exceeds the null's largest count plus its seed-to-seed spread (max - min).
+    supports: both sides; contradicts: neither; mixed otherwise."""
+    if not null:
+        raise ValueError("claim 1 needs at least one null crosscoder (the base model paired with itself)")
+    real = exclusive_counts(nrn, frequency, lo, hi)
+    holds, parts = [], []
+    for side in ("distilled_only", "base_only"):
+        vals = [n[side] for n in null]
+        bar = max(vals) + (max(vals) - min(vals))
+        holds.append(real[side] > bar)
+        parts.append(f"{real[side]} {side.replace('_', '-')} (null {vals}, bar {bar})")
+    return verdict(holds), (f"{real['live']} live latents (frequency >= {MIN_FREQUENCY}): " + ", ".join(parts)
+                            + f" at relative norm >= {hi} / <= {lo}; mean {real['mean']:.3f}, std {real['std']:.3f} "
+                            f"(paper 1.5B/7B/14B means 0.504/0.492/0.540)")
 
 
 def claim3_verdict(cat_latents: pd.DataFrame, shared=SHARED_BAND, top: float = 0.95) -> tuple[str, str]:
@@ -74,7 +95,6 @@ def claim10_verdict(properties: dict) -> tuple[str, str]:
 
 
 PAPER_TOP = (100, 32_768)   # the paper inspected its top 100 distilled-specific latents of a 32,768-latent dictionary
-MIN_FREQUENCY = 1e-4        # a latent counts only if it fires on at least this share of store tokens
 
 
 def claim2_top_size(n_latents: int) -> int:

@@ -123,6 +123,26 @@ class Run:
 
         return _get_store(self.pair, self.documents(), self.harvest_config(), progress=self.progress)
 
+    @functools.cached_property
+    def null_store(self):
+        """The control store of claim 1: the base model paired with itself on the run's corpus (no distillation)."""
+        from types import SimpleNamespace
+
+        from .harvest import get_store as _get_store
+
+        p = self.pair
+        null_pair = SimpleNamespace(base=p.base, distilled=p.base, tokenizer=p.tokenizer, tokenizer_distilled=p.tokenizer,
+                                    layer=p.layer)
+        return _get_store(null_pair, self.documents(), self.harvest_config(), progress=self.progress)
+
+    def null_crosscoders(self, scheme: str | None = None, seeds=(1, 2)) -> list:
+        """Crosscoders trained exactly like ``scheme``'s but on ``null_store`` with other seeds: what a pair with no
+        distillation gives (relative norms, exclusive latents) and how much that varies from seed to seed."""
+        from .train import get_crosscoder as _get_crosscoder
+
+        cfg = self.train_config(scheme)
+        return [_get_crosscoder(self.null_store, cfg.replace(seed=cfg.seed + s), progress=self.progress) for s in seeds]
+
     def train_config(self, scheme: str | None = None) -> TrainConfig:
         scheme = scheme or self.config.schemes[0]
         if scheme not in self.config.train:

@@ -320,7 +320,15 @@ table[alive[SCHEMES[0]]].sort_values("relative_norm", ascending=False)[cols].hea
 # reports "not tested".
 
 # %%
-v1, e1 = claim_rules.claim1_verdict(NRN, alive[SCHEMES[0]])
+# Claim 1's control: each scheme trained the same way, twice, on the base model paired with itself (no
+# distillation). Exclusive latents count only beyond what that null gives, seed to seed.
+null_counts = {}
+for s in SCHEMES:
+    null_counts[s] = [claim_rules.exclusive_counts(norms.relative_norm(c), codes.encode_store(c, run.null_store).frequency())
+                      for c in run.null_crosscoders(s)]
+print({s: [(n["distilled_only"], n["base_only"]) for n in v] for s, v in null_counts.items()},
+      "(distilled-only, base-only) live latents per null seed")
+v1, e1 = claim_rules.claim1_verdict(NRN, A.frequency(), null_counts[SCHEMES[0]])
 # Claim 2: is a reasoning feature among the top distilled-specific latents more often than among random live
 # latents? Ground truth decides on the organism (held-out AUROC >= 0.9 for a move span or a marker); without
 # planted labels only the ReasonScore labels exist, which can give at most "mixed".
@@ -341,7 +349,8 @@ if len(SCHEMES) > 1:   # claim 10: each substantive finding measured again under
         return (sc["flag"] == "genuine").sum() / max(int((sc["flag"] != "inactive").sum()), 1)
 
     properties = {
-        "exclusive latents exist (claim 1)": {s: claim_rules.claim1_verdict(nrn[s], alive[s])[0] == "supports" for s in SCHEMES},
+        "exclusive latents exist (claim 1)": {
+            s: claim_rules.claim1_verdict(nrn[s], acts[s].frequency(), null_counts[s])[0] == "supports" for s in SCHEMES},
         "marker latents are mostly shared (claim 3)": {
             s: claim_rules.claim3_verdict(label.category_latents(label.marker_counts(acts[s], masks), nrn[s]))[0] == "supports"
             for s in SCHEMES},
