@@ -26,8 +26,8 @@ def test_every_committed_run_loads():
 def test_default_run_is_the_organism_default_the_demo_always_ran():
     run = pipeline.load_run(runconfig.DEFAULT_RUN)
     assert run.config.preset == "organism-m" and run.tested
-    assert run.train_config("relu") == train.ORGANISM_RELU
-    assert run.train_config("batchtopk") == train.ORGANISM_BATCHTOPK
+    assert run.train_config("relu") == train.ORGANISM["relu"]
+    assert run.train_config("batchtopk") == train.ORGANISM["batchtopk"]
     assert run.config.harvest["n_docs"] == pipeline.ORGANISM_CORPUS["n_docs"]
     assert run.config.harvest["teacher_fraction"] == pipeline.ORGANISM_CORPUS["teacher_fraction"]
 

@@ -137,9 +137,7 @@ PAPER = TrainConfig(activation="relu", n_latents=32_768, l1_coeff=2.0, lr=5e-5, 
                     n_steps=390_625, lr_warmup_frac=0.0, lr_decay_frac=0.2, l1_warmup_frac=0.05,
                     grad_clip=1.0, dec_init_norm=0.08, seed=49, checkpoint_every=30_000,
                     dead_tokens=10_000_000)
-# Organism defaults for the two schemes (see TrainConfig field defaults for the shared settings).
-ORGANISM_RELU = TrainConfig(activation="relu")
-ORGANISM_BATCHTOPK = TrainConfig(activation="batchtopk")
+# Organism defaults of every sparsity scheme (TrainConfig field defaults; pipeline.SCHEMES refers to these).
 ORGANISM = {name: TrainConfig(activation=name) for name in trainers.SCHEMES}   # every scheme at the defaults
 
 
