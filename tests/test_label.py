@@ -413,7 +413,9 @@ def test_ablation_random_crosscoder_changes_logits_and_summary(tiny_tokenizer, t
     per = res.per_occurrence
     assert (per.loc[per.arm == "recon", "delta"].abs() > 1e-3).all()      # the splice really acts
     s = res.summary
-    assert len(s) == len(occ) * 2 * (1 + 3 * len(cfg.ks))
+    assert len(s) == len(occ) * 2 * (1 + 3 * len(cfg.ks))    # no contribution given: no shared arm
+    assert (per[per.arm == "random"].groupby(["category", "occurrence", "model", "k"])["draw"].nunique()
+            == cfg.n_random_sets).all()
     ok = s.dropna(subset=["ci_lo"])
     assert ((ok.ci_lo <= ok["mean"] + 1e-9) & (ok["mean"] <= ok.ci_hi + 1e-9)).all()
     for (cat, k), lat in res.latents.items():
@@ -422,6 +424,17 @@ def test_ablation_random_crosscoder_changes_logits_and_summary(tiny_tokenizer, t
     pd.testing.assert_frame_equal(again.summary, s)                       # seeded
     verdict, evidence = A.claim5_verdict(res)
     assert "k=0.2" in evidence and len(evidence.split(";")) == len(occ)      # one verdict part per category
+    assert "no shared control" in evidence
+    contrib = pd.DataFrame({c: np.random.default_rng(i + 7).random(64) * (counts[c].to_numpy() > 0)
+                            for i, c in enumerate(occ)})
+    nrn_mixed = np.where(np.arange(64) % 2 == 0, 0.5, nrn)                  # half the latents shared
+    with_shared = A.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn_mixed, cfg, contribution=contrib)
+    arms = set(with_shared.summary.arm)
+    assert {"shared", "targeted_minus_shared"} <= arms
+    sh = with_shared.per_occurrence[with_shared.per_occurrence.arm == "shared"]
+    assert (sh.n_latents == with_shared.per_occurrence[with_shared.per_occurrence.arm == "targeted"]
+            .set_index(["category", "occurrence", "model", "k"]).loc[
+                sh.set_index(["category", "occurrence", "model", "k"]).index, "n_latents"].to_numpy()).all()
     plots.savefig(A.plot_ablation(res), "ablation")
     with pytest.raises(ValueError, match="prefix"):
         A.run_ablation(*tiny_pair, cc, 2, seqs, {"self_reflection": [(0, 1)]}, counts, nrn, cfg)
@@ -563,9 +576,9 @@ def test_matched_random_control_fires_as_often_and_never_overlaps():
 
 
 def test_claim5_rule_outcomes():
-    def summary(rows):
+    def summary(rows, arm="targeted_minus_random"):
         return A.AblationResult(pd.DataFrame(), pd.DataFrame([
-            dict(category=c, model=m, arm="targeted_minus_random", k=0.2, mean=mu, ci_lo=lo, ci_hi=hi)
+            dict(category=c, model=m, arm=arm, k=0.2, mean=mu, ci_lo=lo, ci_hi=hi, level=0.975)
             for c, m, mu, lo, hi in rows]), {})
     good = [("wait", "distilled", -2.0, -3.0, -1.0), ("wait", "base", 0.0, -0.4, 0.4),
             ("so", "distilled", -1.5, -2.0, -1.0), ("so", "base", -0.1, -0.5, 0.3)]
@@ -575,4 +588,10 @@ def test_claim5_rule_outcomes():
     none = [("wait", "distilled", -0.1, -0.5, 0.3), ("wait", "base", 0.0, -0.4, 0.4),
             ("so", "distilled", 0.2, -0.1, 0.5), ("so", "base", 0.0, -0.2, 0.2)]
     v, e = A.claim5_verdict(summary(none))
-    assert v == "contradicts" and "frequency-matched" in e
+    assert v == "contradicts" and "frequency-matched" in e and "97.5%" in e
+    # shared latents of matched contribution do as much for "so": it is not about distilled-specific latents
+    shared = summary(good).summary
+    shared = pd.concat([shared, summary([("wait", "distilled", -1.5, -2.0, -1.0), ("so", "distilled", 0.1, -0.4, 0.6)],
+                                        arm="targeted_minus_shared").summary], ignore_index=True)
+    v, e = A.claim5_verdict(A.AblationResult(pd.DataFrame(), shared, {}))
+    assert v == "mixed" and "distilled vs shared" in e

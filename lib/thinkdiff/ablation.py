@@ -2,11 +2,14 @@
 crosscoder reconstruction spliced in at the hook layer, and measure the marker token's logit change.
 
 For each category, the latents active at the category's marker tokens (``label.marker_counts``) are ranked by
-firing count; the top fraction ``k`` of them with relative norm > 0.5 are zeroed. Controls: as many random
-latents (seeded), and the reconstruction with nothing zeroed ("recon", which isolates the reconstruction
-error). Both models (index 0 = base, 1 = distilled) run on the prefix up to the marker; their resid_pre of
-block ``layer`` (output of ``model.model.layers[layer - 1]``) is replaced at positions ``splice_start..pos-1``.
-Means come with 95 % bootstrap CIs over occurrences.
+firing count; the top fraction ``k`` of them with relative norm > 0.5 are zeroed. Controls: several sets of as
+many random marker-active latents matched on firing frequency, a set of *shared* marker-active latents (relative
+norm in ``shared_band``) matched on their contribution to the distilled model's reconstruction at the markers,
+and the reconstruction with nothing zeroed ("recon", which isolates the reconstruction error). Both models
+(index 0 = base, 1 = distilled) run on the prefix up to the marker; their resid_pre of block ``layer`` (output of
+``model.model.layers[layer - 1]``) is replaced at positions ``splice_start..pos-1``.
+Means come with bootstrap CIs over *documents* (occurrences of one document move together), the random sets
+redrawn inside the bootstrap, at a level corrected for the number of categories judged (Bonferroni).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from tqdm.auto import tqdm
 from .codes import device_of, eval_mode
 from .label import CATEGORIES, MODELS
 from .hooks import resid_hook
-from .stats import bootstrap_mean_ci
+from .stats import cluster_bootstrap_mean_ci
 
 
 def marker_occurrences(meta, marker_ids: dict, use_labels: bool = True, split: int | None = None,
@@ -60,6 +63,9 @@ class AblationConfig:
     splice_start: int = 1        # first spliced position; the paper kept position 0 (the attention sink) clean
     n_boot: int = 1000
     seed: int = 0
+    n_random_sets: int = 4       # independent frequency-matched random sets per (category, k)
+    shared_band: tuple = (0.3, 0.7)  # relative norms of the shared control's latents
+    level: float = 0.95          # familywise over the categories: each category's CI is at 1 - (1 - level) / n
 
 
 def ablation_latents(counts, nrn, k: float, min_relative_norm: float = 0.5) -> np.ndarray:
@@ -118,18 +124,40 @@ def matched_random_latents(counts, targeted, rng, width: int = 5) -> np.ndarray:
     return np.sort(np.asarray(out, np.int64))
 
 
+def matched_shared_latents(contribution, nrn, targeted, rng, band=(0.3, 0.7), width: int = 5) -> np.ndarray:
+    """The shared control for ``targeted``: for each targeted latent, a *shared* latent (relative norm inside ``band``)
+    whose contribution to the distilled model's reconstruction at the category's markers (``contribution`` [F]:
+    ``label.marker_contributions``) is about the same, so the control removes as much distilled-side signal from
+    latents both models use. Drawn like ``matched_random_latents`` (nearest ``width`` in log contribution, without
+    replacement). Returns an empty array when there are fewer shared marker-active latents than targeted ones."""
+    contribution, nrn = np.asarray(contribution, float), np.asarray(nrn, float)
+    targeted = np.asarray(targeted, np.int64)
+    pool = np.setdiff1d(np.nonzero((contribution > 0) & (nrn >= band[0]) & (nrn <= band[1]))[0], targeted)
+    if len(targeted) == 0 or len(targeted) > len(pool):
+        return np.zeros(0, np.int64)
+    out = []
+    for t in rng.permutation(targeted):
+        dist = np.abs(np.log(contribution[pool]) - np.log(max(contribution[t], 1e-12)))
+        j = int(rng.choice(np.argsort(dist, kind="stable")[:width]))
+        out.append(int(pool[j]))
+        pool = np.delete(pool, j)
+    return np.sort(np.asarray(out, np.int64))
+
+
 def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, counts: pd.DataFrame, nrn,
-                 cfg: AblationConfig = AblationConfig()) -> AblationResult:
-    """The paper's causal check with a reconstruct-only control and random occurrences.
+                 cfg: AblationConfig = AblationConfig(), contribution: pd.DataFrame | None = None) -> AblationResult:
+    """The paper's causal check with reconstruct-only, frequency-matched random and shared-latent controls.
 
     ``sequences``: list of token-id lists; ``occurrences``: category -> list of (sequence index, marker
-    position); ``counts``: ``marker_counts`` output (latents active at each category's markers).
+    position); ``counts``: ``marker_counts`` output (latents active at each category's markers);
+    ``contribution``: ``label.marker_contributions`` output (same shape), which enables the shared control.
     For each sampled occurrence, both models run on the prefix ``ids[:pos]``; the crosscoder re-encodes both
     models' hook-layer activations and each model's residual at positions ``splice_start..pos-1`` is replaced
-    by its reconstruction: nothing ablated ("recon"), the targeted latents zeroed, or as many random latents
-    zeroed ("random", seeded, matched to the targeted ones on firing count at the markers:
-    ``matched_random_latents``). The marker token's logit at the last position is compared with the clean run.
-    Select the latents on training tokens (``counts``) and ablate at held-out occurrences.
+    by its reconstruction: nothing ablated ("recon"), the targeted latents zeroed, ``n_random_sets`` sets of as
+    many random latents zeroed ("random", seeded, matched on firing count at the markers:
+    ``matched_random_latents``; column ``draw``), or as many shared latents zeroed ("shared",
+    ``matched_shared_latents``). The marker token's logit at the last position is compared with the clean run.
+    Select the latents on training tokens (``counts``, ``contribution``) and ablate at held-out occurrences.
     """
     nrn = np.asarray(nrn, float)
     F = int(cc.W_dec.shape[0])
@@ -138,8 +166,12 @@ def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, 
     missing = set(occurrences) - set(counts.columns)
     if missing:
         raise ValueError(f"no marker counts for categories {sorted(missing)}")
+    if contribution is not None and set(occurrences) - set(contribution.columns):
+        raise ValueError(f"no marker contributions for categories {sorted(set(occurrences) - set(contribution.columns))}")
     if not cfg.ks:
         raise ValueError("cfg.ks is empty")
+    if cfg.n_random_sets < 1:
+        raise ValueError(f"n_random_sets must be >= 1, got {cfg.n_random_sets}")
     for cat, occ in occurrences.items():
         if not occ:
             raise ValueError(f"{cat}: no marker occurrences to ablate; drop the category or use more documents")
@@ -149,16 +181,24 @@ def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, 
     rng = np.random.default_rng(cfg.seed)
     models = (base, distilled)
     dev = device_of(cc)
-    chosen, rows = {}, []
+    chosen, arms = {}, {}
     for cat in occurrences:
+        arms[cat] = [("recon", float("nan"), -1, np.zeros(0, np.int64))]
         for k in cfg.ks:
             tgt = ablation_latents(counts[cat].to_numpy(), nrn, k, cfg.min_relative_norm)
             chosen[(cat, k)] = tgt
-            chosen[(cat, k, "random")] = matched_random_latents(counts[cat].to_numpy(), tgt, rng)
-    arms = [("recon", float("nan"))] + [(arm, k) for k in cfg.ks for arm in ("targeted", "random")]
+            arms[cat].append(("targeted", k, -1, tgt))
+            for j in range(cfg.n_random_sets):
+                arms[cat].append(("random", k, j, matched_random_latents(counts[cat].to_numpy(), tgt, rng)))
+            if contribution is not None:
+                sh = matched_shared_latents(contribution[cat].to_numpy(), nrn, tgt, rng, cfg.shared_band)
+                if len(sh):
+                    arms[cat].append(("shared", k, -1, sh))
+    rows = []
     with eval_mode(cc):
         for cat, occ in occurrences.items():
             pick = rng.permutation(len(occ))[: cfg.n_occurrences]
+            cat_arms = arms[cat]
             for o in tqdm(pick, desc=f"ablation {cat}", leave=False):
                 s, p = occ[o]
                 ids = torch.as_tensor([list(sequences[s][:p])])
@@ -171,40 +211,53 @@ def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, 
                 x = torch.stack(acts, 1).to(dev, cc.W_dec.dtype)          # [T, 2, d]
                 f = cc.encode(x)                                           # [T, F]
                 fs = []
-                for arm, k in arms:
-                    lat = (np.zeros(0, np.int64) if arm == "recon" else
-                           chosen[(cat, k)] if arm == "targeted" else chosen[(cat, k, "random")])
+                for *_, lat in cat_arms:
                     g = f.clone()
                     g[:, torch.as_tensor(lat, dtype=torch.long, device=dev)] = 0
                     fs.append(g)
-                recon = cc.decode(torch.cat(fs)).reshape(len(arms), *x.shape)  # [R, T, 2, d]
+                recon = cc.decode(torch.cat(fs)).reshape(len(cat_arms), *x.shape)  # [R, T, 2, d]
                 for mi, m in enumerate(models):
-                    lg, _ = _forward(m, ids.to(m.device).expand(len(arms), -1), layer, recon[:, :, mi].to(m.device),
-                                     cfg.splice_start)
-                    for ai, (arm, k) in enumerate(arms):
-                        n_lat = 0 if arm == "recon" else len(chosen[(cat, k)])
+                    lg, _ = _forward(m, ids.to(m.device).expand(len(cat_arms), -1), layer,
+                                     recon[:, :, mi].to(m.device), cfg.splice_start)
+                    for ai, (arm, k, draw, lat) in enumerate(cat_arms):
                         rows.append({"category": cat, "occurrence": int(o), "sequence": s, "position": p,
-                                     "model": MODELS[mi], "arm": arm, "k": k, "n_latents": n_lat,
+                                     "model": MODELS[mi], "arm": arm, "k": k, "draw": draw, "n_latents": len(lat),
                                      "clean_logit": clean[mi], "logit": float(lg[ai, tok]),
                                      "delta": float(lg[ai, tok]) - clean[mi]})
     per = pd.DataFrame(rows)
-    return AblationResult(per, _summarise(per, cfg), {k: v for k, v in chosen.items() if len(k) == 2})
+    return AblationResult(per, _summarise(per, cfg), chosen)
 
 
 def _summarise(per: pd.DataFrame, cfg: AblationConfig) -> pd.DataFrame:
-    key = ["category", "model", "occurrence"]
-    wide = per[per["arm"] != "recon"].pivot_table(index=key + ["k"], columns="arm", values="delta").reset_index()
-    diff = wide.assign(arm="targeted_minus_random", delta=wide["targeted"] - wide["random"])
-    full = pd.concat([per[["category", "model", "occurrence", "arm", "k", "n_latents", "delta"]],
-                      diff[key + ["arm", "k", "delta"]]], ignore_index=True)
-    full["k"] = full["k"].fillna(-1.0)   # groupby drops nan keys; -1 marks the reconstruct-only arm
+    """Mean and CI per (category, model, arm, k), plus the paired contrasts targeted - random and
+    targeted - shared, bootstrapped over documents with the random draw resampled (``cluster_bootstrap_mean_ci``)."""
+    n_cats = per["category"].nunique()
+    level = 1 - (1 - cfg.level) / max(n_cats, 1)
     rows = []
-    for (cat, model, arm, k), g in full.groupby(["category", "model", "arm", "k"], sort=False):
-        x = g["delta"].to_numpy()
-        _, lo, hi = bootstrap_mean_ci(x, cfg.n_boot, cfg.seed + 1)
-        rows.append({"category": cat, "model": model, "arm": arm, "k": np.nan if k < 0 else k,
-                     "n_latents": int(g["n_latents"].max()) if g["n_latents"].notna().any() else np.nan,
-                     "n": len(x), "mean": float(x.mean()), "ci_lo": lo, "ci_hi": hi})
+
+    def add(cat, model, arm, k, n_lat, values, clusters):
+        mean, lo, hi = cluster_bootstrap_mean_ci(values, clusters, cfg.n_boot, cfg.seed + 1, level)
+        rows.append({"category": cat, "model": model, "arm": arm, "k": k, "n_latents": n_lat, "n": len(values),
+                     "n_documents": len(np.unique(clusters)), "mean": mean, "ci_lo": lo, "ci_hi": hi,
+                     "level": level})
+
+    for (cat, model), g in per.groupby(["category", "model"], sort=False):
+        r = g[g["arm"] == "recon"].sort_values("occurrence")
+        add(cat, model, "recon", np.nan, 0, r["delta"].to_numpy(), r["sequence"].to_numpy())
+        for k, gk in g[g["arm"] != "recon"].groupby("k", sort=True):
+            t = gk[gk["arm"] == "targeted"].set_index("occurrence").sort_index()
+            rnd = gk[gk["arm"] == "random"].pivot_table(index="occurrence", columns="draw", values="delta").loc[t.index]
+            n_lat = int(t["n_latents"].max())
+            add(cat, model, "targeted", k, n_lat, t["delta"].to_numpy(), t["sequence"].to_numpy())
+            add(cat, model, "random", k, n_lat, rnd.to_numpy(), t["sequence"].to_numpy())
+            add(cat, model, "targeted_minus_random", k, n_lat, t["delta"].to_numpy()[:, None] - rnd.to_numpy(),
+                t["sequence"].to_numpy())
+            sh = gk[gk["arm"] == "shared"].set_index("occurrence")
+            if len(sh):
+                sh = sh.loc[t.index]
+                add(cat, model, "shared", k, n_lat, sh["delta"].to_numpy(), t["sequence"].to_numpy())
+                add(cat, model, "targeted_minus_shared", k, n_lat, t["delta"].to_numpy() - sh["delta"].to_numpy(),
+                    t["sequence"].to_numpy())
     return pd.DataFrame(rows)
 
 
@@ -218,8 +271,10 @@ def plot_ablation(result: AblationResult):
     colors = {"distilled": "tab:red", "base": "tab:blue"}
     for ax, cat in zip(axes[0], cats):
         for model, col in colors.items():
-            for arm, ls in (("targeted", "-"), ("random", "--")):
+            for arm, ls in (("targeted", "-"), ("random", "--"), ("shared", "-.")):
                 g = s[(s["category"] == cat) & (s["model"] == model) & (s["arm"] == arm)].sort_values("k")
+                if not len(g):
+                    continue
                 ax.plot(g["k"], g["mean"], ls, marker="o", ms=3, color=col, label=f"{model} {arm}")
                 ax.fill_between(g["k"], g["ci_lo"], g["ci_hi"], color=col, alpha=0.12)
             r = s[(s["category"] == cat) & (s["model"] == model) & (s["arm"] == "recon")]
@@ -231,28 +286,40 @@ def plot_ablation(result: AblationResult):
         ax.set_xlabel("k (top fraction of marker-active latents)")
         ax.set_ylabel("marker logit change")
     axes[0][0].legend(fontsize=6)
-    fig.suptitle("Ablating marker-active distilled-leaning latents (mean, 95% bootstrap CI)")
+    level = float(s["level"].iloc[0]) if "level" in s and len(s) else 0.95
+    fig.suptitle(f"Ablating marker-active distilled-leaning latents (mean, {100 * level:.1f}% CI over documents)")
     fig.tight_layout()
     return fig
 
 
 def claim5_verdict(result: AblationResult, k: float | None = None) -> tuple[str, str]:
-    """Paper claim 5 at ``k`` (default: the largest k): per category, does targeted ablation lower the
-    distilled marker logit more than the frequency-matched random control (CI of targeted - random below 0)
-    while the base model barely moves (its targeted - random CI lies above the distilled one's: the base's
-    change is smaller beyond both CIs)? ``supports`` if all categories hold, ``contradicts`` if none, else
-    ``mixed``. Returns (verdict, evidence)."""
+    """Paper claim 5 at ``k`` (default: the largest k). A category holds when ablating its distilled-leaning
+    marker-active latents lowers the distilled marker logit more than (a) frequency-matched random latents
+    (CI of targeted - random below 0) and (b) shared latents of matched distilled-side contribution (CI of
+    targeted - shared below 0; when no shared control could be matched, the evidence says so and (a) decides),
+    while the base model barely moves (its targeted - random CI lies above the distilled one's).
+    CIs are over documents at the summary's familywise level. ``supports`` if all categories hold,
+    ``contradicts`` if none, else ``mixed``. Returns (verdict, evidence)."""
     s = result.summary
     k = float(s["k"].max()) if k is None else k
-    d = s[(s["arm"] == "targeted_minus_random") & np.isclose(s["k"], k)]
+    at = s[np.isclose(s["k"], k)]
+
+    def row(cat, model, arm):
+        r = at[(at["category"] == cat) & (at["model"] == model) & (at["arm"] == arm)]
+        return r.iloc[0] if len(r) else None
+
     holds, parts = [], []
-    for cat in dict.fromkeys(d["category"]):
-        dd = d[(d["category"] == cat) & (d["model"] == "distilled")].iloc[0]
-        bb = d[(d["category"] == cat) & (d["model"] == "base")].iloc[0]
-        ok = bool(dd["ci_hi"] < 0 and bb["ci_lo"] > dd["ci_hi"])
+    for cat in dict.fromkeys(at["category"]):
+        dd, bb = row(cat, "distilled", "targeted_minus_random"), row(cat, "base", "targeted_minus_random")
+        ds = row(cat, "distilled", "targeted_minus_shared")
+        ok = bool(dd["ci_hi"] < 0 and bb["ci_lo"] > dd["ci_hi"] and (ds is None or ds["ci_hi"] < 0))
         holds.append(ok)
+        shared = ("no shared control" if ds is None else
+                  f"distilled vs shared {ds['mean']:+.2f} [{ds['ci_lo']:+.2f}, {ds['ci_hi']:+.2f}]")
         parts.append(f"{cat}: distilled {dd['mean']:+.2f} [{dd['ci_lo']:+.2f}, {dd['ci_hi']:+.2f}], "
-                     f"base {bb['mean']:+.2f} [{bb['ci_lo']:+.2f}, {bb['ci_hi']:+.2f}] ({'holds' if ok else 'fails'})")
+                     f"base {bb['mean']:+.2f} [{bb['ci_lo']:+.2f}, {bb['ci_hi']:+.2f}], {shared} "
+                     f"({'holds' if ok else 'fails'})")
     verdict = "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
+    level = float(at["level"].iloc[0]) if "level" in at else 0.95
     return verdict, (f"targeted minus frequency-matched random marker-logit change at k={k} ({len(holds)} "
-                     f"categories): " + "; ".join(parts))
+                     f"categories, {100 * level:.1f}% CIs over documents): " + "; ".join(parts))

@@ -247,6 +247,18 @@ def marker_counts(acts: SparseActs, masks: dict) -> pd.DataFrame:
     return df
 
 
+def marker_contributions(acts: SparseActs, masks: dict, W_dec, model: int = 1) -> pd.DataFrame:
+    """[F x categories] each latent's contribution to ``model``'s reconstruction at the category's marker tokens:
+    the sum of its activations there times the norm of its decoder row for that model (``W_dec`` [F, n_models,
+    d_model] or the crosscoder; ``model`` 1 = distilled). The shared-latent control of the ablation is matched on it."""
+    cats = list(masks)
+    dec = decoder_norms(W_dec)[:, model]
+    if len(dec) != acts.n_latents:
+        raise ValueError(f"W_dec has {len(dec)} latents, the activations {acts.n_latents}")
+    w = np.stack([acts.local(masks[c]) for c in cats], 1)
+    return pd.DataFrame(acts.sums(w).T * dec[:, None], columns=cats, index=pd.RangeIndex(acts.n_latents, name="latent"))
+
+
 def category_latents(counts: pd.DataFrame, nrn, min_fraction_of_max: float = 0.1) -> pd.DataFrame:
     """Long table (category, latent, count, relative_norm) of latents firing on more than
     ``min_fraction_of_max`` of the category's top count (the paper's histogram selection)."""

@@ -65,3 +65,35 @@ def mcnemar(correct_a, correct_b) -> dict:
     a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
     p = 1.0 if a_only + b_only == 0 else float(binomtest(b_only, a_only + b_only, 0.5).pvalue)
     return {"a_only": a_only, "b_only": b_only, "p": p}
+
+
+def cluster_bootstrap_mean_ci(values, clusters, n_boot: int = 2000, seed: int = 0,
+                              level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap CI of a mean whose items come in clusters.
+
+    ``values`` [n] or [n, R]; ``clusters`` [n] (e.g. the document each occurrence comes from). Each replicate
+    resamples whole clusters with replacement, so occurrences from one document count as one unit of evidence.
+    With ``R`` columns (exchangeable redraws of a random control, e.g. R random latent sets), each resampled
+    item also takes one column at random, so the interval includes the control's own draw-to-draw spread.
+    The point estimate is the mean over all items and columns. Fewer than two clusters: no CI (nan, nan).
+    (``scipy.stats.bootstrap`` resamples items, not clusters, hence this small loop.)"""
+    v = np.asarray(values, dtype=float)
+    v = v[:, None] if v.ndim == 1 else v
+    c = np.asarray(clusters).reshape(-1)
+    if v.ndim != 2 or len(v) != len(c) or v.size == 0:
+        raise ValueError(f"cluster_bootstrap_mean_ci needs values [n] or [n, R] and clusters [n], got {v.shape} "
+                         f"and {c.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    est = float(v.mean())
+    _, inv = np.unique(c, return_inverse=True)
+    members = [np.nonzero(inv == k)[0] for k in range(inv.max() + 1)]
+    if len(members) < 2:
+        return est, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        reps[b] = v[idx, rng.integers(0, v.shape[1], len(idx))].mean()
+    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return est, float(lo), float(hi)

@@ -31,7 +31,9 @@ figures = plots.Figures()   # every figure this notebook saves, for the run repo
 # The marker tokens are the paper's single-token words (" Wait"; " Therefore", " Thus"; " Alternatively";
 # " However", " But"), on the organism restricted to uses inside a planted move of that category. For each
 # latent: how many of a category's marker tokens in the store's training split it fires on
-# (`label.marker_counts`).
+# (`label.marker_counts`), and how much it contributes to the distilled model's reconstruction there
+# (`label.marker_contributions`: activation times the distilled decoder norm), which the shared control is
+# matched on.
 
 # %%
 run = pipeline.load_run(RUN)
@@ -45,6 +47,7 @@ marker_ids = lexicon.marker_token_ids(tok)
 # The latents are selected on the training split; the ablation runs at held-out occurrences (section 2).
 train_masks = {c: m & (meta["split"] == 0) for c, m in label.marker_masks(meta, marker_ids, use_labels=LABELS).items()}
 counts = label.marker_counts(A, train_masks)
+contribution = label.marker_contributions(A, train_masks, cc)
 seqs = [d.input_ids for d in run.documents()]
 print(run)
 print("marker tokens per category:", counts.attrs["n_markers"])
@@ -53,11 +56,15 @@ print("marker tokens per category:", counts.attrs["n_markers"])
 # ## 2. Ablation
 # For each category, among latents active at its marker tokens, take the most frequently active fraction k
 # with relative norm > 0.5 and zero them in the crosscoder reconstruction spliced into both models at the
-# hook layer (positions 1..pos-1; position 0 stays clean, as in the paper). Controls: the same number of
-# random latents matched on firing count at the markers, and the reconstruction with nothing zeroed.
-# Occurrences are planted marker tokens in held-out documents, sampled at random (the paper took the first
-# ones). The claim holds for a category when the distilled model's targeted-minus-random change has a CI
-# below 0 and the base model's lies above it (`ablation.claim5_verdict`).
+# hook layer (positions 1..pos-1; position 0 stays clean, as in the paper). Controls: four independent sets
+# of as many random marker-active latents matched on firing count at the markers; as many *shared* latents
+# (relative norm 0.3–0.7) matched on their contribution to the distilled reconstruction at the markers (is it
+# distilled-specific latents that matter, or any latents carrying that much signal?); and the reconstruction
+# with nothing zeroed. Occurrences are planted marker tokens in held-out documents, sampled at random (the
+# paper took the first ones). CIs resample documents, not occurrences, redraw the random set in every
+# replicate, and are widened for the number of categories judged (Bonferroni). The claim holds for a category
+# when the distilled model's targeted-minus-random and targeted-minus-shared changes have CIs below 0 and the
+# base model's targeted-minus-random lies above the distilled one's (`ablation.claim5_verdict`).
 
 # %%
 occ_held = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS, split=1)
@@ -69,11 +76,12 @@ for c in CATS:
 occ = {c: v for c, v in occ.items() if len(v) >= 2}
 assert occ, "no category has two marker occurrences to ablate"
 cfg = ablation.AblationConfig(ks=tuple(KS), n_occurrences=N_OCCURRENCES, n_boot=N_BOOT)
-abl = ablation.run_ablation(pair.base, pair.distilled, cc, pair.layer, seqs, occ, counts, NRN, cfg)
+abl = ablation.run_ablation(pair.base, pair.distilled, cc, pair.layer, seqs, occ, counts, NRN, cfg,
+                            contribution=contribution)
 figures.save(ablation.plot_ablation(abl), "03b_ablation")
 
 # %% [markdown]
-# The numbers behind the figure (mean marker-logit change and 95 % bootstrap CI over occurrences), at
+# The numbers behind the figure (mean marker-logit change and its CI over documents), at
 # k = `K_VERDICT`, with the targeted-minus-random contrast per model. The paper (7B, k = 0.2) had distilled
 # targeted/random ≈ −1.7/−0.5 (self-reflection) to −5.8/−2.3 (deductive) and base changes near 0.
 
@@ -96,7 +104,8 @@ print("claim 5:", v5, "-", e5)
 
 # %%
 numbers = {"k judged": kmax, "occurrences per category": {c: len(v) for c, v in occ.items()}}
-for r in sm[(sm.k == kmax) & sm.arm.isin(["targeted", "random", "targeted_minus_random"])].itertuples():
+for r in sm[(sm.k == kmax) & sm.arm.isin(["targeted", "random", "shared", "targeted_minus_random",
+                                          "targeted_minus_shared"])].itertuples():
     numbers[f"ablation k={kmax} {r.category} {r.model} {r.arm}"] = [round(r.mean, 3), round(r.ci_lo, 3), round(r.ci_hi, 3)]
 if not run.tested:   # a smoke run computes everything and judges nothing
     v5, e5 = "not tested", f"smoke run ({RUN}): {e5}"
