@@ -3,6 +3,7 @@ decoder geometry."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -83,6 +84,10 @@ def test_relation_losses_bootstrap_and_delta():
     a, b = (torch.as_tensor(A0) - mu) @ V, (torch.as_tensor(B0) - mu) @ V
     np.testing.assert_allclose(res.losses[(geo.PER_MODEL, 40, "base")], geo.pairwise_parallelogram_losses(a, b),
                                rtol=1e-6, atol=1e-9)
+    adj = geo.adjust_null_pvalues(t.assign(size="S"))
+    assert (adj.n_comparisons == len(t)).all() and (adj.q_null >= adj.p_null - 1e-12).all()
+    two = geo.adjust_null_pvalues(pd.concat([t.assign(size="S"), t.assign(size="M")]))
+    assert (two.n_comparisons == len(t)).all()            # adjusted within each size, not across sizes
     with pytest.raises(ValueError, match="2 models"):
         geo.relation_losses(A[:1], B[:1])
     with pytest.raises(ValueError, match="at least 3"):

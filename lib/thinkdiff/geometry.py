@@ -270,6 +270,22 @@ def relation_losses(A, B, relation: str = "relation", dims: Sequence[int] = (2, 
     return RelationResult(relation, n, pd.DataFrame(rows), pd.DataFrame(drows), losses, nulls, dboot)
 
 
+def adjust_null_pvalues(table: pd.DataFrame, by: Sequence[str] = ("size",)) -> pd.DataFrame:
+    """``table`` (rows of ``RelationResult.table``, concatenated) with ``q_null``: the permutation p values
+    Benjamini-Hochberg adjusted over the whole grid (relations x bases x PCA dims x models) within each group
+    of ``by`` (``scipy.stats.false_discovery_control``), and ``n_comparisons``, the size of that grid."""
+    from scipy.stats import false_discovery_control
+
+    out = table.copy()
+    keys = [k for k in by if k in out.columns]
+    groups = out.groupby(keys, sort=False).groups.values() if keys else [out.index]
+    out["q_null"], out["n_comparisons"] = np.nan, 0
+    for idx in groups:
+        out.loc[idx, "q_null"] = false_discovery_control(out.loc[idx, "p_null"].to_numpy(float), method="bh")
+        out.loc[idx, "n_comparisons"] = len(idx)
+    return out
+
+
 def analyse_relations(models: Sequence, tokenizer, relations: dict, layer: int, template: str | None = None,
                       **kwargs) -> tuple[list[RelationResult], pd.DataFrame]:
     """One call per size: filter each relation to single-token pairs, take word vectors from both models,
