@@ -150,7 +150,7 @@ def test_bad_store_and_unwritable_folder(store, tmp_path):
 def test_get_crosscoder_trains_once_then_loads(store, tmp_path):
     cfg = SMALL.replace(n_steps=30, checkpoint_every=10)
     cc = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
-    folders = [p for p in tmp_path.iterdir()]
+    folders = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]   # lock files are hidden
     assert len(folders) == 1 and not folders[0].name.endswith(".partial")
     assert {p.name for p in folders[0].iterdir()} == {"config.json", "model.safetensors", LOG_NAME,
                                                         "train_summary.json"}

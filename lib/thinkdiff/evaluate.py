@@ -173,7 +173,7 @@ def pair_evaluation(preset: str, settings: dict, progress: bool = True) -> dict:
     teacher traces) and its per-trace ``ce_nll`` / ``ce_tokens``; real pairs give ``math_accuracy``'s fields."""
     import json
 
-    from . import organism, paths, presets, world
+    from . import paths, presets
     from .harvest import model_identity
     from .pipeline import load_pair
 
@@ -182,8 +182,19 @@ def pair_evaluation(preset: str, settings: dict, progress: bool = True) -> dict:
     key = {"preset": presets.get_preset(preset).name, "models": [model_identity(m) for m in pair.models],
            "settings": kept, "version": 1}
     folder = paths.artifact_dir("evaluate", key)
-    if (folder / "evaluation.json").exists():
-        return json.loads((folder / "evaluation.json").read_text())
+    with paths.writer_lock(folder):   # one process evaluates; a second waits and reads its result
+        if (folder / "evaluation.json").exists():
+            return json.loads((folder / "evaluation.json").read_text())
+        out = _evaluate_pair(pair, kept, settings, progress)
+        with paths.atomic_dir(folder) as tmp:
+            (tmp / "evaluation.json").write_text(json.dumps({**out, "key": key}, default=float))
+    return out
+
+
+def _evaluate_pair(pair, kept: dict, settings: dict, progress: bool) -> dict:
+    """The uncached body of ``pair_evaluation``."""
+    from . import organism, world
+
     out = {}
     if pair.organism is not None:
         problems = organism.eval_problems(kept["n_eval"], seed=kept["seed"])
@@ -198,8 +209,4 @@ def pair_evaluation(preset: str, settings: dict, progress: bool = True) -> dict:
         problems = math_problems(settings)
         for role, model in zip(("base", "distilled"), pair.models):
             out[role] = math_accuracy(model, pair.tokenizer, problems, kept["max_new_tokens"], progress=progress)
-    paths.ensure_writable(folder.parent)
-    if not folder.exists():
-        with paths.atomic_dir(folder) as tmp:
-            (tmp / "evaluation.json").write_text(json.dumps({**out, "key": key}, default=float))
     return out

@@ -371,11 +371,15 @@ def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents
     store = finished_store(job, verify)
     if store is not None:
         return store
-    writer = StoreWriter(job.out, job.key)
-    median = harvest_range(job, writer, base, distilled, tokenizer_base, tokenizer_distilled, 0, len(job.plan),
-                           median=writer.state.get("median_norm"), progress=progress)
-    return ActivationStore(writer.finalize(harvest_manifest(job, writer.shards, median, tokenizer_base,
-                                                            writer.state.get("run"))), verify=False)
+    with paths.writer_lock(job.out):     # one harvester per store; a second waits and reuses its result
+        store = finished_store(job, verify)
+        if store is not None:
+            return store
+        writer = StoreWriter(job.out, job.key)
+        median = harvest_range(job, writer, base, distilled, tokenizer_base, tokenizer_distilled, 0, len(job.plan),
+                               median=writer.state.get("median_norm"), progress=progress)
+        return ActivationStore(writer.finalize(harvest_manifest(job, writer.shards, median, tokenizer_base,
+                                                                writer.state.get("run"))), verify=False)
 
 
 def harvest_range(job: HarvestJob, writer: StoreWriter, base, distilled, tokenizer_base, tokenizer_distilled,

@@ -12,12 +12,28 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RUNS_DIR = Path(os.environ.get("THINKDIFF_RUNS", REPO_ROOT / "runs"))
-FIGURES_DIR = Path(os.environ.get("THINKDIFF_FIGURES", REPO_ROOT / "figures"))
+
+
+def folder_from_env(name: str, default: Path) -> Path:
+    """The folder named by environment variable ``name`` (``~`` expanded, made absolute), or ``default``.
+
+    Set but empty is refused: it would silently scatter caches into whatever the current directory is."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return Path(default)
+    if not raw.strip():
+        raise ValueError(f"{name} is set but empty; unset it (default {default}) or set it to a folder")
+    return Path(raw.strip()).expanduser().resolve()
+
+
+RUNS_DIR = folder_from_env("THINKDIFF_RUNS", REPO_ROOT / "runs")
+FIGURES_DIR = folder_from_env("THINKDIFF_FIGURES", REPO_ROOT / "figures")
 DATA_DIR = REPO_ROOT / "data"
 
 
@@ -46,6 +62,46 @@ def ensure_writable(folder: Path) -> Path:
 def artifact_dir(stage: str, cfg) -> Path:
     """``RUNS_DIR/stage/<config_hash(cfg)>``; the folder itself is not created."""
     return Path(RUNS_DIR) / stage / config_hash(cfg)
+
+
+def lock_path(final: Path) -> Path:
+    """The lock file guarding the writer of ``final``: ``.<name>.lock`` beside it."""
+    final = Path(final)
+    return final.parent / f".{final.name}.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(final: Path, timeout: float = -1, poll: float = 0.5):
+    """Hold the one-writer lock of the artifact ``final`` (``filelock``; released by the OS if the holder dies, so
+    a lock from a killed process is never stale). A second process waits, saying who holds the lock (pid, host,
+    start time from ``<lock>.holder``); when it gets the lock the artifact may already be finished, so callers
+    check ``final.exists()`` again inside. While held, leftovers of writers that died (``.tmp-<name>-*``
+    folders) are removed. ``timeout`` in seconds (-1: wait forever) raises ``TimeoutError`` naming the holder."""
+    from filelock import FileLock, Timeout
+
+    final = Path(final)
+    ensure_writable(final.parent)
+    lock = FileLock(str(lock_path(final)))
+    holder = Path(str(lock_path(final)) + ".holder")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = holder.read_text().strip() if holder.exists() else "another process"
+        print(f"waiting for {who} to finish writing {final}", flush=True)
+        try:
+            lock.acquire(timeout=timeout, poll_interval=poll)
+        except Timeout:
+            raise TimeoutError(f"{final} is being written by {who}; waited {timeout} s. Wait for it to finish "
+                               f"or, if that process is gone, delete {lock_path(final)}") from None
+    try:
+        for leftover in final.parent.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        holder.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ import os
 import random
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,9 +333,12 @@ class Trainer:
     def save_checkpoint(self, folder: Path) -> Path:
         """Write ``checkpoint.pt`` atomically (temp file, then rename over the old one)."""
         out = Path(folder) / CHECKPOINT_NAME
-        tmp = out.with_name(f".{CHECKPOINT_NAME}.tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, out)
+        tmp = out.with_name(f".{CHECKPOINT_NAME}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)    # a failed write (disk full, kill) leaves no temp file behind
         return out
 
 
@@ -453,18 +457,22 @@ def get_crosscoder(store, cfg: TrainConfig, out_root=None, *, device="cpu", prog
         cc = CrossCoder.from_pretrained(final, device=device)
         cc.check_compatible(store)
         return cc
-    work = paths.ensure_writable(root / f"{key}.partial")
-    result = train(store, cfg, ckpt_dir=work, device=device, progress=progress)
-    last = result.log[-1] if result.log else {}
-    summary = {"store_hash": store_hash(store), "train_config": cfg.to_dict(), "steps": cfg.n_steps,
-               "tokens": last.get("tokens"), "seconds_this_session": result.seconds,
-               "final_batch": {k: last.get(k) for k in ("loss", "recon", "fvu", "l0", "dead_frac")}}
-    with paths.atomic_dir(final) as tmp:
-        result.crosscoder.save_pretrained(tmp)
-        shutil.copy(work / LOG_NAME, tmp / LOG_NAME)
-        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
-    return CrossCoder.from_pretrained(final, device=device)
+    with paths.writer_lock(final):     # one trainer per crosscoder; a second waits and loads its result
+        if not (final / CONFIG_NAME).exists():
+            work = paths.ensure_writable(root / f"{key}.partial")
+            result = train(store, cfg, ckpt_dir=work, device=device, progress=progress)
+            last = result.log[-1] if result.log else {}
+            summary = {"store_hash": store_hash(store), "train_config": cfg.to_dict(), "steps": cfg.n_steps,
+                       "tokens": last.get("tokens"), "seconds_this_session": result.seconds,
+                       "final_batch": {k: last.get(k) for k in ("loss", "recon", "fvu", "l0", "dead_frac")}}
+            with paths.atomic_dir(final) as tmp:
+                result.crosscoder.save_pretrained(tmp)
+                shutil.copy(work / LOG_NAME, tmp / LOG_NAME)
+                (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+            shutil.rmtree(work, ignore_errors=True)
+    cc = CrossCoder.from_pretrained(final, device=device)
+    cc.check_compatible(store)
+    return cc
 
 
 def load_log(crosscoder_or_dir):

@@ -1,0 +1,95 @@
+"""What thinkdiff promises about its caches: one writer per artifact, no stale locks or leftovers, checked paths."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from thinkdiff import paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.parametrize("value, expect", [("", "set but empty"), ("~/td-runs", str(Path.home() / "td-runs")),
+                                           ("rel/runs", "ABS")])
+def test_runs_folder_from_the_environment_is_checked(value, expect, tmp_path):
+    p = _python("from thinkdiff import paths; print(paths.RUNS_DIR)", {"THINKDIFF_RUNS": value}, cwd=tmp_path)
+    out, err = p.communicate(timeout=60)
+    if expect == "set but empty":
+        assert p.returncode != 0 and "THINKDIFF_RUNS is set but empty" in err
+    elif expect == "ABS":
+        assert p.returncode == 0 and out.strip() == str((tmp_path / "rel/runs").resolve())
+    else:
+        assert p.returncode == 0 and out.strip() == expect
+
+
+def test_writer_lock_names_its_holder_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    final = tmp_path / "artifact"
+    holder = _python(f"""
+        import time
+        from pathlib import Path
+        from thinkdiff import paths
+        with paths.writer_lock(Path({str(final)!r})):
+            print("held", flush=True)
+            time.sleep(60)
+        """)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(TimeoutError, match=f"pid {holder.pid}"):
+        with paths.writer_lock(final, timeout=0.3, poll=0.05):
+            pass
+    (tmp_path / ".tmp-artifact-dead0001").mkdir()        # what a writer killed inside atomic_dir leaves
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    t0 = time.time()
+    with paths.writer_lock(final, timeout=5):
+        assert time.time() - t0 < 2                       # the OS released the dead holder's lock
+        assert not (tmp_path / ".tmp-artifact-dead0001").exists()
+    assert not Path(str(paths.lock_path(final)) + ".holder").exists()
+
+
+def test_two_processes_building_one_artifact_build_it_once(tmp_path):
+    final = tmp_path / "artifact"
+    code = f"""
+        import time
+        from pathlib import Path
+        from thinkdiff import paths
+        final = Path({str(final)!r})
+        with paths.writer_lock(final):
+            if final.exists():
+                print("reused", flush=True)
+            else:
+                with paths.atomic_dir(final) as tmp:
+                    time.sleep(1.0)
+                    (tmp / "value").write_text("42")
+                print("built", flush=True)
+        """
+    procs = [_python(code) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    assert sorted(o[0].strip().splitlines()[-1] for o in outs) == ["built", "reused"]
+    assert (final / "value").read_text() == "42"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_failed_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    import torch
+
+    from thinkdiff import train
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        train.Trainer.save_checkpoint(type("T", (), {"state_dict": lambda self: {}})(), tmp_path)
+    assert list(tmp_path.iterdir()) == []
