@@ -93,3 +93,56 @@ def test_failed_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         train.Trainer.save_checkpoint(type("T", (), {"state_dict": lambda self: {}})(), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _saved_crosscoder(tmp_path):
+    from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
+
+    cc = CrossCoder(CrossCoderConfig(d_model=8, n_latents=16), seed=0)
+    return cc, cc.save_pretrained(tmp_path / "cc")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip", "does not match the sha256"), ("truncate", "does not match the sha256"),
+    ("json", "not valid JSON"), ("missing_key", "incomplete")])
+def test_a_damaged_crosscoder_is_refused_naming_the_file(tmp_path, damage, message):
+    import json
+
+    from thinkdiff.crosscoder import CorruptArtifactError, CrossCoder
+
+    _, folder = _saved_crosscoder(tmp_path)
+    w, c = folder / "model.safetensors", folder / "config.json"
+    if damage == "flip":
+        data = bytearray(w.read_bytes())
+        data[-5] ^= 0xFF
+        w.write_bytes(bytes(data))
+    elif damage == "truncate":
+        w.write_bytes(w.read_bytes()[:100])
+    elif damage == "json":
+        c.write_text(c.read_text()[:-10])
+    else:
+        raw = json.loads(c.read_text())
+        del raw["n_latents"]
+        c.write_text(json.dumps(raw))
+    with pytest.raises(CorruptArtifactError, match=message) as err:
+        CrossCoder.from_pretrained(folder)
+    assert str(folder) in str(err.value)
+
+
+def test_a_damaged_cached_crosscoder_is_moved_aside_and_retrained(tmp_path):
+    import torch
+
+    from thinkdiff.train import TensorStore, TrainConfig, get_crosscoder
+
+    store = TensorStore(torch.randn(512, 2, 8))
+    cfg = TrainConfig(n_latents=16, batch_size=64, n_steps=5, checkpoint_every=0, dead_tokens=1000)
+    first = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    folder = Path(first.source)
+    w = folder / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    again = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    assert Path(again.source) == folder
+    assert len(list(tmp_path.glob(f"{folder.name}.broken-*"))) == 1
+    torch.testing.assert_close(again.W_dec, first.W_dec)      # retrained from the same seed: the same weights

@@ -29,6 +29,7 @@ penalty and relative norms as in the paper) is unchanged by folding.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -39,6 +40,19 @@ from torch import nn
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CHECKSUM_KEY = "weights_sha256"   # in config.json: the sha256 of model.safetensors, checked on every load
+
+
+class CorruptArtifactError(ValueError):
+    """A saved artifact fails its integrity checks (unreadable, checksum mismatch, non-finite values)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass
@@ -239,7 +253,8 @@ class CrossCoder(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-        (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=1))
+        config = {**dataclasses.asdict(self.config), CHECKSUM_KEY: _sha256(folder / WEIGHTS_NAME)}
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1))
         return folder
 
     @classmethod
@@ -265,12 +280,33 @@ class CrossCoder(nn.Module):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} has no {name}; not a saved crosscoder")
         known = {f.name for f in dataclasses.fields(CrossCoderConfig)}
-        raw = json.loads((folder / CONFIG_NAME).read_text())
+        cfg_file, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        try:
+            raw = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CorruptArtifactError(f"{cfg_file} is not valid JSON ({err}); the crosscoder in {folder} is "
+                                       "damaged: delete the folder to retrain it") from None
+        if not isinstance(raw, dict):
+            raise CorruptArtifactError(f"{cfg_file} holds {type(raw).__name__}, not a crosscoder config")
+        expected = raw.pop(CHECKSUM_KEY, None)
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"{folder / CONFIG_NAME} has unknown fields {sorted(unknown)}")
-        model = cls(CrossCoderConfig(**raw), seed=None)
-        model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+            raise ValueError(f"{cfg_file} has unknown fields {sorted(unknown)}")
+        if expected is not None and _sha256(weights) != expected:
+            raise CorruptArtifactError(f"{weights} does not match the sha256 recorded in {cfg_file}: the weights "
+                                       f"are corrupted or were replaced; delete {folder} to retrain")
+        try:
+            config = CrossCoderConfig(**raw)
+        except TypeError as err:
+            raise CorruptArtifactError(f"{cfg_file} is incomplete ({err}); delete {folder} to retrain") from None
+        model = cls(config, seed=None)
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except Exception as err:   # truncated file, wrong shapes: name the file, not the library's internals
+            raise CorruptArtifactError(f"{weights} cannot be loaded ({type(err).__name__}: {err}); delete "
+                                       f"{folder} to retrain") from None
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise CorruptArtifactError(f"{weights} holds non-finite weights; delete {folder} to retrain")
         model.source = str(folder)
         return model.to(device).eval()
 

@@ -104,6 +104,15 @@ def writer_lock(final: Path, timeout: float = -1, poll: float = 0.5):
         lock.release()
 
 
+def move_aside(folder: Path) -> Path:
+    """Rename a damaged artifact ``folder`` to ``<name>.broken-<time>`` beside it (kept for inspection, never
+    read again) and return the new path. Call it holding ``writer_lock(folder)``."""
+    folder = Path(folder)
+    aside = folder.with_name(f"{folder.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}")
+    folder.rename(aside)
+    return aside
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path):
     """Yield a temporary folder; on success rename it to ``final``, on error delete it.

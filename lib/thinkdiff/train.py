@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from . import paths, trainers
-from .crosscoder import CONFIG_NAME, CrossCoder, CrossCoderConfig
+from .crosscoder import CONFIG_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
 from .store import part_bounds
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -453,26 +453,28 @@ def get_crosscoder(store, cfg: TrainConfig, out_root=None, *, device="cpu", prog
     root = Path(out_root) if out_root is not None else Path(paths.RUNS_DIR) / "crosscoder"
     key = cache_key(store, cfg)
     final = root / key
-    if (final / CONFIG_NAME).exists():
-        cc = CrossCoder.from_pretrained(final, device=device)
-        cc.check_compatible(store)
-        return cc
     with paths.writer_lock(final):     # one trainer per crosscoder; a second waits and loads its result
-        if not (final / CONFIG_NAME).exists():
-            work = paths.ensure_writable(root / f"{key}.partial")
-            result = train(store, cfg, ckpt_dir=work, device=device, progress=progress)
-            last = result.log[-1] if result.log else {}
-            summary = {"store_hash": store_hash(store), "train_config": cfg.to_dict(), "steps": cfg.n_steps,
-                       "tokens": last.get("tokens"), "seconds_this_session": result.seconds,
-                       "final_batch": {k: last.get(k) for k in ("loss", "recon", "fvu", "l0", "dead_frac")}}
-            with paths.atomic_dir(final) as tmp:
-                result.crosscoder.save_pretrained(tmp)
-                shutil.copy(work / LOG_NAME, tmp / LOG_NAME)
-                (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
-            shutil.rmtree(work, ignore_errors=True)
-    cc = CrossCoder.from_pretrained(final, device=device)
-    cc.check_compatible(store)
-    return cc
+        if (final / CONFIG_NAME).exists():
+            try:
+                cc = CrossCoder.from_pretrained(final, device=device)
+            except CorruptArtifactError as err:   # never re-read a broken cache forever: set it aside, retrain
+                aside = paths.move_aside(final)
+                print(f"{err}\nmoved the damaged crosscoder to {aside}; training it again", flush=True)
+            else:
+                cc.check_compatible(store)
+                return cc
+        work = paths.ensure_writable(root / f"{key}.partial")
+        result = train(store, cfg, ckpt_dir=work, device=device, progress=progress)
+        last = result.log[-1] if result.log else {}
+        summary = {"store_hash": store_hash(store), "train_config": cfg.to_dict(), "steps": cfg.n_steps,
+                   "tokens": last.get("tokens"), "seconds_this_session": result.seconds,
+                   "final_batch": {k: last.get(k) for k in ("loss", "recon", "fvu", "l0", "dead_frac")}}
+        with paths.atomic_dir(final) as tmp:
+            result.crosscoder.save_pretrained(tmp)
+            shutil.copy(work / LOG_NAME, tmp / LOG_NAME)
+            (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+        shutil.rmtree(work, ignore_errors=True)
+    return CrossCoder.from_pretrained(final, device=device)
 
 
 def load_log(crosscoder_or_dir):
