@@ -146,3 +146,15 @@ def test_a_damaged_cached_crosscoder_is_moved_aside_and_retrained(tmp_path):
     assert Path(again.source) == folder
     assert len(list(tmp_path.glob(f"{folder.name}.broken-*"))) == 1
     torch.testing.assert_close(again.W_dec, first.W_dec)      # retrained from the same seed: the same weights
+
+
+def test_a_diverging_training_stops_naming_the_step_and_caches_nothing(tmp_path):
+    import torch
+
+    from thinkdiff.train import TensorStore, TrainConfig, get_crosscoder
+
+    store = TensorStore(torch.randn(2048, 2, 8))
+    cfg = TrainConfig(n_latents=16, batch_size=64, n_steps=200, checkpoint_every=0, dead_tokens=1000, lr=10.0)
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+.*lr 10.0 is likely too high"):
+        get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".") and not p.name.endswith(".partial")]

@@ -54,6 +54,8 @@ from .crosscoder import CONFIG_NAME, CorruptArtifactError, CrossCoder, CrossCode
 from .store import part_bounds
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# Divergence: a crosscoder that outputs zeros has FVU 1; staying 10x above that for 20 steps is not learning.
+DIVERGED_FVU, DIVERGED_STEPS = 10.0, 20
 LOG_NAME = "train_log.jsonl"
 SUMMARY_NAME = "train_summary.json"
 
@@ -403,6 +405,13 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
                 got = True
                 try:
                     row = trainer.step(x)
+                    log.append(row)
+                    recent = [max(r["fvu"]) for r in log[-DIVERGED_STEPS:]]
+                    if len(recent) == DIVERGED_STEPS and min(recent) > DIVERGED_FVU:
+                        raise FloatingPointError(
+                            f"training diverged at step {trainer.step_idx}: FVU above {DIVERGED_FVU} for "
+                            f"{DIVERGED_STEPS} steps (now {recent[-1]:.3g}; predicting zero gives 1.0), "
+                            f"lr {cfg.lr} is likely too high")
                 except FloatingPointError as err:
                     last = ckpt_dir / CHECKPOINT_NAME if ckpt_dir is not None else None
                     kept = (f"the last good checkpoint {last} is kept" if last is not None and last.exists()
@@ -412,7 +421,6 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
                 trainer.batch_in_epoch += 1
                 row["epoch"] = trainer.epoch
                 row["time"] = time.perf_counter() - t0
-                log.append(row)
                 if log_file is not None:
                     log_file.write(json.dumps(row) + "\n")
                 bar.update(1)
