@@ -158,3 +158,39 @@ def test_a_diverging_training_stops_naming_the_step_and_caches_nothing(tmp_path)
     with pytest.raises(FloatingPointError, match=r"diverged at step \d+.*lr 10.0 is likely too high"):
         get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".") and not p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("json", "not valid JSON"), ("d_model", "its file holds"), ("dtype", "its file holds"),
+    ("mean_norm", "mean_norm .* disagrees"), ("dim_mean", "disagrees with the shard statistics"),
+    ("key", "does not hash to its key_hash"), ("drop_norm", "lacks")])
+def test_an_edited_or_damaged_store_manifest_is_refused_on_open(tmp_path, edit, message):
+    import json
+
+    import numpy as np
+
+    from tests.test_store import make_store
+    from thinkdiff.store import ActivationStore
+
+    folder = make_store(tmp_path / "s", [40, 40]).path
+    man_path = folder / "manifest.json"
+    man = json.loads(man_path.read_text())
+    if edit == "json":
+        man_path.write_text(man_path.read_text()[:-20])
+    else:
+        if edit == "d_model":
+            man["d_model"] += 1
+        elif edit == "dtype":
+            man["dtype"] = "float16"
+        elif edit == "mean_norm":
+            man["norm"]["mean_norm"] = [v * 1.5 for v in man["norm"]["mean_norm"]]
+        elif edit == "dim_mean":
+            np.save(folder / "dim_mean.npy", np.load(folder / "dim_mean.npy") + 0.5)
+        elif edit == "key":
+            man["key"]["layer"] = 99
+        elif edit == "drop_norm":
+            del man["norm"]
+        man_path.write_text(json.dumps(man))
+    with pytest.raises(ValueError, match=message) as err:
+        ActivationStore(folder, verify=False)
+    assert str(folder) in str(err.value)

@@ -29,7 +29,6 @@ penalty and relative norms as in the paper) is unchanged by folding.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .paths import sha256_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -46,13 +47,6 @@ CHECKSUM_KEY = "weights_sha256"   # in config.json: the sha256 of model.safetens
 class CorruptArtifactError(ValueError):
     """A saved artifact fails its integrity checks (unreadable, checksum mismatch, non-finite values)."""
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -253,7 +247,7 @@ class CrossCoder(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = {**dataclasses.asdict(self.config), CHECKSUM_KEY: _sha256(folder / WEIGHTS_NAME)}
+        config = {**dataclasses.asdict(self.config), CHECKSUM_KEY: sha256_file(folder / WEIGHTS_NAME)}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1))
         return folder
 
@@ -292,7 +286,7 @@ class CrossCoder(nn.Module):
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"{cfg_file} has unknown fields {sorted(unknown)}")
-        if expected is not None and _sha256(weights) != expected:
+        if expected is not None and sha256_file(weights) != expected:
             raise CorruptArtifactError(f"{weights} does not match the sha256 recorded in {cfg_file}: the weights "
                                        f"are corrupted or were replaced; delete {folder} to retrain")
         try:

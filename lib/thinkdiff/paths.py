@@ -43,6 +43,30 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def sha256_file(path: Path, block: int = 1 << 23) -> str:
+    """Hex sha256 of a file's bytes (read in blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def disk_full_is_plain(path: Path, tmp: Path | None = None):
+    """Turn a full disk while writing ``path`` into one plain error; remove the temp file ``tmp`` on any failure."""
+    import errno
+
+    try:
+        yield
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"disk full writing {path}; free space and rerun to resume") from None
+        raise
+
+
 def ensure_writable(folder: Path) -> Path:
     """Create ``folder`` if needed and check that we can write there; clear error otherwise."""
     folder = Path(folder)

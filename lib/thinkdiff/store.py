@@ -18,10 +18,10 @@ its last complete shard. Nothing ever opens a partial folder as a store.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import paths
+from .paths import sha256_file
 
 FORMAT = "thinkdiff-activation-store"
 VERSION = 1
@@ -39,6 +40,7 @@ META_DTYPE = np.dtype([("token_id", "<i4"), ("doc_id", "<i4"), ("pos", "<i4"),
                        ("label", "i1"), ("marker", "?"), ("split", "i1")])
 # bfloat16 has no numpy dtype: it is stored as its raw 16 bits in uint16 and converted with torch.
 STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+REQUIRED_KEYS = ("key", "key_hash", "dtype", "n_models", "d_model", "n_tokens", "shards", "norm")
 
 
 # ----------------------------------------------------------------------------- dtype + hashing helpers
@@ -67,29 +69,23 @@ def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def sha256_file(path: Path, block: int = 1 << 23) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _save_npy(path: Path, arr: np.ndarray) -> dict:
     """Write ``arr`` to ``path`` via a temp file + rename (never a half-written file); return its record."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with paths.disk_full_is_plain(path, tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with paths.disk_full_is_plain(path, tmp):
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def part_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -363,10 +359,21 @@ class ActivationStore:
         if not man_path.exists():
             hint = " (an interrupted harvest: rerun it to resume)" if (self.path.parent / (self.path.name + ".partial")).exists() else ""
             raise FileNotFoundError(f"no activation store at {self.path}: {MANIFEST} missing{hint}")
-        self.manifest = json.loads(man_path.read_text())
-        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
+        try:
+            self.manifest = json.loads(man_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{man_path} is not valid JSON ({err}): the store is damaged; delete {self.path} "
+                             "and harvest again") from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT \
+                or self.manifest.get("version") != VERSION:
             raise ValueError(f"{man_path} is not a version-{VERSION} {FORMAT} manifest")
-        self.dtype = self.manifest["dtype"]
+        missing = [k for k in REQUIRED_KEYS if k not in self.manifest]
+        if missing:
+            raise ValueError(f"{man_path} lacks {missing}: the store is damaged; delete {self.path} and harvest again")
+        if paths.config_hash(self.manifest["key"]) != self.manifest["key_hash"]:
+            raise ValueError(f"{man_path}: its key does not hash to its key_hash (an edited manifest?); delete "
+                             f"{self.path} and harvest again")
+        self.dtype = check_dtype(self.manifest["dtype"])
         self.n_models, self.d_model, self.n_tokens = self.manifest["n_models"], self.manifest["d_model"], self.manifest["n_tokens"]
         self.shards = self.manifest["shards"]
         sizes = np.array([e["n_tokens"] for e in self.shards], dtype=np.int64)
@@ -381,10 +388,37 @@ class ActivationStore:
                 if f.stat().st_size != e[part]["bytes"]:
                     raise ValueError(f"store {self.path}: shard {e['index']} file {f.name} has {f.stat().st_size} "
                                      f"bytes, manifest says {e[part]['bytes']} (truncated or corrupted)")
+        self._check_shapes_and_statistics(man_path)
         self._acts: list = [None] * len(self.shards)
         self._meta: dict | None = None
         if verify:
             self.verify()
+
+    def _check_shapes_and_statistics(self, man_path: Path) -> None:
+        """The manifest's shape and dtype agree with every shard's header, and its normalisation statistics with
+        the per-shard statistics (checked on every open: headers and statistics are small)."""
+        want = STORAGE[self.dtype]
+        total = RunningStats(0, 0)
+        for e in self.shards:
+            arr = np.load(self.path / e["acts"]["file"], mmap_mode="r")
+            if arr.shape != (e["n_tokens"], self.n_models, self.d_model) or arr.dtype != want:
+                raise ValueError(f"{man_path} says shard {e['index']} is [{e['n_tokens']}, {self.n_models}, "
+                                 f"{self.d_model}] {self.dtype}, its file holds {list(arr.shape)} {arr.dtype} "
+                                 f"(an edited manifest?); delete {self.path} and harvest again")
+            total.merge(RunningStats.unpack(np.load(self.path / e["stats"]["file"])))
+        norm = self.manifest["norm"]
+        if not np.allclose(np.asarray(norm["mean_norm"], np.float64), total.mean_norm, rtol=1e-6):
+            raise ValueError(f"{man_path}: mean_norm {norm['mean_norm']} disagrees with the shard statistics "
+                             f"{total.mean_norm.tolist()} (an edited manifest?); delete {self.path} and harvest again")
+        for name, ref in (("dim_mean", total.mean), ("dim_var", total.var)):
+            f = self.path / norm[f"{name}_file"]
+            try:
+                got = np.load(f)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{f} cannot be read ({err}); delete {self.path} and harvest again") from None
+            if got.shape != ref.shape or not np.allclose(got, ref, rtol=1e-6, atol=1e-9):
+                raise ValueError(f"{f} disagrees with the shard statistics (corrupted?); delete {self.path} and "
+                                 "harvest again")
 
     # --- integrity and identity
     def verify(self, progress: bool = False) -> None:
