@@ -194,3 +194,18 @@ def test_an_edited_or_damaged_store_manifest_is_refused_on_open(tmp_path, edit, 
     with pytest.raises(ValueError, match=message) as err:
         ActivationStore(folder, verify=False)
     assert str(folder) in str(err.value)
+
+
+def test_a_crosscoder_is_refused_on_a_store_it_was_not_trained_on(tmp_path):
+    from tests.test_store import make_store
+    from thinkdiff import codes, label
+    from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
+
+    store = make_store(tmp_path / "s", [40, 40])
+    cfg = CrossCoderConfig(d_model=store.d_model, n_latents=16, n_models=store.n_models,
+                           store_hash=store.manifest["key_hash"])
+    codes.encode_store(CrossCoder(cfg, seed=0), store)              # its own store: fine
+    other = CrossCoder(CrossCoderConfig(**{**cfg.__dict__, "store_hash": "0123456789ab"}), seed=0)
+    for call in (lambda: codes.encode_store(other, store), lambda: label.latent_scaling(other, store, [0, 1])):
+        with pytest.raises(ValueError, match=f"{tmp_path}/s: store hash .* vs 0123456789ab"):
+            call()

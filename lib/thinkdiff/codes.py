@@ -23,6 +23,8 @@ def check_inputs(cc, store):
     for name in ("n_tokens", "acts", "meta"):
         if not hasattr(store, name):
             raise TypeError(f"activation store lacks {name!r}")
+    if hasattr(cc, "check_compatible"):   # a crosscoder trained on another store or layer is refused by name
+        cc.check_compatible(store)
 
 
 def device_of(cc):

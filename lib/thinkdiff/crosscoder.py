@@ -236,8 +236,13 @@ class CrossCoder(nn.Module):
         layer = getattr(store, "layer", None)
         if self.config.layer is not None and layer is not None and layer != self.config.layer:
             problems.append(f"layer {layer} (store) vs {self.config.layer} (crosscoder)")
+        theirs = getattr(store, "config_hash", None) or (getattr(store, "manifest", None) or {}).get("key_hash")
+        if self.config.store_hash is not None and theirs is not None and theirs != self.config.store_hash:
+            problems.append(f"store hash {theirs} (store) vs {self.config.store_hash} (the store it was trained on)")
         if problems:
-            raise ValueError("crosscoder does not match the activation store: " + "; ".join(problems))
+            where = getattr(store, "path", None) or type(store).__name__
+            raise ValueError(f"crosscoder {getattr(self, 'source', None) or '(in memory)'} does not match the "
+                             f"activation store {where}: " + "; ".join(problems))
 
     def save_pretrained(self, folder) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (Hugging Face layout) into ``folder``."""

@@ -437,8 +437,9 @@ class ActivationStore:
         return self.manifest["key"]
 
     @property
-    def layer(self) -> int:
-        return self.manifest["key"]["layer"]
+    def layer(self) -> int | None:
+        """The hook layer the store was harvested at (None for a store built without one, e.g. in tests)."""
+        return self.manifest["key"].get("layer")
 
     @property
     def mean_norm(self) -> np.ndarray:
