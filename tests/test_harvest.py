@@ -199,6 +199,12 @@ def test_bad_inputs_raise_clear_errors(tiny_pair, tiny_tokenizer, tmp_path):
             run(cfg=_cfg(layer=layer))
     with pytest.raises(ValueError, match="empty corpus"):
         run(ds=[])
+    with pytest.raises(TypeError, match="one string"):
+        run(ds="Wait, 3 + 4 = 7.")
+    with pytest.raises(TypeError, match="generator"):
+        run(ds=(d for d in docs))
+    with pytest.raises(ValueError, match="layer must be an integer"):
+        run(cfg=_cfg(layer=True))
     with pytest.raises(ValueError, match="empty corpus"):
         run(ds=["", ""])
     with pytest.raises(ValueError, match="3 labels"):

@@ -101,7 +101,13 @@ def _field(doc, name, default=None):
 def prepare_documents(documents, tokenizer, cfg: HarvestConfig) -> list[_Doc]:
     """Normalise documents (``str``, dicts or objects with ``text`` and optional ``input_ids``, ``labels``,
     ``marker``, ``kind``), tokenize those without ids with ``tokenizer``, truncate, apply the budget."""
-    if documents is None or len(documents) == 0:
+    if isinstance(documents, (str, bytes)):
+        raise TypeError("documents is one string; pass a list of documents (e.g. [text]), not a bare string, "
+                        "which would be read character by character")
+    if documents is None or not hasattr(documents, "__len__"):
+        raise TypeError(f"documents must be a list (or other sized sequence) of documents, got "
+                        f"{type(documents).__name__}; wrap a generator in list(...)")
+    if len(documents) == 0:
         raise ValueError("empty corpus: harvest_pair needs at least one document")
     out, total = [], 0
     for i, doc in enumerate(documents):
