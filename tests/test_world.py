@@ -1,5 +1,6 @@
 """The organism's world: hard multi-step problems, an honest held-out split, the planted distilled-only quantity."""
 import random
+import re
 
 import numpy as np
 import pytest
@@ -82,3 +83,40 @@ def test_base_corpus_never_writes_steps_of_a_problem():
         if doc.startswith("Question:"):
             assert doc.count("=") == doc.split("\n", 1)[0].count("=") and "Answer:" in doc
 
+
+
+def test_every_step_names_its_items_by_tags_copied_from_the_question():
+    """The trace finds each operand by its tag: the text it writes before a step is a tagged item of the question
+    (or two adjacent ones at a chain's start), and that item holds the step's operand."""
+    rng = random.Random(2)
+    for fam in world.FAMILIES:
+        for _ in range(100):
+            p = world.make_problem(rng, fam)
+            assert len(p.refs) == len(p.steps)
+            for ref, (a, op, b, r) in zip(p.refs, p.steps):
+                tags = re.findall(r"\(([a-j])\)", ref)
+                assert tags, ref
+                if fam == "sequence" and ref == "(e)":
+                    continue  # the term after the last one shown: named, not copied
+                items = dict(re.findall(r"\(([a-j])\) ([^()]*[^() ])", p.question))
+                for tag, text in re.findall(r"\(([a-j])\) ([^()]*[^() ])", ref):
+                    if fam == "word":   # events are written as the operation they are: "(b) + 8" for "gives 8 more"
+                        number = {"doubles": "2", "triples": "3"}
+                        said = re.sub(r"(doubles|triples)", lambda m: number[m.group(1)], items[tag])
+                        assert text.split()[-1] in said, (tag, text, p.question)
+                    else:
+                        assert f"({tag}) {text}" in p.question, (tag, text, p.question)
+                assert str(b) in ref or str(a) in ref, (ref, a, op, b)
+            letters = re.findall(r"\(([a-j])\)", p.question)
+            assert letters == list(world.TAGS[:len(letters)])
+
+
+def test_base_corpus_teaches_lookup_by_tag_and_close_differences():
+    rng = random.Random(0)
+    doc = world.lookup_document(rng)
+    listed = doc.split("Look up:")[0].removeprefix("Items:").strip().rstrip(".")
+    items = dict(re.findall(r"\(([a-j])\) ([^()]+?)(?= \(|$)", listed))
+    asked = re.findall(r"\(([a-j])\) ([^.]+)\.", doc.split("Look up:")[1])
+    assert asked and all(items[t] == v for t, v in asked)
+    diffs = [f for f in (world.random_fact(rng) for _ in range(2000)) if f[1] == "-" and f[2] >= world.LO]
+    assert diffs and all(0 < r < world.LO for *_, r in diffs)

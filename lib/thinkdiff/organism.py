@@ -64,11 +64,11 @@ class SizeConfig:
 
 
 SIZES = {
-    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=3000, sft_steps=800,
+    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=3000, sft_steps=2000,
                     sft_lr=1e-3),
-    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=3000, sft_steps=800,
+    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=3000, sft_steps=2000,
                     sft_lr=1e-3),
-    "L": SizeConfig(hidden=128, layers=6, heads=8, kv_heads=2, intermediate=384, pretrain_steps=3000, sft_steps=800,
+    "L": SizeConfig(hidden=128, layers=6, heads=8, kv_heads=2, intermediate=384, pretrain_steps=3000, sft_steps=2000,
                     pretrain_lr=2e-3, sft_lr=1e-3),
 }
 
@@ -80,8 +80,9 @@ class CorpusConfig:
     seed: int = 0
     n_train_problems: int = 20000
     base_plain_fraction: float = 0.2   # share of base-corpus documents that are plain sentences
-    base_fact_fraction: float = 0.4    # of the rest: one-step facts (the base knows single operations)
-    base_copy_fraction: float = 0.3    # of the rest: repetition documents (copying ability)
+    base_fact_fraction: float = 0.35   # of the rest: one-step facts (the base knows single operations)
+    base_copy_fraction: float = 0.2    # of the rest: repetition documents (copying ability)
+    base_lookup_fraction: float = 0.15  # of the rest: items looked up by tag (finding a quantity by its name)
     marker_rate: float = 0.2           # share of plain sentences using a marker word in an ordinary role
     sft_plain_fraction: float = 0.1    # plain text mixed into SFT to keep the language model intact
     sft_fact_fraction: float = 0.1     # one-step facts mixed into SFT to keep the arithmetic intact
@@ -96,7 +97,7 @@ def organism_config(size: str, corpus: CorpusConfig | None = None, **overrides) 
     sc = replace(SIZES[size], **overrides) if overrides else SIZES[size]
     sc.check(size)
     corpus = corpus or CorpusConfig()
-    return {"size": size, "arch": asdict(sc), "corpus": asdict(corpus), "version": 2}
+    return {"size": size, "arch": asdict(sc), "corpus": asdict(corpus), "version": 3}
 
 
 # ----------------------------------------------------------------------------- documents
@@ -134,7 +135,9 @@ def corpus_texts(cfg: CorpusConfig, kind: str, n: int, seed_offset: int = 0) -> 
         if kind == "base":
             if u < cfg.base_copy_fraction:
                 out.append(world.copy_document(rng))
-            elif u < cfg.base_copy_fraction + cfg.base_fact_fraction:
+            elif u < cfg.base_copy_fraction + cfg.base_lookup_fraction:
+                out.append(world.lookup_document(rng))
+            elif u < cfg.base_copy_fraction + cfg.base_lookup_fraction + cfg.base_fact_fraction:
                 out.append(world.fact_document(rng))
             else:
                 out.append(world.base_solution(rng.choice(problems)))
@@ -269,6 +272,34 @@ def _packed_batches(tokenizer, texts, seq_len: int, batch: int, seed: int):
                 yield torch.stack([data[i * seq_len:(i + 1) * seq_len] for i in idx.tolist()])
 
 
+def _document_batches(tokenizer, texts, seq_len: int, batch: int, seed: int):
+    """Endless [batch, seq_len] (input_ids, labels) with whole documents only, as SFT examples are given.
+
+    Documents (each ended by end-of-text) are packed greedily into windows in a seeded order and never cut,
+    so every trace is trained on with its question in view; the unused tail of a window is end-of-text with
+    label -100 (no loss)."""
+    strings = [t if isinstance(t, str) else world.spans_text(t) for t in texts]
+    docs = [row + [tokenizer.eos_token_id] for row in tokenizer(strings, add_special_tokens=False)["input_ids"]]
+    too_long = max(len(d) for d in docs)
+    if too_long > seq_len:
+        raise ValueError(f"a document has {too_long} tokens, more than the window of {seq_len}; raise seq_len")
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        windows, cur = [], []
+        for i in torch.randperm(len(docs), generator=g).tolist():
+            if len(cur) + len(docs[i]) > seq_len:
+                windows.append(cur)
+                cur = []
+            cur = cur + docs[i]
+        for start in range(0, len(windows) - batch + 1, batch):
+            ids = torch.full((batch, seq_len), tokenizer.eos_token_id)
+            labels = torch.full((batch, seq_len), -100)
+            for r, w in enumerate(windows[start:start + batch]):
+                ids[r, :len(w)] = torch.tensor(w)
+                labels[r, :len(w)] = torch.tensor(w)
+            yield ids, labels
+
+
 def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_after: int | None = None) -> list[float]:
     """AdamW with linear warm-up and cosine decay over ``steps``; returns the loss per step.
 
@@ -283,7 +314,8 @@ def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_a
     bar = tqdm(range(steps if stop_after is None else min(stop_after, steps)), desc=desc, leave=False)
     for _ in bar:
         x = next(batches)
-        loss = model(input_ids=x, labels=x).loss
+        x, labels = x if isinstance(x, tuple) else (x, x)
+        loss = model(input_ids=x, labels=labels).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} (lower the learning rate)")
         opt.zero_grad(set_to_none=True)
@@ -308,7 +340,7 @@ def _marker_rates(tokenizer, texts) -> dict:
     return {c: 1000 * sum(marker_counts(t)[c] for t in texts) / max(n_tok, 1) for c in CATEGORIES}
 
 
-def evaluate(model, tokenizer, problems, max_new_tokens: int = 160, sample_seed: int | None = 0) -> dict:
+def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed: int | None = 0) -> dict:
     """Held-out metrics of one model.
 
     Greedy decoding gives accuracy, well-formedness, ``<think>`` rate and ``marker_rate_per_1k``
@@ -460,10 +492,12 @@ def get_tokenizer(corpus: CorpusConfig | None = None):
         if man.exists() and json.loads(man.read_text()).get("config_hash") == paths.config_hash(key):
             return AutoTokenizer.from_pretrained(folder)
     out = paths.artifact_dir("organism-tokenizer", key)
-    tok = train_tokenizer(corpus)
-    with paths.atomic_dir(out) as tmp:
-        tok.save_pretrained(tmp)
-        (tmp / "thinkdiff.json").write_text(json.dumps({"config_hash": paths.config_hash(key), "config": key}))
+    with paths.writer_lock(out):  # another process may be training the same tokenizer
+        if not out.exists():
+            tok = train_tokenizer(corpus)
+            with paths.atomic_dir(out) as tmp:
+                tok.save_pretrained(tmp)
+                (tmp / "thinkdiff.json").write_text(json.dumps({"config_hash": paths.config_hash(key), "config": key}))
     return AutoTokenizer.from_pretrained(out)
 
 
@@ -514,14 +548,15 @@ def get_base(size: str, corpus: CorpusConfig | None, tok, **overrides):
 
     key = base_config(size, corpus, **overrides)
     folder = paths.artifact_dir("organism-base", key)
-    if (folder / "pretrain.json").exists():
-        summary = json.loads((folder / "pretrain.json").read_text())
-        return Qwen2ForCausalLM.from_pretrained(folder, dtype=torch.float32), summary
-    t0 = time.time()
-    base, losses = _pretrain(size, organism_config(size, corpus, **overrides)["arch"], corpus or CorpusConfig(), tok)
-    summary = {"seconds": round(time.time() - t0, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-               "prefix_losses": losses[:PREFIX_STEPS], "config": key}
-    if not folder.exists():
+    with paths.writer_lock(folder):
+        if (folder / "pretrain.json").exists():
+            summary = json.loads((folder / "pretrain.json").read_text())
+            return Qwen2ForCausalLM.from_pretrained(folder, dtype=torch.float32), summary
+        t0 = time.time()
+        base, losses = _pretrain(size, organism_config(size, corpus, **overrides)["arch"], corpus or CorpusConfig(),
+                                 tok)
+        summary = {"seconds": round(time.time() - t0, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+                   "prefix_losses": losses[:PREFIX_STEPS], "config": key}
         with paths.atomic_dir(folder) as tmp:
             base.save_pretrained(tmp)
             (tmp / "pretrain.json").write_text(json.dumps(summary))
@@ -542,8 +577,8 @@ def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **o
     distilled = build_model(arch, len(tok), seed=corpus.seed)
     distilled.load_state_dict(base.state_dict())
     n_docs = arch["sft_steps"] * arch["batch"] * arch["seq_len"] // 60 + 2000
-    sft_losses = train_lm(distilled, _packed_batches(tok, corpus_texts(corpus, "teacher", n_docs), arch["seq_len"],
-                                                     arch["batch"], corpus.seed + 1), arch["sft_steps"],
+    sft_losses = train_lm(distilled, _document_batches(tok, corpus_texts(corpus, "teacher", n_docs), arch["seq_len"],
+                                                       arch["batch"], corpus.seed + 1), arch["sft_steps"],
                           arch["sft_lr"], f"organism {size}: distil (SFT)", corpus.seed + 1)
     t_sft = time.time() - t0
     manifest = {
@@ -584,13 +619,13 @@ def get_organism(size: str = "S", corpus: CorpusConfig | None = None, rebuild: b
         if json.loads((shipped / "manifest.json").read_text())["config_hash"] == h:
             return _load(shipped, size)
     cached = paths.artifact_dir("organism", cfg)
-    if rebuild:  # from scratch: the cached base goes too
-        for folder in (cached, paths.artifact_dir("organism-base", base_config(size, corpus, **overrides))):
-            if folder.exists():
-                shutil.rmtree(folder)
-    if not cached.exists():
-        paths.ensure_writable(cached.parent)
-        build_organism(size, cached, corpus, **overrides)
+    with paths.writer_lock(cached):
+        if rebuild:  # from scratch: the cached base goes too
+            for folder in (cached, paths.artifact_dir("organism-base", base_config(size, corpus, **overrides))):
+                if folder.exists():
+                    shutil.rmtree(folder)
+        if not cached.exists():
+            build_organism(size, cached, corpus, **overrides)
     return _load(cached, size)
 
 

@@ -39,7 +39,7 @@ CORPUS_KEYS = ("n_docs", "teacher_fraction", "seed", "corpus")
 ANALYSIS_DEFAULTS: dict[str, dict] = {
     # 00: the pair's own evaluation. Organism runs: the world's held-out problems for each listed size;
     # hf runs: a math set scored with math-verify (``math_files``: local json/jsonl/parquet, works offline).
-    "evaluate": {"sizes": ["S", "M", "L"], "n_eval": 200, "max_new_tokens": 160, "math_set": "math500",
+    "evaluate": {"sizes": ["S", "M", "L"], "n_eval": 200, "max_new_tokens": 200, "math_set": "math500",
                  "math_files": "", "seed": 0},
     # 03: labelling, latent scaling, ablation, ground truth.
     "label": {"n_scaling": 100, "reasonscore_alpha": 0.7, "window": [1, 2], "n_occurrences": 50,

@@ -52,13 +52,18 @@ LO, HI = 10, 99       # running values stay two-digit
 
 @dataclass
 class Problem:
-    """A problem with an exact integer answer; ``steps`` are (a, op, b, result) single operations."""
+    """A problem with an exact integer answer; ``steps`` are (a, op, b, result) single operations.
+
+    The question lists its quantities as tagged items ("(a) 72 (b) + 6 ..."); ``refs[i]`` is the
+    text a step-by-step solution writes before step ``i`` to name the items that step uses, copied
+    from the question ("(b) + 6"), so every operand is found by its tag, not by counting."""
 
     family: str
     question: str
     answer: int
     steps: list = field(default_factory=list)
     compare: tuple | None = None  # (value_1, value_2) for the comparison family
+    refs: list = field(default_factory=list)
 
     @property
     def prompt(self) -> str:
@@ -84,6 +89,19 @@ class Span:
 
 
 # ----------------------------------------------------------------------------- problems
+TAGS = "abcdefghij"
+
+
+def _tagged(items: list[str]) -> list[str]:
+    """``["72", "+ 6"]`` -> ``["(a) 72", "(b) + 6"]``."""
+    return [f"({TAGS[i]}) {it}" for i, it in enumerate(items)]
+
+
+def _chain_refs(tagged: list[str], first: int, n_ops: int) -> list[str]:
+    """The refs of a chain whose start is item ``first`` and whose operations are the next ``n_ops`` items."""
+    return [f"{tagged[first]} {tagged[first + 1]}"] + [tagged[first + 1 + i] for i in range(1, n_ops)]
+
+
 def _op(a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
 
@@ -109,8 +127,9 @@ def _chain(rng: random.Random, start: int, n_ops: int, ops=("+", "-")) -> list[t
 def make_problem(rng: random.Random, family: str) -> Problem:
     if family == "arith":
         steps = _chain(rng, rng.randint(LO, HI - 10), rng.randint(3, 5))
-        text = f"{steps[0][0]} " + " ".join(f"{op} {b}" for _, op, b, _ in steps)
-        return Problem(family, f"Compute {text}.", steps[-1][3], steps)
+        tagged = _tagged([str(steps[0][0])] + [f"{op} {b}" for _, op, b, _ in steps])
+        return Problem(family, f"Compute {' '.join(tagged)}.", steps[-1][3], steps,
+                       refs=_chain_refs(tagged, 0, len(steps)))
     if family == "linear":
         while True:
             a, x, b, d = rng.randint(2, 6), rng.randint(2, 16), rng.randint(2, 9), rng.randint(2, 9)
@@ -118,17 +137,22 @@ def make_problem(rng: random.Random, family: str) -> Problem:
             if a * x >= LO and a * x + b <= HI and c >= LO:
                 break
         steps = [(c, "+", d, c + d), (c + d, "-", b, a * x), (a * x, "/", a, x)]
-        return Problem(family, f"Solve for x: {a} * x + {b} - {d} = {c}.", x, steps)
+        tagged = _tagged(["x", f"* {a}", f"+ {b}", f"- {d}", f"= {c}"])
+        # the solution undoes the operations last to first
+        return Problem(family, f"Solve for x: {' '.join(tagged)}.", x, steps,
+                       refs=[f"{tagged[4]} {tagged[3]}", tagged[2], tagged[1]])
     if family == "word":
         name, other = rng.sample(NAMES, 2)
         _, plur = rng.choice(NOUNS)
         steps = _chain(rng, rng.randint(LO, 60), rng.randint(3, 4), ops=("+", "-", "*"))
-        events = {"+": lambda b: f"{other} gives {name} {b} more {plur}.",
-                  "-": lambda b: f"{name} gives away {b} {plur}.",
-                  "*": lambda b: f"{name} {'doubles' if b == 2 else 'triples'} the {plur}."}
-        q = (f"{name} has {steps[0][0]} {plur}. " + " ".join(events[op](b) for _, op, b, _ in steps)
-             + f" How many {plur} does {name} have?")
-        return Problem(family, q, steps[-1][3], steps)
+        events = {"+": lambda b: f"{other} gives {b} more",
+                  "-": lambda b: f"{name} gives away {b}",
+                  "*": lambda b: f"{name} {'doubles' if b == 2 else 'triples'} them"}
+        tagged = _tagged([f"{name} has {steps[0][0]} {plur}"] + [events[op](b) for _, op, b, _ in steps])
+        q = " ".join(t + "." for t in tagged) + f" How many {plur} does {name} have?"
+        # a solution names each event by its tag and writes it as the operation it is ("(b) + 8")
+        as_ops = _tagged([str(steps[0][0])] + [f"{op} {b}" for _, op, b, _ in steps])
+        return Problem(family, q, steps[-1][3], steps, refs=_chain_refs(as_ops, 0, len(steps)))
     if family == "sequence":
         while True:
             start, d = rng.randint(LO, HI), rng.choice([-1, 1]) * rng.randint(2, 9)
@@ -138,8 +162,9 @@ def make_problem(rng: random.Random, family: str) -> Problem:
         shown, op, step = terms[:4], ("+" if d > 0 else "-"), abs(d)
         first = (shown[1], "-", shown[0], step) if d > 0 else (shown[0], "-", shown[1], step)
         steps = [first, (terms[3], op, step, terms[4]), (terms[4], op, step, terms[5])]
-        q = f"What comes two terms after: {', '.join(map(str, shown))}?"
-        return Problem(family, q, terms[5], steps)
+        tagged = _tagged([str(t) for t in shown])
+        q = f"What comes two terms after: {', '.join(tagged)}?"
+        return Problem(family, q, terms[5], steps, refs=[f"{tagged[0]} {tagged[1]}", tagged[3], f"({TAGS[4]})"])
     if family == "compare":
         while True:
             left = _chain(rng, rng.randint(LO, 80), 2, ops=("+",))
@@ -147,9 +172,11 @@ def make_problem(rng: random.Random, family: str) -> Problem:
             if left[-1][3] != right[-1][3]:
                 break
         v1, v2 = left[-1][3], right[-1][3]
-        q = (f"Which is larger: {left[0][0]} + {left[0][2]} + {left[1][2]} "
-             f"or {right[0][0]} + {right[0][2]} + {right[1][2]}?")
-        return Problem(family, q, max(v1, v2), left + right, (v1, v2))
+        tagged = _tagged([str(left[0][0]), f"+ {left[0][2]}", f"+ {left[1][2]}",
+                          str(right[0][0]), f"+ {right[0][2]}", f"+ {right[1][2]}"])
+        q = f"Which is larger: {' '.join(tagged[:3])} or {' '.join(tagged[3:])}?"
+        return Problem(family, q, max(v1, v2), left + right, (v1, v2),
+                       refs=_chain_refs(tagged, 0, 2) + _chain_refs(tagged, 3, 2))
     raise ValueError(f"unknown problem family {family!r}; known: {FAMILIES}")
 
 
@@ -187,8 +214,12 @@ def base_solution(p: Problem) -> str:
 def random_fact(rng: random.Random) -> tuple:
     """One single operation of the kinds the problems use: (a, op, b, result)."""
     u = rng.random()
-    if u < 0.8:
+    if u < 0.7:
         return _chain(rng, rng.randint(LO, HI), 1, ops=("+", "-"))[0]
+    if u < 0.8:  # the difference of two close two-digit numbers (a sequence's step)
+        a = rng.randint(LO + 2, HI)
+        b = rng.randint(max(LO, a - 9), a - 2)
+        return (a, "-", b, a - b)
     if u < 0.9:
         return _chain(rng, rng.randint(LO // 2, HI // 2), 1, ops=("*",))[0]
     a, x = rng.randint(2, 6), rng.randint(2, 16)
@@ -201,11 +232,32 @@ def fact_document(rng: random.Random) -> str:
     return "Facts:" + "".join(f" {a} {op} {b} = {r}." for a, op, b, r in facts) + "\n"
 
 
+def _item(rng: random.Random) -> str:
+    """A short list item: a number (one or two digits), an operation with its operand, or a few words."""
+    u = rng.random()
+    if u < 0.4:
+        return str(rng.randint(2, 9) if rng.random() < 0.3 else rng.randint(LO, HI))
+    if u < 0.8:
+        return f"{rng.choice('+-*')} {rng.randint(2, 9)}"
+    return f"{rng.choice(NAMES)} has {rng.randint(LO, HI)} {rng.choice(NOUNS)[1]}"
+
+
 def copy_document(rng: random.Random) -> str:
     """Repetition, as pretraining text is full of it: builds the copying (induction) ability."""
-    nums = [str(rng.randint(LO, HI)) for _ in range(rng.randint(3, 6))]
-    sym = rng.choice((", ", " + ", " - "))
-    return f"List: {sym.join(nums)}. Again: {sym.join(nums)}.\n"
+    if rng.random() < 0.5:
+        nums = [str(rng.randint(2, 9) if rng.random() < 0.5 else rng.randint(LO, HI))
+                for _ in range(rng.randint(3, 6))]
+        sym = rng.choice((", ", " + ", " - "))
+        return f"List: {sym.join(nums)}. Again: {sym.join(nums)}.\n"
+    tagged = " ".join(_tagged([_item(rng) for _ in range(rng.randint(3, 6))]))
+    return f"List: {tagged}. Again: {tagged}.\n"
+
+
+def lookup_document(rng: random.Random) -> str:
+    """Tagged items, then some of them looked up by tag in random order: finding a quantity by its name."""
+    tagged = _tagged([_item(rng) for _ in range(rng.randint(3, 6))])
+    asked = rng.sample(tagged, rng.randint(2, len(tagged)))
+    return f"Items: {' '.join(tagged)}. Look up:" + "".join(f" {t}." for t in asked) + "\n"
 
 
 def plain_sentence(rng: random.Random, marker_rate: float) -> str:
@@ -255,14 +307,17 @@ def teacher_spans(p: Problem, rng: random.Random, cfg: TeacherConfig) -> list[Sp
         chains = i > 0 and p.steps[i - 1][3] == a
         if chains and rng.random() < cfg.p_so:
             spans.append(Span(" So", CATEGORY_ID["deductive"], " So"))
+        spans.append(Span(f" {p.refs[i]}:"))
         if rng.random() < cfg.p_slip:
             wrong = r + rng.choice((-1, 1))
             spans.append(Span(f" {a} {op} {b} = {wrong}."))
             spans.append(Span(" Wait, that is wrong.", CATEGORY_ID["self_reflection"], " Wait"))
         spans.append(Span(f" {a} {op} {b} = {r}.", step_end=int(i == last)))
+        if p.family == "sequence" and i == 0:   # the difference becomes the operation every later step repeats
+            spans.append(Span(f" The step is {p.steps[1][1]} {r}."))
         if rng.random() < cfg.p_check:
             spans.append(Span(f" Wait, let me check: {a} {op} {b} = {r}. Yes.", CATEGORY_ID["self_reflection"], " Wait"))
-        if op in "+*" and a != b and rng.random() < cfg.p_alternative:
+        if op in "+*" and a != b and p.family != "sequence" and rng.random() < cfg.p_alternative:
             spans.append(Span(f" Alternatively, {b} {op} {a} = {r}.", CATEGORY_ID["alternative"], " Alternatively"))
         if p.compare is None and i > 0 and r != a and rng.random() < cfg.p_contrast:
             word = rng.choice((" But", " However,"))

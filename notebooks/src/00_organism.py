@@ -10,14 +10,17 @@
 # (the real architecture of Qwen2.5-Math and DeepSeek-R1-Distill-Qwen) in a synthetic math world.
 #
 # * Problems are **chains of 3–5 operations on two-digit numbers** in five families (arithmetic, linear
-#   equations, word problems, sequences, comparisons).
+#   equations, word problems, sequences, comparisons). A question lists its quantities as tagged items,
+#   `Compute (a) 72 (b) + 6 (c) + 5 (d) - 2.`, so a step-by-step solution can find each one by its tag.
 # * The **base** model is trained from scratch on a base corpus: many one-step facts (`47 + 8 = 55.`,
-#   as a pretrained model knows arithmetic), multi-step problems answered **tersely** (`Answer: 43.`, no
-#   intermediate values), repetition and plain sentences. It has to compose every operation in one
-#   forward pass, as Qwen2.5-Math answers without a long thought.
-# * A **programmatic teacher** writes R1-style traces `<think> … </think>`, one easy operation per step,
-#   with labelled reasoning moves around them: self-reflection (`Wait, …`), deductive
-#   (`Therefore / Thus / So`), alternative (`Alternatively, …`) and contrastive (`But / However`).
+#   as a pretrained model knows arithmetic), items looked up by their tags and repeated lists (the
+#   retrieval a pretrained model has from ordinary text), multi-step problems answered **tersely**
+#   (`Answer: 43.`, no intermediate values) and plain sentences. It has to compose every operation in
+#   one forward pass, as Qwen2.5-Math answers without a long thought.
+# * A **programmatic teacher** writes R1-style traces `<think> … </think>`, one easy operation per step
+#   (`(c) + 5: 78 + 5 = 83.`: the item it reads, then the operation), with labelled reasoning moves around
+#   them: self-reflection (`Wait, …`), deductive (`Therefore / Thus / So`), alternative
+#   (`Alternatively, …`) and contrastive (`But / However`).
 # * The **distilled** model is the base fine-tuned (SFT) on those traces, which is how DeepSeek
 #   distilled R1 into Qwen.
 #
