@@ -120,3 +120,11 @@ def test_base_corpus_teaches_lookup_by_tag_and_close_differences():
     assert asked and all(items[t] == v for t, v in asked)
     diffs = [f for f in (world.random_fact(rng) for _ in range(2000)) if f[1] == "-" and f[2] >= world.LO]
     assert diffs and all(0 < r < world.LO for *_, r in diffs)
+
+
+def test_every_teacher_document_fits_the_sft_window_whole():
+    """SFT trains on whole documents: the longest trace with its question must fit every size's window."""
+    tok = organism.get_tokenizer()
+    texts = organism.corpus_texts(organism.CorpusConfig(), "teacher", 3000, seed_offset=3)
+    longest = max(len(tok(t if isinstance(t, str) else world.spans_text(t))["input_ids"]) for t in texts)
+    assert longest + 1 < min(s.seq_len for s in organism.SIZES.values()), longest
