@@ -316,7 +316,9 @@ def claim5_verdict(result: AblationResult, k: float | None = None) -> tuple[str,
         holds.append(ok)
         shared = ("no shared control" if ds is None else
                   f"distilled vs shared {ds['mean']:+.2f} [{ds['ci_lo']:+.2f}, {ds['ci_hi']:+.2f}]")
-        parts.append(f"{cat}: distilled {dd['mean']:+.2f} [{dd['ci_lo']:+.2f}, {dd['ci_hi']:+.2f}], "
+        n_lat = int(dd["n_latents"]) if "n_latents" in dd and dd["n_latents"] == dd["n_latents"] else None
+        parts.append(f"{cat}{'' if n_lat is None else f' ({n_lat} latents ablated)'}: "
+                     f"distilled {dd['mean']:+.2f} [{dd['ci_lo']:+.2f}, {dd['ci_hi']:+.2f}], "
                      f"base {bb['mean']:+.2f} [{bb['ci_lo']:+.2f}, {bb['ci_hi']:+.2f}], {shared} "
                      f"({'holds' if ok else 'fails'})")
     verdict = "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
