@@ -86,12 +86,33 @@ def test_failed_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
     from thinkdiff import train
 
-    def full_disk(*a, **k):
-        raise OSError(28, "No space left on device")
+    def broken(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4054")
 
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        train.Trainer.save_checkpoint(type("T", (), {"state_dict": lambda self: {}})(), tmp_path)
+    monkeypatch.setattr(torch, "save", broken)
+    trainer = type("T", (), {"state_dict": lambda self: {}})()
+    with pytest.raises(RuntimeError, match="unexpected pos"):        # plenty of space: the error as it is
+        train.Trainer.save_checkpoint(trainer, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(paths, "LOW_DISK_BYTES", 1 << 62)            # as if the disk were full
+    with pytest.raises(OSError, match=f"disk full writing {tmp_path}/checkpoint.pt; free space and rerun"):
+        train.Trainer.save_checkpoint(trainer, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_writing_a_store_shard_is_one_plain_error(tmp_path, monkeypatch):
+    import errno
+
+    import numpy as np
+
+    from thinkdiff import store
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(OSError, match=f"disk full writing {tmp_path}/acts_00000.npy; free space and rerun to resume"):
+        store._save_npy(tmp_path / "acts_00000.npy", np.zeros(3))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -43,6 +43,9 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+LOW_DISK_BYTES = 64 << 20  # a write that fails with less free space than this is reported as a full disk
+
+
 def sha256_file(path: Path, block: int = 1 << 23) -> str:
     """Hex sha256 of a file's bytes (read in blocks)."""
     h = hashlib.sha256()
@@ -54,16 +57,29 @@ def sha256_file(path: Path, block: int = 1 << 23) -> str:
 
 @contextlib.contextmanager
 def disk_full_is_plain(path: Path, tmp: Path | None = None):
-    """Turn a full disk while writing ``path`` into one plain error; remove the temp file ``tmp`` on any failure."""
+    """Turn a full disk while writing ``path`` into one plain error; remove the temp file ``tmp`` on any failure.
+
+    A full disk shows up as ``OSError`` ENOSPC from Python but as other errors from some writers (torch.save:
+    ``RuntimeError: ... unexpected pos``), so any failed write with under ``LOW_DISK_BYTES`` free is one too."""
     import errno
 
     try:
         yield
-    except BaseException as err:
+    except Exception as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(err.errno, f"disk full writing {path}; free space and rerun to resume") from None
+        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not full:
+            try:
+                full = shutil.disk_usage(Path(path).parent).free < LOW_DISK_BYTES
+            except OSError:
+                full = False
+        if full:
+            raise OSError(errno.ENOSPC, f"disk full writing {path}; free space and rerun to resume") from None
+        raise
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

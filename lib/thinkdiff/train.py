@@ -336,11 +336,9 @@ class Trainer:
         """Write ``checkpoint.pt`` atomically (temp file, then rename over the old one)."""
         out = Path(folder) / CHECKPOINT_NAME
         tmp = out.with_name(f".{CHECKPOINT_NAME}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
+        with paths.disk_full_is_plain(out, tmp):   # a failed write (disk full, kill) leaves no temp file behind
             torch.save(self.state_dict(), tmp)
             os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)    # a failed write (disk full, kill) leaves no temp file behind
         return out
 
 
