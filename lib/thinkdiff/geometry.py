@@ -278,7 +278,7 @@ def adjust_null_pvalues(table: pd.DataFrame, by: Sequence[str] = ("size",)) -> p
 
     out = table.copy()
     keys = [k for k in by if k in out.columns]
-    groups = out.groupby(keys, sort=False).groups.values() if keys else [out.index]
+    groups = out.groupby(keys[0] if len(keys) == 1 else keys, sort=False).groups.values() if keys else [out.index]
     out["q_null"], out["n_comparisons"] = np.nan, 0
     for idx in groups:
         out.loc[idx, "q_null"] = false_discovery_control(out.loc[idx, "p_null"].to_numpy(float), method="bh")
