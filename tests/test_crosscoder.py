@@ -202,25 +202,60 @@ def test_spliced_loss_identity_equals_clean(tiny_pair, tiny_tokenizer):
         metrics.spliced_loss((base, distilled), ids, mask, lambda x: x, layer=9)
 
 
-def test_fused_relu_path_matches_dense_autograd():
-    """The ReLU trainer's fused kernel gives the loss and gradients of the plain autograd computation."""
+@pytest.mark.parametrize("bias, path", [(0.0, "dense"), (-0.6, "sparse")])
+def test_relu_fast_paths_match_dense_autograd(monkeypatch, bias, path):
+    """Both branches of the ReLU fast step (fused dense kernel when many latents fire, sparse kernels when few)
+    give the loss and gradients of the plain autograd computation, and the density rule picks the branch."""
+    from thinkdiff import kernels
+
     torch.manual_seed(0)
     acts = torch.randn(200, 2, 8)
     tr = Trainer(TensorStore(acts), TrainConfig(n_latents=48, l1_coeff=0.7, l1_warmup_frac=0, n_steps=5))
     with torch.no_grad():
         for p in tr.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+        tr.model.b_enc.add_(bias)
+    used = []
+    monkeypatch.setattr(relu_l1, "SparseDecode", type("Spy", (), {"apply": staticmethod(
+        lambda *a: used.append("sparse") or kernels.SparseDecode.apply(*a))}))
     x = acts[:32] * tr.scale[None, :, None]
-    loss, *_ = tr.loss(x, 0)
+    loss, _, stats, _, fired = tr.loss(x, 0)
     loss.backward()
-    fused = {n: p.grad.clone() for n, p in tr.model.named_parameters()}
+    fast = {n: p.grad.clone() for n, p in tr.model.named_parameters()}
     m = tr.model
     m.zero_grad()
     ref = relu_l1.reference_loss(m, x, l1_coeff=0.7)
     ref.backward()
+    assert (used == ["sparse"]) == (path == "sparse"), (used, stats["l0"])
     assert torch.allclose(loss, ref, rtol=1e-6)
     for n, p in m.named_parameters():
-        assert torch.allclose(fused[n], p.grad, atol=1e-6), n
+        assert torch.allclose(fast[n], p.grad, atol=1e-6), n
+    with torch.no_grad():
+        f = torch.relu(m.pre_acts(x))
+    assert torch.equal(fired, f.amax(0) > 0)
+    if path == "sparse":                         # the sparse branch logs the exact L0
+        assert stats["l0"] == pytest.approx((f > 0).sum().item() / 32)
+
+
+def test_dense_reference_step_is_the_fast_step():
+    """``Trainer(dense_reference=True)``: the same loss and gradients as the fast kernels, for both schemes."""
+    torch.manual_seed(0)
+    acts = torch.randn(200, 2, 8)
+    for cfg in (TrainConfig(n_latents=48, l1_coeff=0.7, l1_warmup_frac=0, n_steps=5),
+                TrainConfig(activation="batchtopk", n_latents=48, k=4, n_steps=5, dead_tokens=1)):
+        trs = [Trainer(TensorStore(acts), cfg, dense_reference=d) for d in (False, True)]
+        grads, losses = [], []
+        for tr in trs:
+            tr.since_fired[:12] = 5              # BatchTopK: 12 dead latents, the aux-k loss is active
+            loss, *_ = tr.loss(acts[:32] * tr.scale[None, :, None], 0)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append({n: p.grad for n, p in tr.model.named_parameters()})
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6), cfg.activation
+        for n in grads[0]:
+            assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), (cfg.activation, n)
+    with pytest.raises(ValueError, match="one process"):
+        Trainer(TensorStore(acts), cfg, world=type("W", (), {"world_size": 2})(), dense_reference=True)
 
 
 def test_every_scheme_is_one_module_with_the_whole_interface():

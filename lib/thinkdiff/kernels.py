@@ -2,7 +2,8 @@
 
 A kept-latent pattern is a CSR matrix [batch, F] with about k*batch entries, so the decoder and both weight
 gradients cost O(k*batch*n_models*d) instead of O(batch*F*n_models*d): a BatchTopK step costs little more
-than the dense encoder forward. ``ReluCoder`` fuses the ReLU crosscoder's forward, L1 term and backward.
+than the dense encoder forward; the ReLU trainer uses the same kernels on the non-zero entries of its code when
+few fire. ``ReluCoder`` fuses the dense ReLU crosscoder's decoder, L1 term and backward.
 Each kernel is checked against the dense reference loss of its scheme (``trainers.<scheme>.reference_loss``)
 in ``tests/test_crosscoder.py``.
 """
@@ -76,29 +77,26 @@ class SparseDecode(torch.autograd.Function):
 
 
 class ReluCoder(torch.autograd.Function):
-    """Fused ReLU crosscoder forward/backward on flat views, for the trainer.
+    """Fused dense ReLU crosscoder decoder, L1 term and backward on flat views, for the trainer.
 
-    Inputs ``x [B, md]``, ``W_enc [md, F]``, ``b_enc [F]``, ``W_dec [F, md]``, ``b_dec [md]``, decoder
-    norm sums ``n [F]``. Outputs ``xhat [B, md]``, the code ``f [B, F]`` (no gradient) and the batch-mean
-    L1 term ``mean_b sum_i f_bi n_i``. Same maths as plain autograd, but every [B, F]-sized bias, L1 and
-    reduction term rides inside the 5 matmuls (a ones column appended to x carries b_enc and its
-    gradient; a constant column appended to the output gradient carries the L1 gradient and d/dn), so
-    besides the matmuls only the in-place ReLU and its fused backward touch [B, F] memory.
+    Inputs: the code ``f = relu(xa @ [W_enc; b_enc])`` [B, F] already computed without autograd (the trainer
+    measures its density first), ``xa = [x, 1]`` [B, md+1], ``W_enc [md, F]``, ``b_enc [F]``, ``W_dec [F, md]``,
+    ``b_dec [md]``, decoder norm sums ``n [F]``. Outputs ``xhat [B, md]`` and the batch-mean L1 term
+    ``mean_b sum_i f_bi n_i``. Same maths as plain autograd, but every [B, F]-sized bias, L1 and reduction
+    term rides inside the matmuls (the ones column of ``xa`` carries b_enc's gradient; a constant column
+    appended to the output gradient carries the L1 gradient and d/dn), so besides the matmuls only the
+    in-place ReLU and its fused backward touch [B, F] memory.
     """
 
     @staticmethod
-    def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, n):
-        B = x.shape[0]
-        xa = torch.cat([x, x.new_ones(B, 1)], dim=1)                    # [B, md+1]
-        f = (xa @ torch.cat([w_enc, b_enc[None]], dim=0)).relu_()        # [B, F]
+    def forward(ctx, f, xa, w_enc, b_enc, w_dec, b_dec, n):
         xhat = torch.addmm(b_dec, f, w_dec)
         l1 = torch.mv(f, n).mean()
         ctx.save_for_backward(xa, w_dec, n, f)
-        ctx.mark_non_differentiable(f)
-        return xhat, f, l1
+        return xhat, l1
 
     @staticmethod
-    def backward(ctx, g_xhat, _g_f, g_l1):
+    def backward(ctx, g_xhat, g_l1):
         xa, w_dec, n, f = ctx.saved_tensors
         B = xa.shape[0]
         c = (g_l1 / B) if g_l1 is not None else g_xhat.new_zeros(())
@@ -107,7 +105,7 @@ class ReluCoder(torch.autograd.Function):
         g_pre = torch.ops.aten.threshold_backward(g_pre, f, 0)
         g_dec = f.t() @ ga                                               # [F, md+1]: dW_dec | c * f.sum(0)
         g_enc = xa.t() @ g_pre                                           # [md+1, F]: dW_enc ; db_enc
-        return None, g_enc[:-1], g_enc[-1], g_dec[:, :-1], g_xhat.sum(0), g_dec[:, -1]
+        return None, None, g_enc[:-1], g_enc[-1], g_dec[:, :-1], g_xhat.sum(0), g_dec[:, -1]
 
 
 def sparse_code(pre: torch.Tensor, flat_idx: torch.Tensor):

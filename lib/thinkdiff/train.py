@@ -186,10 +186,15 @@ class Trainer:
     """One crosscoder, its optimiser and schedules, and the stream position: everything a checkpoint holds.
 
     ``world``: a ``thinkdiff.distributed.World`` with ``world_size > 1`` for data-parallel training (see
-    the module doc); None or a 1-rank world trains in this process alone."""
+    the module doc); None or a 1-rank world trains in this process alone. ``dense_reference=True`` takes
+    every step with the scheme's plain-autograd ``dense_loss`` instead of its fast kernels: the same
+    training, slower; the benchmarks time the fast step against it and the tests compare the two."""
 
-    def __init__(self, store, cfg: TrainConfig, device="cpu", world=None):
+    def __init__(self, store, cfg: TrainConfig, device="cpu", world=None, dense_reference: bool = False):
         self.cfg = cfg.validate()
+        self.dense_reference = bool(dense_reference)
+        if self.dense_reference and world is not None and world.world_size > 1:
+            raise ValueError("Trainer: the dense reference step runs in one process (world_size 1)")
         self.scale_np = validate_store(store)
         self.store_hash = store_hash(store)
         self.device = torch.device(device)
@@ -255,7 +260,8 @@ class Trainer:
         """Loss and stats for a batch ``x`` [B, n_models, d] already in training units."""
         if self.world is None:
             self.n_batch = x.shape[0]     # (data parallel: step() sets the global batch size)
-        return trainers.get(self.cfg.activation).loss(self, x, step)
+        scheme = trainers.get(self.cfg.activation)
+        return (scheme.dense_loss if self.dense_reference else scheme.loss)(self, x, step)
 
     def _recon(self, x, xhat):
         err = (xhat - x).pow(2).sum(-1)                  # [B, m]
@@ -357,7 +363,7 @@ def _read_log(path: Path, upto_step: int) -> list[dict]:
 
 
 def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_after: int | None = None,
-          device="cpu", progress: bool = True, world=None) -> TrainResult:
+          device="cpu", progress: bool = True, world=None, dense_reference: bool = False) -> TrainResult:
     """Train a crosscoder on ``store`` with ``cfg``; return it folded (raw units) with the per-step log.
 
     ``ckpt_dir``: folder for ``checkpoint.pt`` (every ``cfg.checkpoint_every`` steps and at the end) and
@@ -366,10 +372,12 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
     interruption, for tests), returning the model as it is.
     ``world``: data-parallel training over its ranks (call on every rank with the same arguments; the
     checkpoint folder must be shared storage; rank 0 writes it and the log; every rank returns the model).
+    ``dense_reference``: train with the plain-autograd reference step instead of the fast kernels (see
+    ``Trainer``; for comparisons).
     """
     from tqdm.auto import tqdm
 
-    trainer = Trainer(store, cfg, device=device, world=world)
+    trainer = Trainer(store, cfg, device=device, world=world, dense_reference=dense_reference)
     dist_kw = {} if trainer.world is None else {"rank": world.rank, "world_size": world.world_size}
     main = trainer.world is None or world.rank == 0
     progress = progress and main

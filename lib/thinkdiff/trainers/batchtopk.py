@@ -8,7 +8,8 @@
 where e = x - xhat (detached) and ehat decodes the top ``k_aux`` pre-activations of the dead latents (latents
 silent for ``dead_tokens`` training tokens). The mean L0 is ``k`` but the budget moves between tokens; there
 is no L1 shrinkage (Minder et al.'s case against L1 "exclusive" latents). ``loss`` is the sparse fast path
-(``kernels``); ``reference_loss`` the same quantity in plain autograd, which the tests compare with it.
+(``kernels``); ``reference_loss`` the same quantity in plain autograd, which the tests compare with it, and
+``dense_loss`` the trainer's dense reference step.
 """
 from __future__ import annotations
 
@@ -40,25 +41,48 @@ def encode(crosscoder, pre: torch.Tensor, batch_size: int) -> torch.Tensor:
     return f * (score > crosscoder.threshold)
 
 
+def _dense(crosscoder, x: torch.Tensor, k: int, dead: torch.Tensor | None, k_aux: int, auxk_alpha: float):
+    """(loss, xhat [B, m, d], kept code [B, F], kept scores [k*B]) of batch ``x`` [B, m, d], written plainly:
+    dense pre-activations, ``torch.topk`` over all B*F scores, a dense decoder."""
+    B, F = x.shape[0], crosscoder.n_latents
+    f = torch.relu(crosscoder.pre_acts(x))
+    score = f.detach() * crosscoder.W_dec.norm(dim=-1).sum(-1)
+    top = score.reshape(-1).topk(min(k * B, score.numel()), sorted=False)
+    keep = torch.zeros(f.numel(), dtype=torch.bool, device=f.device)
+    keep[top.indices] = True
+    code = f * keep.view_as(f)
+    x_hat = crosscoder.decode(code)
+    loss = (x_hat - x).pow(2).sum(-1).mean(0).sum()
+    if dead is not None and len(dead) and auxk_alpha > 0:
+        top_dead = f[:, dead].detach().topk(min(k_aux, len(dead)), dim=1).indices
+        aux_mask = torch.zeros_like(f, dtype=torch.bool)
+        aux_mask[torch.arange(B)[:, None], dead[top_dead]] = True
+        e = (x - x_hat).detach().reshape(B, -1)
+        e_hat = (f * aux_mask) @ crosscoder.W_dec.reshape(F, -1)
+        loss = loss + auxk_alpha * (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+    return loss, x_hat, code, top.values
+
+
 def reference_loss(crosscoder, x: torch.Tensor, k: int, dead: torch.Tensor | None = None, k_aux: int = 1,
                    auxk_alpha: float = 1 / 32) -> torch.Tensor:
     """The training loss of batch ``x`` [B, m, d] (training units) written plainly, with ``dead`` the indices of
     dead latents for the auxiliary term: the definition ``loss`` must match."""
-    B, F = x.shape[0], crosscoder.n_latents
-    f = torch.relu(crosscoder.pre_acts(x))
-    score = f.detach() * crosscoder.W_dec.norm(dim=-1).sum(-1)
-    keep = torch.zeros(f.numel(), dtype=torch.bool, device=f.device)
-    keep[batch_topk_indices(score, k * B)] = True
-    x_hat = crosscoder.decode(f * keep.view_as(f))
-    loss = (x_hat - x).pow(2).sum(-1).mean(0).sum()
-    if dead is not None and len(dead) and auxk_alpha > 0:
-        top = f[:, dead].detach().topk(min(k_aux, len(dead)), dim=1).indices
-        aux_mask = torch.zeros_like(f, dtype=torch.bool)
-        aux_mask[torch.arange(B)[:, None], dead[top]] = True
-        e = (x - x_hat).detach().reshape(B, -1)
-        e_hat = (f * aux_mask) @ crosscoder.W_dec.reshape(F, -1)
-        loss = loss + auxk_alpha * (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
-    return loss
+    return _dense(crosscoder, x, k, dead, k_aux, auxk_alpha)[0]
+
+
+def dense_loss(trainer, x: torch.Tensor, step: int):
+    """The dense reference step's loss: ``loss``'s outputs from plain autograd (one process only)."""
+    m = trainer.model
+    dead = (trainer.since_fired >= trainer.cfg.dead_tokens).nonzero().squeeze(1)
+    loss, xhat, code, kept = _dense(m, x, trainer.cfg.k, dead, trainer.k_aux, trainer.cfg.auxk_alpha)
+    with torch.no_grad():
+        fired = code.amax(0) > 0
+        nz = kept[kept > 0]
+        if nz.numel():
+            thr, low = m.threshold, nz.min()
+            thr.copy_(low if not torch.isfinite(thr) else trainer.cfg.threshold_beta * thr + (1 - trainer.cfg.threshold_beta) * low)
+        stats = {"l0": nz.numel() / x.shape[0], "threshold": m.threshold.item()}
+        return loss, xhat, stats, trainer._recon(x, xhat), fired
 
 
 def loss(trainer, x: torch.Tensor, step: int):
