@@ -1,6 +1,7 @@
-"""Harvest throughput against a plain transformers forward stopped at the same layer (goal: ratio >= 0.9).
+"""Harvest throughput against a plain transformers forward stopped at the same layer (goal: ratio >= 0.9),
+in float32 and under bf16 autocast.
 
-    python benchmarks/bench_harvest.py                      # organism-L-shaped random pair, 65,536 tokens
+    python benchmarks/bench_harvest.py                      # organism-L-shaped random pair, 32,768 tokens
     python benchmarks/bench_harvest.py --size S --tokens 16384 --repeats 5
 
 Both sides process the same token batches (same documents, same right padding) through both models and
@@ -73,7 +74,8 @@ class _Stop(Exception):
 
 
 def plain_forward(models, docs, cfg, layer, pad_id) -> tuple[float, float]:
-    """(wall, CPU) seconds for the plain transformers forward of every harvest batch through both models, stopped at the layer."""
+    """(wall, CPU) seconds for the plain transformers forward of every harvest batch through both models, stopped
+    at the layer (under bf16 autocast when ``cfg.compute_dtype`` is bfloat16)."""
     prepared = prepare_documents(docs, None, cfg)
     kept = []
 
@@ -90,7 +92,8 @@ def plain_forward(models, docs, cfg, layer, pad_id) -> tuple[float, float]:
                 layers = getattr(layers, attr)
             handle = layers[layer - 1].register_forward_hook(hook)
             try:
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                     enabled=cfg.compute_dtype == "bfloat16"):
                     m(input_ids=batch["ids"], attention_mask=batch["mask"])
             except _Stop:
                 pass
@@ -111,7 +114,7 @@ def harvest(base, distilled, tok, docs, cfg) -> tuple[float, float]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="L", choices=sorted(SHAPES))
-    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
@@ -121,28 +124,30 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     base, distilled, tok = build_pair(args.size)
     layer = base.config.num_hidden_layers // 2
-    cfg = HarvestConfig(layer=layer, batch_size=args.batch_size, max_seq_len=args.seq_len, shard_tokens=65536)
     docs = make_documents(args.tokens, args.seq_len)
     n_tok = len(docs) * args.seq_len
     warm = make_documents(4 * args.seq_len, args.seq_len, seed=1)
-    plain_forward([base, distilled], warm, cfg, layer, tok.pad_token_id)
-    harvest(base, distilled, tok, warm, cfg)
-    t_plain, t_harv = [], []
-    for _ in range(args.repeats):
-        t_plain.append(plain_forward([base, distilled], docs, cfg, layer, tok.pad_token_id))
-        t_harv.append(harvest(base, distilled, tok, docs, cfg))
     print(f"pair {args.size} (d={base.config.hidden_size}, {base.config.num_hidden_layers} layers), layer {layer}, "
           f"{n_tok} tokens, batch {args.batch_size}x{args.seq_len}, {torch.get_num_threads()} threads, "
           f"{args.repeats} alternating repeats")
-    ratios = {}
-    for k, clock in enumerate(("wall", "cpu")):
-        tp, th = [t[k] for t in t_plain], [t[k] for t in t_harv]
-        p, h = n_tok / statistics.median(tp), n_tok / statistics.median(th)
-        ratios[clock] = h / p
-        print(f"[{clock} clock] plain forward (both models, stopped at layer): {p:,.0f} tok/s   harvest: {h:,.0f} tok/s")
-        print(f"[{clock} clock]   runs plain {[round(t, 2) for t in tp]} s, harvest {[round(t, 2) for t in th]} s")
-        print(f"[{clock} clock]   ratio harvest / plain = {h / p:.3f} by medians, {min(tp) / min(th):.3f} by best runs "
-              "(goal >= 0.9)")
+    ratios, rates = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = HarvestConfig(layer=layer, batch_size=args.batch_size, max_seq_len=args.seq_len, shard_tokens=65536,
+                            compute_dtype=dtype)
+        plain_forward([base, distilled], warm, cfg, layer, tok.pad_token_id)
+        harvest(base, distilled, tok, warm, cfg)
+        t_plain, t_harv = [], []
+        for _ in range(args.repeats):
+            t_plain.append(plain_forward([base, distilled], docs, cfg, layer, tok.pad_token_id))
+            t_harv.append(harvest(base, distilled, tok, docs, cfg))
+        for k, clock in enumerate(("wall", "cpu")):
+            tp, th = [t[k] for t in t_plain], [t[k] for t in t_harv]
+            p, h = n_tok / statistics.median(tp), n_tok / statistics.median(th)
+            ratios[dtype, clock], rates[dtype, clock] = h / p, h
+            print(f"{dtype:8s} [{clock} clock] plain forward (both models, stopped at layer) {p:,.0f} tok/s, harvest "
+                  f"{h:,.0f} tok/s: ratio {h / p:.3f} by medians, {min(tp) / min(th):.3f} by best runs (goal >= 0.9)")
+    for clock in ("wall", "cpu"):
+        print(f"[{clock} clock] harvest speed bf16 / float32 = {rates['bfloat16', clock] / rates['float32', clock]:.2f}")
     # CPU time is robust to other processes on a shared machine (use --threads 1 there) but leaves out I/O waits.
     return ratios
 

@@ -11,11 +11,14 @@ two so that load from other processes hits both alike, at two points:
 - *init*: the crosscoder as initialised, where about half the ReLU latents fire on every token;
 - *trained sparsity*: the encoder bias shifted so that each latent fires on ``--density`` of the batch, the
   L0 trained crosscoders reach (the organism's ReLU crosscoders end at 11-15 of 1,024 latents, 1.1-1.5 %;
-  the default 1.4 % is 115 of 8,192). The L0 used is printed.
+  the default 1.4 % is 115 of 8,192). The L0 used is printed. The timed steps use lr 1e-9 so that they keep the
+  sparsity they start at (a step's work does not depend on the learning rate).
+
+Then the fast step with ``compute_dtype="bfloat16"`` (bf16 autocast of the dense encoder matmul) against float32.
 
 FLOP convention: a dense step is 5 matmuls of 2 * batch * (n_models * d_model) * F FLOP (encoder and decoder
 forward, the decoder's two backward products and the encoder weight gradient; the input needs no gradient).
-"Share of peak" is that count over the time, against an n^3 matmul measured in the same run.
+"Share of peak" is that count over the dense reference's time, against an n^3 matmul measured in the same run.
 """
 from __future__ import annotations
 
@@ -113,27 +116,37 @@ def main():
 
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
-    peak = matmul_peak(args.device)
-    print(f"fp32 matmul 4096^3: {peak:.0f} GFLOP/s")
+    peak, peak16 = matmul_peak(args.device), matmul_peak(args.device, torch.bfloat16)
+    print(f"matmul 4096^3: fp32 {peak:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s ({peak16 / peak:.2f}x)")
     store = TensorStore(torch.randn(args.batch, 2, args.d_model), heldout_frac=0.0)
     flop = 5 * 2 * args.batch * 2 * args.d_model * args.n_latents
     print(f"shape: 2 x {args.d_model} -> {args.n_latents} latents, batch {args.batch}; a dense step is "
           f"{flop / 1e9:.0f} GFLOP, {flop / peak / 1e9:.3f} s at the fp32 peak")
-    rows = []
-    for activation, targets in (("relu", 0.55), ("batchtopk", 0.2)):
+    ratios = {}
+    for activation, target in (("relu", 0.55), ("batchtopk", 0.2)):
         cfg = TrainConfig(activation=activation, n_latents=args.n_latents, k=args.k, batch_size=args.batch,
-                          n_steps=1000, lr_warmup_frac=0.0, l1_warmup_frac=0.0)
+                          n_steps=1000, lr=1e-9, lr_warmup_frac=0.0, l1_warmup_frac=0.0)
         name = activation + (f" (k={args.k})" if activation == "batchtopk" else "")
         for point, density in (("init", None), ("trained sparsity", args.density)):
             t_fast, t_dense, l0 = compare(store, cfg, args.device, density, args.reps)
-            target = f"target <= {targets}" if density is not None else "no target"
-            rows.append((name, point, t_fast, t_dense, l0, target))
-            print(f"{name:15s} {point:17s} L0 {l0:7.1f}: fast {t_fast:.3f} s/step ({flop / t_fast / 1e9 / peak:4.0%} of "
-                  f"peak by the dense count), dense reference {t_dense:.3f} s/step ({flop / t_dense / 1e9 / peak:4.0%}); "
-                  f"ratio {t_fast / t_dense:.2f} ({target})")
+            ratios[activation, point] = t_fast / t_dense
+            goal = f"target <= {target}" if density is not None else "no target"
+            print(f"{name:16s} {point:16s} L0 {l0:7.1f}: fast {t_fast:.3f} s/step, dense reference {t_dense:.3f} "
+                  f"s/step ({flop / t_dense / 1e9 / peak:.0%} of the fp32 matmul peak); ratio {t_fast / t_dense:.2f} "
+                  f"({goal})")
+        cfg16 = cfg.replace(compute_dtype="bfloat16")
+        x = store.acts[: cfg.batch_size]
+        trs = [Trainer(store, c, device=args.device) for c in (cfg, cfg16)]
+        for tr in trs:
+            set_density(tr, x, args.density)
+        t32, t16 = timed([lambda: trs[0].step(x), lambda: trs[1].step(x)], args.device, 1, args.reps)
+        ratios[activation, "bf16"] = t16 / t32
+        print(f"{name:16s} trained sparsity, bf16 autocast {t16:.3f} s/step vs float32 {t32:.3f}: ratio {t16 / t32:.2f}")
     if args.crossover:
         crossover(store, TrainConfig(activation="relu", n_latents=args.n_latents, batch_size=args.batch,
-                                     n_steps=1000, lr_warmup_frac=0.0, l1_warmup_frac=0.0), args.device, args.reps)
+                                     n_steps=1000, lr=1e-9, lr_warmup_frac=0.0, l1_warmup_frac=0.0), args.device,
+                  args.reps)
+    return ratios
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ def _files_sha(folder):
 
 
 def _manifest_without_run(folder):
+    """The manifest less what timing measured (the session's speed and the compute-dtype timings)."""
     man = json.loads((folder / "manifest.json").read_text())
     man.pop("run")
+    man["compute"] = man["compute"]["dtype"]
     return man
 
 
@@ -224,3 +226,26 @@ def test_bad_inputs_raise_clear_errors(tiny_pair, tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="non-finite.*position"):
         run(d=broken)
     assert not (tmp_path / "s").exists()  # nothing finished was written
+
+
+def test_compute_dtype_rule_and_record(tiny_pair, tiny_tokenizer, tmp_path):
+    """bf16 autocast only where it pays (each outcome of the rule), the choice recorded in the manifest, and a
+    bf16 harvest within the stated tolerance of the float32 one."""
+    assert H.bf16_pays(1.0, 0.5, 0.004)                     # faster and accurate
+    assert not H.bf16_pays(1.0, 0.9, 0.004)                 # not fast enough to pay
+    assert not H.bf16_pays(1.0, 0.3, 0.05)                  # fast but too far from float32
+    with pytest.raises(ValueError, match="compute_dtype"):
+        HarvestConfig(compute_dtype="float16").validate()
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer)
+    stores = {dt: harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs,
+                               HarvestConfig(layer=2, batch_size=4, compute_dtype=dt), out_dir=tmp_path / dt,
+                               progress=False) for dt in ("float32", "bfloat16", "auto")}
+    assert stores["bfloat16"].manifest["compute"] == {"dtype": "bfloat16", "chosen_by": "config"}
+    auto = stores["auto"].manifest["compute"]
+    assert auto["chosen_by"] == "auto" and auto["tolerance"] == H.BF16_TOLERANCE
+    assert auto["dtype"] == ("bfloat16" if H.bf16_pays(auto["float32_s"], auto["bfloat16_s"], auto["relative_error"])
+                             else "float32")
+    rows = np.arange(stores["float32"].n_tokens)
+    a, b = stores["float32"].acts(rows), stores["bfloat16"].acts(rows)
+    assert 0 < np.linalg.norm(b - a) / np.linalg.norm(a) <= H.BF16_TOLERANCE      # autocast really ran

@@ -196,3 +196,17 @@ def test_fast_kernels_train_as_well_as_the_dense_reference(store, activation, mo
     if activation == "relu":
         dens = [r["l0"] / cfg.n_latents for r in fast.log]
         assert dens[0] > relu_l1.SPARSE_MAX_DENSITY > dens[-1], (dens[0], dens[-1])
+
+
+@pytest.mark.parametrize("activation", ["relu", "batchtopk"])
+def test_bf16_autocast_trains_like_float32(store, activation):
+    """compute_dtype="bfloat16" (the GPU presets' setting) reaches the float32 held-out FVU; weights stay fp32."""
+    cfg = SMALL.replace(activation=activation, k=6, n_steps=200)
+    runs = {dt: train(store, cfg.replace(compute_dtype=dt), progress=False) for dt in ("float32", "bfloat16")}
+    fvu = {dt: metrics.evaluate(r.crosscoder, store, progress=False)["fvu"] for dt, r in runs.items()}
+    assert runs["bfloat16"].crosscoder.W_enc.dtype == torch.float32
+    assert not torch.equal(runs["bfloat16"].crosscoder.W_enc, runs["float32"].crosscoder.W_enc)   # bf16 really ran
+    for a, b in zip(fvu["bfloat16"], fvu["float32"]):
+        assert abs(a - b) <= 0.15 * b + 0.01, fvu
+    with pytest.raises(ValueError, match="compute_dtype"):
+        cfg.replace(compute_dtype="float16").validate()

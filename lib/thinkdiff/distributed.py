@@ -203,20 +203,30 @@ def _part_key(job: H.HarvestJob, rank: int, world_size: int) -> dict:
     return {**job.key, "part": {"rank": rank, "world_size": world_size, "batches": [lo, hi]}}
 
 
-def _rank0_median(job, base, distilled, tok_b, tok_d, world):
-    """The outlier calibration: recorded by an earlier (interrupted) run, else measured here."""
-    part = part_dir(job.out, 0, world.world_size)
+def _rank0_calibration(job, base, distilled, tok_b, tok_d, world_size: int):
+    """(outlier median or None, compute dtype choice): recorded by an earlier (interrupted) run, else measured."""
+    median = compute = None
+    part = part_dir(job.out, 0, world_size)
     for f in (part / MANIFEST, part.with_name(part.name + ".partial") / "progress.json"):
-        if f.exists():
-            rec = json.loads(f.read_text())
-            median = rec.get("median_norm", rec.get("state", {}).get("median_norm"))
-            if median is not None:
-                return median
+        if not f.exists():
+            continue
+        rec = json.loads(f.read_text())
+        state = rec.get("state", {})
+        median = median if median is not None else rec.get("median_norm", state.get("median_norm"))
+        compute = compute or rec.get("compute", state.get("compute"))
+    need_median = job.cfg.outlier_norm_multiple is not None and median is None
+    if compute is not None and not need_median:
+        return median, compute
     was = (base.training, distilled.training)
     base.eval(), distilled.eval()
     try:
         readers = [H.LayerReader(base, tok_b, job.layer), H.LayerReader(distilled, tok_d, job.layer)]
-        return H._calibrate(readers, job.docs, job.plan, job.cfg, job.pad_id)
+        compute = compute or H.choose_compute(readers, job.docs, job.plan, job.cfg, job.pad_id)
+        for r in readers:
+            r.bf16_autocast = compute["dtype"] == "bfloat16"
+        if need_median:
+            median = H._calibrate(readers, job.docs, job.plan, job.cfg, job.pad_id)
+        return median, compute
     finally:
         base.train(was[0]), distilled.train(was[1])
 
@@ -237,11 +247,11 @@ def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents
     done = H.finished_store(job, verify=False)  # every rank: a different key raises everywhere alike
     if done is None:
         W = world.world_size
-        median = None
-        if job.cfg.outlier_norm_multiple is not None:
-            if world.is_main:
-                median = _rank0_median(job, base, distilled, tokenizer_base, tokenizer_distilled, world)
-            median = world.broadcast_object(median)
+        calibration = None
+        if world.is_main:
+            calibration = _rank0_calibration(job, base, distilled, tokenizer_base, tokenizer_distilled, W)
+        # (a rank simulated without a process group receives None and calibrates for itself)
+        median, compute = world.broadcast_object(calibration) or (None, None)
         lo, hi = part_bounds(len(job.plan), world.rank, W)
         part, key = part_dir(job.out, world.rank, W), _part_key(job, world.rank, W)
         if lo < hi:   # (more ranks than batches: the last ranks have nothing to do)
@@ -253,13 +263,14 @@ def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents
             else:
                 writer = StoreWriter(part, key)
                 H.harvest_range(job, writer, base, distilled, tokenizer_base, tokenizer_distilled, lo, hi, median,
-                                progress=progress and world.is_main)
-                writer.finalize({"part": key["part"], "median_norm": median, "run": writer.state.get("run")})
+                                progress=progress and world.is_main, compute=compute)
+                writer.finalize({"part": key["part"], "median_norm": median, "compute": compute,
+                                 "run": writer.state.get("run")})
             if verify:
                 ActivationStore(part, verify=True)
         world.barrier()
         if world.is_main:
-            merge_parts(job, W, median, tokenizer_base)
+            merge_parts(job, W, median, tokenizer_base, compute)
         world.barrier()
     elif world.is_main and ranks_dir(job.out).exists():
         shutil.rmtree(ranks_dir(job.out), ignore_errors=True)   # leftover of a merge interrupted after finalize
@@ -270,7 +281,7 @@ def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents
     return store
 
 
-def merge_parts(job: H.HarvestJob, world_size: int, median, tokenizer_base) -> Path:
+def merge_parts(job: H.HarvestJob, world_size: int, median, tokenizer_base, compute=None) -> Path:
     """Rank 0: link the finished rank parts' shards, in plan order, into one store at ``job.out``.
 
     Resumable: the merge records, like a harvest, the next plan batch after its last shard, so an
@@ -304,7 +315,7 @@ def merge_parts(job: H.HarvestJob, world_size: int, median, tokenizer_base) -> P
     rates = [r["tokens_per_s"] for r in runs if r.get("tokens_per_s") is not None]
     run = {"world_size": world_size, "seconds": max(secs) if secs else None,
            "tokens_per_s": round(sum(rates), 1) if rates else None}
-    manifest = H.harvest_manifest(job, writer.shards, median, tokenizer_base, run)
+    manifest = H.harvest_manifest(job, writer.shards, median, tokenizer_base, run, compute)
     manifest["distributed"] = {"world_size": world_size, "parts": parts}
     path = writer.finalize(manifest)
     shutil.rmtree(ranks_dir(job.out), ignore_errors=True)

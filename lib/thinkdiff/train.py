@@ -90,6 +90,8 @@ class TrainConfig:
     buffer_tokens: int = 262_144      # loader shuffle buffer
     seed: int = 49
     checkpoint_every: int = 250       # steps between checkpoints (0: none)
+    compute_dtype: str = "float32"    # "bfloat16": the dense encoder matmul (the dense reference: every op) under
+    #                                   bf16 autocast; weights, optimiser state and the sparse kernels stay fp32
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -130,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.threshold_beta must lie in [0, 1), got {self.threshold_beta!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ValueError(f"TrainConfig.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
         return self
@@ -139,7 +143,7 @@ class TrainConfig:
 PAPER = TrainConfig(activation="relu", n_latents=32_768, l1_coeff=2.0, lr=5e-5, batch_size=1024,
                     n_steps=390_625, lr_warmup_frac=0.0, lr_decay_frac=0.2, l1_warmup_frac=0.05,
                     grad_clip=1.0, dec_init_norm=0.08, seed=49, checkpoint_every=30_000,
-                    dead_tokens=10_000_000)
+                    dead_tokens=10_000_000, compute_dtype="bfloat16")
 # Organism defaults of every sparsity scheme (TrainConfig field defaults; pipeline.SCHEMES refers to these).
 ORGANISM = {name: TrainConfig(activation=name) for name in trainers.SCHEMES}   # every scheme at the defaults
 
@@ -256,6 +260,10 @@ class Trainer:
         return self.cfg.l1_coeff * (min(1.0, step / warm) if warm > 0 else 1.0)
 
     # -- the loss -------------------------------------------------------------------------------
+    def autocast(self):
+        """The compute-dtype context of the loss's matmuls (bf16 autocast when ``cfg.compute_dtype`` says so)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.compute_dtype == "bfloat16")
+
     def loss(self, x: torch.Tensor, step: int):
         """Loss and stats for a batch ``x`` [B, n_models, d] already in training units."""
         if self.world is None:

@@ -74,7 +74,9 @@ def dense_loss(trainer, x: torch.Tensor, step: int):
     """The dense reference step's loss: ``loss``'s outputs from plain autograd (one process only)."""
     m = trainer.model
     dead = (trainer.since_fired >= trainer.cfg.dead_tokens).nonzero().squeeze(1)
-    loss, xhat, code, kept = _dense(m, x, trainer.cfg.k, dead, trainer.k_aux, trainer.cfg.auxk_alpha)
+    with trainer.autocast():
+        loss, xhat, code, kept = _dense(m, x, trainer.cfg.k, dead, trainer.k_aux, trainer.cfg.auxk_alpha)
+    loss, xhat, code, kept = loss.float(), xhat.float(), code.float(), kept.float()
     with torch.no_grad():
         fired = code.amax(0) > 0
         nz = kept[kept > 0]
@@ -99,7 +101,8 @@ def loss(trainer, x: torch.Tensor, step: int):
         # scaling the [md, F] weights replaces a pass over the [B, F] scores
         n = m.W_dec.norm(dim=-1).sum(-1)
         # a ones column carries the bias inside the matmul (no [B, F] bias broadcast pass)
-        score = torch.cat([x_flat, x_flat.new_ones(B, 1)], 1) @ torch.cat([w_enc * n, (m.b_enc * n)[None]], 0)
+        with trainer.autocast():
+            score = (torch.cat([x_flat, x_flat.new_ones(B, 1)], 1) @ torch.cat([w_enc * n, (m.b_enc * n)[None]], 0)).float()
         guess = 0.5 * m.threshold.item() if torch.isfinite(m.threshold) else None
         n_keep = trainer.cfg.k * trainer.n_batch
         idx = (batch_topk_indices(score, n_keep, cut_guess=guess) if B

@@ -49,7 +49,9 @@ def dense_loss(trainer, x: torch.Tensor, step: int):
 
     Five dense [B, F] matmuls whatever the sparsity; the benchmarks report the fast path as a ratio to it."""
     lam = trainer.l1_coeff_at(step)
-    loss, xhat, f, l1 = _dense(trainer.model, x, lam)
+    with trainer.autocast():
+        loss, xhat, f, l1 = _dense(trainer.model, x, lam)
+    loss, xhat, f, l1 = loss.float(), xhat.float(), f.float(), l1.float()
     with torch.no_grad():
         stats = {"l1": l1.item(), "l1_coeff": lam, "l0": (f > 0).sum().item() / x.shape[0]}
         return loss, xhat, stats, trainer._recon(x, xhat), f.amax(0) > 0
@@ -69,7 +71,8 @@ def loss(trainer, x: torch.Tensor, step: int):
     with torch.no_grad():
         # a ones column carries the bias inside the matmul (no [B, F] bias broadcast pass)
         xa = torch.cat([x_flat, x_flat.new_ones(B, 1)], 1)
-        f = (xa @ torch.cat([w_enc, m.b_enc[None]], 0)).relu_()
+        with trainer.autocast():
+            f = (xa @ torch.cat([w_enc, m.b_enc[None]], 0)).float().relu_()
         nnz = int(torch.count_nonzero(f)) if B else 0
     lam = trainer.l1_coeff_at(step)
     if B and nnz <= SPARSE_MAX_DENSITY * B * F:
