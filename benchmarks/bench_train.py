@@ -38,16 +38,20 @@ def sync(device):
 
 
 def timed(fns, device, warmup, reps):
-    """Median wall seconds of each function in ``fns``, run in turns (warm-up rounds not counted)."""
+    """Median seconds of each function in ``fns``, run in turns (warm-up rounds not counted). On the CPU the
+    clock is this process's CPU time divided by its thread count: unlike wall time it does not grow when other
+    processes take the cores (run with --threads 1 on a busy machine, where waiting threads also burn CPU)."""
+    cpu = torch.device(device).type == "cpu"
+    clock = (lambda: time.process_time() / torch.get_num_threads()) if cpu else time.perf_counter
     times = [[] for _ in fns]
     for i in range(warmup + reps):
         for j, fn in enumerate(fns):
             sync(device)
-            t = time.perf_counter()
+            t = clock()
             fn()
             sync(device)
             if i >= warmup:
-                times[j].append(time.perf_counter() - t)
+                times[j].append(clock() - t)
     return [statistics.median(t) for t in times]
 
 
@@ -112,7 +116,10 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--crossover", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")

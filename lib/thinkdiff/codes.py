@@ -54,10 +54,33 @@ def global_mask(mask, n_tokens: int, what: str = "mask") -> np.ndarray:
     return mask
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed inside the C heap back to the OS (glibc ``malloc_trim``; elsewhere a no-op).
+
+    A pass over the store allocates large short-lived arrays between small long-lived results; glibc then keeps
+    the freed holes, and resident memory grew with the store (encoding 500k tokens: 1.8 GB of anonymous memory
+    at the end and a 2.5 GB peak; 0.34 GB and 0.54 GB with this call every 4 chunks: ``benchmarks/bench_memory.py``)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def chunk_indices(idx: np.ndarray, chunk: int, desc: str):
+    """Consecutive pieces of ``idx`` of ``chunk`` indices, with a progress bar and the heap trimmed as it goes."""
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
-    for s in tqdm(range(0, len(idx), chunk), desc=desc, leave=False):
+    for i, s in enumerate(tqdm(range(0, len(idx), chunk), desc=desc, leave=False)):
+        if i % 4 == 3:
+            release_freed_memory()
         yield idx[s: s + chunk]
 
 

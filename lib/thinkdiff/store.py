@@ -389,7 +389,6 @@ class ActivationStore:
                     raise ValueError(f"store {self.path}: shard {e['index']} file {f.name} has {f.stat().st_size} "
                                      f"bytes, manifest says {e[part]['bytes']} (truncated or corrupted)")
         self._check_shapes_and_statistics(man_path)
-        self._acts: list = [None] * len(self.shards)
         self._meta: dict | None = None
         if verify:
             self.verify()
@@ -470,10 +469,12 @@ class ActivationStore:
 
     # --- raw access
     def shard_acts(self, i: int) -> np.ndarray:
-        """Memory map of shard ``i``'s activations [n_i, n_models, d] in the storage dtype."""
-        if self._acts[i] is None:
-            self._acts[i] = np.load(self.path / self.shards[i]["acts"]["file"], mmap_mode="r")
-        return self._acts[i]
+        """Memory map of shard ``i``'s activations [n_i, n_models, d] in the storage dtype.
+
+        Opened afresh on each call (~0.1 ms) and unmapped when the caller drops it, so the pages a pass over
+        the store has read leave this process's memory with it: resident memory stays bounded by what is held,
+        not by the store's size (``benchmarks/bench_memory.py``)."""
+        return np.load(self.path / self.shards[i]["acts"]["file"], mmap_mode="r")
 
     def shard_meta(self, i: int) -> np.ndarray:
         return np.load(self.path / self.shards[i]["meta"]["file"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import GatherPre, ReluCoder, SparseDecode, sparse_code
+from ..kernels import GatherPre, ReluCoder, SparseDecode, positive_positions, sparse_code
 
 NAME = "relu"
 USES_K = False
@@ -77,7 +77,7 @@ def loss(trainer, x: torch.Tensor, step: int):
     lam = trainer.l1_coeff_at(step)
     if B and nnz <= SPARSE_MAX_DENSITY * B * F:
         with torch.no_grad():
-            crow, col, crow_t, row_t, perm, vals = sparse_code(f, f.view(-1).nonzero().squeeze(1))
+            crow, col, crow_t, row_t, perm, vals = sparse_code(f, positive_positions(f))
             fired = torch.bincount(col, minlength=F) > 0
             del f
         vals = GatherPre.apply(vals, x_flat, w_enc, m.b_enc, col, crow_t, row_t, perm)
