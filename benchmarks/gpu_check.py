@@ -11,13 +11,13 @@ What it does, with the functions a real run uses:
 2. harvests ``--harvest-tokens`` tokens of random-id documents of ``--seq-len`` tokens from both models at the
    preset's layer (14 for qwen-1.5b) with ``harvest.harvest_pair`` into a bf16 store (after a short warm-up);
 3. trains the paper's crosscoder (``train.PAPER``: ReLU + L1, 32,768 latents, batch 1,024) for ``--train-steps``
-   steps with ``train.train`` on that store, and times ``Trainer.step`` on a device-resident batch in fp32 and,
-   on CUDA, with TF32 matmuls.
+   steps with ``train.train`` on that store, and times ``Trainer.step`` on a device-resident batch in fp32,
+   with TF32 matmuls on CUDA, and with ``compute_dtype="bfloat16"`` (``train.PAPER``'s setting), each against
+   the matmul peak of its dtype measured in the same run.
 
-Precision. ``train.py`` keeps fp32 master weights and has no bf16 path: ``torch.autocast`` around
-``Trainer.step`` fails inside the fused autograd Functions of ``crosscoder.py`` (mixed-dtype ``addmv``; sparse
-CSR matmuls have no bf16 kernel on the CPU). So the crosscoder is trained in fp32 (and TF32 on CUDA); models
-and store are bf16.
+Precision. The crosscoder keeps fp32 master weights and optimiser state; ``TrainConfig.compute_dtype="bfloat16"``
+runs the dense encoder matmul (the step's dominant cost once the code is sparse) under bf16 autocast, and the
+sparse kernels in fp32. Models and store are bf16.
 
 It prints tokens/s for harvest and training, peak GPU memory, and the hours per 100M tokens those rates imply;
 ``--json PATH`` also writes the numbers. Single-GPU DDP overhead: ``train.Trainer`` treats a 1-rank world as
@@ -107,6 +107,20 @@ def random_documents(n_tokens: int, seq_len: int, seed: int):
     rng = np.random.default_rng(seed)
     return [{"text": "", "input_ids": rng.integers(0, qwen.N_REGULAR, seq_len).tolist(), "kind": "random"}
             for _ in range(max(1, -(-n_tokens // seq_len)))]
+
+
+def matmul_tflops(device, dtype, n: int = 4096, reps: int = 5) -> float:
+    """TFLOP/s of an n^3 matmul in ``dtype`` on ``device`` (best of ``reps`` after a warm-up)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for i in range(reps + 1):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e12
 
 
 def timed_steps(trainer: Trainer, x: torch.Tensor, reps: int, device) -> float:
@@ -214,16 +228,20 @@ def run(args, tokenizer=None) -> dict:
         # compute-bound step time on a device-resident batch (fp32, then TF32 matmuls on CUDA)
         x = torch.from_numpy(store.acts(np.arange(min(batch_size, store.n_tokens)))).to(device)
         flop = 6 * 2 * x.shape[0] * 2 * cfg_b.hidden_size * n_latents       # bench_train.py's 6-matmul count
-        modes = [("fp32", False)] + ([("tf32", True)] if device == "cuda" else [])
-        for name, tf32 in modes:
+        modes = [("fp32", False, "float32")] + ([("tf32", True, "float32")] if device == "cuda" else []) + \
+            [("bf16", False, "bfloat16")]
+        for name, tf32, compute in modes:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            trainer = Trainer(store, tcfg, device=device)
+            peak = matmul_tflops(device, torch.bfloat16 if compute == "bfloat16" else torch.float32)
+            trainer = Trainer(store, tcfg.replace(compute_dtype=compute), device=device)
             s = timed_steps(trainer, x, step_reps, device)
             out[f"step_s_{name}"] = round(s, 5)
             out[f"step_tok_s_{name}"] = round(x.shape[0] / s, 1)
             out[f"step_tflops_{name}"] = round(flop / s / 1e12, 2)
+            out[f"matmul_peak_tflops_{name}"] = round(peak, 2)
             print(f"step ({name}, resident batch {x.shape[0]}): {s * 1e3:.1f} ms = {x.shape[0] / s:,.0f} tok/s, "
-                  f"{flop / s / 1e12:.2f} TFLOP/s (6-matmul count)", flush=True)
+                  f"{flop / s / 1e12:.2f} TFLOP/s (6-matmul count) = {flop / s / 1e12 / peak:.0%} of the "
+                  f"{peak:.1f} TFLOP/s {name} matmul peak measured here", flush=True)
         torch.backends.cuda.matmul.allow_tf32 = False
 
     # 4. data parallel: nothing to time on one GPU (see the module doc); the all-reduce volume per step
@@ -238,7 +256,7 @@ def run(args, tokenizer=None) -> dict:
 
     hours = lambda tok_s: round(1e8 / tok_s / 3600, 2)  # noqa: E731
     out["hours_per_100M"] = {"harvest": hours(out["harvest_tok_s"]), "train_loader": hours(out["train_tok_s"]),
-                             **{f"train_step_{n}": hours(out[f"step_tok_s_{n}"]) for n, _ in modes}}
+                             **{f"train_step_{n}": hours(out[f"step_tok_s_{n}"]) for n, *_ in modes}}
     print(f"per 100M tokens on this device: harvest {out['hours_per_100M']['harvest']} h, crosscoder "
           f"{out['hours_per_100M']['train_loader']} h (loader) / "
           f"{min(v for k, v in out['hours_per_100M'].items() if k.startswith('train_step'))} h (resident batch); "
