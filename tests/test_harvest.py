@@ -241,7 +241,9 @@ def test_compute_dtype_rule_and_record(tiny_pair, tiny_tokenizer, tmp_path):
     stores = {dt: harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs,
                                HarvestConfig(layer=2, batch_size=4, compute_dtype=dt), out_dir=tmp_path / dt,
                                progress=False) for dt in ("float32", "bfloat16", "auto")}
-    assert stores["bfloat16"].manifest["compute"] == {"dtype": "bfloat16", "chosen_by": "config"}
+    assert stores["float32"].manifest["compute"] == {"dtype": "float32", "chosen_by": "config"}
+    explicit = stores["bfloat16"].manifest["compute"]
+    assert explicit["dtype"] == "bfloat16" and explicit["chosen_by"] == "config"
     auto = stores["auto"].manifest["compute"]
     assert auto["chosen_by"] == "auto" and auto["tolerance"] == H.BF16_TOLERANCE
     assert auto["dtype"] == ("bfloat16" if H.bf16_pays(auto["float32_s"], auto["bfloat16_s"], auto["relative_error"])
@@ -249,3 +251,4 @@ def test_compute_dtype_rule_and_record(tiny_pair, tiny_tokenizer, tmp_path):
     rows = np.arange(stores["float32"].n_tokens)
     a, b = stores["float32"].acts(rows), stores["bfloat16"].acts(rows)
     assert 0 < np.linalg.norm(b - a) / np.linalg.norm(a) <= H.BF16_TOLERANCE      # autocast really ran
+    assert explicit["relative_error"] == pytest.approx(np.linalg.norm(b - a) / np.linalg.norm(a), rel=0.5)

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,11 @@ class HarvestConfig:
         ``outlier_calibration_tokens`` positions in harvest order, and recorded.
     shard_tokens: a shard closes at the first batch boundary at or after this many tokens.
     dtype: storage dtype, 'float32' | 'float16' | 'bfloat16'.
-    compute_dtype: the models' forward: 'float32', 'bfloat16' (autocast; weights stay as loaded) or 'auto'
-        (bf16 autocast where it pays: see ``choose_compute``); the choice and its measurement go in the manifest.
+    compute_dtype: the models' forward: 'float32' (default; the organism's tiny models gain nothing from bf16),
+        'bfloat16' (autocast; weights stay as loaded) or 'auto' (bf16 autocast where it pays on this machine:
+        see ``choose_compute``). The choice, its timing and its error against float32 go in the manifest. A run
+        config sets it per pair from ``benchmarks/bench_harvest.py`` (``auto`` decides by a timing, which on a
+        busy machine can go either way for a model where bf16 barely pays).
     heldout_fraction: fraction of documents (chosen by a hash of their token ids and heldout_seed, so a
         document keeps its split when the corpus grows) stored as the held-out split.
     """
@@ -67,7 +71,7 @@ class HarvestConfig:
     outlier_calibration_tokens: int = 16384
     shard_tokens: int = 65536
     dtype: str = "float32"
-    compute_dtype: str = "auto"
+    compute_dtype: str = "float32"
     heldout_fraction: float = 0.1
     heldout_seed: int = 0
 
@@ -312,12 +316,13 @@ def bf16_pays(float32_s: float, bfloat16_s: float, relative_error: float) -> boo
 def choose_compute(readers, docs, plan, cfg, pad_id) -> dict:
     """The forward's compute dtype, and why: ``{"dtype", "chosen_by", ...}`` (recorded in the manifest).
 
-    ``cfg.compute_dtype="auto"``: time the first batch's first 4 documents through both models in float32 and
-    under bf16 autocast (after a warm-up, alternating, best of two) and compare the activations; bf16 is chosen
-    when it takes at most ``BF16_MAX_TIME_RATIO`` of the float32 time with relative error at most
-    ``BF16_TOLERANCE``. Sets the readers' autocast flag to the choice."""
-    if cfg.compute_dtype != "auto":
-        choice = {"dtype": cfg.compute_dtype, "chosen_by": "config"}
+    Unless ``cfg.compute_dtype`` is float32: time the first batch's first 4 documents through both models in
+    float32 and under bf16 autocast (after a warm-up, alternating, best of two) and compare the activations.
+    "auto" chooses bf16 when it takes at most ``BF16_MAX_TIME_RATIO`` of the float32 time with relative error
+    at most ``BF16_TOLERANCE``; "bfloat16" keeps bf16 and warns above the tolerance. Sets the readers'
+    autocast flag to the choice."""
+    if cfg.compute_dtype == "float32":
+        choice = {"dtype": "float32", "chosen_by": "config"}
     else:
         batch = _batch_arrays([docs[i] for i in plan[0][1][:4]], pad_id)
         mask = batch["mask"].bool()
@@ -337,10 +342,15 @@ def choose_compute(readers, docs, plan, cfg, pad_id) -> dict:
         err = max(((b - a)[mask].norm() / a[mask].norm().clamp_min(1e-30)).item()
                   for a, b in zip(acts[False], acts[True]))
         t32, t16 = min(times[False]), min(times[True])
-        choice = {"dtype": "bfloat16" if bf16_pays(t32, t16, err) else "float32", "chosen_by": "auto", "float32_s": round(t32, 4),
+        auto = cfg.compute_dtype == "auto"
+        choice = {"dtype": "bfloat16" if not auto or bf16_pays(t32, t16, err) else "float32",
+                  "chosen_by": "auto" if auto else "config", "float32_s": round(t32, 4),
                   "bfloat16_s": round(t16, 4), "time_ratio": round(t16 / t32, 3), "relative_error": err,
                   "tolerance": BF16_TOLERANCE, "max_time_ratio": BF16_MAX_TIME_RATIO,
                   "measured_on": f"{int(mask.sum())} tokens"}
+        if not auto and err > BF16_TOLERANCE:
+            warnings.warn(f"bf16 autocast activations differ from float32 by {err:.2%} (relative L2) on the first "
+                          f"batch, above the {BF16_TOLERANCE:.0%} tolerance; consider compute_dtype='float32'")
     for r in readers:
         r.bf16_autocast = choice["dtype"] == "bfloat16"
     return choice
