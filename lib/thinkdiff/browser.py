@@ -399,8 +399,9 @@ def _hist_svg(counts, edges, title: str, xlabel: str, w: int = 300, h: int = 120
     marker = ""
     if mark is not None and np.isfinite(mark):
         x = pad_l + (mark - edges[0]) / max(edges[-1] - edges[0], 1e-12) * (w - pad_l - 6)
+        anchor = "end" if x > w - 30 else "start" if x < pad_l + 20 else "middle"
         marker = (f'<line x1="{x:.1f}" y1="{pad_t - 2}" x2="{x:.1f}" y2="{h - pad_b}" stroke="#111" stroke-width="2"/>'
-                  f'<text x="{x:.1f}" y="{pad_t - 4}" text-anchor="middle" font-weight="bold">{mark:.2f}</text>')
+                  f'<text x="{x:.1f}" y="{pad_t - 4}" text-anchor="{anchor}" font-weight="bold">{mark:.2f}</text>')
     yl = (h - pad_b + pad_t) / 2
     return (f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-size="10">'
             f'<text x="{pad_l}" y="10">{html.escape(title)}</text>{bars}{marker}'
@@ -674,7 +675,8 @@ def static_card_html(card: FeatureCard, tokenizer) -> str:
 # The ipywidgets browser
 # ---------------------------------------------------------------------------------------------------------
 BROWSER_CSS = """
-.thinkdiff-browser .thinkdiff-controls{flex:0 0 330px;width:330px;min-width:330px;max-width:330px}
+.thinkdiff-browser .thinkdiff-controls{flex:0 0 330px;width:330px;min-width:330px;max-width:330px;overflow:hidden}
+.thinkdiff-browser .thinkdiff-controls .widget-readout{min-width:76px}
 .thinkdiff-browser .thinkdiff-controls select{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 .thinkdiff-browser .thinkdiff-cardpane{flex:1 1 auto;min-width:0}
 .thinkdiff-browser .thinkdiff-cardpane .widget-html-content{line-height:1.4}
@@ -708,8 +710,8 @@ class FeatureBrowser:
                       | (set(table["label"]) - {""} if "label" in table else set()))
         self.categories = cats
         self.sort_columns = [c for c in COLUMN_NAMES if c in table and pd.api.types.is_numeric_dtype(table[c])]
-        style = {"description_width": "112px"}
-        full = w.Layout(width="100%")
+        style = {"description_width": "118px"}
+        full = w.Layout(width="calc(100% - 8px)")       # the widgets' own 2 px margins stay inside the column
         self.jump = w.IntText(value=int(self.table["latent"].iloc[0]), description="go to latent", style=style,
                               layout=full, continuous_update=False)
         self.category = w.Dropdown(options=[("any", "any")] + [(category_name(c), c) for c in cats], value="any",
@@ -719,7 +721,7 @@ class FeatureBrowser:
         self.nrn = w.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.01, description="relative norm",
                                       style=style, layout=full, continuous_update=False)
         lo, hi = self._score_range()
-        self.min_score = w.FloatSlider(value=lo, min=lo, max=hi, step=(hi - lo) / 100, description="min ReasonScore",
+        self.min_score = w.FloatSlider(value=lo, min=lo, max=hi, step=(hi - lo) / 100, description="min score",
                                        style=style, layout=full, continuous_update=False, readout_format=".3f")
         self.min_auroc = w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, description="min AUROC", style=style,
                                        layout=full, continuous_update=False,
@@ -728,14 +730,14 @@ class FeatureBrowser:
         pos = freq[freq > 0]
         f_lo = math.floor(math.log10(pos.min())) if len(pos) else -6
         self.min_freq = w.FloatLogSlider(value=10.0 ** f_lo, base=10, min=f_lo, max=0, step=0.1,
-                                         description="min firing freq", style=style, layout=full,
+                                         description="min frequency", style=style, layout=full,
                                          continuous_update=False, readout_format=".1e")
         self.count = w.HTML(layout=full)
         self.count.add_class("thinkdiff-status")
-        self.latent = w.Select(options=[], rows=14, description="", layout=w.Layout(width="100%"))
+        self.latent = w.Select(options=[], rows=14, description="", layout=w.Layout(width="calc(100% - 8px)"))
         self.status = w.HTML(layout=full)
         self.status.add_class("thinkdiff-status")
-        self.card = w.HTML(layout=w.Layout(width="100%"))
+        self.card = w.HTML(layout=w.Layout(width="calc(100% - 8px)"))
         self.similar = w.HBox(layout=w.Layout(flex_flow="row wrap"))
         controls = w.VBox([self.jump, self.category, self.sort_by, self.nrn, self.min_score, self.min_auroc,
                            self.min_freq, self.count, self.latent, self.status],
@@ -753,7 +755,7 @@ class FeatureBrowser:
         self.category.observe(self._on_category, names="value")
         self._quiet = False
         self.latent.observe(lambda ch: None if self._quiet else self.show(ch["new"]), names="value")
-        self.jump.observe(lambda ch: self.go_to(ch["new"]), names="value")
+        self.jump.observe(lambda ch: None if self._quiet else self.go_to(ch["new"]), names="value")
         self.refresh()
 
     # -- filtering
@@ -875,6 +877,11 @@ class FeatureBrowser:
         card = self.card_for(int(latent))
         self.shown = card.latent
         self.card.value = card_html(card, self.tokenizer)
+        self._quiet = True               # the id box follows the card on show
+        try:
+            self.jump.value = card.latent
+        finally:
+            self._quiet = False
         passes = card.latent in set(self.filtered()["latent"])
         self.status.value = f"showing latent {card.latent}" + ("" if passes else " (it does not pass the filters)")
         buttons = []
