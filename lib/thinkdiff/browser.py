@@ -385,7 +385,7 @@ def export_picks(table: pd.DataFrame, per_category: int = 1, n_extremes: int = 6
 def _hist_svg(counts, edges, title: str, xlabel: str, w: int = 300, h: int = 120, mark: float | None = None,
               color: str = "#c0392b") -> str:
     """A log-count histogram as inline SVG with title and axis labels, and an optional marker line at ``mark``."""
-    pad_l, pad_b, pad_t = 30, 26, 16
+    pad_l, pad_b, pad_t = 30, 26, (28 if mark is not None else 16)    # room for the marker's value under the title
     if len(counts) == 0:
         return f'<svg width="{w}" height="40" font-size="11"><text x="4" y="20">{html.escape(title)}: never fires</text></svg>'
     logc = np.log10(np.asarray(counts) + 1)
