@@ -79,9 +79,11 @@ def test_the_saved_browser_notebook_carries_a_static_card(test_runs):
     if not executed.exists():
         notebooks.run("03c_browser", test_runs / "executed", parameters=FAST["03c_browser"])
     nb = json.loads(executed.read_text())
-    outs = [o for c in nb["cells"] for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(outs) == 1
-    data = outs[0]["data"]
+    widgets = [o["data"] for c in nb["cells"] for o in c.get("outputs", [])
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]     # progress bars are widgets too
+    browsers = [d for d in widgets if "feature browser" in "".join(d["text/plain"])]
+    assert len(browsers) == 1, [d["text/plain"] for d in widgets]
+    data = browsers[0]
     assert 'class="thinkdiff-card" id="latent-' in "".join(data["text/html"])
     assert "HBox(" not in "".join(data["text/plain"])
 

@@ -189,6 +189,14 @@ def test_jumping_to_a_latent_id_shows_that_latent(lab):
     lab.shot("jumped", lab.browser_element())
 
 
+def test_a_similar_latent_button_shows_that_latent(lab):
+    buttons = lab.driver.find_elements("css selector", ".thinkdiff-cardpane button")
+    assert buttons, "no similar-latent buttons"
+    target = int(buttons[0].text.split()[1])
+    buttons[0].click()
+    lab.until(lambda: lab.card_id() == target, f"the card of the similar latent {target}")
+
+
 def _type_into_readout(lab, label: str, text: str):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
@@ -240,6 +248,7 @@ def test_the_static_export_renders_every_card_and_link_without_a_kernel(lab):
     page = page if page.is_absolute() else paths.REPO_ROOT / page
     html = page.read_text()
     assert "<script" not in html.lower() and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "Top latents: " in html and "Distilled-only extremes" in html
     d = lab.driver
     d.get(page.as_uri())
     cards = d.find_elements("css selector", ".thinkdiff-card")

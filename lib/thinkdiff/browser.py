@@ -668,7 +668,7 @@ def export_cards_html(cards, tokenizer, path, title: str = "thinkdiff feature ca
 
 def static_card_html(card: FeatureCard, tokenizer) -> str:
     """One card with its scoped style, for a notebook output that must read without a kernel."""
-    return f"<style>{CSS}</style>" + card_html(card, tokenizer)
+    return f"<style>{CSS}</style>" + card_html(card, tokenizer, exported={card.latent})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -876,7 +876,7 @@ class FeatureBrowser:
 
         card = self.card_for(int(latent))
         self.shown = card.latent
-        self.card.value = card_html(card, self.tokenizer)
+        self.card.value = card_html(card, self.tokenizer, exported={card.latent})   # similar latents: the buttons
         self._quiet = True               # the id box follows the card on show
         try:
             self.jump.value = card.latent

@@ -11,7 +11,7 @@
 
 # %% [parameters]
 RUN = "organism-m"          # the run config: configs/<RUN>.toml
-N_CARDS = 12                # latents exported as static HTML feature cards
+N_CARDS = 8                 # distilled-only extremes exported as static cards, beside the top latents per category
 THREADS = 1                 # torch CPU threads
 
 # %%
@@ -39,7 +39,7 @@ print(f"{len(table)} latents, {int(alive.sum())} live; labels by source:", table
 # %% [markdown]
 # ## 2. Feature cards: static HTML export
 # Cards for, per category, the best ground-truth latent (organism runs) and the top ReasonScore latent, then
-# the most distilled-specific live latents (`browser.export_picks`). The file opens in any browser without a
+# the `N_CARDS` most distilled-specific live latents (`browser.export_picks`). The file opens in any browser without a
 # kernel or a network (inline CSS and SVG, no scripts), and the run report links it.
 
 # %%
@@ -47,8 +47,7 @@ unembed = {0: browser.unembedding(pair.base), 1: browser.unembedding(pair.distil
 maker = browser.CardMaker(table, A, cc, store, tok, unembed, group=kind, scheme=SCHEME,
                           others={s: run.crosscoder(s) for s in OTHER_SCHEMES})
 sections = browser.export_picks(table, per_category=1, n_extremes=N_CARDS)
-pick = list(dict.fromkeys(j for js in sections.values() for j in js))[:N_CARDS]
-sections = {t: [j for j in js if j in pick] for t, js in sections.items()}
+pick = [j for js in sections.values() for j in js]
 cards = maker.cards(pick)
 folder = paths.artifact_dir("label", run.key("label")) / "cards"
 table_path, html_path = browser.save_label_outputs(folder, table, cards, tok, title=f"thinkdiff feature cards, {run.name}",
