@@ -2,14 +2,15 @@
 
 One JupyterLab server (127.0.0.1, no token, a fresh root and workspace) and one browser serve the module. The
 browser notebook ``03c_browser`` runs on the smoke run (``configs/smoke.toml``), reusing the artifacts the
-notebook tests built in this session's runs folder. Each state is saved as a screenshot under
-``<runs>/browser-tests/``. The static export is opened from disk (``file://``), with no server behind it.
+notebook tests built in this session's runs folder. Each state is saved as a screenshot under the repository's
+``runs/browser-tests/`` (git-ignored; replaced by each session). The static export is opened from disk (``file://``), with no server behind it.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,9 @@ def lab(test_runs, tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     pm.execute_notebook(str(notebooks.notebook_path(NOTEBOOK)), str(root / f"{NOTEBOOK}.ipynb"), parameters=PARAMETERS,
                         prepare_only=True, kernel_name="python3")
-    shots = paths.ensure_writable(Path(os.environ["THINKDIFF_RUNS"]) / "browser-tests")
+    shots = paths.REPO_ROOT / "runs" / "browser-tests"      # kept after the session (pytest's temp folders rotate)
+    shutil.rmtree(shots, ignore_errors=True)
+    paths.ensure_writable(shots)
     rb.REPORT["screenshots"] = str(shots)
     with rb.jupyterlab(root) as url:
         driver = rb.chrome(width=1500, height=1900)
