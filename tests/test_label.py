@@ -1,6 +1,8 @@
 """Relative norms, latent scaling, ReasonScore, AUROC, features table, cards (label, browser) and the ablation."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -405,7 +407,6 @@ def test_card_maker_browser_filters_jump_and_static_fallback(tiny_tokenizer, tin
     html = B.card_html(card, tiny_tokenizer)
     assert html.startswith('<div class="thinkdiff-card" id="latent-3">') and "teacher documents" in html
     assert "base model" in html and "distilled model" in html and "suppressed" in html
-    import re
     for rule in re.findall(r"(?m)^([^{}\n]+)\{", B.CSS):                        # every rule scoped to the card
         assert all(sel.strip().startswith(".thinkdiff-card") for sel in rule.split(",")), rule
 
@@ -432,6 +433,23 @@ def test_card_maker_browser_filters_jump_and_static_fallback(tiny_tokenizer, tin
     bundle = br._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and f'id="latent-{target}"' in bundle["text/html"]
     assert "HBox" not in bundle["text/plain"]
+
+
+def test_card_words_for_scaling_and_what_was_not_measured(tiny_tokenizer):
+    base = {"latent": 4, "relative_norm": 0.97, "relative_norm_l1": 0.96, "dec_norm_base": 0.1, "dec_norm_distilled": 2.0,
+            "decoder_cosine": float("nan"), "frequency": 0.01, "mean_active": 1.0, "max_activation": 2.0,
+            "score_deductive": float("nan"), "label": "", "label_source": "none"}
+    scaled = B.card_html(B.FeatureCard(4, {**base, "scaling_flag": "genuine", "nu_error": 0.1, "nu_reconstruction": 0.05},
+                                       np.zeros(0, int), np.zeros(0), pd.DataFrame()), tiny_tokenizer)
+    assert "genuine: the base model does not carry this direction" in scaled and "&nu;<sub>error</sub> = 0.1" in scaled
+    assert "&amp;" not in scaled and "distilled-specific" in scaled
+    bare = B.card_html(B.FeatureCard(4, {**base, "nu_error": float("nan"), "scaling_flag": float("nan")},
+                                     np.zeros(0, int), np.zeros(0), pd.DataFrame()), tiny_tokenizer)
+    for why in ("latent scaling is run on the most distilled-specific live latents only",
+                "one model&#x27;s decoder vector is zero", "no planted labels in this run",
+                "no activation in or outside the category", "no unembedding was given"):
+        assert why in bare, why
+    assert "nan" not in re.sub(r"<[^>]+>", " ", bare).split()
 
 
 def test_export_picks_sections():

@@ -520,10 +520,10 @@ def _meaning_section(card: FeatureCard) -> str:
         body.append(f"<tr><td>{html.escape(category_name(c))}</td><td>{au_cell}</td><td>{sc_cell}</td><td>{mc_cell}</td></tr>")
     sc_flag = n.get("scaling_flag")
     if isinstance(sc_flag, str) and sc_flag:
-        words = SCALING_WORDS.get(sc_flag, sc_flag)
+        scaling = html.escape(SCALING_WORDS.get(sc_flag, sc_flag))
         if _finite(n.get("nu_error")) and _finite(n.get("nu_reconstruction")):
-            words += f" (&nu;<sub>error</sub> = {_num(n['nu_error'])}, &nu;<sub>reconstruction</sub> = {_num(n['nu_reconstruction'])})"
-        scaling = html.escape(words).replace("&amp;nu;", "&nu;").replace("&lt;sub&gt;", "<sub>").replace("&lt;/sub&gt;", "</sub>")
+            scaling += (f" (&nu;<sub>error</sub> = {_num(n['nu_error'])}, "
+                        f"&nu;<sub>reconstruction</sub> = {_num(n['nu_reconstruction'])})")
     else:
         scaling = _missing("latent scaling is run on the most distilled-specific live latents only")
     return (f'<div class="sec"><h4>What it means</h4><table class="cats">{head}{"".join(body)}</table>'
