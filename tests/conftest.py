@@ -1,7 +1,11 @@
-"""Shared fixtures: a tiny tokenizer and a tiny random Qwen2 pair, built in about a second.
+"""Shared fixtures: a tiny tokenizer and a tiny random Qwen2 pair, built in about a second, and the test
+session's runs/ folder.
 
-They stand in for a model pair wherever a test needs the real architecture but not trained
-weights. Tests that need the trained organism use ``thinkdiff.organism`` directly.
+The tiny models stand in for a model pair wherever a test needs the real architecture but not trained
+weights. Tests that need the trained organism use ``thinkdiff.organism`` directly. ``test_runs`` is one
+runs/ and figures/ folder for the whole session: the notebook tests fill it and the real-browser tests reuse
+what they built. Tests marked ``browser`` need Chromium and chromedriver: without them they are skipped
+(and the summary says how to enable them), except under ``CI=true``, where they fail.
 """
 from __future__ import annotations
 
@@ -80,3 +84,62 @@ def tiny_documents(tok, n: int = 24) -> list[dict]:
         docs.append({"text": text, "input_ids": ids, "labels": [(j + i) % 5 for j in range(len(ids))],
                      "marker": [j % 7 == 0 for j in range(len(ids))], "kind": "teacher" if i % 3 else "base"})
     return docs
+
+
+@pytest.fixture(scope="session")
+def test_runs(tmp_path_factory):
+    """One runs/ and figures/ folder for the whole session, so notebooks reuse each other's artifacts (as in
+    ``make demo``) and the real-browser tests reuse the notebooks', without touching the demo's own caches,
+    figures or report."""
+    root = tmp_path_factory.mktemp("nb-runs")
+    old = {k: os.environ.get(k) for k in ("THINKDIFF_RUNS", "THINKDIFF_FIGURES")}
+    os.environ["THINKDIFF_RUNS"] = str(root / "runs")
+    os.environ["THINKDIFF_FIGURES"] = str(root / "figures")
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+# ------------------------------------------------------------------------------------------- real-browser tests
+def pytest_collection_modifyitems(config, items):
+    import realbrowser
+    from realbrowser import REPORT as BROWSER_REPORT
+
+    marked = [it for it in items if it.get_closest_marker("browser")]
+    why = realbrowser.missing_browser() if marked else None
+    if why is None or realbrowser.in_ci():     # under CI a missing browser fails the tests instead
+        return
+    BROWSER_REPORT.update(skipped=len(marked), reason=why)
+    skip = pytest.mark.skip(reason=f"real-browser test: {why}; enable with: {realbrowser.ENABLE_COMMAND}")
+    for it in marked:
+        it.add_marker(skip)
+
+
+def pytest_runtest_logreport(report):
+    from realbrowser import REPORT as BROWSER_REPORT
+
+    if "browser" in report.keywords and not report.skipped:   # setup (JupyterLab, the notebook), call, teardown
+        BROWSER_REPORT["seconds"][(report.nodeid, report.when)] = report.duration
+        BROWSER_REPORT["tests"].add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    import realbrowser
+    from realbrowser import REPORT as BROWSER_REPORT
+
+    tr = terminalreporter
+    if BROWSER_REPORT["skipped"]:
+        tr.write_sep("=", "real-browser tests did not run", yellow=True)
+        tr.write_line(f"{BROWSER_REPORT['skipped']} real-browser tests were skipped: {BROWSER_REPORT['reason']}.")
+        tr.write_line(f"Enable them with: {realbrowser.ENABLE_COMMAND}")
+    elif BROWSER_REPORT["seconds"]:
+        sec = BROWSER_REPORT["seconds"]
+        setup = sum(v for (_, when), v in sec.items() if when != "call")
+        tr.write_sep("=", "real-browser tests", green=True)
+        tr.write_line(f"JupyterLab + headless Chromium: {sum(sec.values()):.0f} s in all for {len(BROWSER_REPORT['tests'])} "
+                      f"tests ({setup:.0f} s of it starting JupyterLab and Chromium and running the notebook)")
+        if BROWSER_REPORT["screenshots"]:
+            tr.write_line(f"screenshots: {BROWSER_REPORT['screenshots']}")

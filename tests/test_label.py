@@ -1,6 +1,8 @@
 """Relative norms, latent scaling, ReasonScore, AUROC, features table, cards (label, browser) and the ablation."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -322,13 +324,19 @@ def test_features_table_labels_and_save(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- contexts, cards
+CARD_TEXTS = ["Ann has 3 apples. Wait, let me check: 3 + 4 = 7.", "The box is heavy, but Dan carries it."]
+
+
+def toy_codes(tokenizer, texts=CARD_TEXTS, F=16, seed=3, store_seed=0):
+    """(meta, crosscoder, store, codes) of a random toy crosscoder over ``texts``."""
+    meta = docs_meta(tokenizer, texts)
+    cc = ToyCC.random(d=32, F=F, seed=seed)
+    store = FakeStore(np.random.default_rng(store_seed).normal(size=(len(meta["token_id"]), 2, 32)), meta)
+    return meta, cc, store, codes.encode_store(cc, store)
+
+
 def test_contexts_cards_html_and_browser(tiny_tokenizer, tiny_pair, tmp_path):
-    texts = ["Ann has 3 apples. Wait, let me check: 3 + 4 = 7.", "The box is heavy, but Dan carries it."]
-    meta = docs_meta(tiny_tokenizer, texts)
-    n = len(meta["token_id"])
-    cc = ToyCC.random(d=32, F=16, seed=3)
-    store = FakeStore(np.random.default_rng(0).normal(size=(n, 2, 32)), meta)
-    acts = codes.encode_store(cc, store)
+    meta, cc, store, acts = toy_codes(tiny_tokenizer)
     dense = cc.encode(torch.as_tensor(store.x)).numpy()
     kind = np.where(meta["doc_id"] == 0, "teacher", "base")
     ctx = B.max_activating_contexts(cc, store, acts, [2, 5], k=3, context=4, group=kind)
@@ -346,7 +354,11 @@ def test_contexts_cards_html_and_browser(tiny_tokenizer, tiny_pair, tmp_path):
     table = L.features_table(cc.W_dec, acts=acts)
     unembed = {m: B.unembedding(model) for m, model in enumerate(tiny_pair)}
     cards = [B.feature_card(j, table, acts, ctx, cc, unembed, tiny_tokenizer) for j in (2, 5)]
-    assert len(cards[0].promoted) == 20 and cards[0].hist_counts.sum() == (acts.cols == 2).sum()
+    assert len(cards[0].promoted) == 40 and cards[0].hist_counts.sum() == (acts.cols == 2).sum()
+    prom = cards[0].promoted
+    for m in ("base", "distilled"):   # promoted: the highest logits, suppressed: the lowest
+        up, down = prom[(prom.model == m) & (prom.direction == "promoted")], prom[(prom.model == m) & (prom.direction == "suppressed")]
+        assert up.logit.is_monotonic_decreasing and down.logit.is_monotonic_increasing and up.logit.min() > down.logit.max()
     t_path, h_path = B.save_label_outputs(tmp_path / "run", table, cards, tiny_tokenizer)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["feature_cards.html", "features.parquet"]
     assert len(pd.read_parquet(t_path)) == 16 and B.save_label_outputs(tmp_path / "run", table, cards[:1], tiny_tokenizer)
@@ -354,15 +366,97 @@ def test_contexts_cards_html_and_browser(tiny_tokenizer, tiny_pair, tmp_path):
     path = B.export_cards_html(cards, tiny_tokenizer, tmp_path / "cards.html")
     page = path.read_text()
     assert 'id="latent-2"' in page and 'id="latent-5"' in page and "<svg" in page and "<script" not in page
+    assert ">nan<" not in page and " nan " not in page and "not measured" in page
 
-    br = B.FeatureBrowser(table, lambda j: B.feature_card(j, table, acts, ctx), tiny_tokenizer)
-    assert len(br.latent.options) == 16
-    cut = float(table["relative_norm"].median())
-    br.nrn.value = (round(cut, 2) + 0.005, 1.0)
-    assert 0 < len(br.latent.options) < 16
-    assert all(table.set_index("latent").loc[v, "relative_norm"] >= br.nrn.value[0] for _, v in br.latent.options)
-    br.latent.value = br.latent.options[0][1]
-    assert f'id="latent-{br.latent.value}"' in br.card.value
+
+def test_contexts_on_both_sides_and_per_model(tiny_tokenizer):
+    meta, cc, store, acts = toy_codes(tiny_tokenizer)
+    n = len(meta["token_id"])
+    x = torch.as_tensor(store.x, dtype=torch.float32)
+    ctx = B.max_activating_contexts(cc, store, acts, [2, 5], k=3, context=4, right=3, by="model")
+    assert set(ctx.model) == {"base", "distilled"}
+    for r in ctx.itertuples():
+        assert r.context_index[r.fire_offset] == r.token_index and len(r.context_index) <= 8
+        assert len({meta["doc_id"][i] for i in r.context_index}) == 1                 # never crosses documents
+        assert r.context_acts[r.fire_offset] == pytest.approx(r.activation, rel=1e-5)
+        share = float(x[r.token_index, 0 if r.model == "base" else 1] @ cc.W_enc[0 if r.model == "base" else 1][:, r.latent])
+        assert getattr(r, f"contrib_{r.model}") == pytest.approx(share, rel=1e-4, abs=1e-5)
+    some = ctx[ctx.token_index < n - 3]
+    assert (some.context_index.map(len) > some.fire_offset + 1).any()                   # text after the firing token
+    for (j, m), g in ctx.groupby(["latent", "model"]):   # ranked by that model's share among firing tokens
+        fires = acts.rows[acts.cols == j]
+        mi = 0 if m == "base" else 1
+        best = (x[acts.token_index[fires], mi] @ cc.W_enc[mi][:, j]).max().item()
+        assert g.sort_values("rank")[f"contrib_{m}"].iloc[0] == pytest.approx(best, rel=1e-4, abs=1e-5)
+        assert g.sort_values("rank")[f"contrib_{m}"].is_monotonic_decreasing
+
+
+def test_card_maker_browser_filters_jump_and_static_fallback(tiny_tokenizer, tiny_pair):
+    meta, cc, store, acts = toy_codes(tiny_tokenizer, CARD_TEXTS * 3, F=24, seed=4, store_seed=1)
+    other = ToyCC.random(d=32, F=24, seed=5)
+    other.W_dec[7] = cc.W_dec[3] * 2                                  # the other scheme has a copy of latent 3
+    score = pd.DataFrame(np.random.default_rng(2).normal(size=(24, 4)), columns=list(CATEGORIES))
+    rs = L.ReasonScores(score, score.abs(), score, score, score, {}, 0.7)
+    table = L.features_table(cc, acts=acts, scores=rs)
+    unembed = {m: B.unembedding(model) for m, model in enumerate(tiny_pair)}
+    kind = np.where(meta["doc_id"] % 2 == 0, "teacher", "base")
+    maker = B.CardMaker(table, acts, cc, store, tiny_tokenizer, unembed, group=kind, scheme="relu", others={"batchtopk": other})
+    card = maker(3)
+    assert card.other_scheme[:2] == ("batchtopk", 7) and card.other_scheme[2] == pytest.approx(1.0)
+    assert len(card.similar) == 5 and all(j != 3 for j, _ in card.similar)
+    html = B.card_html(card, tiny_tokenizer)
+    assert html.startswith('<div class="thinkdiff-card" id="latent-3">') and "teacher documents" in html
+    assert "base model" in html and "distilled model" in html and "suppressed" in html
+    for rule in re.findall(r"(?m)^([^{}\n]+)\{", B.CSS):                        # every rule scoped to the card
+        assert all(sel.strip().startswith(".thinkdiff-card") for sel in rule.split(",")), rule
+
+    live = table[table.frequency > 0]
+    br = B.FeatureBrowser(live, maker, tiny_tokenizer)
+    assert br.shown == int(br.latent.options[0][1]) and 'id="latent-' in br.card.value    # a card by default
+    assert f"{len(live)}</b> of {len(live)}" in br.count.value
+    first = br.shown
+    br.category.value = "deductive"                                    # sorted by that category's ReasonScore
+    assert br.sort_by.value == "score_deductive" and br.shown == int(live.sort_values("score_deductive").latent.iloc[-1])
+    assert br.shown != first or len(live) == 1
+    br.min_score.value = br.min_score.max                              # a floor keeps the best only
+    assert len(br.latent.options) == 1 and "<b>1</b> of" in br.count.value
+    br.nrn.value = (0.0, 0.0)                                          # nothing passes: said, no card
+    assert br.latent.options == () and "No latent passes" in br.card.value and br.shown is None
+    br.nrn.value, br.min_score.value = (0.0, 1.0), br.min_score.min    # relaxed: a card again
+    assert br.shown is not None and f'id="latent-{br.shown}"' in br.card.value
+    br.nrn.value = (0.0, 0.01)
+    target = int(live.latent.iloc[-1])
+    br.jump.value = target                                             # jump even outside the filters
+    assert br.shown == target and f'id="latent-{target}"' in br.card.value
+    br.jump.value = 10_000
+    assert "not in this table" in br.status.value and br.shown == target
+    bundle = br._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and f'id="latent-{target}"' in bundle["text/html"]
+    assert "HBox" not in bundle["text/plain"]
+
+
+def test_card_words_for_scaling_and_what_was_not_measured(tiny_tokenizer):
+    base = {"latent": 4, "relative_norm": 0.97, "relative_norm_l1": 0.96, "dec_norm_base": 0.1, "dec_norm_distilled": 2.0,
+            "decoder_cosine": float("nan"), "frequency": 0.01, "mean_active": 1.0, "max_activation": 2.0,
+            "score_deductive": float("nan"), "label": "", "label_source": "none"}
+    scaled = B.card_html(B.FeatureCard(4, {**base, "scaling_flag": "genuine", "nu_error": 0.1, "nu_reconstruction": 0.05},
+                                       np.zeros(0, int), np.zeros(0), pd.DataFrame()), tiny_tokenizer)
+    assert "genuine: the base model does not carry this direction" in scaled and "&nu;<sub>error</sub> = 0.1" in scaled
+    assert "&amp;" not in scaled and "distilled-specific" in scaled
+    bare = B.card_html(B.FeatureCard(4, {**base, "nu_error": float("nan"), "scaling_flag": float("nan")},
+                                     np.zeros(0, int), np.zeros(0), pd.DataFrame()), tiny_tokenizer)
+    for why in ("latent scaling is run on the most distilled-specific live latents only",
+                "one model&#x27;s decoder vector is zero", "no planted labels in this run",
+                "no activation in or outside the category", "no unembedding was given"):
+        assert why in bare, why
+    assert "nan" not in re.sub(r"<[^>]+>", " ", bare).split()
+
+
+def test_export_picks_sections():
+    table = pd.DataFrame({"latent": range(6), "frequency": [0.1, 0.1, 0, 0.2, 0.1, 0.1],
+                          "relative_norm": [0.5, 0.95, 0.99, 0.2, 0.9, 0.1], "score_deductive": [0.1, 0.3, 0.9, 0, 0, 0]})
+    picks = B.export_picks(table, per_category=1, n_extremes=2)
+    assert picks == {"Top latents: deductive": [1], "Distilled-only extremes": [4]}    # 2 is dead; 1 only once
 
 
 # ------------------------------------------------------------------------------------------- ablation

@@ -62,22 +62,6 @@ def check_record(runs_dir, run_name: str, stage: str) -> None:
         assert c["verdict"] == "not tested", f"{stage}: a smoke run judged claim {k}: {c['verdict']}"
 
 
-@pytest.fixture(scope="module")
-def test_runs(tmp_path_factory):
-    """One runs/ and figures/ folder for the whole module, so notebooks reuse each other's artifacts
-    (as in ``make demo``) without touching the demo's own caches, figures or report."""
-    root = tmp_path_factory.mktemp("nb-runs")
-    old = {k: os.environ.get(k) for k in ("THINKDIFF_RUNS", "THINKDIFF_FIGURES")}
-    os.environ["THINKDIFF_RUNS"] = str(root / "runs")
-    os.environ["THINKDIFF_FIGURES"] = str(root / "figures")
-    yield root
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", notebooks.NOTEBOOKS)
 def test_notebook_executes(name, test_runs):
@@ -86,6 +70,22 @@ def test_notebook_executes(name, test_runs):
     out = notebooks.run(name, test_runs / "executed", parameters=FAST.get(name, {}))
     assert out.exists()
     check_record(test_runs / "runs", "smoke", name)
+
+
+@pytest.mark.slow
+def test_the_saved_browser_notebook_carries_a_static_card(test_runs):
+    """The executed notebook (papermill, no widget state) shows a card to a reader without a kernel."""
+    executed = test_runs / "executed" / "03c_browser.ipynb"
+    if not executed.exists():
+        notebooks.run("03c_browser", test_runs / "executed", parameters=FAST["03c_browser"])
+    nb = json.loads(executed.read_text())
+    widgets = [o["data"] for c in nb["cells"] for o in c.get("outputs", [])
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]     # progress bars are widgets too
+    browsers = [d for d in widgets if "feature browser" in "".join(d["text/plain"])]
+    assert len(browsers) == 1, [d["text/plain"] for d in widgets]
+    data = browsers[0]
+    assert 'class="thinkdiff-card" id="latent-' in "".join(data["text/html"])
+    assert "HBox(" not in "".join(data["text/plain"])
 
 
 @pytest.fixture(scope="module")

@@ -44,3 +44,17 @@ def test_record_refuses_unknown_claims_and_verdicts(runs_dir):
         report.record("x", "r", prov("label"), {}, claims={"1": {"verdict": "supports", "evidence": "e"}})
     with pytest.raises(FileNotFoundError, match="no stage records"):
         report.write_report("empty")
+
+
+def test_report_links_the_static_feature_cards(runs_dir):
+    page = runs_dir / "label" / "h" / "cards" / "feature_cards.html"
+    with pytest.raises(FileNotFoundError, match="feature cards"):
+        report.record("03c_browser", "r", prov("label"), {"cards": 2}, links={"feature cards": page})
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    report.record("03c_browser", "r", prov("label"), {"cards": 2}, links={"feature cards": page})
+    out = report.write_report("r")
+    text = out.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("Open: [feature cards]("))
+    target = line.split("](", 1)[1].split(")", 1)[0]
+    assert (out.parent / target).resolve() == page.resolve() if not target.startswith("/") else target == page.as_posix()

@@ -5,6 +5,7 @@ A record is ``RUNS_DIR/report/<run>/<stage>.json`` (``run``: the run config's na
     {"stage": "00_organism", "run": "organism-m", "config_hash": "...",
      "numbers": {"name": value, ...},              # computed this run, never typed in
      "figures": ["figures/x.png", ...],
+     "links": {"feature cards": "runs/label/<hash>/cards/feature_cards.html", ...},   # pages to open
      "claims": {"6": {"verdict": "supports", "evidence": "...", "rule": "thinkdiff.steer.steering_claims"}}}
 
 Claims are numbered as in ``shared/docs/paper-notes.md`` §11. A verdict is one of
@@ -60,8 +61,16 @@ def _relative(fig) -> str:
         return fig.as_posix()
 
 
-def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), claims=None) -> Path:
+def _link(target, report_path: Path) -> str:
+    """A recorded path as the report links it: relative to the report for repository paths, else absolute."""
+    rel = Path(target)
+    return rel.as_posix() if rel.is_absolute() else os.path.relpath(paths.REPO_ROOT / rel, report_path.parent)
+
+
+def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), claims=None, links=None) -> Path:
     """Write (replace) this stage's record for the run named ``run``. Returns the JSON path.
+
+    ``links``: name -> path of a file the report links (e.g. the static feature-card export); each must exist.
 
     ``provenance``: what the numbers depend on (``pipeline.Run.key(stage)``: the pair, the store's hash, every
     crosscoder's key and the stage's settings); ``write_report`` refuses records whose provenance disagrees."""
@@ -73,6 +82,10 @@ def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), cl
             raise ValueError(f"claim {key}: verdict must be one of {VERDICTS}, got {val.get('verdict')!r}")
         if not val.get("evidence") or not val.get("rule"):
             raise ValueError(f"claim {key}: a verdict needs its evidence (the numbers) and its rule (what decided it)")
+    links = {str(k): Path(v) for k, v in (links or {}).items()}
+    for name, target in links.items():
+        if not target.exists():
+            raise FileNotFoundError(f"link {name!r}: {target} does not exist")
     folder = paths.ensure_writable(_report_dir(run))
     rec = {
         "stage": stage,
@@ -82,6 +95,7 @@ def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), cl
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "numbers": _jsonable(numbers),
         "figures": [_relative(f) for f in figures],
+        "links": {k: _relative(v) for k, v in links.items()},
         "claims": {str(k): v for k, v in claims.items()},
     }
     out = folder / f"{stage}.json"
@@ -148,10 +162,10 @@ def write_report(run: str, out: Path | None = None) -> Path:
         lines += [f"| {k} | {_fmt(v)} |" for k, v in rec["numbers"].items()]
         lines.append("")
         for fig in rec["figures"]:
-            rel = Path(fig)
-            link = rel.as_posix() if rel.is_absolute() else os.path.relpath(paths.REPO_ROOT / rel, out.parent)
-            lines.append(f"![{rel.stem}]({link})")
+            lines.append(f"![{Path(fig).stem}]({_link(fig, out)})")
         lines.append("")
+        for name, target in rec.get("links", {}).items():
+            lines += [f"Open: [{name}]({_link(target, out)}) (one self-contained HTML file, no kernel needed)", ""]
         for k, v in rec["claims"].items():
             verdicts[int(k)].append((rec["stage"], v))
     lines += ["## The paper's claims on this run", "", "| # | claim | verdict | rule | evidence |", "|---|---|---|---|---|"]

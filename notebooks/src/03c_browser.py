@@ -1,15 +1,17 @@
 # %% [markdown]
 # # 03c · Feature cards and the feature browser
 #
-# What a latent looks like up close, in the manner of Neuronpedia's feature pages: its numbers (relative norm,
-# frequency, latent-scaling ratios, scores, ground truth where the run has it), an activation histogram, the
-# contexts where it fires most (split by document kind: teacher trace vs base corpus), and the tokens its
-# decoder direction promotes through each model's unembedding. The cards read the run's features table
-# (`label.run_features`, written by `03_label` or built here if missing).
+# What a latent looks like up close, in the manner of Neuronpedia's and SAEDashboard's feature pages: its label
+# and where the label came from, where its relative norm sits on the pair's relative-norm histogram, each
+# model's decoder norm and their cosine, how often and how strongly it fires, per-category ground-truth AUROC
+# and ReasonScore, latent scaling in words, its top activating contexts for each model and each corpus kind
+# (teacher trace vs base corpus), the tokens each model's decoder direction promotes and suppresses, and its
+# most similar latents. The cards read the run's features table (`label.run_features`, written by `03_label`
+# or built here if missing).
 
 # %% [parameters]
 RUN = "organism-m"          # the run config: configs/<RUN>.toml
-N_CARDS = 12                # latents exported as static HTML feature cards
+N_CARDS = 8                 # distilled-only extremes exported as static cards, beside the top latents per category
 THREADS = 1                 # torch CPU threads
 
 # %%
@@ -17,17 +19,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
-from thinkdiff import browser, label, lexicon, paths, pipeline, report
+from thinkdiff import browser, label, paths, pipeline, report
 torch.set_num_threads(THREADS)
-CATS = list(lexicon.CATEGORIES)
 
 # %% [markdown]
 # ## 1. The run and its features table
 
 # %%
 run = pipeline.load_run(RUN)
-pair, store, cc = run.pair, run.store, run.crosscoder()
-A, tok = run.codes(), pair.tokenizer
+SCHEME, *OTHER_SCHEMES = run.config.schemes
+pair, store, cc = run.pair, run.store, run.crosscoder(SCHEME)
+A, tok = run.codes(SCHEME), pair.tokenizer
 table = label.run_features(run)
 alive = table["frequency"].to_numpy() > 0
 kind = np.array([d.kind for d in run.documents()], dtype=object)[store.meta["doc_id"]]
@@ -37,38 +39,34 @@ print(f"{len(table)} latents, {int(alive.sum())} live; labels by source:", table
 # %% [markdown]
 # ## 2. Feature cards: static HTML export
 # Cards for, per category, the best ground-truth latent (organism runs) and the top ReasonScore latent, then
-# the most distilled-specific live latents; the file opens in any browser without a kernel.
+# the `N_CARDS` most distilled-specific live latents (`browser.export_picks`). The file opens in any browser without a
+# kernel or a network (inline CSS and SVG, no scripts), and the run report links it.
 
 # %%
-pick = []
-for c in CATS:
-    for col in (f"auroc_{c}", f"score_{c}"):
-        if col in table:
-            pick.append(int(table.loc[table[col].fillna(-np.inf).idxmax(), "latent"]))
-pick += [int(j) for j in table[alive].sort_values("relative_norm", ascending=False)["latent"]]
-pick = list(dict.fromkeys(pick))[:N_CARDS]
 unembed = {0: browser.unembedding(pair.base), 1: browser.unembedding(pair.distilled)}
-card_ctx = browser.max_activating_contexts(cc, store, A, pick, k=6, context=15, group=kind)
-cards = [browser.feature_card(j, table, A, card_ctx, cc, unembed, tok) for j in pick]
+maker = browser.CardMaker(table, A, cc, store, tok, unembed, group=kind, scheme=SCHEME,
+                          others={s: run.crosscoder(s) for s in OTHER_SCHEMES})
+sections = browser.export_picks(table, per_category=1, n_extremes=N_CARDS)
+pick = [j for js in sections.values() for j in js]
+cards = maker.cards(pick)
 folder = paths.artifact_dir("label", run.key("label")) / "cards"
-table_path, html_path = browser.save_label_outputs(folder, table, cards, tok, title=f"thinkdiff feature cards, {run.name}")
+table_path, html_path = browser.save_label_outputs(folder, table, cards, tok, title=f"thinkdiff feature cards, {run.name}",
+                                                   sections=sections)
 print("features table:", table_path)
 print("feature cards:", html_path)
 assert html_path.exists() and len(cards) == len(pick)
 
 # %% [markdown]
 # ## 3. The feature browser
-# Filter by category (sorted by that category's ReasonScore), relative-norm range and minimum score; pick a
-# latent to see its card. Cards are built on demand (contexts are computed for the chosen latent).
+# Jump to a latent by id, filter by category (the list is then sorted by that category's ReasonScore),
+# relative-norm range, ReasonScore, ground-truth AUROC and firing frequency, or sort by any column; a card is
+# always on show, and its most similar latents are one click away. Cards are built on demand. Saved without
+# a kernel, the notebook keeps a static rendering of the card on show.
 
 # %%
-def make_card(j):
-    c = browser.max_activating_contexts(cc, store, A, [j], k=6, context=15, group=kind)
-    return browser.feature_card(j, table, A, c, cc, unembed, tok)
-
-fb = browser.FeatureBrowser(table[alive], make_card, tok)
-fb.widget
+fb = browser.FeatureBrowser(table[alive], maker, tok)
+fb
 
 # %%
 report.record("03c_browser", run.name, run.key("label"), {"feature cards": str(html_path), "cards": len(cards),
-              "features table": str(table_path)})
+              "features table": str(table_path)}, links={"feature cards": html_path})
