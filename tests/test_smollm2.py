@@ -124,3 +124,21 @@ def test_corpus_rejects_foreign_options(smoke_run):
     with pytest.raises(ValueError, match="takes only max_tokens"):
         pipeline.documents(smoke_run.pair, 4, 0.5, 1, openthoughts_files="x.jsonl")
     assert smollm2_corpus.CHAMP_LICENSE == "MIT" and len(smollm2_corpus.champ_texts()) > 10_000
+
+
+@pytest.mark.slow
+def test_notebook_00_accepts_nothing_on_the_smoke_run(smoke_run, tmp_path, monkeypatch):
+    """00 on the real pair end to end (kernel, cached pair and evaluation): its acceptance table, the share of true
+    checks, and a record whose verdicts are all "not tested"."""
+    from thinkdiff import notebooks
+
+    runs = paths.RUNS_DIR
+    monkeypatch.setenv("THINKDIFF_RUNS", str(runs))
+    monkeypatch.setenv("THINKDIFF_FIGURES", str(tmp_path / "figures"))
+    notebooks.run("00_organism", tmp_path / "executed", parameters={"RUN": "smollm2-smoke"})
+    rec = json.loads((runs / "report" / "smollm2-smoke" / "00_organism.json").read_text())
+    n = rec["numbers"]
+    assert n["smollm2-135m pair acceptance"] == "not tested" and n["n_eval"] == 4
+    assert "smollm2-135m share of true checks" in n and set(n["smollm2-135m distilled marker rate / teacher"]) == set(
+        world.CATEGORIES)
+    assert all(c["verdict"] == "not tested" for c in rec["claims"].values())
