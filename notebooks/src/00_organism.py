@@ -46,6 +46,8 @@ import matplotlib.pyplot as plt
 from IPython.display import HTML, display
 from thinkdiff import evaluate, nlworld, organism, paths, pipeline, plots, report, smollm2_eval, world
 from thinkdiff.stats import wilson_ci
+import torch
+torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
 
 run = pipeline.load_run(RUN)
 ORGANISM = run.is_organism
