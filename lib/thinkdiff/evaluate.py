@@ -170,7 +170,8 @@ def pair_evaluation(preset: str, settings: dict, progress: bool = True) -> dict:
     models' identities (weight hashes) and the settings that decide the result (``EVALUATE_KEYS``), under
     ``runs/evaluate/<hash>/evaluation.json``. Returns ``{"base": result, "distilled": result}``: organism
     presets give ``organism.evaluate``'s fields plus the teacher-forced ``ce`` (nats per token over held-out
-    teacher traces) and its per-trace ``ce_nll`` / ``ce_tokens``; real pairs give ``math_accuracy``'s fields."""
+    teacher traces) and its per-trace ``ce_nll`` / ``ce_tokens``; the smollm2-135m pair the same on the
+    natural-English world (``smollm2_eval``); other real pairs give ``math_accuracy``'s fields."""
     import json
 
     from . import paths, presets
@@ -205,6 +206,10 @@ def _evaluate_pair(pair, kept: dict, settings: dict, progress: bool) -> dict:
                                             [t[len(p.prompt):] for t, p in zip(traces, problems)])
             res.update(ce=float(nll.sum() / n_tok.sum()), ce_nll=nll.tolist(), ce_tokens=n_tok.tolist())
             out[role] = res
+    elif pair.preset.corpus == "smollm2":
+        from . import smollm2_eval
+
+        out = smollm2_eval.evaluate_pair(pair, kept, progress)
     else:
         problems = math_problems(settings)
         for role, model in zip(("base", "distilled"), pair.models):

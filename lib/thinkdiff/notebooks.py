@@ -43,6 +43,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Execute thinkdiff notebooks with papermill.")
     ap.add_argument("names", nargs="*", help="notebooks to run (default with --all: every one, in order)")
     ap.add_argument("--all", action="store_true")
+    ap.add_argument("--run", default=None, help="the run every notebook executes (its RUN parameter): a name in "
+                    "configs/ or a .toml path; default: each notebook's own (the embedded organism)")
     ap.add_argument("--out", default=str(NOTEBOOK_DIR / "executed"))
     args = ap.parse_args(argv)
     names = list(NOTEBOOKS if args.all else args.names)
@@ -50,10 +52,16 @@ def main(argv=None) -> None:
         missing = [n for n in names if n not in available()]
         if missing:
             raise SystemExit(f"missing notebooks: {missing}")
+    params = {}
+    if args.run is not None:
+        from . import runconfig
+
+        runconfig.load(args.run)          # a bad run name or file fails here, before any notebook starts
+        params["RUN"] = args.run
     for name in names:
         t0 = time.time()
         print(f"[thinkdiff] executing {name} ...", flush=True)
-        out = run(name, Path(args.out))
+        out = run(name, Path(args.out), params)
         print(f"[thinkdiff] {name} done in {time.time() - t0:.0f} s -> {out}", flush=True)
 
 

@@ -48,6 +48,14 @@ def documents(pair, n_docs: int | None = None, teacher_fraction: float | None = 
         from . import organism
 
         return organism.harvest_documents(pair.tokenizer, n_docs, teacher_fraction, seed)
+    if pair.preset.corpus == "smollm2":
+        from . import smollm2_corpus
+
+        bad = sorted(set(corpus) - {"max_tokens"})
+        if bad:
+            raise ValueError(f"corpus options {bad} do not apply to {pair.preset.name} (labelled teacher traces + "
+                             "CHAMP text, all offline); it takes only max_tokens")
+        return smollm2_corpus.harvest_documents(pair.tokenizer, n_docs, teacher_fraction, seed, **corpus)
     from . import realdata
 
     return realdata.harvest_corpus(pair.tokenizer, n_docs, teacher_fraction=teacher_fraction, seed=seed, **corpus)
@@ -184,6 +192,12 @@ class Run:
         from .norms import relative_norm
 
         return relative_norm(self.crosscoder(scheme), p=p)
+
+    @property
+    def nl_world(self) -> bool:
+        """True for a real pair distilled on ``nlworld``'s teacher (smollm2-135m): held-out problems, answers and
+        marker rates come from that world, as for the organism, in natural English."""
+        return self.preset.corpus == "smollm2"
 
     @property
     def has_labels(self) -> bool:

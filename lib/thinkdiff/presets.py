@@ -64,6 +64,13 @@ register(Preset(name="tiny-qwen-1.5b", kind="hf", base="tiny:qwen-1.5b", distill
                 notes="tiny random stand-in for qwen-1.5b (code path only)",
                 extra={"tiny": {"flavour_config": "qwen-1.5b", "hidden": 64, "layers": 4}}))
 
+# A real pretrained pair that runs on a laptop CPU: SmolLM2-135M-Instruct (converted exactly to Qwen2) and the same
+# model distilled by LoRA SFT on the natural-English teacher's traces (``smollm2``, ``smollm2_distill``, ``nlworld``).
+register(Preset(name="smollm2-135m", kind="hf", base="smollm2:base", distilled="smollm2:distilled", layer=15,
+                dtype="bfloat16", train_config="organism", corpus="smollm2",
+                notes="SmolLM2-135M-Instruct vs its LoRA-distilled reasoner (natural-English teacher traces)",
+                extra={"smollm2": {}}))
+
 
 def get_preset(name: str | Preset) -> Preset:
     if isinstance(name, Preset):
@@ -137,6 +144,10 @@ def load_pair(preset: str | Preset, layer: int | None = None) -> ModelPair:
     from .qwen import tiny_qwen_pair
 
     base, distilled = p.base, p.distilled
+    if "smollm2" in p.extra:
+        from .smollm2 import pair_dirs
+
+        base, distilled = (str(d) for d in pair_dirs(**p.extra["smollm2"]))
     if "tiny" in p.extra:
         tiny = tiny_qwen_pair(**p.extra["tiny"])
         base, distilled = str(tiny.base_path), str(tiny.distilled_path)

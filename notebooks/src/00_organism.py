@@ -3,7 +3,10 @@
 #
 # Every run starts by checking that its pair is a distillation worth studying: is the distilled model better
 # at math than its base, on held-out problems? For a real pair (`RUN = "qwen-1.5b"`) that is a math set
-# scored with math-verify; the rest of this notebook is about the embedded default, the organism.
+# scored with math-verify. The real pair `RUN = "smollm2-135m"` (SmolLM2-135M-Instruct and its LoRA-distilled
+# reasoner) was distilled on this notebook's teacher rendered in natural English (`thinkdiff.nlworld`), so it
+# is scored like the organism, on held-out problems of that world. The rest of this notebook is about the
+# embedded default, the organism.
 #
 # thinkdiff asks what reasoning distillation changes inside a language model. Before touching a
 # 1.5B-parameter pair we build one where **the truth is known**: tiny `Qwen2ForCausalLM` models
@@ -41,11 +44,14 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
-from thinkdiff import evaluate, organism, paths, pipeline, plots, report, world
+from thinkdiff import evaluate, nlworld, organism, paths, pipeline, plots, report, smollm2_eval, world
 from thinkdiff.stats import wilson_ci
+import torch
+torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
 
 run = pipeline.load_run(RUN)
 ORGANISM = run.is_organism
+WORLD = ORGANISM or run.nl_world     # a programmatic teacher and held-out problems of its world
 E = run.config.evaluate
 # The organism family is evaluated size by size; a real pair is one "size", itself.
 SIZES = list(E["sizes"]) if ORGANISM else [run.config.preset]
@@ -60,9 +66,12 @@ print(run, "| evaluation settings:", E)
 # %%
 import random
 rng = random.Random(0)
-if not ORGANISM:
+if not WORLD:
     print(f"{RUN} is a real pair: there is no planted world here; sections 1, the split check and the "
           "organism-only checks below are skipped.")
+elif not ORGANISM:
+    print(f"{RUN} was distilled on the same world in natural English: the teacher below writes sentences, "
+          "with several phrasings per move and checks that recompute the step.")
 COLOURS = {0: "transparent", 1: "#ffd6d6", 2: "#d6e4ff", 3: "#d9f7d6", 4: "#fff1c2"}
 
 def span_html(s):
@@ -73,14 +82,16 @@ def span_html(s):
     return f'<span style="background:{COLOURS[s.category]}">{text}</span>'
 
 rows = []
-for fam in world.FAMILIES if ORGANISM else ():
+for fam in world.FAMILIES if WORLD else ():
     p = world.make_problem(rng, fam)
-    spans = world.teacher_document(p, rng, world.TeacherConfig())
-    rows.append(f"<tr><td>{fam}</td><td style='text-align:left'>{world.base_solution(p)}</td>"
+    teacher = world.teacher_document if ORGANISM else nlworld.teacher_document
+    spans = teacher(p, rng, world.TeacherConfig())
+    plain = world.base_solution(p) if ORGANISM else nlworld.prompt(p)
+    rows.append(f"<tr><td>{fam}</td><td style='text-align:left'>{plain}</td>"
                 f"<td style='text-align:left;font-family:monospace'>{''.join(span_html(s) for s in spans)}</td></tr>")
 legend = " ".join(f'<span style="background:{COLOURS[i+1]}">{c}</span>' for i, c in enumerate(world.CATEGORIES))
-if ORGANISM:
-    display(HTML(f"<p>{legend}</p><table><tr><th>family</th><th>base corpus</th><th>teacher trace</th></tr>{''.join(rows)}</table>"))
+if WORLD:
+    display(HTML(f"<p>{legend}</p><table><tr><th>family</th><th>{'base corpus' if ORGANISM else 'question'}</th><th>teacher trace</th></tr>{''.join(rows)}</table>"))
 
 # %% [markdown]
 # **An honest held-out split.** Problems are held out by their *computation*: the step signature (every
@@ -93,6 +104,13 @@ if ORGANISM:
     corpus_cfg = organism.CorpusConfig()
     train_sigs = {p.signature for p in world.problem_split(corpus_cfg.seed, corpus_cfg.n_train_problems, "train")}
     problems = organism.eval_problems(E["n_eval"], seed=E["seed"])
+    shared = train_sigs & {p.signature for p in problems}
+    assert not shared, f"{len(shared)} held-out problems share a training computation"
+    print(f"{len(train_sigs)} distinct training computations, {len(problems)} held-out problems, none shared;")
+    print("held-out problems per family:", pd.Series([p.family for p in problems]).value_counts().to_dict())
+elif run.nl_world:   # the distillation and the harvest draw from the same training problems
+    train_sigs = {p.signature for p in nlworld.problems(smollm2_eval.N_TRAIN_PROBLEMS, "train")}
+    problems = smollm2_eval.eval_problems(E["n_eval"], seed=E["seed"])
     shared = train_sigs & {p.signature for p in problems}
     assert not shared, f"{len(shared)} held-out problems share a training computation"
     print(f"{len(train_sigs)} distinct training computations, {len(problems)} held-out problems, none shared;")
@@ -126,6 +144,10 @@ for size in SIZES:
         pairs[size] = run.pair
         build_rows.append({"size": size, "parameters": sum(p.numel() for p in run.pair.base.parameters()),
                            "layers": run.pair.n_layers, "d_model": run.pair.d_model, "load s": round(time.time() - t0, 1)})
+        if run.nl_world:   # the LoRA distillation's own record (data/smollm2/manifest.json)
+            m = smollm2_eval.distill_manifest()
+            build_rows[-1].update({"LoRA SFT s": m["train_seconds"], "SFT steps": len(m["losses"]),
+                                   "first SFT loss": m["losses"][0], "last SFT loss": m["losses"][-1]})
         continue
     pairs[size] = organism.get_organism(size)
     m = pairs[size].manifest
@@ -153,7 +175,8 @@ for size in SIZES:
     for role in ("base", "distilled"):
         results[(size, role)] = ev[role]
         ce[(size, role)] = ev[role].get("ce", float("nan"))
-teacher_rates = organism.teacher_marker_rates(tok, problems) if ORGANISM else None
+teacher_rates = (organism.teacher_marker_rates(tok, problems) if ORGANISM
+                 else smollm2_eval.teacher_marker_rates(tok, problems) if run.nl_world else None)
 table = pd.DataFrame([{"size": s, "model": r, "accuracy": v["accuracy"], "well-formed": v.get("well_formed", np.nan),
                        "think rate": v["think_rate"], "tokens / generation": v["tokens_per_generation"],
                        "teacher-forced CE": ce[(s, r)]}
@@ -188,13 +211,13 @@ def per_family_plot():
     fig, axes = plt.subplots(1, len(SIZES), figsize=(4 * len(SIZES), 3.2), sharey=True, squeeze=False)
     for ax, s in zip(axes[0], SIZES):
         by_family.loc[s][["base accuracy", "distilled accuracy"]].plot.bar(ax=ax, width=0.8, legend=ax is axes[0][0])
-        ax.set_title(f"organism {s}"); ax.set_xlabel("problem family"); ax.set_ylabel("held-out accuracy")
+        ax.set_title(f"organism {s}" if ORGANISM else s); ax.set_xlabel("problem family"); ax.set_ylabel("held-out accuracy")
         ax.tick_params(axis="x", rotation=30); ax.set_ylim(0, 1)
     fig.suptitle("Accuracy per problem family"); fig.tight_layout()
     plots.savefig(fig, "00_accuracy_by_family"); plt.show()
     return by_family.round(3)
 
-per_family_plot() if ORGANISM else print("per-family accuracy: organism only (a real math set has no planted families)")
+per_family_plot() if WORLD else print("per-family accuracy: organism only (a real math set has no planted families)")
 
 # %% [markdown]
 # Marker rates per 1,000 generated tokens: does the distilled model use the reasoning words at
@@ -219,7 +242,7 @@ def marker_rate_plot():
     plots.savefig(fig, "00_marker_rates"); plt.show()
     return rates.round(1)
 
-marker_rate_plot() if ORGANISM else print("marker rates against a teacher: organism only (no programmatic teacher)")
+marker_rate_plot() if WORLD else print("marker rates against a teacher: organism only (no programmatic teacher)")
 
 # %% [markdown]
 # ## 4. Acceptance: is this a distillation that pays?
@@ -229,11 +252,19 @@ marker_rate_plot() if ORGANISM else print("marker rates against a teacher: organ
 # favour; the base never writes `<think>`; at least 95 % of distilled generations are well formed; every
 # category's sampled marker rate is within ±30 % of the teacher's. With fewer than 200 problems (a smoke
 # run) the verdict is "not tested". A real pair gets the gain and the paired test only (its markers have no
-# teacher rate to match).
+# teacher rate to match). The smollm2-135m pair has its own rule (`smollm2_eval.ACCEPTANCE`, fixed before it was
+# evaluated): distilled above base with McNemar p < 0.01, base never thinks, >= 90 % well formed, marker rates
+# within ±30 % of the teacher's (under 100 problems: "not tested"); and one more look, reported and not judged:
+# the share of its "let me check" steps whose recomputation is true arithmetic.
 
 # %%
 if ORGANISM:
     acceptance = pd.DataFrame({s: organism.acceptance(results[(s, "base")], results[(s, "distilled")], teacher_rates)
+                               for s in SIZES}).T
+    acceptance["base CE"] = [ce[(s, "base")] for s in SIZES]
+    acceptance["distilled CE"] = [ce[(s, "distilled")] for s in SIZES]
+elif run.nl_world:
+    acceptance = pd.DataFrame({s: smollm2_eval.acceptance(results[(s, "base")], results[(s, "distilled")], teacher_rates)
                                for s in SIZES}).T
     acceptance["base CE"] = [ce[(s, "base")] for s in SIZES]
     acceptance["distilled CE"] = [ce[(s, "distilled")] for s in SIZES]
@@ -262,7 +293,8 @@ print("gain with size:", trend["verdict"])
 
 # %%
 big = SIZES[-1]
-side = pd.DataFrame({"problem": [getattr(p, "question", None) or p.problem for p in problems[:6]],
+side = pd.DataFrame({"problem": [nlworld.question(p) if run.nl_world else getattr(p, "question", None) or p.problem
+                                  for p in problems[:6]],
                      "answer": [p.answer for p in problems[:6]],
                      "base": results[(big, "base")]["texts"][:6], "distilled": results[(big, "distilled")]["texts"][:6]})
 display(HTML(side.to_html(index=False).replace("\\n", "<br>")))
@@ -275,7 +307,7 @@ numbers = {}
 for (s, r), v in results.items():
     numbers[f"{s} {r} accuracy"] = v["accuracy"]
     numbers[f"{s} {r} think rate"] = v["think_rate"]
-    if ORGANISM:
+    if WORLD:
         numbers[f"{s} {r} well-formed"] = v["well_formed"]
         numbers[f"{s} {r} teacher-forced CE"] = ce[(s, r)]
         numbers[f"{s} {r} accuracy per family"] = v["family_accuracy"]
@@ -284,12 +316,15 @@ for s in SIZES:
     a = acceptance.loc[s]
     numbers[f"{s} accuracy gain (distilled - base)"] = a["gain"]
     numbers[f"{s} McNemar p"] = a["McNemar p"]
-    if ORGANISM:
+    if WORLD:
         numbers[f"{s} distilled marker rate / teacher"] = a["marker rate / teacher"]
-        numbers[f"{s} organism acceptance"] = a["verdict"] if run.tested else "not tested"
+        numbers[f"{s} {'organism' if ORGANISM else 'pair'} acceptance"] = a["verdict"] if run.tested else "not tested"
+    if run.nl_world:
+        numbers[f"{s} distilled checks written"] = a["distilled checks"]
+        numbers[f"{s} share of true checks"] = a["true check share"]
 numbers["gain with size"] = trend["verdict"]
-if ORGANISM:
+if WORLD:
     numbers["teacher marker rate per 1k"] = teacher_rates
 numbers["n_eval"] = len(problems)
-figs = ("accuracy_by_size", "accuracy_by_family", "marker_rates") if ORGANISM else ("accuracy_by_size",)
+figs = ("accuracy_by_size", "accuracy_by_family", "marker_rates") if WORLD else ("accuracy_by_size",)
 report.record("00_organism", run.name, run.key("evaluate"), numbers, figures=[paths.FIGURES_DIR / f"00_{n}.png" for n in figs])

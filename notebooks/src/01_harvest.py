@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from thinkdiff import lexicon, pipeline, paths, plots, report
+import torch
+torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
 
 # %% [markdown]
 # ## 1. The pair and the corpus

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from thinkdiff import metrics, paths, pipeline, plots, report, train
+torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
 
 # %% [markdown]
 # ## 1. The store and the two training configs

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
-from thinkdiff import evaluate, organism, paths, pipeline, plots, realdata, report, steer, world
+from thinkdiff import evaluate, nlworld, organism, paths, pipeline, plots, realdata, report, smollm2_eval, steer, world
 from thinkdiff import claims as claim_rules
 
 run = pipeline.load_run(RUN)
@@ -135,6 +135,9 @@ assert abs(norms["random (deductive norm)"] - norms[DED]) < 1e-4 * norms[DED]
 if run.is_organism:
     problems = organism.eval_problems(N_PROMPTS, seed=SEED)
     prompts = [p.prompt for p in problems]
+elif run.nl_world:   # held-out problems of the natural-English world the pair was distilled on
+    problems = smollm2_eval.eval_problems(N_PROMPTS, seed=SEED)
+    prompts = [nlworld.prompt(p) for p in problems]
 else:   # the paper's steering prompts: the raw problem and a newline, no template
     problems = evaluate.math_problems({**run.config.evaluate, "n_eval": N_PROMPTS, "seed": SEED})
     prompts = [p.prompt("raw") for p in problems]
@@ -155,12 +158,12 @@ print("alpha = 0 reproduces the unsteered run:", g_plain.ids == g_zero.ids)
 
 # %%
 def score(text, problem):
-    if run.is_organism:
-        parsed = world.parse_output(text)
+    if run.is_organism or run.nl_world:
+        parsed = (world if run.is_organism else nlworld).parse_output(text)
         return {"correct": parsed["answer"] == problem.answer, "well_formed": parsed["well_formed"]}
     return {"correct": realdata.check_answer(text, problem.answer), "well_formed": world.THINK_CLOSE in text}
 
-marker_words = ({c: tuple(w.strip() for w in ws) for c, ws in world.MARKERS.items()} if run.is_organism
+marker_words = ({c: tuple(w.strip() for w in ws) for c, ws in world.MARKERS.items()} if run.is_organism or run.nl_world
                 else steer.DEFAULT_MARKER_WORDS)
 count_markers = steer.regex_marker_counter(pair.tokenizer, marker_words)
 t0 = time.time()

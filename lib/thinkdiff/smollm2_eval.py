@@ -1,0 +1,104 @@
+"""Acceptance of the ``smollm2-135m`` pair on held-out problems of the natural-English world (``nlworld``).
+
+The same measurements as the organism's (``organism.evaluate``): greedy accuracy, well-formed traces, think
+rate, marker rates per 1,000 tokens (greedy, and sampled at temperature 1 to compare with the teacher's), and
+the teacher-forced cross-entropy of held-out teacher traces; plus one look the organism does not need: are the
+distilled model's checks true? ``true_check_share`` is the share of its "Wait, let me check/verify" steps whose
+recomputation ``x op y = z`` is correct arithmetic (``nlworld.check_steps``).
+
+The rule (``ACCEPTANCE``, fixed before the pair was evaluated, applied by ``organism.acceptance``): distilled
+accuracy above the base's with an exact McNemar p < 0.01 in its favour, the base never writes ``<think>``,
+>= 90 % of distilled generations well formed, every category's sampled marker rate within ±30 % of the
+teacher's; on fewer than 100 problems (a smoke run) the verdict is "not tested". The share of true checks is
+reported, not judged.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+
+from . import nlworld, organism, smollm2, world
+from .evaluate import generate, teacher_forced_nll
+
+N_TRAIN_PROBLEMS = nlworld.N_TRAIN_PROBLEMS
+ACCEPTANCE = {"min_gain": 0.0, "max_p": 0.01, "min_well_formed": 0.90, "marker_tolerance": 0.30, "min_eval": 100}
+TEACHER_SEED = 7
+
+
+def distill_manifest(path=smollm2.ADAPTER_MANIFEST) -> dict:
+    """The record ``make distill-smollm2`` wrote next to the adapter (recipe, time, loss curve, merged sha256)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no distillation manifest at {path}; rebuild the adapter with `make distill-smollm2`") from None
+
+
+def eval_problems(n: int, seed: int = 0) -> list[world.Problem]:
+    """Held-out problems (no step signature shared with any distillation or harvest problem), families balanced."""
+    return nlworld.problems(n, "eval", seed)
+
+
+def teacher_traces(problems, seed: int = TEACHER_SEED) -> list[list]:
+    rng = random.Random(seed)
+    return [nlworld.teacher_document(p, rng, world.TeacherConfig()) for p in problems]
+
+
+def teacher_marker_rates(tokenizer, problems) -> dict:
+    """The teacher's marker rate per 1,000 trace tokens on ``problems`` (what the SFT imitated)."""
+    texts = [nlworld.completion(t, p) for p, t in zip(problems, teacher_traces(problems))]
+    return organism._marker_rates(tokenizer, texts)
+
+
+def check_truth(texts) -> dict:
+    """How many "let me check" steps the generations write and the share whose recomputation is correct."""
+    checks = [c for t in texts for c in nlworld.check_steps(t)]
+    return {"n_checks": len(checks),
+            "true_check_share": float(np.mean([c["correct"] for c in checks])) if checks else float("nan")}
+
+
+def evaluate_nl(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed: int | None = 0,
+                progress: bool = False) -> dict:
+    """``organism.evaluate``'s fields for one model on ``nlworld`` problems, plus ``check_truth``'s."""
+    prompts = [nlworld.prompt(p) for p in problems]
+    texts = generate(model, tokenizer, prompts, max_new_tokens, progress=progress)
+    parsed = [nlworld.parse_output(t) for t in texts]
+    correct = [q["answer"] == p.answer for q, p in zip(parsed, problems)]
+    n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    out = {"accuracy": sum(correct) / len(problems), "correct": correct, "texts": texts,
+           "well_formed": sum(q["well_formed"] for q in parsed) / len(problems),
+           "think_rate": sum(q["has_think"] for q in parsed) / len(problems),
+           "tokens_per_generation": n_tok / len(problems),
+           "marker_rate_per_1k": organism._marker_rates(tokenizer, texts), **check_truth(texts)}
+    out["family_accuracy"] = {f: sum(c for c, p in zip(correct, problems) if p.family == f)
+                              / max(1, sum(p.family == f for p in problems)) for f in world.FAMILIES}
+    if sample_seed is not None:
+        sampled = generate(model, tokenizer, prompts, max_new_tokens, sample_seed=sample_seed, progress=progress)
+        out["sampled_marker_rate_per_1k"] = organism._marker_rates(tokenizer, sampled)
+        out["sampled_think_rate"] = sum(world.THINK_OPEN in t for t in sampled) / len(problems)
+        out["sampled_texts"] = sampled
+    return out
+
+
+def evaluate_pair(pair, settings: dict, progress: bool = True) -> dict:
+    """Both models on ``settings["n_eval"]`` held-out problems: ``evaluate_nl`` plus the teacher-forced CE of
+    held-out teacher traces (``ce`` nats/token, per-trace ``ce_nll`` / ``ce_tokens``)."""
+    problems = eval_problems(settings["n_eval"], settings["seed"])
+    traces = teacher_traces(problems)
+    out = {}
+    for role, model in zip(("base", "distilled"), pair.models):
+        res = evaluate_nl(model, pair.tokenizer, problems, settings["max_new_tokens"], progress=progress)
+        nll, n_tok = teacher_forced_nll(model, pair.tokenizer, [nlworld.prompt(p) for p in problems],
+                                        [nlworld.completion(t, p) for t, p in zip(traces, problems)])
+        res.update(ce=float(nll.sum() / n_tok.sum()), ce_nll=nll.tolist(), ce_tokens=n_tok.tolist())
+        out[role] = res
+    return out
+
+
+def acceptance(base: dict, distilled: dict, teacher_rates: dict) -> dict:
+    """``organism.acceptance`` under this pair's rule, plus the share of true checks (reported, not judged)."""
+    out = organism.acceptance(base, distilled, teacher_rates, ACCEPTANCE)
+    out["distilled checks"] = distilled.get("n_checks", 0)
+    out["true check share"] = distilled.get("true_check_share", float("nan"))
+    return out

