@@ -40,8 +40,9 @@ organism: venv
 distill-smollm2: venv
 	$(PY) -m thinkdiff.smollm2_distill
 
+# Every speed and memory ratio, measured in one run (one thread each: steady on a shared machine).
 bench: venv
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --threads 1 || exit 1; done
 
 clean-runs:
 	rm -rf runs notebooks/executed

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -78,9 +79,11 @@ def main():
     ap.add_argument("--tokens", type=int, default=50_000, help="tokens of the small store (the large one: 10x)")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the measured processes")
     ap.add_argument("--label-threshold", type=float, default=0.05,
                     help="BatchTopK inference threshold of the labelling crosscoder (sets its L0)")
     args = ap.parse_args()
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     cfg = {"n_latents": 2048, "batch_size": 1024, "n_steps": args.steps, "buffer_tokens": 16_384,
            "checkpoint_every": 0, "dead_tokens": 100_000}
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +92,7 @@ def main():
             store = write_store(Path(tmp) / f"s{n}", n, args.d_model)
             size_mb = sum(f.stat().st_size for f in store.path.iterdir()) / 2**20
             out = subprocess.run([sys.executable, "-c", CHILD, str(store.path), json.dumps(cfg)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True, env=env)
             res = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append((n, size_mb, res["peak_rss_mb"], res["seconds"], res.get("RssAnon", float("nan"))))
             print(f"store {n:>9,} tokens ({size_mb:7.1f} MB on disk): peak RSS {res['peak_rss_mb']:7.1f} MB "
@@ -97,7 +100,7 @@ def main():
                   f"{res.get('RssFile', float('nan')):.1f} MB), {args.steps} steps in {res['seconds']:.1f} s",
                   flush=True)
             lab = subprocess.run([sys.executable, "-c", LABEL_CHILD, str(store.path), str(args.label_threshold)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True, env=env)
             labels.append(json.loads(lab.stdout.strip().splitlines()[-1]))
             r = labels[-1]
             print(f"  labelling: peak RSS {r['peak_rss_mb']:7.1f} MB, of which the result {r['result_mb']:.1f} MB "
