@@ -70,6 +70,12 @@ def reference_loss(crosscoder, x: torch.Tensor, k: int, dead: torch.Tensor | Non
     return _dense(crosscoder, x, k, dead, k_aux, auxk_alpha)[0]
 
 
+def _update_threshold(trainer, batch_cut: torch.Tensor) -> None:
+    """The inference threshold: the first batch's cut (lowest kept score), then an EMA of the batch cuts."""
+    thr, beta = trainer.model.threshold, trainer.cfg.threshold_beta
+    thr.copy_(batch_cut if not torch.isfinite(thr) else beta * thr + (1 - beta) * batch_cut)
+
+
 def dense_loss(trainer, x: torch.Tensor, step: int):
     """The dense reference step's loss: ``loss``'s outputs from plain autograd (one process only)."""
     m = trainer.model
@@ -81,8 +87,7 @@ def dense_loss(trainer, x: torch.Tensor, step: int):
         fired = code.amax(0) > 0
         nz = kept[kept > 0]
         if nz.numel():
-            thr, low = m.threshold, nz.min()
-            thr.copy_(low if not torch.isfinite(thr) else trainer.cfg.threshold_beta * thr + (1 - trainer.cfg.threshold_beta) * low)
+            _update_threshold(trainer, nz.min())
         stats = {"l0": nz.numel() / x.shape[0], "threshold": m.threshold.item()}
         return loss, xhat, stats, trainer._recon(x, xhat), fired
 
@@ -150,9 +155,7 @@ def loss(trainer, x: torch.Tensor, step: int):
             stats["aux"] = trainer._sum(aux.detach().double().reshape(1)).item()
     with torch.no_grad():
         if n_kept:
-            thr = m.threshold
-            new = batch_thr if not torch.isfinite(thr) else trainer.cfg.threshold_beta * thr + (1 - trainer.cfg.threshold_beta) * batch_thr
-            thr.copy_(new)
+            _update_threshold(trainer, batch_thr)
         fired = torch.bincount(col, minlength=F) > 0
         if trainer.world is not None:
             fired = trainer._sum(fired.float()) > 0
