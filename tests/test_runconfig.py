@@ -51,6 +51,11 @@ def test_smoke_run_is_not_tested_and_only_smaller():
     ("scheme", 'preset = "organism-m"\n[train]\nschemes = ["topk"]\n', "topk"),
     ("corpus", 'preset = "organism-m"\n[harvest.corpus]\nmax_tokens = 64\n', "real-data"),
     ("broken", 'preset = "organism-m\n', "not valid TOML"),
+    ("claimalpha", 'preset = "organism-m"\n[steer]\nalphas = [-1, 2]\ncontrol_alphas = [1, 2]\nclaim_alpha = 1\n',
+     r"claimalpha\.toml.*claim_alpha = 1 must be in both"),
+    ("zeroalpha", 'preset = "organism-m"\n[steer]\ncontrol_alphas = [0, 1]\n', r"zeroalpha\.toml.*holds 0"),
+    ("band", 'preset = "organism-m"\n[steer]\nspecific_nrn = 1.5\n', r"band\.toml.*specific_nrn"),
+    ("where", 'preset = "organism-m"\n[steer]\npositions = "prompt"\n', r"where\.toml.*positions"),
 ])
 def test_unknown_keys_and_bad_values_name_the_file(tmp_path, name, text, match):
     with pytest.raises(runconfig.RunConfigError, match=match):
@@ -116,7 +121,7 @@ def test_a_store_change_reaches_every_key_but_the_evaluation():
 
 def test_an_analysis_setting_changes_only_its_own_stage(tmp_path):
     a = _run(runconfig.load("organism-m"))
-    b = _run(runconfig.load(write(tmp_path, "c", 'extends = "organism-m"\n[steer]\nclaim_alpha = 2\n')))
+    b = _run(runconfig.load(write(tmp_path, "c", 'extends = "organism-m"\n[steer]\nclaim_alpha = 4\n')))
     assert a.key_hash("steer") != b.key_hash("steer")
     for stage in ("evaluate", "harvest", "train", "label", "geometry"):
         assert a.key_hash(stage) == b.key_hash(stage), stage

@@ -316,6 +316,25 @@ def test_pick_latents_rule():
         steer.pick_latents(scores[["deductive"]], nrn)
 
 
+def test_a_category_without_a_distilled_specific_latent_leaves_its_claim_not_tested():
+    scores = pd.DataFrame({"self_reflection": [0.9, 0.8, 0.7, 0.95, 0.6], "deductive": [np.nan, 0.9, 0.6, 0.99, 0.7]})
+    nrn = np.array([0.95, 0.8, 0.5, 0.3, 0.92])
+    both = steer.pick_latents(scores, nrn, specific=0.9, strict=False).set_index("role")
+    assert both["found"].all() and steer.claims_without_latents(both.reset_index()) == {}
+    # at nrn >= 0.93 the only deductive candidate (latent 0) has no finite score: claim 7 is not tested, claim 6 still is
+    got = steer.pick_latents(scores, nrn, specific=0.93, strict=False)
+    assert list(got[got.found].role) == ["self_reflection", "shared"]
+    assert got.set_index("role").loc["deductive", "latent"] == -1
+    untested = steer.claims_without_latents(got)
+    assert set(untested) == {"7"} and untested["7"]["verdict"] == "not tested"
+    assert "nrn >= 0.93" in untested["7"]["evidence"]
+    # no distilled-specific latent at all: neither steering claim is tested
+    none = steer.pick_latents(scores, nrn, specific=0.99, strict=False)
+    assert set(steer.claims_without_latents(none)) == {"6", "7"} and list(none[none.found].role) == ["shared"]
+    with pytest.raises(ValueError, match="no row for role"):
+        steer.claims_without_latents(none[none.role != "deductive"])
+
+
 def test_sweep_grid_per_direction_and_overhead(tiny_pair, tiny_tokenizer):
     model = tiny_pair[1]
     v = torch.randn(32, generator=torch.Generator().manual_seed(0))

@@ -193,6 +193,28 @@ def _train_section(raw: dict, preset, where: str) -> dict:
     return out
 
 
+def _check_steer(steer: dict, where: str) -> None:
+    """The [steer] settings 04_steer relies on, checked when the run is read rather than after an hour of work."""
+    from .steer import POSITION_POLICIES
+
+    alphas, controls, claim = steer["alphas"], steer["control_alphas"], steer["claim_alpha"]
+    for key, grid in (("alphas", alphas), ("control_alphas", controls)):
+        if not grid or any(isinstance(a, bool) or not isinstance(a, (int, float)) for a in grid):
+            raise RunConfigError(f"{where}: [steer] {key} = {grid!r} must be a non-empty list of numbers")
+        if 0 in grid:
+            raise RunConfigError(f"{where}: [steer] {key} = {grid!r} holds 0; alpha = 0 is the unsteered run itself")
+    if claim not in alphas or claim not in controls:
+        raise RunConfigError(f"{where}: [steer] claim_alpha = {claim!r} must be in both alphas = {alphas!r} and "
+                             f"control_alphas = {controls!r}: claims are judged where every direction was run")
+    if not 0.0 <= steer["specific_nrn"] <= 1.0:
+        raise RunConfigError(f"{where}: [steer] specific_nrn = {steer['specific_nrn']!r} is a relative norm, in [0, 1]")
+    if steer["n_prompts"] < 3 or steer["max_new_tokens"] < 1:
+        raise RunConfigError(f"{where}: [steer] needs n_prompts >= 3 (the side-by-side shows three) and "
+                             f"max_new_tokens >= 1; got {steer['n_prompts']} and {steer['max_new_tokens']}")
+    if steer["positions"] not in POSITION_POLICIES:
+        raise RunConfigError(f"{where}: [steer] positions = {steer['positions']!r}; one of {list(POSITION_POLICIES)}")
+
+
 def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     """Validate and resolve a run given as a dict (the parsed TOML, ``extends`` already applied)."""
     from . import presets
@@ -215,6 +237,7 @@ def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     if preset.kind == "organism" and harvest["corpus"]:
         raise RunConfigError(f"{where}: [harvest.corpus] applies to real-data (hf) presets, not to {preset.name}")
     sections = {s: _section(raw, s, d, where) for s, d in ANALYSIS_DEFAULTS.items()}
+    _check_steer(sections["steer"], where)
     return RunConfig(name=name, source=source, preset=preset.name, smoke=smoke,
                      description=str(raw.get("description", "")), harvest=harvest,
                      train=_train_section(raw, preset, where), **sections)

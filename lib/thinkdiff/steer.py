@@ -146,14 +146,19 @@ def random_direction(vector: torch.Tensor, seed: int) -> torch.Tensor:
 
 def pick_latents(scores: pd.DataFrame, nrn, categories: Sequence[str] = ("self_reflection", "deductive"),
                  specific: float = DISTILLED_SPECIFIC, shared: tuple[float, float] = (0.45, 0.55),
-                 shared_category: str = "self_reflection") -> pd.DataFrame:
+                 shared_category: str = "self_reflection", strict: bool = True) -> pd.DataFrame:
     """Which latents to steer with, by a fixed rule (no peeking at steering results).
 
     scores: ``[F x categories]`` latent scores, higher = more category-like (e.g. ``label.ground_truth_auroc(...).auroc``
     or ReasonScores); nrn: ``[F]`` relative norms (1 = distilled-only). For each of ``categories``: the
     best-scoring latent with ``nrn >= specific`` (distilled-specific); plus the best ``shared_category`` latent
     with ``shared[0] <= nrn <= shared[1]`` (a shared counterpart). Returns one row per role:
-    ``role, latent, category, score, relative_norm``.
+    ``role, latent, category, score, relative_norm, found``.
+
+    A role whose band holds no latent with a finite score raises (``strict``), or, with ``strict=False``, gets
+    ``found = False``, ``latent = -1`` and the reason in ``missing``: a pair without distilled-specific latents
+    leaves the paper's procedure nothing to steer with, and the claims that need it are not tested
+    (``claims_without_latents``). The band is never widened to make room.
     """
     nrn = np.asarray(nrn, dtype=float)
     if len(nrn) != len(scores):
@@ -169,14 +174,34 @@ def pick_latents(scores: pd.DataFrame, nrn, categories: Sequence[str] = ("self_r
         s = np.where(mask & np.isfinite(s), s, -np.inf)
         j = int(np.argmax(s))
         if not np.isfinite(s[j]):
-            raise ValueError(f"no {what} latent with a finite {cat} score: widen the relative-norm band")
-        return dict(latent=j, category=cat, score=float(s[j]), relative_norm=float(nrn[j]))
+            reason = f"no {what} latent with a finite {cat} score"
+            if strict:
+                raise ValueError(f"{reason}: widen the relative-norm band")
+            return dict(latent=-1, category=cat, score=np.nan, relative_norm=np.nan, found=False, missing=reason)
+        return dict(latent=j, category=cat, score=float(s[j]), relative_norm=float(nrn[j]), found=True, missing="")
 
-    rows = [dict(role=cat, **best(cat, nrn >= specific, f"distilled-specific (nrn >= {specific})"))
+    rows = [dict(role=cat, **best(cat, nrn >= specific, f"distilled-specific (nrn >= {specific:g})"))
             for cat in categories]
     rows.append(dict(role="shared", **best(shared_category, (nrn >= shared[0]) & (nrn <= shared[1]),
-                                           f"shared ({shared[0]} <= nrn <= {shared[1]})")))
+                                           f"shared ({shared[0]:g} <= nrn <= {shared[1]:g})")))
     return pd.DataFrame(rows)
+
+
+# The paper's steering claims and the role each one steers with (claim 6: over-thinking, claim 7: incisive).
+CLAIM_ROLES = {"6": "self_reflection", "7": "deductive"}
+
+
+def claims_without_latents(chosen: pd.DataFrame) -> dict:
+    """``{claim: {verdict: "not tested", evidence}}`` for each steering claim whose latent ``pick_latents``
+    (``strict=False``) found no candidate for; ``{}`` when every claim has its latent."""
+    out = {}
+    for claim, role in CLAIM_ROLES.items():
+        row = chosen[chosen["role"] == role]
+        if row.empty:
+            raise ValueError(f"chosen has no row for role {role!r} (claim {claim}); roles: {list(chosen['role'])}")
+        if not bool(row["found"].iloc[0]):
+            out[claim] = dict(verdict="not tested", evidence=f"nothing to steer with: {row['missing'].iloc[0]}")
+    return out
 
 
 # ----------------------------------------------------------------------------- positions
