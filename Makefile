@@ -28,9 +28,9 @@ demo: venv
 	THINKDIFF_FIGURES=$(abspath $(FIGURES)) $(PY) -m thinkdiff.notebooks --all --run $(RUN) --out notebooks/executed/$(RUN)
 	THINKDIFF_FIGURES=$(abspath $(FIGURES)) $(PY) -c "from thinkdiff import report, runconfig; print(report.write_report(runconfig.load('$(RUN)').name))"
 
-# Unit tests plus execution of every notebook.
+# Unit tests plus execution of every notebook, on two workers (one per core; tests sharing a fixture share a worker).
 test: venv
-	$(PY) -m pytest -q --durations=12 tests
+	$(PY) -m pytest -q --durations=12 -n 2 --dist loadgroup tests
 
 # Rebuild the shipped organism weights under data/organism/ from scratch (deterministic).
 organism: venv

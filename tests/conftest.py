@@ -13,9 +13,23 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `make test` runs two pytest-xdist workers on two cores: each worker (and every notebook kernel or torchrun it
+# starts) on one thread, since two threads per worker oversubscribe the cores and slow every test several-fold.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+# Tests that share a module- or session-scoped fixture run on one worker (xdist --dist loadgroup): each module is
+# a group, and the notebook and real-browser tests share one, since the browser reuses the executed notebooks.
+# The notebooks on the real-pair stand-in build a run of their own, so they form a group apart.
+SHARED_GROUPS = {"test_notebooks": "notebooks", "test_real_browser": "notebooks"}
+OWN_GROUPS = {"test_notebook_executes_on_a_real_pair_stand_in": "notebooks-real-pair"}
 
 TINY_TEXT = [
     "Ann has 3 apples. Ben gives her 4 more apples. Wait, let me check: 3 + 4 = 7.",
@@ -105,6 +119,10 @@ def test_runs(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------- real-browser tests
 def pytest_collection_modifyitems(config, items):
+    for it in items:
+        module = it.module.__name__.rsplit(".", 1)[-1]
+        group = OWN_GROUPS.get(it.originalname, SHARED_GROUPS.get(module, module))
+        it.add_marker(pytest.mark.xdist_group(group))
     import realbrowser
     from realbrowser import REPORT as BROWSER_REPORT
 

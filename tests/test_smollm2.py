@@ -142,3 +142,21 @@ def test_notebook_00_accepts_nothing_on_the_smoke_run(smoke_run, tmp_path, monke
     assert "smollm2-135m share of true checks" in n and set(n["smollm2-135m distilled marker rate / teacher"]) == set(
         world.CATEGORIES)
     assert all(c["verdict"] == "not tested" for c in rec["claims"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["01_harvest", "02_train", "03_label", "03b_ablation", "03c_browser", "04_steer",
+                                  "05_geometry"])
+def test_every_later_notebook_runs_on_the_smoke_run(name, smoke_run, tmp_path, monkeypatch):
+    """01-05 on the real pair (the path of `make demo RUN=smollm2-135m`, tiny parameters): each notebook executes
+    and records only "not tested" verdicts."""
+    from thinkdiff import notebooks
+
+    runs = paths.RUNS_DIR
+    monkeypatch.setenv("THINKDIFF_RUNS", str(runs))
+    monkeypatch.setenv("THINKDIFF_FIGURES", str(tmp_path / "figures"))
+    own = {"02_train": {"N_SPLICE_DOCS": 4}, "03b_ablation": {"N_BOOT": 50}, "03c_browser": {"N_CARDS": 2},
+           "04_steer": {"N_BOOT": 50, "BENCH_TOKENS": 4}, "05_geometry": {"N_BOOT": 50, "N_PERM": 20}}
+    notebooks.run(name, tmp_path / "executed", parameters={"RUN": "smollm2-smoke", **own.get(name, {})})
+    rec = json.loads((runs / "report" / "smollm2-smoke" / f"{name}.json").read_text())
+    assert rec["numbers"] and all(c["verdict"] == "not tested" for c in rec.get("claims", {}).values())
