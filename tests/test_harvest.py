@@ -78,6 +78,26 @@ def test_activations_and_metadata_match_a_plain_forward(tiny_pair, tiny_tokenize
     assert np.allclose(store.mean_norm, np.linalg.norm(acts, axis=2).mean(0), rtol=1e-6)
 
 
+def test_a_model_paired_with_itself_runs_once_per_batch(tiny_pair, tiny_tokenizer, tmp_path, monkeypatch):
+    """Claim 1's null store (base with base): one forward per batch, both columns the same numbers, and the same
+    store as a harvest that runs an identical copy of the model twice."""
+    base = tiny_pair[0]
+    calls = []
+    real_call = H.LayerReader.__call__
+    monkeypatch.setattr(H.LayerReader, "__call__", lambda self, ids, mask: calls.append(id(self)) or real_call(self, ids, mask))
+    docs = make_docs(tiny_tokenizer)
+    store = harvest_pair(base, base, tiny_tokenizer, tiny_tokenizer, docs, _cfg(), out_dir=tmp_path / "same",
+                         progress=False)
+    n_batches = len(H._plan(H.prepare_documents(docs, tiny_tokenizer, _cfg()), _cfg()))
+    assert len(calls) == n_batches and len(set(calls)) == 1
+    acts = store.acts(np.arange(store.n_tokens))
+    assert np.array_equal(acts[:, 0], acts[:, 1])
+    twin = harvest_pair(base, copy.deepcopy(base), tiny_tokenizer, tiny_tokenizer, docs, _cfg(),
+                        out_dir=tmp_path / "twin", progress=False)
+    assert len(calls) == 3 * n_batches                      # a copy is another model: read twice
+    assert np.array_equal(twin.acts(np.arange(twin.n_tokens)), acts)
+
+
 def test_documents_without_labels_and_default_layer(tiny_pair, tiny_tokenizer, tmp_path):
     base, distilled = tiny_pair
     store = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, TINY_TEXT,

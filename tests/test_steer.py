@@ -76,6 +76,30 @@ def test_batched_equals_unbatched(tiny_pair, tiny_tokenizer):
     assert a.ids == b.ids
 
 
+def test_rows_that_finish_leave_the_batch_without_changing_any_row(tiny_pair, tiny_tokenizer, monkeypatch):
+    """Rows ending at different steps are dropped from the batch (fewer row-forwards) and every row's tokens are
+    those it generates alone, greedy and sampled, steered or not."""
+    model = tiny_pair[1]
+    v = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    for vec, sample in ((None, False), (None, True), (v / v.norm(), False)):
+        kw = dict(layer=LAYER, max_new_tokens=12, do_sample=sample, seed=11, progress=False)
+        free = steer.generate_steered(model, tiny_tokenizer, PROMPTS, vec, 0.5, batch_size=5, eos_ids=(), **kw)
+        # an end token that rows first write at different steps (some early, some late or never)
+        ends = [t for t in sorted({x for row in free.ids for x in row})
+                if min(first := [row.index(t) if t in row else 12 for row in free.ids]) >= 1 and len(set(first)) > 1]
+        assert ends, free.ids
+        kw["eos_ids"] = {ends[0]}
+        alone = steer.generate_steered(model, tiny_tokenizer, PROMPTS, vec, 0.5, batch_size=1, **kw)
+        together = steer.generate_steered(model, tiny_tokenizer, PROMPTS, vec, 0.5, batch_size=5, **kw)
+        assert together.ids == alone.ids and together.truncated == alone.truncated
+        lengths = [len(x) for x in together.ids]
+        assert min(lengths) < 11 and max(lengths) > min(lengths), lengths   # rows did end at different steps
+        with monkeypatch.context() as m:     # finished rows ride along to the end
+            m.setattr(steer, "DROP_FINISHED_ROWS", False)
+            kept = steer.generate_steered(model, tiny_tokenizer, PROMPTS, vec, 0.5, batch_size=5, **kw)
+        assert kept.ids == together.ids and together.n_forward_tokens < kept.n_forward_tokens
+
+
 @pytest.mark.parametrize("positions", ["all", "generated", "think"])
 def test_delta_is_alpha_v_at_policy_positions(tiny_pair, tiny_tokenizer, positions):
     """Steered minus unsteered residual = alpha * v exactly where the policy says, 0 elsewhere (incl. padding)."""

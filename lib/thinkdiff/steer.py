@@ -375,8 +375,16 @@ def _policy_mask(ids: list[int], n_prompt: int, positions: str, sp: dict, start_
     return think_states(ids, sp["open"], sp["close"], start_open)
 
 
+# Finished rows leave a generating batch (their KV-cache rows dropped): same tokens, fewer forwards.
+DROP_FINISHED_ROWS = True
+
+
 @torch.no_grad()
 def _generate_batch(model, prompts, seeds, state, positions, sp, eos, pad, max_new, do_sample, temperature, dev):
+    """One left-padded batch through the KV-cached loop. Rows that finish leave the batch (their cache rows are
+    dropped once at least an eighth of the batch is finished), so a batch costs about the sum of its rows'
+    lengths rather than its size times the longest. Each row samples from its own generator, so what a row
+    generates depends neither on its batch nor on when the others finish."""
     B = len(prompts)
     lens = [len(p) for p in prompts]
     T = max(lens)
@@ -395,10 +403,12 @@ def _generate_batch(model, prompts, seeds, state, positions, sp, eos, pad, max_n
     ids, attn = ids.to(dev), attn.to(dev)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)  # positions from the mask: left padding shifts nothing
     cache = _make_cache(model)
+    can_drop = DROP_FINISHED_ROWS and cache is not None and hasattr(cache, "batch_select_indices")
     state["mask"] = pmask.to(dev)
     out_tok = [[] for _ in range(B)]
     steer = [[] for _ in range(B)]
     done = [False] * B
+    rows = list(range(B))          # the original row of each row still in the batch
     n_fwd = B * T
     inp, step_pos = ids, pos
     for step in range(max_new):
@@ -407,16 +417,16 @@ def _generate_batch(model, prompts, seeds, state, positions, sp, eos, pad, max_n
         logits = out.logits[:, -1].float()
         if do_sample:
             probs = torch.softmax(logits / temperature, -1).cpu()
-            nxt = [int(torch.multinomial(probs[b], 1, generator=gens[b])) for b in range(B)]
+            nxt = [int(torch.multinomial(probs[k], 1, generator=gens[b])) for k, b in enumerate(rows)]
         else:
             nxt = logits.argmax(-1).tolist()
         new_mask = []
-        for b in range(B):
+        for k, b in enumerate(rows):
             if done[b]:
-                nxt[b] = pad
+                nxt[k] = pad
                 new_mask.append(False)
                 continue
-            t = nxt[b]
+            t = nxt[k]
             if t in eos:
                 done[b] = True
                 new_mask.append(False)
@@ -432,11 +442,19 @@ def _generate_batch(model, prompts, seeds, state, positions, sp, eos, pad, max_n
         if all(done) or step == max_new - 1:
             break
         inp = torch.tensor(nxt, device=dev).unsqueeze(1)
-        # finished rows keep feeding pads, masked out; they no longer affect anything we record
-        attn = torch.cat([attn, torch.tensor([[0 if d else 1] for d in done], device=dev, dtype=attn.dtype)], 1)
+        # finished rows feed pads, masked out, until they are dropped; they no longer affect anything we record
+        attn = torch.cat([attn, torch.tensor([[0 if done[b] else 1] for b in rows], device=dev, dtype=attn.dtype)], 1)
         step_pos = step_pos[:, -1:] + 1
-        state["mask"] = torch.tensor(new_mask, device=dev).unsqueeze(1)
-        n_fwd += B
+        step_mask = torch.tensor(new_mask, device=dev).unsqueeze(1)
+        n_done = sum(done[b] for b in rows)
+        if can_drop and n_done and n_done * 8 >= len(rows):
+            keep = [k for k, b in enumerate(rows) if not done[b]]
+            index = torch.tensor(keep, device=dev)
+            cache.batch_select_indices(index)
+            inp, attn, step_pos, step_mask = inp[index], attn[index], step_pos[index], step_mask[index]
+            rows = [rows[k] for k in keep]
+        state["mask"] = step_mask
+        n_fwd += len(rows)
     state["mask"] = None
     truncated = [not d for d in done]
     return out_tok, truncated, steer, psteer, n_fwd
