@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from thinkdiff import metrics
+from thinkdiff.hooks import resid_hook
 from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
 from thinkdiff.kernels import batch_topk_indices
 from thinkdiff.trainers import batchtopk, relu_l1
@@ -200,6 +201,21 @@ def test_spliced_loss_identity_equals_clean(tiny_pair, tiny_tokenizer):
     assert all(torch.isfinite(torch.tensor(v)) for r in out.values() for v in r.values())
     with pytest.raises(ValueError, match="layer"):
         metrics.spliced_loss((base, distilled), ids, mask, lambda x: x, layer=9)
+    # several crosscoders share the clean and zeroed forwards; the zeroed one equals a full forward's
+    both = metrics.spliced_loss((base, distilled), ids, mask, {"identity": lambda x: x, "cc": cc}, layer=2)
+    assert set(both) == {"identity", "cc"}
+    for name in ("base", "distilled"):
+        assert both["identity"][name] == pytest.approx(res[name]) and both["cc"][name] == pytest.approx(out[name])
+
+    def zero(o):
+        o = o.clone()
+        o[mask.bool()] = 0
+        return o
+
+    with torch.no_grad(), resid_hook(base, 2, zero):
+        zl = base(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    assert res["base"]["ce_zero"] == pytest.approx(
+        torch.nn.functional.cross_entropy(zl[valid], ids[:, 1:][valid]).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("bias, path", [(0.0, "dense"), (-0.6, "sparse")])

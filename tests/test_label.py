@@ -479,6 +479,33 @@ def test_hook_reads_resid_pre(tiny_tokenizer, tiny_pair):
     torch.testing.assert_close(logits, out.logits[:, -1])
 
 
+def test_spliced_forward_skips_the_blocks_below_the_hook_and_changes_nothing(tiny_tokenizer, tiny_pair):
+    """Splicing every position makes the blocks below the hook dead work: skipping them gives the logits of the
+    full forward with the same splice, and the blocks are back in place afterwards."""
+    from thinkdiff.hooks import decoder_layers, resid_hook
+
+    base = tiny_pair[0]
+    ids = torch.as_tensor([tiny_tokenizer.encode("Wait, 3 + 4 = 7. So 7.", add_special_tokens=False)]).expand(3, -1)
+    blocks = list(decoder_layers(base))
+    with torch.no_grad():
+        _, clean = A._forward(base, ids[:1], 3)
+        splice = clean.expand(3, -1, -1) + torch.randn(3, *clean.shape[1:], generator=torch.Generator().manual_seed(0))
+
+        def put(h):
+            h = h.clone()
+            h[:, 1:] = splice[:, 1:]
+            return h
+
+        with resid_hook(base, 3, put):                      # the full forward, every block computed
+            ref = base(input_ids=ids).logits[:, -1]
+        got, h = A._forward(base, ids, 3, splice, start=1, clean=clean[0])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h[:, 0], clean[:, 0].expand(3, -1))
+    assert list(decoder_layers(base)) == blocks
+    with pytest.raises(ValueError, match="clean hook activation"):
+        A._forward(base, ids, 3, splice, start=1)
+
+
 def test_ablation_perfect_reconstruction_leaves_logits(tiny_tokenizer, tiny_pair):
     seqs, occ = ablation_inputs(tiny_tokenizer)
     cc = ToyCC.perfect(32)

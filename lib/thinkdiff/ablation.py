@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .codes import device_of, eval_mode
 from .label import CATEGORIES, MODELS
-from .hooks import resid_hook
+from .hooks import resid_hook, skip_below
 from .stats import cluster_bootstrap_mean_ci
 
 
@@ -79,22 +79,34 @@ def ablation_latents(counts, nrn, k: float, min_relative_norm: float = 0.5) -> n
     return np.sort(top[nrn[top] > min_relative_norm])
 
 
-def _forward(model, ids: torch.Tensor, layer: int, splice: torch.Tensor | None = None, start: int = 0):
+def _forward(model, ids: torch.Tensor, layer: int, splice: torch.Tensor | None = None, start: int = 0,
+             clean: torch.Tensor | None = None):
     """Forward ``ids`` [B, T]; return (logits at the last position [B, V], the hook-layer output [B, T, d]).
 
-    With ``splice`` [B, T, d], positions ``start..T-1`` of resid_pre of block ``layer`` are replaced.
+    With ``splice`` [B, T, d], positions ``start..T-1`` of resid_pre of block ``layer`` are replaced and positions
+    ``0..start-1`` keep ``clean`` [T, d], this model's hook activation on the same ids from a clean forward: every
+    position is then given, so the blocks below the hook are skipped (``hooks.skip_below``).
     """
     saved = {}
+    if splice is not None:
+        if clean is None:
+            raise ValueError("a spliced forward needs the clean hook activation for the positions before start")
+        full = splice.clone()
+        full[:, :start] = clean[:start].to(full.dtype)
 
-    def splice_in(h):
-        if splice is not None:
-            h = h.clone()
-            h[:, start:] = splice[:, start:].to(h.dtype)
+        def put(h):
+            saved["h"] = full.to(h.dtype)
+            return saved["h"]
+
+        with skip_below(model, layer), resid_hook(model, layer, put):
+            logits = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+        return logits, saved["h"]
+
+    def read(h):
         saved["h"] = h
-        return h if splice is not None else None
 
-    with resid_hook(model, layer, splice_in):
-        logits = model(input_ids=ids).logits[:, -1]
+    with resid_hook(model, layer, read):
+        logits = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
     return logits, saved["h"]
 
 
@@ -218,7 +230,7 @@ def run_ablation(base, distilled, cc, layer: int, sequences, occurrences: dict, 
                 recon = cc.decode(torch.cat(fs)).reshape(len(cat_arms), *x.shape)  # [R, T, 2, d]
                 for mi, m in enumerate(models):
                     lg, _ = _forward(m, ids.to(m.device).expand(len(cat_arms), -1), layer,
-                                     recon[:, :, mi].to(m.device), cfg.splice_start)
+                                     recon[:, :, mi].to(m.device), cfg.splice_start, clean=acts[mi])
                     for ai, (arm, k, draw, lat) in enumerate(cat_arms):
                         rows.append({"category": cat, "occurrence": int(o), "sequence": s, "position": p,
                                      "model": MODELS[mi], "arm": arm, "k": k, "draw": draw, "n_latents": len(lat),

@@ -58,3 +58,30 @@ def resid_hook(model, layer: int, fn: Callable[[torch.Tensor], torch.Tensor | No
         yield
     finally:
         handle.remove()
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands in for a decoder block whose output nobody reads: returns its input hidden states unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextlib.contextmanager
+def skip_below(model, layer: int):
+    """While active, decoder blocks ``0 .. layer - 2`` pass their input through instead of computing.
+
+    Only for forwards whose ``resid_hook(model, layer, fn)`` replaces resid_pre of block ``layer`` at every
+    position: what the skipped blocks would have computed is overwritten anyway, so skipping them changes no
+    output and saves their cost (block ``layer - 1`` still runs, since the hook lives on it). The blocks are put
+    back on exit, also after an error."""
+    layers = decoder_layers(model)
+    resid_module(model, layer)       # validates the layer
+    kept = [layers[i] for i in range(max(0, layer - 1))]
+    try:
+        for i in range(len(kept)):
+            layers[i] = _PassThrough()
+        yield
+    finally:
+        for i, m in enumerate(kept):
+            layers[i] = m

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .hooks import resid_hook
+from .hooks import resid_hook, skip_below
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -122,13 +122,15 @@ def spliced_loss(models, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
     ``models``: the HF causal LMs in crosscoder order (base, distilled); ``input_ids``/``attention_mask``
     [batch, seq] (held-out text); ``crosscoder``: any callable mapping raw activations
-    [n_tokens, n_models, d] to reconstructions of that shape (a folded ``CrossCoder``); ``layer``: the
-    hook (resid_pre of block L). ``splice_mask`` [batch, seq] bool: positions whose activation is
+    [n_tokens, n_models, d] to reconstructions of that shape (a folded ``CrossCoder``), or a dict
+    ``{name: crosscoder}`` to measure several against one set of clean and zero-ablated forwards; ``layer``:
+    the hook (resid_pre of block L). ``splice_mask`` [batch, seq] bool: positions whose activation is
     replaced (default: every attended position; pass one without position 0 to spare attention sinks).
 
-    Returns ``{name: {"ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero", "ce_recovered"}}``;
-    CE in nats per predicted token over positions t with tokens t and t+1 attended; KL(clean || other)
-    per token over the same positions.
+    Returns ``{model name: {"ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero", "ce_recovered"}}``
+    (``{crosscoder name: {model name: ...}}`` for a dict); CE in nats per predicted token over positions t with
+    tokens t and t+1 attended; KL(clean || other) per token over the same positions. The spliced and zeroed
+    forwards give every position its hook activation (clean where not spliced), so they skip the blocks below it.
     """
     models = list(models)
     names = list(names) if names is not None else (["base", "distilled"] if len(models) == 2
@@ -152,26 +154,32 @@ def spliced_loss(models, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             logits = mdl(input_ids=input_ids, attention_mask=attention_mask).logits
         clean_acts.append(store["x"])
         clean.append(_ce_and_logp(logits, input_ids, valid))
-    x = torch.stack([a[splice] for a in clean_acts], dim=1)            # [n_tokens, n_models, d]
-    x_hat = crosscoder(x.float())
-    if x_hat.shape != x.shape:
-        raise ValueError(f"crosscoder returned {tuple(x_hat.shape)} for activations {tuple(x.shape)}")
-    out = {}
-    for i, (mdl, name) in enumerate(zip(models, names)):
-        ce_clean, logp_clean = clean[i]
-        res = {"ce_clean": ce_clean}
-        for tag, repl in (("spliced", x_hat[:, i]), ("zero", torch.zeros_like(x[:, i]))):
-            def put(o, repl=repl):
-                o = o.clone()
-                o[splice] = repl.to(o.dtype)
-                return o
 
-            with resid_hook(mdl, layer, put):
-                logits = mdl(input_ids=input_ids, attention_mask=attention_mask).logits
-            ce, logp = _ce_and_logp(logits, input_ids, valid)
-            kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)[valid].mean().item()
-            res[f"ce_{tag}"], res[f"kl_{tag}"] = ce, kl
-        gap = res["ce_zero"] - res["ce_clean"]
-        res["ce_recovered"] = (res["ce_zero"] - res["ce_spliced"]) / gap if gap != 0 else float("nan")
-        out[name] = res
-    return out
+    def replaced(i, repl):
+        """CE and KL of model i with its spliced positions set to ``repl`` [n_tokens, d]."""
+        full = clean_acts[i].clone()
+        full[splice] = repl.to(full.dtype)
+        with skip_below(models[i], layer), resid_hook(models[i], layer, lambda o: full.to(o.dtype)):
+            logits = models[i](input_ids=input_ids, attention_mask=attention_mask).logits
+        ce, logp = _ce_and_logp(logits, input_ids, valid)
+        logp_clean = clean[i][1]
+        return ce, (logp_clean.exp() * (logp_clean - logp)).sum(-1)[valid].mean().item()
+
+    x = torch.stack([a[splice] for a in clean_acts], dim=1)            # [n_tokens, n_models, d]
+    zero = [replaced(i, torch.zeros_like(x[:, i])) for i in range(len(models))]
+    coders = crosscoder if isinstance(crosscoder, dict) else {None: crosscoder}
+    results = {}
+    for cname, cc in coders.items():
+        x_hat = cc(x.float())
+        if x_hat.shape != x.shape:
+            raise ValueError(f"crosscoder returned {tuple(x_hat.shape)} for activations {tuple(x.shape)}")
+        out = {}
+        for i, name in enumerate(names):
+            res = {"ce_clean": clean[i][0]}
+            res["ce_spliced"], res["kl_spliced"] = replaced(i, x_hat[:, i])
+            res["ce_zero"], res["kl_zero"] = zero[i]
+            gap = res["ce_zero"] - res["ce_clean"]
+            res["ce_recovered"] = (res["ce_zero"] - res["ce_spliced"]) / gap if gap != 0 else float("nan")
+            out[name] = res
+        results[cname] = out
+    return results if isinstance(crosscoder, dict) else results[None]

@@ -111,11 +111,9 @@ ids = [torch.tensor(d.input_ids[:128]) for d in held_docs]
 input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=tok.pad_token_id)
 attn = torch.nn.utils.rnn.pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)
 splice = attn.clone(); splice[:, 0] = 0          # position 0 stays clean, as in training (excluded there)
-rows = []
-with torch.no_grad():
-    for s, cc in coders.items():
-        out = metrics.spliced_loss(pair.models, input_ids, attn, cc, store.layer, splice_mask=splice)
-        rows += [{"scheme": s, "model": m, **v} for m, v in out.items()]
+with torch.no_grad():   # every scheme against one clean and one zero-ablated forward per model
+    out = metrics.spliced_loss(pair.models, input_ids, attn, coders, store.layer, splice_mask=splice)
+rows = [{"scheme": s, "model": m, **v} for s, per_model in out.items() for m, v in per_model.items()]
 spliced = pd.DataFrame(rows).set_index(["scheme", "model"])
 spliced.round(4)
 
