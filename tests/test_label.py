@@ -629,6 +629,12 @@ def test_lexical_profile_and_claim_verdicts():
     assert claims.claim4_verdict(prof, np.array([0.05, 0.5, 0.5]))[0] == "supports"
     assert claims.claim4_verdict(prof, np.array([0.1, 0.05, 0.5]))[0] == "mixed"
     assert claims.claim4_verdict(prof, np.array([0.6, 0.7, 0.5]))[0] == "not tested"
+    # every use of the word is a reasoning use: a firing ratio cannot be measured, so nothing is judged
+    only = L.lexical_profile(codes.SparseActs.from_dense(f), {**meta, "label": np.r_[1, 1, 1, 1, meta["label"][4:]]},
+                             [0, 1, 2], [7], "self_reflection")
+    assert only.attrs["n_unlabelled"] == 0
+    v, e = claims.claim4_verdict(only, np.array([0.5, 0.05, 0.5]))
+    assert v == "not tested" and "no ordinary" in e
     nrn = np.r_[np.full(30, 0.95), np.full(20, 0.05), np.full(50, 0.5)]
     freq = np.full(100, 0.01)
     quiet = [{"distilled_only": 2, "base_only": 1}, {"distilled_only": 4, "base_only": 3}]   # bars 6 and 5

@@ -64,7 +64,8 @@ def claim4_verdict(profile: pd.DataFrame, nrn, base_max: float = SHARED_BAND[0],
     """Claim 4 on ``lexical_profile`` rows: are the base-side (relative norm <= ``base_max``) marker latents
     lexical, i.e. token purity >= ``min_purity`` and an unlabelled/labelled firing ratio within ``ratio``
     (they fire on the word whatever its role)? ``supports`` if all are, ``contradicts`` if none, else
-    ``mixed``; ``not tested`` when no profiled latent is base-side."""
+    ``mixed``; ``not tested`` when no profiled latent is base-side, or when the corpus holds no ordinary
+    (unlabelled) use of the marker words, so whether a latent fires on the word whatever its role is unmeasured."""
     nrn = np.asarray(nrn, float)
     p = profile.assign(relative_norm=nrn[profile["latent"]]).sort_values("relative_norm")
     n = f"(n = {profile.attrs.get('n_labelled', '?')} reasoning / {profile.attrs.get('n_unlabelled', '?')} ordinary uses)"
@@ -72,6 +73,9 @@ def claim4_verdict(profile: pd.DataFrame, nrn, base_max: float = SHARED_BAND[0],
     if base.empty:
         lo = f"; the most base-leaning has relative norm {p['relative_norm'].iloc[0]:.2f}" if len(p) else ""
         return "not tested", f"no marker latent is base-side (relative norm <= {base_max}) {n}{lo}"
+    if profile.attrs.get("n_unlabelled") == 0 or base["label_ratio"].isna().all():
+        return "not tested", (f"the corpus has no ordinary (unlabelled) use of the marker words {n}, so no firing "
+                              f"ratio to test; {len(base)} base-side marker latent(s)")
     lex = (base["token_purity"] >= min_purity) & base["label_ratio"].between(*ratio)
     parts = [f"latent {int(r.latent)} (nrn {r.relative_norm:.2f}): purity {r.token_purity:.2f}, fires on "
              f"{r.fire_labelled:.0%} of reasoning / {r.fire_unlabelled:.0%} of ordinary uses" for r in base.head(3).itertuples()]
