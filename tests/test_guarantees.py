@@ -230,3 +230,16 @@ def test_a_crosscoder_is_refused_on_a_store_it_was_not_trained_on(tmp_path):
     for call in (lambda: codes.encode_store(other, store), lambda: label.latent_scaling(other, store, [0, 1])):
         with pytest.raises(ValueError, match=f"{tmp_path}/s: store hash .* vs 0123456789ab"):
             call()
+
+
+def test_a_writer_that_loses_the_rename_race_says_so_and_leaves_nothing(tmp_path):
+    """Without the writer lock two writers can both start; the one that finishes second gets FileExistsError (not
+    an OSError about a non-empty folder), its temporary folder is removed and the first one's artifact stays."""
+    final = tmp_path / "artifact"
+    with pytest.raises(FileExistsError, match="another process"):
+        with paths.atomic_dir(final) as tmp:
+            (tmp / "value").write_text("mine")
+            final.mkdir()
+            (final / "value").write_text("theirs")        # the other writer renamed its folder first
+    assert (final / "value").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]

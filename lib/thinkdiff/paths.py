@@ -170,4 +170,10 @@ def atomic_dir(final: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tmp.rename(final)
+    try:
+        tmp.rename(final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():   # another writer without the writer lock finished first
+            raise FileExistsError(f"{final} was written by another process meanwhile") from None
+        raise

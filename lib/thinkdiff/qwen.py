@@ -224,12 +224,11 @@ def qwen_tokenizer_dir(flavour: str = "qwen2.5-math") -> Path:
     spec = TOKENIZER_FLAVOURS[flavour]
     folder = Path(paths.RUNS_DIR) / "tokenizers" / f"{flavour}-{paths.config_hash({'v': 1, **spec})}"
     if not (folder / "tokenizer.json").exists():
-        tok = _build_tokenizer(flavour)
-        try:
-            with paths.atomic_dir(folder) as tmp:
-                tok.save_pretrained(tmp)
-        except FileExistsError:     # another process finished first; its copy is identical
-            pass
+        with paths.writer_lock(folder):     # one builder; a second process waits and reads its copy
+            if not (folder / "tokenizer.json").exists():
+                tok = _build_tokenizer(flavour)
+                with paths.atomic_dir(folder) as tmp:
+                    tok.save_pretrained(tmp)
     return folder
 
 
