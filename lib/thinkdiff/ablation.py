@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .codes import device_of, eval_mode
 from .label import CATEGORIES, MODELS
-from .hooks import resid_hook, skip_below
+from .hooks import resid_hook, resid_replaced
 from .stats import cluster_bootstrap_mean_ci
 
 
@@ -85,7 +85,7 @@ def _forward(model, ids: torch.Tensor, layer: int, splice: torch.Tensor | None =
 
     With ``splice`` [B, T, d], positions ``start..T-1`` of resid_pre of block ``layer`` are replaced and positions
     ``0..start-1`` keep ``clean`` [T, d], this model's hook activation on the same ids from a clean forward: every
-    position is then given, so the blocks below the hook are skipped (``hooks.skip_below``).
+    position is then given, so the blocks below the hook are skipped (``hooks.resid_replaced``).
     """
     saved = {}
     if splice is not None:
@@ -93,14 +93,9 @@ def _forward(model, ids: torch.Tensor, layer: int, splice: torch.Tensor | None =
             raise ValueError("a spliced forward needs the clean hook activation for the positions before start")
         full = splice.clone()
         full[:, :start] = clean[:start].to(full.dtype)
-
-        def put(h):
-            saved["h"] = full.to(h.dtype)
-            return saved["h"]
-
-        with skip_below(model, layer), resid_hook(model, layer, put):
+        with resid_replaced(model, layer, full):
             logits = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
-        return logits, saved["h"]
+        return logits, full
 
     def read(h):
         saved["h"] = h

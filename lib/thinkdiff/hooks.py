@@ -68,15 +68,10 @@ class _PassThrough(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def skip_below(model, layer: int):
-    """While active, decoder blocks ``0 .. layer - 2`` pass their input through instead of computing.
-
-    Only for forwards whose ``resid_hook(model, layer, fn)`` replaces resid_pre of block ``layer`` at every
-    position: what the skipped blocks would have computed is overwritten anyway, so skipping them changes no
-    output and saves their cost (block ``layer - 1`` still runs, since the hook lives on it). The blocks are put
-    back on exit, also after an error."""
+def _skip_below(model, layer: int):
+    """While active, decoder blocks ``0 .. layer - 2`` pass their input through instead of computing (block
+    ``layer - 1`` still runs: the hook lives on it). The blocks are put back on exit, also after an error."""
     layers = decoder_layers(model)
-    resid_module(model, layer)       # validates the layer
     kept = [layers[i] for i in range(max(0, layer - 1))]
     try:
         for i in range(len(kept)):
@@ -85,3 +80,14 @@ def skip_below(model, layer: int):
     finally:
         for i, m in enumerate(kept):
             layers[i] = m
+
+
+@contextlib.contextmanager
+def resid_replaced(model, layer: int, value: torch.Tensor):
+    """While active, resid_pre of block ``layer`` is ``value`` [batch, T, d] at every position of every forward.
+
+    What the blocks below would compute is overwritten, so they are skipped (passed through): the forward costs
+    only the blocks from ``layer`` up and gives the output of a full forward with the same replacement."""
+    resid_module(model, layer)       # validates the layer
+    with _skip_below(model, layer), resid_hook(model, layer, lambda h: value.to(h.dtype)):
+        yield

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .hooks import resid_hook, skip_below
+from .hooks import resid_hook, resid_replaced
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,7 @@ def spliced_loss(models, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         """CE and KL of model i with its spliced positions set to ``repl`` [n_tokens, d]."""
         full = clean_acts[i].clone()
         full[splice] = repl.to(full.dtype)
-        with skip_below(models[i], layer), resid_hook(models[i], layer, lambda o: full.to(o.dtype)):
+        with resid_replaced(models[i], layer, full):
             logits = models[i](input_ids=input_ids, attention_mask=attention_mask).logits
         ce, logp = _ce_and_logp(logits, input_ids, valid)
         logp_clean = clean[i][1]
