@@ -261,14 +261,37 @@ def test_compute_dtype_rule_and_record(tiny_pair, tiny_tokenizer, tmp_path):
     stores = {dt: harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs,
                                HarvestConfig(layer=2, batch_size=4, compute_dtype=dt), out_dir=tmp_path / dt,
                                progress=False) for dt in ("float32", "bfloat16", "auto")}
-    assert stores["float32"].manifest["compute"] == {"dtype": "float32", "chosen_by": "config"}
+    plain = stores["float32"].manifest["compute"]
+    assert (plain["dtype"], plain["chosen_by"], plain["weights"]["dtype"]) == ("float32", "config", ["float32"])
+    assert plain["weights"]["cpu_probe"]["cpu"]            # the CPU and its bf16 probe, whatever the choice
     explicit = stores["bfloat16"].manifest["compute"]
     assert explicit["dtype"] == "bfloat16" and explicit["chosen_by"] == "config"
     auto = stores["auto"].manifest["compute"]
-    assert auto["chosen_by"] == "auto" and auto["tolerance"] == H.BF16_TOLERANCE
-    assert auto["dtype"] == ("bfloat16" if H.bf16_pays(auto["float32_s"], auto["bfloat16_s"], auto["relative_error"])
-                             else "float32")
+    assert auto["chosen_by"] == "auto"
+    if auto["weights"]["cpu_probe"]["bf16"]:                # bf16 may pay here: timed and measured
+        assert auto["tolerance"] == H.BF16_TOLERANCE
+        assert auto["dtype"] == ("bfloat16" if H.bf16_pays(auto["float32_s"], auto["bfloat16_s"],
+                                                           auto["relative_error"]) else "float32")
+    else:                                                    # emulated bf16: float32 without a slow trial
+        assert auto["dtype"] == "float32" and "float32_s" not in auto and "probe" in auto["why"]
     rows = np.arange(stores["float32"].n_tokens)
     a, b = stores["float32"].acts(rows), stores["bfloat16"].acts(rows)
     assert 0 < np.linalg.norm(b - a) / np.linalg.norm(a) <= H.BF16_TOLERANCE      # autocast really ran
     assert explicit["relative_error"] == pytest.approx(np.linalg.norm(b - a) / np.linalg.norm(a), rel=0.5)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-native", "bf16-emulated"])
+def test_auto_compute_follows_the_cpu_probe(native, tiny_pair, tiny_tokenizer, tmp_path, monkeypatch):
+    """Both answers of the probe, on any CPU: "auto" skips the bf16 trial where bf16 is emulated."""
+    from thinkdiff import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_probe", lambda: {"bf16": native, "why": f"test: native={native}"})
+    base, distilled = tiny_pair
+    store = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, make_docs(tiny_tokenizer),
+                         HarvestConfig(layer=2, batch_size=4, compute_dtype="auto"), out_dir=tmp_path / "s",
+                         progress=False)
+    got = store.manifest["compute"]
+    assert got["weights"]["cpu_probe"]["bf16"] is native
+    assert ("float32_s" in got) is native                   # timed only where bf16 may pay
+    if not native:
+        assert got["dtype"] == "float32" and "native=False" in got["why"]

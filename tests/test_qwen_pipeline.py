@@ -42,7 +42,7 @@ def pair(tiny, tmp_path_factory):
         mp.setattr(paths, "RUNS_DIR", tmp_path_factory.mktemp("runs"))
         yield pipeline.load_pair(p.name)
     presets.PRESETS.pop(PRESET, None)
-    pipeline._PAIRS.pop((PRESET, None), None)
+    pipeline._PAIRS.pop((PRESET, None, "auto"), None)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from thinkdiff import (evaluate, nlworld, organism, paths, pipeline, presets, smollm2, smollm2_corpus, smollm2_distill,
-                       smollm2_eval, world)
+from thinkdiff import (evaluate, harvest, nlworld, organism, paths, pipeline, precision, presets, smollm2,
+                       smollm2_corpus, smollm2_distill, smollm2_eval, world)
 
 
 def test_teacher_checks_recompute_and_every_move_is_labelled():
@@ -64,7 +64,7 @@ def rebuilt(tmp_path_factory):
         mp.setattr(paths, "RUNS_DIR", tmp_path_factory.mktemp("smollm2-runs"))
         base, distilled = smollm2.pair_dirs()
         yield base, distilled
-        pipeline._PAIRS.pop(("smollm2-135m", None), None)
+        pipeline._PAIRS.pop(("smollm2-135m", None, "auto"), None)
 
 
 def test_conversion_is_exact_and_the_rebuild_matches_the_manifest(rebuilt):
@@ -92,8 +92,13 @@ def test_smoke_run_harvests_labelled_store_and_trains(smoke_run):
     run = smoke_run
     pair = run.pair
     assert type(pair.base).__name__ == "Qwen2ForCausalLM" and (pair.layer, pair.d_model, pair.n_layers) == (15, 576, 30)
-    assert pair.base.dtype == torch.bfloat16 and pair.tokenizer.convert_tokens_to_ids("<think>") == 49_152
+    # stored bf16, computed in bf16 only where this CPU's probe finds bf16 faster (else upcast to float32)
+    want = getattr(torch, precision.weights_dtype("bfloat16")["dtype"])
+    assert pair.base.dtype == pair.distilled.dtype == want and pair.precision["storage"] == "bfloat16"
+    assert pair.tokenizer.convert_tokens_to_ids("<think>") == 49_152
     store = run.store
+    assert store.manifest["compute"]["weights"]["dtype"] == [str(want).removeprefix("torch.")]
+    assert store.manifest["compute"]["weights"]["cpu_probe"]["bf16"] == (want == torch.bfloat16)
     ids = [m["weight_hash"] for m in store.manifest["models"]]
     assert len(set(ids)) == 2                                        # both models' weights in the manifest, different
     assert run.has_labels and set(np.unique(store.meta["label"])) <= {-1, 0, 1, 2, 3, 4}
@@ -106,6 +111,37 @@ def test_smoke_run_harvests_labelled_store_and_trains(smoke_run):
     assert (cc.n_latents, cc.d_model) == (256, 576)
     gt = run.ground_truth("relu")
     assert len(gt.best) == 4 and gt.best["auroc"].between(0, 1).all()
+
+
+def test_bf16_and_float32_compute_agree_within_the_stated_tolerance(smoke_run):
+    """The same pair loaded to compute in float32 and in bf16 (either may be what "auto" picks on a CPU): activations
+    at the hook, the smoke crosscoder's codes and greedy tokens (where float32's top two are not near-tied) agree
+    within ``precision.AGREEMENT``. Small on purpose: bf16 is emulated, ~50x slower, on some CPUs."""
+    tol = precision.AGREEMENT
+    pairs = {dt: presets.load_pair("smollm2-135m", model_dtype=dt) for dt in ("float32", "bfloat16")}
+    assert pairs["float32"].base.dtype == torch.float32 and pairs["bfloat16"].base.dtype == torch.bfloat16
+    tok = pairs["float32"].tokenizer
+    docs = [d for d in smoke_run.documents() if d.kind == "teacher"][:2]
+    x = torch.tensor([list(d.input_ids[:40]) for d in docs])
+    acts = {dt: [harvest.LayerReader(m, tok, p.layer)(x, torch.ones_like(x)) for m in p.models]
+            for dt, p in pairs.items()}
+    for a, b in zip(acts["float32"], acts["bfloat16"]):
+        assert ((b - a).norm() / a.norm()).item() <= tol["activations_rel_l2"]
+    cc = smoke_run.crosscoder("relu")
+    with torch.no_grad():
+        f32, f16 = (cc.encode(torch.stack(acts[dt], 2)[:, 1:].reshape(-1, 2, cc.d_model)) for dt in pairs)
+    assert ((f16 - f32).norm() / f32.norm()).item() <= tol["codes_rel_l2"]
+    assert ((f16 > 0) == (f32 > 0)).float().mean().item() >= tol["codes_active_agreement"]
+    # greedy: float32's continuation, then bf16's argmax on the same prefixes; a near-tie may go either way
+    n_new, prompt = 6, x[:1, :24]
+    seq = pairs["float32"].distilled.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
+                                              do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        l32, l16 = (pairs[dt].distilled(seq).logits[0, prompt.shape[1] - 1:-1].float() for dt in pairs)
+    top2 = l32.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > tol["greedy_tie_margin"]
+    assert clear.any()
+    assert torch.equal(l16.argmax(-1)[clear], seq[0, prompt.shape[1]:][clear])
 
 
 def test_smoke_evaluation_is_not_judged(smoke_run):

@@ -321,15 +321,27 @@ def bf16_pays(float32_s: float, bfloat16_s: float, relative_error: float) -> boo
 
 
 def choose_compute(readers, docs, plan, cfg, pad_id) -> dict:
-    """The forward's compute dtype, and why: ``{"dtype", "chosen_by", ...}`` (recorded in the manifest).
+    """The forward's compute dtype, and why: ``{"dtype", "chosen_by", "weights", ...}`` (recorded in the manifest).
 
-    Unless ``cfg.compute_dtype`` is float32: time the first batch's first 4 documents through both models in
-    float32 and under bf16 autocast (after a warm-up, alternating, best of two) and compare the activations.
-    "auto" chooses bf16 when it takes at most ``BF16_MAX_TIME_RATIO`` of the float32 time with relative error
-    at most ``BF16_TOLERANCE``; "bfloat16" keeps bf16 and warns above the tolerance. Sets the readers'
-    autocast flag to the choice."""
+    ``weights``: the dtype the models' weights hold (what their matmuls run in outside autocast) and, on a CPU,
+    ``precision.cpu_bf16_probe``'s answer and timings (what chose it when a pair was loaded with "auto").
+    "float32": no autocast. "auto" on a CPU whose bf16 matmuls the probe finds no faster than fp32: float32,
+    without trying bf16 (there it can be 50x slower). Otherwise time the first batch's first 4 documents through
+    both models in float32 and under bf16 autocast (after a warm-up, alternating, best of two) and compare the
+    activations. "auto" chooses bf16 when it takes at most ``BF16_MAX_TIME_RATIO`` of the float32 time with
+    relative error at most ``BF16_TOLERANCE``; "bfloat16" keeps bf16 and warns above the tolerance. Sets the
+    readers' autocast flag to the choice."""
+    from . import precision
+
+    device = readers[0].device.type
+    weights = {"dtype": sorted({str(next(r.model.parameters()).dtype).removeprefix("torch.") for r in readers})}
+    probe = precision.cpu_bf16_probe() if device == "cpu" else None
+    if probe is not None:
+        weights["cpu_probe"] = probe
     if cfg.compute_dtype == "float32":
         choice = {"dtype": "float32", "chosen_by": "config"}
+    elif cfg.compute_dtype == "auto" and probe is not None and not probe["bf16"]:
+        choice = {"dtype": "float32", "chosen_by": "auto", "why": f"CPU: {probe['why']}"}
     else:
         batch = _batch_arrays([docs[i] for i in plan[0][1][:4]], pad_id)
         mask = batch["mask"].bool()
@@ -358,6 +370,7 @@ def choose_compute(readers, docs, plan, cfg, pad_id) -> dict:
         if not auto and err > BF16_TOLERANCE:
             warnings.warn(f"bf16 autocast activations differ from float32 by {err:.2%} (relative L2) on the first "
                           f"batch, above the {BF16_TOLERANCE:.0%} tolerance; consider compute_dtype='float32'")
+    choice["weights"] = weights
     for r in readers:
         r.bf16_autocast = choice["dtype"] == "bfloat16"
     return choice

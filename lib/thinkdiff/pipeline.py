@@ -24,12 +24,13 @@ SCHEMES = ORGANISM   # the organism's training config of every sparsity scheme (
 _PAIRS: dict = {}
 
 
-def load_pair(preset: str = _presets.DEFAULT_PRESET, layer: int | None = None):
-    """The model pair of ``preset`` (hooked at ``layer``, None: the preset's), loaded once per process."""
+def load_pair(preset: str = _presets.DEFAULT_PRESET, layer: int | None = None, model_dtype: str = "auto"):
+    """The model pair of ``preset`` (hooked at ``layer``, None: the preset's; weights computing in ``model_dtype``,
+    see ``presets.load_pair``), loaded once per process."""
     p = _presets.get_preset(preset)
-    if (p.name, layer) not in _PAIRS:
-        _PAIRS[(p.name, layer)] = _presets.load_pair(p, layer)
-    return _PAIRS[(p.name, layer)]
+    if (p.name, layer, model_dtype) not in _PAIRS:
+        _PAIRS[(p.name, layer, model_dtype)] = _presets.load_pair(p, layer, model_dtype)
+    return _PAIRS[(p.name, layer, model_dtype)]
 
 
 def documents(pair, n_docs: int | None = None, teacher_fraction: float | None = None, seed: int | None = None,
@@ -100,7 +101,7 @@ class Run:
 
     @property
     def pair(self):
-        return load_pair(self.config.preset, self.config.harvest["layer"])
+        return load_pair(self.config.preset, self.config.harvest["layer"], self.config.model_dtype)
 
     def harvest_config(self) -> HarvestConfig:
         h = self.config.harvest
@@ -238,7 +239,8 @@ class Run:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
         out = {"stage": stage, "preset": self.config.preset, "layer": self.config.harvest["layer"],
-               "settings": getattr(self.config, stage, None)}
+               "settings": getattr(self.config, stage, None),
+               "model_dtype": _presets.weights_precision(self.config.preset, self.config.model_dtype)["dtype"]}
         if stage != "evaluate":
             out["store"] = store_hash(self.store)
         if stage not in ("evaluate", "harvest"):

@@ -14,6 +14,8 @@ tokenizers (chat templates, ``qwen.tokenizer_differences``).
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 
 
@@ -105,6 +107,7 @@ class ModelPair:
     preset: Preset
     organism: object = None       # the OrganismPair for organism presets (ground truth, eval helpers)
     own_tokenizers: tuple = ()    # hf presets: (base's, distilled's) tokenizer as published with each checkpoint
+    precision: dict = None        # the weights' compute dtype and why (``precision.weights_dtype``)
 
     @property
     def models(self):
@@ -129,16 +132,38 @@ def resolve_layer(layer: int | None, n_layers: int, what: str = "model") -> int:
     return layer
 
 
-def load_pair(preset: str | Preset, layer: int | None = None) -> ModelPair:
-    """Load both models and the tokenizer of ``preset`` (organism: built or loaded from cache)."""
+def weights_precision(preset: str | Preset, model_dtype: str = "auto") -> dict:
+    """The dtype ``load_pair`` loads ``preset``'s weights in, and why (``precision.weights_dtype``), without
+    loading them: the organism is stored in float32, an hf preset in its ``dtype``."""
+    import torch
+
+    from . import precision
+
     p = get_preset(preset)
+    storage = "float32" if p.kind == "organism" else p.dtype
+    device = "cuda" if p.kind != "organism" and torch.cuda.is_available() else "cpu"
+    return precision.weights_dtype(storage, model_dtype, device)
+
+
+def load_pair(preset: str | Preset, layer: int | None = None, model_dtype: str = "auto") -> ModelPair:
+    """Load both models and the tokenizer of ``preset`` (organism: built or loaded from cache).
+
+    ``model_dtype``: the weights' compute dtype. ``"auto"`` loads the preset's stored ``dtype``, except that bf16
+    weights are upcast to float32 on a CPU whose bf16 matmuls are not faster (``precision.weights_dtype``);
+    ``"float32"`` / ``"bfloat16"`` force it. The choice and why are in ``pair.precision``."""
+    import torch
+
+    p = get_preset(preset)
+    prec = weights_precision(p, model_dtype)
     if p.kind == "organism":
         from . import organism
 
         org = organism.get_organism(p.base)
         lay = resolve_layer(layer if layer is not None else p.layer, org.base.config.num_hidden_layers, p.name)
-        return ModelPair(org.base, org.distilled, org.tokenizer, org.tokenizer, lay, p, org)
-    import torch
+        base, distilled = org.base, org.distilled
+        if prec["dtype"] != "float32":      # copies: the organism's cached fp32 models stay as they are
+            base, distilled = (copy.deepcopy(m).to(getattr(torch, prec["dtype"])) for m in (base, distilled))
+        return ModelPair(base, distilled, org.tokenizer, org.tokenizer, lay, p, org, precision=prec)
 
     from .hf import load_hf_pair
     from .qwen import tiny_qwen_pair
@@ -152,10 +177,10 @@ def load_pair(preset: str | Preset, layer: int | None = None) -> ModelPair:
         tiny = tiny_qwen_pair(**p.extra["tiny"])
         base, distilled = str(tiny.base_path), str(tiny.distilled_path)
     device_map = p.placement if torch.cuda.is_available() else "cpu"
-    hf = load_hf_pair(base, distilled, dtype=p.dtype, device_map=device_map)
+    hf = load_hf_pair(base, distilled, dtype=prec["dtype"], device_map=device_map)
     lay = resolve_layer(layer if layer is not None else p.layer, hf.base.config.num_hidden_layers, p.name)
     # "base": the paper fed both models the base tokenizer's ids, no template (the harvest then skips the
     # pairing check: one tokenizer object); "own": the harvest compares the two on every document.
     tok_d = hf.base_tokenizer if p.tokenizer == "base" else hf.distilled_tokenizer
     return ModelPair(hf.base, hf.distilled, hf.base_tokenizer, tok_d, lay, p,
-                     own_tokenizers=(hf.base_tokenizer, hf.distilled_tokenizer))
+                     own_tokenizers=(hf.base_tokenizer, hf.distilled_tokenizer), precision=prec)

@@ -19,7 +19,7 @@ import math
 import os
 from pathlib import Path
 
-from . import paths
+from . import paths, precision
 
 CLAIMS = {
     1: "Exclusive features exist (latents near relative norm 0 and 1)",
@@ -97,6 +97,8 @@ def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), cl
         "figures": [_relative(f) for f in figures],
         "links": {k: _relative(v) for k, v in links.items()},
         "claims": {str(k): v for k, v in claims.items()},
+        # where the models' dtype came from: the CPU's bf16 probe (timings, answer, CPU model and flags)
+        "cpu_bf16_probe": precision.cpu_bf16_probe(),
     }
     out = folder / f"{stage}.json"
     tmp = out.with_suffix(".json.tmp")
@@ -120,7 +122,7 @@ def _fmt(v):
     return str(v)
 
 
-PROVENANCE_KEYS = ("preset", "layer", "store", "crosscoders")
+PROVENANCE_KEYS = ("preset", "layer", "model_dtype", "store", "crosscoders")
 
 
 def check_provenance(records: list[dict]) -> None:
@@ -156,6 +158,11 @@ def write_report(run: str, out: Path | None = None) -> Path:
         settings = prov.get("settings")
         lines += [f"## {rec['stage']}", "", f"config hash `{rec['config_hash']}`, written {rec['written']}"
                   + (f"; used {used}" if used else ""), ""]
+        probe = rec.get("cpu_bf16_probe")
+        if prov.get("model_dtype") or probe:
+            lines += [f"Models computed in {prov.get('model_dtype', 'their stored dtype')}"
+                      + (f"; CPU {probe['cpu']} ({'avx512_bf16' if probe['avx512_bf16'] else 'no avx512_bf16'}), "
+                         f"bf16 {'used' if probe['bf16'] else 'not used'}: {probe['why']}" if probe else ""), ""]
         if settings:   # the pre-registered settings this stage ran with (the run config's table)
             lines += [f"Settings: `{json.dumps(settings, sort_keys=True)}`", ""]
         lines += ["| quantity | value |", "|---|---|"]

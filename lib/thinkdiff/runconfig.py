@@ -52,7 +52,7 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
     "geometry": {"runs": ["organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20], "claim_dim": 2,
                  "top_k": 6, "seed": 0},
 }
-TOP_KEYS = ("preset", "extends", "smoke", "description", "harvest", "train", *ANALYSIS_DEFAULTS)
+TOP_KEYS = ("preset", "extends", "smoke", "description", "model_dtype", "harvest", "train", *ANALYSIS_DEFAULTS)
 
 
 class RunConfigError(ValueError):
@@ -74,6 +74,8 @@ class RunConfig:
     label: dict
     steer: dict
     geometry: dict
+    model_dtype: str = "auto"    # the pair's weights in memory: "auto" (stored dtype; stored bf16 is upcast to
+    #                              float32 on a CPU whose bf16 matmuls are not faster), "float32" or "bfloat16"
 
     @property
     def schemes(self) -> list[str]:
@@ -233,6 +235,9 @@ def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     smoke = raw.get("smoke", False)
     if not isinstance(smoke, bool):
         raise RunConfigError(f"{where}: smoke must be true or false, got {smoke!r}")
+    model_dtype = raw.get("model_dtype", "auto")
+    if model_dtype not in ("auto", "float32", "bfloat16"):
+        raise RunConfigError(f"{where}: model_dtype = {model_dtype!r}; one of 'auto', 'float32', 'bfloat16'")
     harvest = _section(raw, "harvest", _harvest_defaults(), where)
     if preset.kind == "organism" and harvest["corpus"]:
         raise RunConfigError(f"{where}: [harvest.corpus] applies to real-data (hf) presets, not to {preset.name}")
@@ -240,7 +245,7 @@ def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     _check_steer(sections["steer"], where)
     return RunConfig(name=name, source=source, preset=preset.name, smoke=smoke,
                      description=str(raw.get("description", "")), harvest=harvest,
-                     train=_train_section(raw, preset, where), **sections)
+                     train=_train_section(raw, preset, where), model_dtype=model_dtype, **sections)
 
 
 def load(name_or_path=DEFAULT_RUN, overrides: dict | None = None) -> RunConfig:

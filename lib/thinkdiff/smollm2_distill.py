@@ -3,7 +3,8 @@
 The recipe, fixed here and recorded in the manifest: traces of ``nlworld``'s teacher on *training* problems
 only (held-out step signatures never appear), loss on the trace (the completion after the question), LoRA rank
 16 on every attention and MLP projection (4.9 M trainable parameters), AdamW with linear warm-up and decay,
-bf16 autocast, one thread, every seed fixed. The adapter is saved without embedding layers (``<think>`` /
+bf16 autocast where the CPU computes bf16 faster (else float32; the manifest records which and why), one thread,
+every seed fixed. The adapter is saved without embedding layers (``<think>`` /
 ``</think>`` rows are the seeded ones of ``smollm2.convert_base``, not trained), ~20 MB, in
 ``data/smollm2/adapter``; ``data/smollm2/manifest.json`` records the recipe, the wall time, the loss curve and
 the sha256 of the merged weights that ``smollm2.distilled_dir`` must reproduce from GGUF + adapter.
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import nlworld, paths, smollm2, world
+from . import nlworld, paths, precision, smollm2, world
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -37,7 +38,8 @@ class DistillConfig:
     seed: int = 0
     n_train_problems: int = nlworld.N_TRAIN_PROBLEMS
     problem_seed: int = 0
-    bf16: bool = True
+    compute_dtype: str = "auto"   # autocast of the SFT forward: "auto" = bf16 where the CPU probe finds it faster
+    #                               (``precision.resolve``), else float32; "bfloat16" / "float32" force it
 
 
 def teacher_config() -> world.TeacherConfig:
@@ -89,11 +91,12 @@ def train_adapter(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> d
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / cfg.warmup, max(0.0, (cfg.steps - s) / max(1, cfg.steps - cfg.warmup))))
     model.train()
+    compute = precision.resolve(cfg.compute_dtype, "cpu", "DistillConfig.compute_dtype")
     losses, t0 = [], time.time()
     bar = tqdm(range(cfg.steps), desc="LoRA SFT", disable=not progress)
     for step in bar:
         ids, attn, labels = _batch(examples[step * cfg.batch:(step + 1) * cfg.batch], tok.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute["dtype"] == "bfloat16"):
             loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -104,7 +107,7 @@ def train_adapter(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> d
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     seconds = time.time() - t0
     model.save_pretrained(str(out_dir), save_embedding_layers=False)
-    return {"losses": losses, "train_seconds": round(seconds, 1), "trainable_parameters": n_train,
+    return {"losses": losses, "train_seconds": round(seconds, 1), "trainable_parameters": n_train, "compute": compute,
             "mean_tokens_per_example": round(sum(len(e[0]) for e in examples) / len(examples), 1)}
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import paths, trainers
+from . import paths, precision, trainers
 from .crosscoder import CONFIG_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
 from .store import part_bounds
 
@@ -91,7 +91,9 @@ class TrainConfig:
     seed: int = 49
     checkpoint_every: int = 250       # steps between checkpoints (0: none)
     compute_dtype: str = "float32"    # "bfloat16": the dense encoder matmul (the dense reference: every op) under
-    #                                   bf16 autocast; weights, optimiser state and the sparse kernels stay fp32
+    #                                   bf16 autocast; weights, optimiser state and the sparse kernels stay fp32;
+    #                                   "auto": bf16 where it pays on the device (``precision.resolve``: a GPU with
+    #                                   bf16, a CPU whose probe finds bf16 matmuls faster), else float32
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -132,8 +134,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.threshold_beta must lie in [0, 1), got {self.threshold_beta!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.compute_dtype not in ("float32", "bfloat16", "auto"):
+            raise ValueError(f"TrainConfig.compute_dtype must be 'float32', 'bfloat16' or 'auto', got {self.compute_dtype!r}")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ValueError(f"TrainConfig.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
         return self
@@ -143,7 +145,7 @@ class TrainConfig:
 PAPER = TrainConfig(activation="relu", n_latents=32_768, l1_coeff=2.0, lr=5e-5, batch_size=1024,
                     n_steps=390_625, lr_warmup_frac=0.0, lr_decay_frac=0.2, l1_warmup_frac=0.05,
                     grad_clip=1.0, dec_init_norm=0.08, seed=49, checkpoint_every=30_000,
-                    dead_tokens=10_000_000, compute_dtype="bfloat16")
+                    dead_tokens=10_000_000, compute_dtype="auto")   # bf16 on the paper's GPUs
 # Organism defaults of every sparsity scheme (TrainConfig field defaults; pipeline.SCHEMES refers to these).
 ORGANISM = {name: TrainConfig(activation=name) for name in trainers.SCHEMES}   # every scheme at the defaults
 
@@ -202,6 +204,7 @@ class Trainer:
         self.scale_np = validate_store(store)
         self.store_hash = store_hash(store)
         self.device = torch.device(device)
+        self.compute = precision.resolve(cfg.compute_dtype, self.device, "TrainConfig.compute_dtype")
         cc_cfg = CrossCoderConfig(d_model=int(store.d_model), n_latents=cfg.n_latents, n_models=int(store.n_models),
                                   activation=cfg.activation, k=cfg.k if trainers.get(cfg.activation).USES_K else None,
                                   layer=getattr(store, "layer", None), dec_init_norm=cfg.dec_init_norm,
@@ -261,8 +264,8 @@ class Trainer:
 
     # -- the loss -------------------------------------------------------------------------------
     def autocast(self):
-        """The compute-dtype context of the loss's matmuls (bf16 autocast when ``cfg.compute_dtype`` says so)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.compute_dtype == "bfloat16")
+        """The compute-dtype context of the loss's matmuls (bf16 autocast when ``cfg.compute_dtype`` resolves to it)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.compute["dtype"] == "bfloat16")
 
     def loss(self, x: torch.Tensor, step: int):
         """Loss and stats for a batch ``x`` [B, n_models, d] already in training units."""
@@ -316,7 +319,8 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"config": self.cfg.to_dict(), "store_hash": self.store_hash, "model": self.model.state_dict(),
+        return {"config": self.cfg.to_dict(), "store_hash": self.store_hash, "compute": self.compute,
+                "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "step": self.step_idx, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "tokens_seen": self.tokens_seen, "since_fired": self.since_fired.cpu(),
@@ -331,6 +335,12 @@ class Trainer:
             detail = ", ".join(f"{k}: {theirs.get(k)!r} (checkpoint) vs {mine.get(k)!r} (now)" for k in diff)
             raise ValueError(f"the checkpoint in {where} was written by another training config ({detail}); "
                              "it was left untouched. Use another checkpoint folder or delete it.")
+        theirs_dtype = (state.get("compute") or {}).get("dtype", theirs.get("compute_dtype"))
+        if theirs_dtype != self.compute["dtype"]:
+            raise ValueError(f"the checkpoint in {where} was trained computing in {theirs_dtype}, and "
+                             f"compute_dtype={self.cfg.compute_dtype!r} resolves to {self.compute['dtype']} here "
+                             f"({self.compute['why']}); it was left untouched. Resume it where it was trained, set "
+                             f"compute_dtype to {theirs_dtype!r}, or use another checkpoint folder.")
         if state.get("store_hash") != self.store_hash:
             raise ValueError(f"the checkpoint in {where} was trained on store {state.get('store_hash')!r}, not "
                              f"{self.store_hash!r}; it was left untouched. Use another checkpoint folder.")
@@ -361,6 +371,7 @@ class TrainResult:
     crosscoder: CrossCoder          # folded: takes and returns raw activations
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    compute: dict = field(default_factory=dict)   # the compute dtype used and why (``precision.resolve``)
 
 
 def _read_log(path: Path, upto_step: int) -> list[dict]:
@@ -456,11 +467,16 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
         if log_file is not None:
             log_file.close()
     folded = trainer.model.fold(trainer.scale_np.tolist()).eval()
-    return TrainResult(crosscoder=folded, log=log, seconds=time.perf_counter() - t0)
+    return TrainResult(crosscoder=folded, log=log, seconds=time.perf_counter() - t0, compute=trainer.compute)
 
 
-def cache_key(store, cfg: TrainConfig) -> str:
-    return paths.config_hash({"store": store_hash(store), "train": cfg.to_dict()})
+def cache_key(store, cfg: TrainConfig, device="cpu") -> str:
+    """The crosscoder cache folder's name: the store, the config and, for ``compute_dtype="auto"``, the dtype it
+    resolves to on ``device`` (a crosscoder trained in bf16 is not the one trained in float32)."""
+    key = {"store": store_hash(store), "train": cfg.to_dict()}
+    if cfg.compute_dtype == "auto":
+        key["compute"] = precision.resolve("auto", device)["dtype"]
+    return paths.config_hash(key)
 
 
 def get_crosscoder(store, cfg: TrainConfig, out_root=None, *, device="cpu", progress: bool = True) -> CrossCoder:
@@ -473,7 +489,7 @@ def get_crosscoder(store, cfg: TrainConfig, out_root=None, *, device="cpu", prog
     cfg.validate()
     validate_store(store)
     root = Path(out_root) if out_root is not None else Path(paths.RUNS_DIR) / "crosscoder"
-    key = cache_key(store, cfg)
+    key = cache_key(store, cfg, device)
     final = root / key
     with paths.writer_lock(final):     # one trainer per crosscoder; a second waits and loads its result
         if (final / CONFIG_NAME).exists():
@@ -488,7 +504,8 @@ def get_crosscoder(store, cfg: TrainConfig, out_root=None, *, device="cpu", prog
         work = paths.ensure_writable(root / f"{key}.partial")
         result = train(store, cfg, ckpt_dir=work, device=device, progress=progress)
         last = result.log[-1] if result.log else {}
-        summary = {"store_hash": store_hash(store), "train_config": cfg.to_dict(), "steps": cfg.n_steps,
+        summary = {"store_hash": store_hash(store), "train_config": cfg.to_dict(), "compute": result.compute,
+                   "steps": cfg.n_steps,
                    "tokens": last.get("tokens"), "seconds_this_session": result.seconds,
                    "final_batch": {k: last.get(k) for k in ("loss", "recon", "fvu", "l0", "dead_frac")}}
         with paths.atomic_dir(final) as tmp:
