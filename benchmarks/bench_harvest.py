@@ -26,6 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from thinkdiff import precision  # noqa: E402
 from thinkdiff.harvest import HarvestConfig, _batch_arrays, _plan, harvest_pair, prepare_documents  # noqa: E402
 from thinkdiff.hooks import decoder_layers_path  # noqa: E402
 from thinkdiff.organism import SIZES  # noqa: E402
@@ -131,7 +132,11 @@ def main(argv=None):
           f"{n_tok} tokens, batch {args.batch_size}x{args.seq_len}, {torch.get_num_threads()} threads, "
           f"{args.repeats} alternating repeats")
     ratios, rates = {}, {}
-    for dtype in ("float32", "bfloat16"):
+    bf16 = precision.resolve("auto", "cpu")
+    dtypes = ("float32", "bfloat16") if bf16["dtype"] == "bfloat16" else ("float32",)
+    if len(dtypes) == 1:
+        print(f"bf16 autocast skipped: {bf16['why']}")
+    for dtype in dtypes:
         cfg = HarvestConfig(layer=layer, batch_size=args.batch_size, max_seq_len=args.seq_len, shard_tokens=65536,
                             compute_dtype=dtype)
         plain_forward([base, distilled], warm, cfg, layer, tok.pad_token_id)
@@ -146,7 +151,7 @@ def main(argv=None):
             ratios[dtype, clock], rates[dtype, clock] = h / p, h
             print(f"{dtype:8s} [{clock} clock] plain forward (both models, stopped at layer) {p:,.0f} tok/s, harvest "
                   f"{h:,.0f} tok/s: ratio {h / p:.3f} by medians, {min(tp) / min(th):.3f} by best runs (goal >= 0.9)")
-    for clock in ("wall", "cpu"):
+    for clock in ("wall", "cpu") if len(dtypes) == 2 else ():
         print(f"[{clock} clock] harvest speed bf16 / float32 = {rates['bfloat16', clock] / rates['float32', clock]:.2f}")
     # CPU time is robust to other processes on a shared machine (use --threads 1 there) but leaves out I/O waits.
     return ratios

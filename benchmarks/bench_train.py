@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from thinkdiff import precision
 from thinkdiff.train import TensorStore, TrainConfig, Trainer
 from thinkdiff.trainers import relu_l1
 
@@ -123,8 +124,15 @@ def main():
 
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
-    peak, peak16 = matmul_peak(args.device), matmul_peak(args.device, torch.bfloat16)
-    print(f"matmul 4096^3: fp32 {peak:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s ({peak16 / peak:.2f}x)")
+    # bf16 only where the device computes it natively: an emulated bf16 (a CPU without AVX-512 BF16) runs a 4096^3
+    # matmul for minutes and times nothing thinkdiff would run there (precision.resolve chooses float32)
+    bf16 = precision.resolve("auto", args.device)
+    peak = matmul_peak(args.device)
+    if bf16["dtype"] == "bfloat16":
+        peak16 = matmul_peak(args.device, torch.bfloat16)
+        print(f"matmul 4096^3: fp32 {peak:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s ({peak16 / peak:.2f}x)")
+    else:
+        print(f"matmul 4096^3: fp32 {peak:.0f} GFLOP/s; bf16 skipped here ({bf16['why']})")
     store = TensorStore(torch.randn(args.batch, 2, args.d_model), heldout_frac=0.0)
     flop = 5 * 2 * args.batch * 2 * args.d_model * args.n_latents
     print(f"shape: 2 x {args.d_model} -> {args.n_latents} latents, batch {args.batch}; a dense step is "
@@ -141,6 +149,9 @@ def main():
             print(f"{name:16s} {point:16s} L0 {l0:7.1f}: fast {t_fast:.3f} s/step, dense reference {t_dense:.3f} "
                   f"s/step ({flop / t_dense / 1e9 / peak:.0%} of the fp32 matmul peak); ratio {t_fast / t_dense:.2f} "
                   f"({goal})")
+        if bf16["dtype"] != "bfloat16":
+            print(f"{name:16s} bf16 autocast step: skipped ({bf16['why']})")
+            continue
         cfg16 = cfg.replace(compute_dtype="bfloat16")
         x = store.acts[: cfg.batch_size]
         trs = [Trainer(store, c, device=args.device) for c in (cfg, cfg16)]

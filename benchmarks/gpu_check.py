@@ -47,7 +47,8 @@ from thinkdiff.harvest import HarvestConfig, harvest_pair  # noqa: E402
 from thinkdiff.train import PAPER, Trainer, train  # noqa: E402
 
 SMOKE = dict(hidden=64, layers=4, harvest_tokens=512, seq_len=128, harvest_batch=4, n_latents=512,
-             batch_size=128, train_steps=20, step_reps=3)
+             batch_size=128, train_steps=20, step_reps=3, peak_n=256)
+PEAK_N = 4096    # the matmul whose rate is the "peak" each step is compared with (SMOKE: peak_n)
 
 
 def _sync(device):
@@ -153,6 +154,7 @@ def run(args, tokenizer=None) -> dict:
     batch_size = shape.get("batch_size", PAPER.batch_size)
     train_steps = shape.get("train_steps", args.train_steps)
     step_reps = shape.get("step_reps", args.step_reps)
+    peak_n = shape.get("peak_n", PEAK_N)
     out: dict = {"preset": args.preset, "smoke": bool(args.smoke), "torch": torch.__version__,
                  "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                  "threads": torch.get_num_threads(), "model_dtype": args.model_dtype}
@@ -217,11 +219,11 @@ def run(args, tokenizer=None) -> dict:
         res = train(store, tcfg, device=device, progress=False)
         _sync(device)
         dt = time.perf_counter() - t0
-        out.update(n_latents=n_latents, train_batch=batch_size, train_steps=train_steps, train_s=round(dt, 3),
+        out.update(train_compute=res.compute, n_latents=n_latents, train_batch=batch_size, train_steps=train_steps, train_s=round(dt, 3),
                    train_tok_s=round(train_steps * batch_size / dt, 1),
                    train_final_fvu=[round(v, 4) for v in res.log[-1]["fvu"]], train_final_l0=res.log[-1]["l0"])
         out["train_peak_gib"] = (round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None)
-        print(f"train (train.train, store loader, fp32): {n_latents} latents, {train_steps} steps x {batch_size} in "
+        print(f"train (train.train, store loader, {res.compute['dtype']}: {res.compute['why']}): {n_latents} latents, {train_steps} steps x {batch_size} in "
               f"{dt:.2f} s = {out['train_tok_s']:,.0f} tok/s; last FVU {out['train_final_fvu']}, L0 "
               f"{out['train_final_l0']:.1f}; peak GPU memory {out['train_peak_gib']} GiB", flush=True)
 
@@ -232,7 +234,7 @@ def run(args, tokenizer=None) -> dict:
             [("bf16", False, "bfloat16")]
         for name, tf32, compute in modes:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            peak = matmul_tflops(device, torch.bfloat16 if compute == "bfloat16" else torch.float32)
+            peak = matmul_tflops(device, torch.bfloat16 if compute == "bfloat16" else torch.float32, n=peak_n)
             trainer = Trainer(store, tcfg.replace(compute_dtype=compute), device=device)
             s = timed_steps(trainer, x, step_reps, device)
             out[f"step_s_{name}"] = round(s, 5)
