@@ -117,8 +117,28 @@ def test_runs(tmp_path_factory):
             os.environ[k] = v
 
 
+# ------------------------------------------------------------------------------------------- test order
+def pytest_addoption(parser):
+    parser.addoption("--test-order", default="file",
+                     help="run the collected tests in file order (default), 'reverse', or 'random:SEED' "
+                          "(shows that no test depends on another having run first)")
+
+
+def _reorder(config, items) -> None:
+    import random
+
+    order = config.getoption("--test-order")
+    if order == "reverse":
+        items.reverse()
+    elif order.startswith("random:"):
+        random.Random(order.split(":", 1)[1]).shuffle(items)
+    elif order != "file":
+        raise pytest.UsageError(f"--test-order {order!r}: use file, reverse or random:SEED")
+
+
 # ------------------------------------------------------------------------------------------- real-browser tests
 def pytest_collection_modifyitems(config, items):
+    _reorder(config, items)
     for it in items:
         module = it.module.__name__.rsplit(".", 1)[-1]
         group = OWN_GROUPS.get(it.originalname, SHARED_GROUPS.get(module, module))

@@ -739,6 +739,8 @@ class FeatureBrowser:
         self.status.add_class("thinkdiff-status")
         self.card = w.HTML(layout=w.Layout(width="calc(100% - 8px)"))
         self.similar = w.HBox(layout=w.Layout(flex_flow="row wrap"))
+        self._similar_label = w.HTML("<span class='thinkdiff-status'>similar latents:</span>")
+        self._similar_buttons: list = []   # reused across cards (``show``)
         controls = w.VBox([self.jump, self.category, self.sort_by, self.nrn, self.min_score, self.min_auroc,
                            self.min_freq, self.count, self.latent, self.status],
                           layout=w.Layout(width="330px", min_width="330px", max_width="330px", flex="0 0 330px"))
@@ -884,14 +886,23 @@ class FeatureBrowser:
             self._quiet = False
         passes = card.latent in set(self.filtered()["latent"])
         self.status.value = f"showing latent {card.latent}" + ("" if passes else " (it does not pass the filters)")
-        buttons = []
-        for j, c in card.similar:
-            b = w.Button(description=f"latent {j} ({c:.2f})", tooltip=f"decoder cosine {c:.3f}",
-                         layout=w.Layout(width="auto"))
-            b.on_click(lambda _b, j=j: self.go_to(j))
-            buttons.append(b)
-        self.similar.children = ([w.HTML("<span class='thinkdiff-status'>similar latents:</span>")] + buttons
-                                 if buttons else [])
+        # One set of buttons, relabelled on every card: a card change creates (and leaks) no widget models, and a
+        # page reloaded while the kernel runs never meets a view of a model that was replaced meanwhile.
+        while len(self._similar_buttons) < len(card.similar):
+            b = w.Button(layout=w.Layout(width="auto"))
+            b.target = None
+            b.on_click(lambda btn: None if btn.target is None else self.go_to(btn.target))
+            self._similar_buttons.append(b)
+        for i, b in enumerate(self._similar_buttons):
+            if i < len(card.similar):
+                j, c = card.similar[i]
+                b.target, b.description, b.tooltip = int(j), f"latent {j} ({c:.2f})", f"decoder cosine {c:.3f}"
+                b.layout.display = None
+            else:
+                b.target, b.layout.display = None, "none"
+        if not self.similar.children or len(self.similar.children) != len(self._similar_buttons) + 1:
+            self.similar.children = [self._similar_label] + self._similar_buttons
+        self._similar_label.layout.display = None if card.similar else "none"
 
     def static_html(self) -> str:
         """The card on show with its scoped style: what a notebook saved without a kernel displays."""
