@@ -20,7 +20,7 @@
 
 # %% [parameters]
 RUN = "organism-m"          # the run config: configs/<RUN>.toml ([label]: scaling and ReasonScore settings)
-THREADS = 1                 # torch CPU threads (on a loaded 2-core machine 1 is ~40x faster than 2 here)
+THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
 import os
@@ -32,7 +32,8 @@ import torch
 from IPython.display import HTML, display
 from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, plots, probes, report
 from thinkdiff import claims as claim_rules
-torch.set_num_threads(THREADS)
+if THREADS:
+    torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
 figures = plots.Figures()   # every figure this notebook saves, for the run report
 

@@ -14,7 +14,7 @@
 # %% [parameters]
 RUN = "organism-m"          # the run config: configs/<RUN>.toml ([label]: n_occurrences, ablation_ks, k_verdict)
 N_BOOT = 1000               # bootstrap resamples for 95% CIs
-THREADS = 1                 # torch CPU threads (on a loaded 2-core machine 1 is several times faster than 2)
+THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
 import os
@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMER
 import torch
 from IPython.display import display
 from thinkdiff import ablation, label, lexicon, pipeline, plots, report
-torch.set_num_threads(THREADS)
+if THREADS:
+    torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
 figures = plots.Figures()   # every figure this notebook saves, for the run report
 

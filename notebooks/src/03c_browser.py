@@ -12,7 +12,7 @@
 # %% [parameters]
 RUN = "organism-m"          # the run config: configs/<RUN>.toml
 N_CARDS = 8                 # distilled-only extremes exported as static cards, beside the top latents per category
-THREADS = 1                 # torch CPU threads
+THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
 import os
@@ -20,7 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMER
 import numpy as np
 import torch
 from thinkdiff import browser, label, paths, pipeline, report
-torch.set_num_threads(THREADS)
+if THREADS:
+    torch.set_num_threads(THREADS)
 
 # %% [markdown]
 # ## 1. The run and its features table
