@@ -35,6 +35,7 @@
 
 # %% [parameters]
 RUN = "organism-m"          # the run config: configs/<RUN>.toml ([evaluate]: sizes, problems, generation cap)
+THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
 import os
@@ -47,7 +48,8 @@ from IPython.display import HTML, display
 from thinkdiff import evaluate, nlworld, organism, paths, pipeline, plots, report, smollm2_eval, world
 from thinkdiff.stats import wilson_ci
 import torch
-torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
+if THREADS:
+    torch.set_num_threads(THREADS)
 
 run = pipeline.load_run(RUN)
 ORGANISM = run.is_organism
