@@ -16,6 +16,7 @@
 
 # %% [parameters]
 RUN = "organism-m"             # the run config: configs/<RUN>.toml (pair, corpus, layer, exclusions)
+THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
 import os
@@ -25,7 +26,8 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from thinkdiff import lexicon, pipeline, paths, plots, report
 import torch
-torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
+if THREADS:
+    torch.set_num_threads(THREADS)
 
 # %% [markdown]
 # ## 1. The pair and the corpus

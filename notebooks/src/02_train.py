@@ -21,6 +21,7 @@
 # %% [parameters]
 RUN = "organism-m"                # the run config: configs/<RUN>.toml (schemes and their training settings)
 N_SPLICE_DOCS = 48                # held-out documents for the spliced-in loss
+THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
 import os
@@ -30,7 +31,8 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from thinkdiff import metrics, paths, pipeline, plots, report, train
-torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
+if THREADS:
+    torch.set_num_threads(THREADS)
 
 # %% [markdown]
 # ## 1. The store and the two training configs

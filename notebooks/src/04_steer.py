@@ -31,6 +31,7 @@ RUN = "organism-m"           # the run config: configs/<RUN>.toml ([steer]: prom
 BATCH_SIZE = 64
 N_BOOT = 2000
 BENCH_TOKENS = 48            # tokens per row in the hook-overhead benchmark
+THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
 import os
@@ -48,7 +49,8 @@ run = pipeline.load_run(RUN)
 S = run.config.steer
 N_PROMPTS, MAX_NEW_TOKENS, POSITIONS, SEED = S["n_prompts"], S["max_new_tokens"], S["positions"], S["seed"]
 ALPHAS, CONTROL_ALPHAS, CLAIM_ALPHA, SPECIFIC_NRN = S["alphas"], S["control_alphas"], S["claim_alpha"], S["specific_nrn"]
-torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
+if THREADS:
+    torch.set_num_threads(THREADS)
 torch.manual_seed(SEED)   # the run config checked the strengths when it was read (runconfig._check_steer)
 
 # %% [markdown]

@@ -26,6 +26,7 @@ RUN = "organism-m"           # the run config: configs/<RUN>.toml ([geometry]: t
 N_BOOT = 1000                # bootstrap draws over word pairs
 N_PERM = 200                 # re-pairings in the permutation null
 QWEN_RELATIONS = True        # count single-token survivors of data/relations under the real Qwen tokenizer
+THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
 import os
@@ -40,7 +41,8 @@ from thinkdiff import geometry as geo
 from thinkdiff import evaluate, norms, paths, pipeline, plots, report, world
 from thinkdiff import relations as rel_data
 
-torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two (measured)
+if THREADS:
+    torch.set_num_threads(THREADS)
 run = pipeline.load_run(RUN)
 G = run.config.geometry
 DIMS, CLAIM_DIM, TOP_K, SEED = list(G["dims"]), G["claim_dim"], G["top_k"], G["seed"]
