@@ -55,6 +55,8 @@ def test_smoke_run_is_not_tested_and_only_smaller():
      r"claimalpha\.toml.*claim_alpha = 1 must be in both"),
     ("zeroalpha", 'preset = "organism-m"\n[steer]\ncontrol_alphas = [0, 1]\n', r"zeroalpha\.toml.*holds 0"),
     ("band", 'preset = "organism-m"\n[steer]\nspecific_nrn = 1.5\n', r"band\.toml.*specific_nrn"),
+    ("margin", 'preset = "organism-m"\n[steer]\nnoninferiority_margin = 0\n', r"margin\.toml.*noninferiority_margin"),
+    ("minprompts", 'preset = "organism-m"\n[steer]\nmin_prompts = 1\n', r"minprompts\.toml.*min_prompts"),
     ("where", 'preset = "organism-m"\n[steer]\npositions = "prompt"\n', r"where\.toml.*positions"),
 ])
 def test_unknown_keys_and_bad_values_name_the_file(tmp_path, name, text, match):

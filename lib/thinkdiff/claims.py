@@ -1,7 +1,8 @@
-"""Verdicts on the paper's claims about latents (claims 1, 3 and 4), each a fixed rule over measured numbers.
+"""Verdicts on the paper's claims, each a fixed rule over measured numbers: latents (claims 1-4, 10) and
+steering (claims 6 and 7).
 
-A verdict is "supports", "contradicts" or "mixed"; a smoke run reports "not tested" instead (the notebooks
-decide that from the run config).
+A verdict is "supports", "contradicts" or "mixed", or "not tested" where the data cannot decide (too few
+prompts); a smoke run reports "not tested" instead (the notebooks decide that from the run config).
 """
 from __future__ import annotations
 
@@ -138,38 +139,94 @@ def claim2_verdict(nrn, frequency, is_reasoning, ground_truth: bool, alpha: floa
     return "mixed", evidence
 
 
-def claim7_verdict(sweep: pd.DataFrame, deductive: str, control: str, alpha: float, margin: float = 0.05,
-                   n_boot: int = 2000, seed: int = 0, baseline: str = "unsteered") -> tuple[str, str]:
-    """Claim 7 (incisive thinking): steering with ``deductive`` shortens the output beyond what an equal-norm random
-    ``control`` does, without a loss of accuracy beyond ``margin``.
-
-    ``sweep``: one row per generation (``steer.steering_sweep``: condition, alpha, prompt_idx, replicate, n_tokens,
-    correct). Shortening is the difference in differences per prompt, (deductive - unsteered) - (control -
-    unsteered) tokens, with a bootstrap CI over prompts; "same answer" is non-inferiority: the CI of the accuracy
-    difference (deductive - unsteered) lies above -``margin``. supports: the DiD CI is below 0 and accuracy is
-    non-inferior; contradicts: the DiD CI is not below 0 (no shortening beyond the control); mixed: it shortens but
-    accuracy is not shown non-inferior."""
-    from .stats import bootstrap_mean_ci
-
+def _steering_arms(sweep: pd.DataFrame, arms: dict, cols, baseline: str = "unsteered") -> dict:
+    """Per-generation tables of ``cols`` for the unsteered baseline (key "unsteered") and each arm (name ->
+    (condition, alpha)), on the (prompt_idx, replicate) rows every one of them ran, in the same order."""
     key = ["prompt_idx", "replicate"]
-
-    def at(cond, a):
+    out = {"unsteered": sweep[sweep.condition == baseline].set_index(key)}
+    for name, (cond, a) in arms.items():
         g = sweep[(sweep.condition == cond) & np.isclose(sweep.alpha, a)].set_index(key)
         if g.empty:
             raise ValueError(f"the sweep has no generations for {cond!r} at alpha {a}")
-        return g
+        out[name] = g
+    common = out["unsteered"].index
+    for g in out.values():
+        common = common.intersection(g.index)
+    return {n: g.loc[common, list(cols)].astype(float) for n, g in out.items()}
 
-    base, ded, ctrl = sweep[sweep.condition == baseline].set_index(key), at(deductive, alpha), at(control, alpha)
-    common = base.index.intersection(ded.index).intersection(ctrl.index)
-    if len(common) < 2:
-        raise ValueError("claim 7 needs at least two prompts run unsteered, deductive and control")
-    tok = {n: g.loc[common, "n_tokens"].astype(float).to_numpy() for n, g in (("b", base), ("d", ded), ("c", ctrl))}
-    did, did_lo, did_hi = bootstrap_mean_ci((tok["d"] - tok["b"]) - (tok["c"] - tok["b"]), n_boot, seed)
-    acc = ded.loc[common, "correct"].astype(float).to_numpy() - base.loc[common, "correct"].astype(float).to_numpy()
-    dacc, dacc_lo, dacc_hi = bootstrap_mean_ci(acc, n_boot, seed)
-    unchanged = float(np.mean(ded.loc[common, "correct"].to_numpy() == base.loc[common, "correct"].to_numpy()))
-    shorter, non_inferior = did_hi < 0, dacc_lo > -margin
+
+def _over_prompts(diff: pd.Series, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Mean and bootstrap CI of a per-generation difference, averaged per prompt first (prompts are the unit)."""
+    from .stats import bootstrap_mean_ci
+
+    return bootstrap_mean_ci(diff.groupby(level="prompt_idx").mean().to_numpy(), n_boot, seed)
+
+
+def _fmt(ci) -> str:
+    return f"{ci[0]:+.3g} [{ci[1]:+.3g}, {ci[2]:+.3g}]"
+
+
+def claim6_verdict(sweep: pd.DataFrame, self_reflection: str, control: str, alpha: float, margin: float = 0.05,
+                   min_prompts: int = 20, n_boot: int = 2000, seed: int = 0,
+                   baseline: str = "unsteered") -> tuple[str, str]:
+    """Claim 6 (over-thinking): steering with ``self_reflection`` lengthens the output and raises the
+    self-reflection marker rate, beyond what the equal-norm random ``control`` does, without breaking the output.
+
+    ``sweep``: one row per generation (``steer.steering_sweep``: condition, alpha, prompt_idx, replicate,
+    n_tokens, rate_self_reflection, well_formed, rep4). For tokens and for the rate, both self-reflection -
+    unsteered and self-reflection - control must have a CI above 0 (bootstrap over prompts). Well-formedness must
+    be non-inferior (Newcombe's paired interval of the well-formed share, self-reflection - unsteered, above
+    -``margin``) and repetition must not rise (the CI of the share of repeated 4-grams, self-reflection -
+    unsteered, below ``margin``), so that loops do not pass as over-thinking. supports: both metrics rise beyond
+    both references and the output stays well formed; contradicts: neither metric does; mixed otherwise (one of
+    them, or both with broken output); not tested: fewer than ``min_prompts`` prompts."""
+    from .stats import paired_proportion_diff_ci
+
+    cols = ["n_tokens", "rate_self_reflection", "well_formed", "rep4"]
+    t = _steering_arms(sweep, {"s": (self_reflection, alpha), "c": (control, alpha)}, cols, baseline)
+    n = t["s"].index.get_level_values("prompt_idx").nunique()
+    if n < min_prompts:
+        return "not tested", f"alpha={alpha:g}: {n} prompts, fewer than the {min_prompts} the rule needs"
+    s, b, c = t["s"], t["unsteered"], t["c"]
+    rises, parts = [], []
+    for m, name in (("n_tokens", "tokens"), ("rate_self_reflection", "self-reflection rate/1k")):
+        vb, vc = _over_prompts(s[m] - b[m], n_boot, seed), _over_prompts(s[m] - c[m], n_boot, seed)
+        rises.append(vb[1] > 0 and vc[1] > 0)
+        parts.append(f"Δ{name} vs unsteered {_fmt(vb)}, vs {control} {_fmt(vc)}")
+    wf = paired_proportion_diff_ci(s["well_formed"].to_numpy(), b["well_formed"].to_numpy())
+    loops = _over_prompts(s["rep4"] - b["rep4"], n_boot, seed)
+    intact = wf[1] > -margin and loops[2] < margin
+    v = ("supports" if intact else "mixed") if all(rises) else ("contradicts" if not any(rises) else "mixed")
+    return v, (f"alpha={alpha:g}, n={n} prompts: " + "; ".join(parts)
+               + f"; Δwell-formed share {_fmt(wf)} (non-inferiority margin {margin}), Δrepeated-4-gram share "
+                 f"{_fmt(loops)} (must stay below +{margin})")
+
+
+def claim7_verdict(sweep: pd.DataFrame, deductive: str, control: str, alpha: float, margin: float = 0.05,
+                   min_prompts: int = 20, n_boot: int = 2000, seed: int = 0,
+                   baseline: str = "unsteered") -> tuple[str, str]:
+    """Claim 7 (incisive thinking): steering with ``deductive`` shortens the output, and shortens it more than the
+    equal-norm random ``control`` does, without a loss of accuracy beyond ``margin``.
+
+    ``sweep``: one row per generation (``steer.steering_sweep``: condition, alpha, prompt_idx, replicate, n_tokens,
+    correct). Both deductive - unsteered and deductive - control tokens must have a CI below 0 (bootstrap over
+    prompts): a control that lengthens its outputs cannot make an unchanged length look like shortening. "Same
+    answer" is non-inferiority: Newcombe's paired interval of the accuracy difference (deductive - unsteered) lies
+    above -``margin``. supports: shorter than both and non-inferior; mixed: shorter than both, accuracy not shown
+    non-inferior; contradicts: not shorter than one of them; not tested: fewer than ``min_prompts`` prompts."""
+    from .stats import paired_proportion_diff_ci
+
+    t = _steering_arms(sweep, {"d": (deductive, alpha), "c": (control, alpha)}, ["n_tokens", "correct"], baseline)
+    n = t["d"].index.get_level_values("prompt_idx").nunique()
+    if n < min_prompts:
+        return "not tested", f"alpha={alpha:g}: {n} prompts, fewer than the {min_prompts} the rule needs"
+    d, b, c = t["d"], t["unsteered"], t["c"]
+    vb = _over_prompts(d["n_tokens"] - b["n_tokens"], n_boot, seed)
+    vc = _over_prompts(d["n_tokens"] - c["n_tokens"], n_boot, seed)
+    acc = paired_proportion_diff_ci(d["correct"].to_numpy(), b["correct"].to_numpy())
+    unchanged = float(np.mean(d["correct"].to_numpy() == b["correct"].to_numpy()))
+    shorter, non_inferior = vb[2] < 0 and vc[2] < 0, acc[1] > -margin
     v = "contradicts" if not shorter else ("supports" if non_inferior else "mixed")
-    return v, (f"alpha={alpha:g}, n={len(common)} prompts: (deductive - unsteered) - ({control} - unsteered) tokens "
-               f"{did:+.3g} [{did_lo:+.3g}, {did_hi:+.3g}]; Δaccuracy {dacc:+.3g} [{dacc_lo:+.3g}, {dacc_hi:+.3g}] "
-               f"(non-inferiority margin {margin}); correctness unchanged on {unchanged:.0%} of prompts")
+    return v, (f"alpha={alpha:g}, n={n} prompts: Δtokens deductive - unsteered {_fmt(vb)}, deductive - {control} "
+               f"{_fmt(vc)}; Δaccuracy {_fmt(acc)} (Newcombe paired interval, non-inferiority margin {margin}); "
+               f"correctness unchanged on {unchanged:.0%} of generations")

@@ -6,7 +6,7 @@ A record is ``RUNS_DIR/report/<run>/<stage>.json`` (``run``: the run config's na
      "numbers": {"name": value, ...},              # computed this run, never typed in
      "figures": ["figures/x.png", ...],
      "links": {"feature cards": "runs/label/<hash>/cards/feature_cards.html", ...},   # pages to open
-     "claims": {"6": {"verdict": "supports", "evidence": "...", "rule": "thinkdiff.steer.steering_claims"}}}
+     "claims": {"6": {"verdict": "supports", "evidence": "...", "rule": "thinkdiff.claims.claim6_verdict"}}}
 
 Claims are numbered as in ``shared/docs/paper-notes.md`` §11. A verdict is one of
 ``supports``, ``contradicts``, ``mixed`` or ``not tested``.

@@ -47,7 +47,10 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
     # 04: steering. Strengths are multiples of a latent's max activation times its decoder vector.
     "steer": {"n_prompts": 128, "max_new_tokens": 128, "alphas": [-4, -2, -1, -0.5, 0.5, 1, 2, 4],
               "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": DISTILLED_SPECIFIC,
-              "seed": 0},
+              "seed": 0,
+              # claims 6 and 7: how much accuracy / well-formedness steering may lose and still count as
+              # non-inferior (Newcombe's paired interval), and the fewest prompts a verdict may rest on
+              "noninferiority_margin": 0.05, "min_prompts": 20},
     # 05: geometry across sizes: the runs compared (smallest first); each pair's performance is its [evaluate].
     "geometry": {"runs": ["organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20], "claim_dim": 2,
                  "top_k": 6, "seed": 0},
@@ -213,6 +216,11 @@ def _check_steer(steer: dict, where: str) -> None:
     if steer["n_prompts"] < 3 or steer["max_new_tokens"] < 1:
         raise RunConfigError(f"{where}: [steer] needs n_prompts >= 3 (the side-by-side shows three) and "
                              f"max_new_tokens >= 1; got {steer['n_prompts']} and {steer['max_new_tokens']}")
+    if not 0.0 < steer["noninferiority_margin"] < 1.0:
+        raise RunConfigError(f"{where}: [steer] noninferiority_margin = {steer['noninferiority_margin']!r} is a "
+                             "difference of proportions, in (0, 1)")
+    if not isinstance(steer["min_prompts"], int) or steer["min_prompts"] < 2:
+        raise RunConfigError(f"{where}: [steer] min_prompts = {steer['min_prompts']!r} must be an integer >= 2")
     if steer["positions"] not in POSITION_POLICIES:
         raise RunConfigError(f"{where}: [steer] positions = {steer['positions']!r}; one of {list(POSITION_POLICIES)}")
 

@@ -645,35 +645,6 @@ def summarize_sweep(df: pd.DataFrame, metrics: Sequence[str] | None = None, n_bo
     return out
 
 
-def steering_claims(summary: pd.DataFrame, self_reflection: str, control: str, alpha: float) -> dict:
-    """The verdict on paper claim 6 (over-thinking) from a ``summarize_sweep`` table at strength ``alpha``.
-
-    supports if steering with ``self_reflection`` raises both length (n_tokens) and the self-reflection marker
-    rate with difference CIs above 0 while the ``control`` raises neither; contradicts if neither CI is above 0;
-    mixed otherwise. Returns ``{"6": {verdict, evidence}}``. (Claim 7 is ``claims.claim7_verdict``, a
-    difference in differences over the generations themselves.)
-    """
-    def get(cond, metric):
-        r = summary[(summary.condition == cond) & (summary.metric == metric) & np.isclose(summary.alpha, alpha)]
-        if r.empty:
-            raise ValueError(f"summary has no row for condition {cond!r}, metric {metric!r}, alpha {alpha}")
-        return r.iloc[0]
-
-    def fmt(r):
-        return f"{r['diff']:+.3g} [{r['diff_lo']:+.3g}, {r['diff_hi']:+.3g}]"
-
-    sl, sr = get(self_reflection, "n_tokens"), get(self_reflection, "rate_self_reflection")
-    cl, cr = get(control, "n_tokens"), get(control, "rate_self_reflection")
-    up = [sl["diff_lo"] > 0, sr["diff_lo"] > 0]
-    ctrl_up = cl["diff_lo"] > 0 or cr["diff_lo"] > 0
-    v6 = "supports" if all(up) and not ctrl_up else "contradicts" if not any(up) else "mixed"
-    adjusted = (f"; Wilcoxon p of Δtokens, BH-adjusted over {int(sl['n_comparisons'])} steered conditions: "
-                f"{sl['p_bh']:.3g}") if "p_bh" in sl else ""
-    return {"6": dict(verdict=v6, evidence=(
-        f"alpha={alpha:g}, n={int(sl['n'])} paired generations: {self_reflection} Δtokens {fmt(sl)}, "
-        f"Δself-reflection rate/1k {fmt(sr)}; random control Δtokens {fmt(cl)}, Δrate {fmt(cr)}" + adjusted))}
-
-
 # ----------------------------------------------------------------------------- displays
 
 def plot_dose_response(summary: pd.DataFrame, metrics: Sequence[str] = ("n_tokens", "rate_self_reflection", "correct"),

@@ -250,12 +250,15 @@ print(f"per CPU-second: unsteered {bench['unsteered_tok_s']:.0f} tok/s, steered 
 # %% [markdown]
 # ## 9. Verdicts on the paper's claims 6 and 7
 # Fixed rules:
-# * claim 6 (`steer.steering_claims`) supports if self-reflection steering raises both length and the
-#   self-reflection marker rate with CIs above 0 while the random control raises neither; contradicts if
-#   neither rises;
-# * claim 7 (`claims.claim7_verdict`) compares deductive steering with the equal-norm random control on the
-#   same prompts: supports if the difference in differences of length has a CI below 0 and accuracy is
-#   non-inferior (the CI of its change stays above −0.05); contradicts if it does not shorten beyond the control.
+# * claim 6 (`claims.claim6_verdict`) supports if self-reflection steering raises both length and the
+#   self-reflection marker rate above the unsteered run **and** above the equal-norm random control (CIs over
+#   prompts), while the output stays well formed (no loss beyond the run's non-inferiority margin, no rise in
+#   repeated 4-grams: loops are not over-thinking); contradicts if neither rises beyond both;
+# * claim 7 (`claims.claim7_verdict`) supports if deductive steering shortens the output below the unsteered run
+#   **and** below the equal-norm random control (CIs over prompts), with accuracy non-inferior (Newcombe's
+#   paired interval above −margin); contradicts if it is not shorter than both.
+#
+# Both need `[steer] min_prompts` prompts, else "not tested".
 #
 # The recorded verdict is at α = `CLAIM_ALPHA` (the run config's `[steer] claim_alpha`, 1: the latent's
 # direction at its largest activation seen on the store, the strongest push that stays inside what the model
@@ -265,9 +268,10 @@ print(f"per CPU-second: unsteered {bench['unsteered_tok_s']:.0f} tok/s, steered 
 
 # %%
 def claim_verdict(k, alpha):
-    if k == "6":
-        return steer.steering_claims(summary, SR, "random", alpha)["6"]
-    v, e = claim_rules.claim7_verdict(sweep, DED, "random (deductive norm)", alpha, n_boot=N_BOOT, seed=SEED)
+    rule, latent, control = {"6": (claim_rules.claim6_verdict, SR, "random"),
+                             "7": (claim_rules.claim7_verdict, DED, "random (deductive norm)")}[k]
+    v, e = rule(sweep, latent, control, alpha, margin=S["noninferiority_margin"], min_prompts=S["min_prompts"],
+                n_boot=N_BOOT, seed=SEED)
     return {"verdict": v, "evidence": e}
 
 tested_claims = [k for k in steer.CLAIM_ROLES if k not in untested]
@@ -312,5 +316,5 @@ for cond, grid in grids.items():
             numbers[f"Δ{m} {cond} α={a:+g} [mean, lo, hi]"] = cell(cond, a, m)
 report.record("04_steer", run.name, run.key("steer"), numbers,
               figures=[paths.FIGURES_DIR / "04_latent_choice.png", paths.FIGURES_DIR / "04_dose_response.png"],
-              claims={k: {**v, "rule": {"6": "thinkdiff.steer.steering_claims", "7": "thinkdiff.claims.claim7_verdict"}[k]
+              claims={k: {**v, "rule": f"thinkdiff.claims.claim{k}_verdict"
                           + f" at alpha = {CLAIM_ALPHA}"} for k, v in claims.items()})
