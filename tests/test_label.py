@@ -647,9 +647,33 @@ def test_lexical_profile_and_claim_verdicts():
     assert v == "contradicts" and "50 live latents" in e
     with pytest.raises(ValueError, match="null"):
         claims.claim1_verdict(nrn, freq, [])
-    cl = pd.DataFrame({"category": ["a", "a", "a", "b", "b"], "relative_norm": [0.5, 0.6, 0.99, 0.98, 0.5]})
-    v, e = claims.claim3_verdict(cl)
-    assert v == "mixed" and "a: 67% of 3 shared, 1 in [0.95, 1]" in e
+
+
+def test_claim3_needs_markers_more_shared_than_latents_in_general():
+    """200 live latents; markers of "a" are latents 0-29, of "b" 30-59. Fisher's test against the others decides."""
+    def rows(cat, lat):
+        return pd.DataFrame({"category": cat, "latent": lat})
+
+    freq = np.full(200, 0.01)
+    cl = pd.concat([rows("a", np.arange(30)), rows("b", np.arange(30, 60))])
+    mostly_rest_shared = np.r_[np.full(30, 0.5), np.full(30, 0.5), np.full(140, 0.95)]
+    assert claims.claim3_verdict(cl, mostly_rest_shared, freq)[0] == "supports"
+    # every latent is shared: markers being "mostly shared" is then no finding
+    everything_shared = np.full(200, 0.5)
+    v, e = claims.claim3_verdict(cl, everything_shared, freq)
+    assert v == "contradicts" and "a: 100% of 30 shared vs 100% of the other 170" in e
+    half = mostly_rest_shared.copy()
+    half[30:60] = 0.99                                  # "b" markers are distilled-side
+    v, e = claims.claim3_verdict(cl, half, freq)
+    assert v == "mixed" and "1 in [0.95, 1]" not in e and "b: 0% of 30 shared" in e
+    # a category with no live marker latent is not tested, never silently dropped
+    v, e = claims.claim3_verdict(cl, mostly_rest_shared, freq, categories=["a", "b", "c"])
+    assert v == "supports" and "not tested (no live marker latent): c" in e
+    quiet = freq.copy()
+    quiet[:60] = 1e-6
+    assert claims.claim3_verdict(cl, mostly_rest_shared, quiet)[0] == "not tested"
+    with pytest.raises(ValueError, match="at least one check"):
+        claims.verdict([])
 
 
 def test_claim10_needs_each_property_under_every_scheme():
@@ -662,8 +686,27 @@ def test_claim10_needs_each_property_under_every_scheme():
     assert claims.claim10_verdict(fails)[0] == "contradicts"
     v, e = claims.claim10_verdict({"exclusive latents": {"relu": True, "batchtopk": False}})
     assert v == "contradicts" and "relu yes, batchtopk no" in e
+    # a scheme with nothing to measure makes that property untested, not failed
+    unmeasured = {**both, "markers shared": {"relu": True, "batchtopk": None}}
+    v, e = claims.claim10_verdict(unmeasured)
+    assert v == "supports" and "1 of 1 tested" in e and "batchtopk not measurable" in e
+    assert claims.claim10_verdict({"markers shared": {"relu": None, "batchtopk": True}})[0] == "not tested"
     with pytest.raises(ValueError):
         claims.claim10_verdict({})
+
+
+def test_claim9_is_judged_only_at_the_papers_settings():
+    from thinkdiff import train
+
+    ok, why = claims.paper_settings(train.PAPER, "qwen-1.5b")
+    assert ok and why == ""
+    ok, why = claims.paper_settings(train.ORGANISM["relu"], "organism-m")
+    assert not ok and "pair 'organism-m' is not one of the paper's" in why and "n_latents" in why
+    v, e = claims.claim9_verdict(0.95, 0.95, 40.0, False, why)
+    assert v == "not tested" and "not the paper's settings" in e
+    assert claims.claim9_verdict(0.91, 0.90, 700.0, True)[0] == "supports"
+    assert claims.claim9_verdict(0.91, 0.80, 700.0, True)[0] == "mixed"
+    assert claims.claim9_verdict(0.70, 0.80, 700.0, True)[0] == "contradicts"
 
 
 def test_claim2_compares_the_top_distilled_latents_with_random_live_latents():

@@ -338,27 +338,29 @@ if LABELS:
 else:
     is_reasoning = (table.label_score != "").to_numpy()
 v2, e2 = claim_rules.claim2_verdict(NRN, table.frequency.to_numpy(), is_reasoning, ground_truth=LABELS)
-v3, e3 = claim_rules.claim3_verdict(cat_lat)
+v3, e3 = claim_rules.claim3_verdict(cat_lat, NRN, A.frequency(), categories=CATS)
 v4, e4 = claim_rules.claim4_verdict(profile, NRN)
 claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4)}
 if len(SCHEMES) > 1:   # claim 10: each substantive finding measured again under every scheme
-    def genuine_share(s):
-        if s == SCHEMES[0]:
-            return n_genuine / max(n_checked, 1)
-        top = [j for j in norms.top_latents(np.where(alive[s], nrn[s], np.nan), N_SCALING) if alive[s][j]]
-        sc = label.latent_scaling(ccs[s], store, top, mask=heldout)
-        return (sc["flag"] == "genuine").sum() / max(int((sc["flag"] != "inactive").sum()), 1)
+    def most_survive_scaling(s):
+        """Do most distilled-only latents (relative norm >= 0.9, live, at most N_SCALING) survive latent scaling?
+        None when the scheme has none active on held-out tokens."""
+        top = [j for j in norms.top_latents(np.where(alive[s], nrn[s], np.nan), N_SCALING)
+               if alive[s][j] and nrn[s][j] >= norms.DISTILLED_SPECIFIC]
+        sc = scaling[scaling.latent.isin(top)] if s == SCHEMES[0] else label.latent_scaling(ccs[s], store, top,
+                                                                                              mask=heldout)
+        checked = int((sc["flag"] != "inactive").sum())
+        return None if checked == 0 else bool((sc["flag"] == "genuine").sum() >= 0.5 * checked)
 
     properties = {
         "exclusive latents exist (claim 1)": {
             s: claim_rules.claim1_verdict(nrn[s], acts[s].frequency(), null_counts[s])[0] == "supports" for s in SCHEMES},
         "marker latents are mostly shared (claim 3)": {
-            s: claim_rules.claim3_verdict(label.category_latents(label.marker_counts(acts[s], masks), nrn[s]))[0] == "supports"
-            for s in SCHEMES},
-        "most top distilled-only latents survive latent scaling": {s: genuine_share(s) >= 0.5 for s in SCHEMES},
+            s: {"supports": True, "not tested": None}.get(claim_rules.claim3_verdict(
+                label.category_latents(label.marker_counts(acts[s], masks), nrn[s]), nrn[s], acts[s].frequency(),
+                categories=CATS)[0], False) for s in SCHEMES},
+        "most distilled-only latents survive latent scaling": {s: most_survive_scaling(s) for s in SCHEMES},
     }
-    if LABELS:
-        properties["a ground-truth target is met"] = {s: bool((verdicts[s].verdict == "met").any()) for s in SCHEMES}
     claims["10"] = claim_rules.claim10_verdict(properties)
 if not run.tested:   # a smoke run computes everything and judges nothing
     claims = {k: ("not tested", f"smoke run ({RUN}): {e}") for k, (v, e) in claims.items()}
