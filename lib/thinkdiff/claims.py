@@ -304,3 +304,53 @@ def claim7_verdict(sweep: pd.DataFrame, deductive: str, control: str, alpha: flo
     return v, (f"alpha={alpha:g}, n={n} prompts: Δtokens deductive - unsteered {_fmt(vb)}, deductive - {control} "
                f"{_fmt(vc)}; Δaccuracy {_fmt(acc)} (Newcombe paired interval, non-inferiority margin {margin}); "
                f"correctness unchanged on {unchanged:.0%} of generations")
+
+
+def claim8_verdict(deltas: dict, n_params: dict, correct: dict, min_sizes: int = 4, n_boot: int = 2000,
+                   seed: int = 0) -> tuple[str, str]:
+    """Claim 8 (geometry improves with size): Δ = base - distilled parallelogram loss rises with model size.
+
+    ``deltas``: size -> {relation: (Δ, bootstrap draws [B] over word pairs)} at the judged basis and PCA dim;
+    ``n_params``: size -> parameter count (sizes are ordered by it, never by performance); ``correct``: size ->
+    (base correct [n], distilled correct [n]) on the same problems, the measured distillation gain. The trend
+    is the least-squares slope of the pooled Δ (mean over relations) against log10 parameters, with a bootstrap
+    CI that resamples relations and takes each relation's own draw over pairs; the slope against the gain is
+    reported beside it, its CI also resampling problems. supports: the size slope's CI is above 0; contradicts:
+    below 0; mixed: it includes 0; not tested with fewer than ``min_sizes`` sizes (three points have no power: a
+    strict order of three arises by chance one time in six) or without a relation measured at every size."""
+    sizes = sorted(deltas, key=lambda s: n_params[s])
+    parts = [f"{s} ({n_params[s]:,} parameters)" for s in sizes]
+    if len(sizes) < min_sizes:
+        return "not tested", (f"{len(sizes)} sizes ({', '.join(parts)}): a trend across sizes needs at least "
+                              f"{min_sizes}")
+    rels = sorted(set.intersection(*(set(deltas[s]) for s in sizes)))
+    if not rels:
+        return "not tested", "no relation was measured at every size"
+    rng = np.random.default_rng(seed)
+    B = min(len(deltas[s][r][1]) for s in sizes for r in rels)
+    x = np.log10([n_params[s] for s in sizes])
+    point = np.array([np.mean([deltas[s][r][0] for r in rels]) for s in sizes])
+    gain = np.array([np.mean(np.asarray(correct[s][1], float) - np.asarray(correct[s][0], float)) for s in sizes])
+    slope_size, slope_gain = [], []
+    for b in range(n_boot):
+        pick = rng.choice(len(rels), len(rels))
+        j = rng.integers(B)
+        pooled = np.array([np.mean([deltas[s][rels[i]][1][j] for i in pick]) for s in sizes])
+        slope_size.append(np.polyfit(x, pooled, 1)[0])
+        g = []
+        for s in sizes:
+            cb, cd = (np.asarray(a, float) for a in correct[s])
+            idx = rng.integers(len(cb), size=len(cb))
+            g.append(np.mean(cd[idx] - cb[idx]))
+        if np.ptp(g) > 0:
+            slope_gain.append(np.polyfit(g, pooled, 1)[0])
+    lo, hi = np.percentile(slope_size, [2.5, 97.5])
+    s_size = np.polyfit(x, point, 1)[0]
+    gain_txt = "the gains do not vary"
+    if slope_gain and np.ptp(gain) > 0:
+        glo, ghi = np.percentile(slope_gain, [2.5, 97.5])
+        gain_txt = f"{np.polyfit(gain, point, 1)[0]:+.3g} [{glo:+.3g}, {ghi:+.3g}] per unit of accuracy gain"
+    v = "supports" if lo > 0 else ("contradicts" if hi < 0 else "mixed")
+    by_size = "; ".join(f"{p}: Δ {d:+.4f}, gain {g:+.3f}" for p, d, g in zip(parts, point, gain))
+    return v, (f"{len(rels)} relations at {len(sizes)} sizes by parameter count ({by_size}); slope of Δ against "
+               f"log10 parameters {s_size:+.3g} [{lo:+.3g}, {hi:+.3g}]; against the distillation gain {gain_txt}")
