@@ -729,7 +729,38 @@ def test_claim2_compares_the_top_distilled_latents_with_random_live_latents():
     rare = freq.copy()
     rare[:10] = 1e-6                                 # distilled-specific but (almost) never firing: not counted
     v, e = claims.claim2_verdict(nrn, rare, hit, ground_truth=True)
-    assert v == "contradicts" and "0 candidates" in e
+    assert v == "not tested" and "0 candidates" in e
+
+
+def test_move_precision_finds_phase_features_and_rejects_token_detectors():
+    """Tokens 0-599 training, 600-1199 held-out; the same layout in both: a self-reflection move (label 1) on
+    tokens 100-149 with a ":" (token 7) at every 5th, plain trace tokens elsewhere, and ":" in ordinary roles
+    at every 10th token outside the move. Latent 0 fires on the in-move ":" only (a phase feature, like
+    "Wait, let me check:"); latent 1 on every ":" (a token detector); latent 2 on a deductive move nowhere
+    (fires at random); latent 3 on the in-move ":" of a corpus with no ordinary ":" (lexical status unmeasured)."""
+    n = 1200
+    lab, tok = np.zeros(n, int), np.full(n, 3)
+    split = (np.arange(n) >= 600).astype(int)
+    for off in (0, 600):
+        lab[off + 100:off + 150] = 1
+        tok[off + 100:off + 150:5] = 7
+        tok[off + 200:off + 600:10] = 7
+    f = np.zeros((n, 4), np.float32)
+    in_colon = (tok == 7) & (lab == 1)
+    f[in_colon, 0] = 3.0
+    f[tok == 7, 1] = 2.0
+    f[np.random.default_rng(0).random(n) < 0.05, 2] = 1.0
+    meta = {"label": lab, "token_id": tok, "split": split}
+    acts = codes.SparseActs.from_dense(f)
+    mp = L.move_precision(acts, meta, [0, 1, 2], n_top=50).set_index("latent")
+    assert mp.loc[0, "category"] == "self_reflection" and mp.loc[0, "precision"] == 1.0
+    assert mp.loc[0, "lexical"] == False and mp.loc[0, "reasoning"]  # noqa: E712 (ordinary ":" exist, it ignores them)
+    assert mp.loc[1, "precision"] < 0.5 and mp.loc[1, "lexical"] == True and not mp.loc[1, "reasoning"]  # noqa: E712
+    assert not mp.loc[2, "reasoning"] and mp.loc[2, "precision"] < 0.9
+    no_ordinary = tok.copy()
+    no_ordinary[(tok == 7) & (lab != 1)] = 3
+    mp = L.move_precision(acts, {**meta, "token_id": no_ordinary}, [0], n_top=50).set_index("latent")
+    assert mp.loc[0, "lexical"] is None and mp.loc[0, "n_ordinary"] == 0 and mp.loc[0, "reasoning"]
 
 
 def test_matched_random_control_fires_as_often_and_never_overlaps():

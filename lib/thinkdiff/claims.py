@@ -184,13 +184,15 @@ def claim2_top_size(n_latents: int) -> int:
 def claim2_verdict(nrn, frequency, is_reasoning, ground_truth: bool, alpha: float = 0.05) -> tuple[str, str]:
     """Claim 2: some distilled-specific latents are reasoning features.
 
-    ``nrn``, ``frequency`` [F]; ``is_reasoning`` [F] bool: the latent detects a reasoning target (held-out
-    ground-truth AUROC >= 0.9 on the organism; a ReasonScore top-20 label otherwise). Candidates are latents with
-    relative norm >= ``DISTILLED_SPECIFIC`` firing on >= ``MIN_FREQUENCY`` of tokens; the top ``claim2_top_size(F)``
-    by relative norm are compared with the null: the hit rate among all live latents (random live latents of the
-    same count), by a one-sided exact binomial test. supports: the top set's hit rate exceeds the null at
-    ``alpha`` and the evidence is ground truth; mixed: it exceeds the null by score evidence only, or has hits
-    without beating the null; contradicts: no hit, or no distilled-specific latent at all."""
+    ``nrn``, ``frequency`` [F]; ``is_reasoning`` [F] bool: the latent is a reasoning feature of a move category
+    (with planted labels: ``label.move_precision``, its held-out top firings precise to one category's moves and
+    not merely a detector of a token used in ordinary roles too; a ReasonScore top-20 label otherwise).
+    Candidates are latents with relative norm >= ``DISTILLED_SPECIFIC`` firing on >= ``MIN_FREQUENCY`` of tokens;
+    the top ``claim2_top_size(F)`` by relative norm are compared with the null: the hit rate among all live
+    latents (random live latents of the same count), by a one-sided exact binomial test. supports: the top set's
+    hit rate exceeds the null at ``alpha`` and the evidence is ground truth; mixed: it exceeds the null by score
+    evidence only, or has hits without beating the null; contradicts: no hit among the candidates; not tested:
+    no distilled-specific latent to look at."""
     from scipy.stats import binomtest
 
     nrn, freq, hit = (np.asarray(a) for a in (nrn, frequency, is_reasoning))
@@ -206,7 +208,9 @@ def claim2_verdict(nrn, frequency, is_reasoning, ground_truth: bool, alpha: floa
     evidence = (f"{k} of the top {len(top)} distilled-specific live latents (relative norm >= {DISTILLED_SPECIFIC}, "
                 f"frequency >= {MIN_FREQUENCY}; {len(cand)} candidates) are reasoning features by {kind}; null: "
                 f"{null:.3f} of all {int(live.sum())} live latents; one-sided binomial p = {p:.3g}")
-    if not len(top) or k == 0:
+    if not len(top):
+        return "not tested", evidence
+    if k == 0:
         return "contradicts", evidence
     if p < alpha and ground_truth:
         return "supports", evidence

@@ -331,13 +331,27 @@ print({s: [(n["distilled_only"], n["base_only"]) for n in v] for s, v in null_co
       "(distilled-only, base-only) live latents per null seed")
 v1, e1 = claim_rules.claim1_verdict(NRN, A.frequency(), null_counts[SCHEMES[0]])
 # Claim 2: is a reasoning feature among the top distilled-specific latents more often than among random live
-# latents? Ground truth decides on the organism (held-out AUROC >= 0.9 for a move span or a marker); without
-# planted labels only the ReasonScore labels exist, which can give at most "mixed".
+# latents? With planted labels a latent is a reasoning feature of a category when its held-out top firings lie
+# inside that category's moves (precision >= 0.9, category chosen on training tokens) and it is not merely a
+# detector of a token that ordinary text uses too (label.move_precision); a phase of a move (the ":" of "Wait,
+# let me check:") counts, a " (" that every trace has does not. Without planted labels only the ReasonScore
+# labels exist, which can give at most "mixed".
 if LABELS:
-    is_reasoning = (table.label_ground_truth != "").to_numpy() | (gt_marker[SCHEMES[0]].auroc.max(axis=1) >= 0.9).to_numpy()
+    live = np.nonzero(alive[SCHEMES[0]])[0]
+    moves = label.move_precision(A, meta, live, doc_kind=kind)
+    is_reasoning = np.zeros(len(NRN), bool)
+    is_reasoning[moves.latent.to_numpy()] = moves.reasoning.to_numpy(bool)
 else:
     is_reasoning = (table.label_score != "").to_numpy()
 v2, e2 = claim_rules.claim2_verdict(NRN, table.frequency.to_numpy(), is_reasoning, ground_truth=LABELS)
+if LABELS:   # what the distilled-only latents are: reasoning phases, trace syntax, or text both models read
+    d_only = moves[NRN[moves.latent] >= norms.DISTILLED_SPECIFIC].assign(
+        relative_norm=lambda d: NRN[d.latent], token=lambda d: [tok.decode([t]) if t >= 0 else "" for t in d.token_id])
+    display(d_only[["latent", "relative_norm", "category", "precision", "token", "lexical", "n_ordinary",
+                    "base_doc_share", "reasoning"]].sort_values("relative_norm", ascending=False).round(3))
+    print(f"{len(d_only)} live distilled-only latents: {int(d_only.reasoning.sum())} reasoning features; of the "
+          f"others, {int((d_only.base_doc_share > 0.1).sum())} fire on base documents too (more than 10 % of their "
+          f"top held-out activations)")
 v3, e3 = claim_rules.claim3_verdict(cat_lat, NRN, A.frequency(), categories=CATS)
 v4, e4 = claim_rules.claim4_verdict(profile, NRN)
 claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4)}
@@ -375,6 +389,10 @@ numbers = {"live latents": int(alive[SCHEMES[0]].sum()), "mean relative norm L2 
            "mean relative norm L1 (live)": float(np.nanmean(nrn_l1[alive[SCHEMES[0]]])),
            "latents nrn >= 0.9": int((NRN[alive[SCHEMES[0]]] >= norms.DISTILLED_SPECIFIC).sum()), "latents nrn <= 0.1": int((NRN[alive[SCHEMES[0]]] <= norms.BASE_SPECIFIC).sum()),
            "latent scaling genuine / checked": [n_genuine, n_checked]}
+if LABELS:
+    numbers["distilled-only latents (live): reasoning features / others / others firing on base documents"] = [
+        int(d_only.reasoning.sum()), int((~d_only.reasoning).sum()),
+        int(((~d_only.reasoning) & (d_only.base_doc_share > 0.1)).sum())]
 for name, r in ceiling.iterrows():
     numbers[f"probe ceiling {name} (base / distilled)"] = [round(float(r.base), 4), round(float(r.distilled), 4)]
 for s in verdicts:
