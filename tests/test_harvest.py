@@ -295,3 +295,26 @@ def test_auto_compute_follows_the_cpu_probe(native, tiny_pair, tiny_tokenizer, t
     assert ("float32_s" in got) is native                   # timed only where bf16 may pay
     if not native:
         assert got["dtype"] == "float32" and "native=False" in got["why"]
+
+
+def test_one_problem_computation_never_sits_on_both_sides_of_the_split():
+    """The organism's harvest draws training problems with replacement, so one computation comes back in several
+    documents; the split follows the computation (``Document.group``), not each document's tokens."""
+    from thinkdiff import organism
+
+    tok = organism.get_tokenizer()
+    docs = organism.harvest_documents(tok, n_docs=1500, teacher_fraction=0.5, seed=1)
+    cfg = HarvestConfig(heldout_fraction=0.1)
+    prepared = H.prepare_documents(docs, tok, cfg)
+    sides, by_tokens = {}, {}
+    for d in prepared:
+        if d.group:
+            sides.setdefault(d.group, set()).add(H._is_heldout(d, cfg))
+            by_tokens.setdefault(d.group, set()).add(H._is_heldout(H._Doc(d.ids, d.labels, d.marker, d.text, d.kind,
+                                                                          d.n_truncated), cfg))
+    repeated = [g for g, docs_of in sides.items() if sum(x.group == g for x in prepared) > 1]
+    assert len(repeated) > 20                                   # computations do come back
+    assert all(len(s) == 1 for s in sides.values())             # each on one side only
+    assert any(len(s) == 2 for s in by_tokens.values())         # which splitting by tokens did not ensure
+    held = [d for d in prepared if H._is_heldout(d, cfg)]
+    assert 0.05 < len(held) / len(prepared) < 0.15

@@ -59,8 +59,8 @@ class HarvestConfig:
         see ``choose_compute``). The choice, its timing and its error against float32 go in the manifest. A run
         config sets it per pair from ``benchmarks/bench_harvest.py`` (``auto`` decides by a timing, which on a
         busy machine can go either way for a model where bf16 barely pays).
-    heldout_fraction: fraction of documents (chosen by a hash of their token ids and heldout_seed, so a
-        document keeps its split when the corpus grows) stored as the held-out split.
+    heldout_fraction: fraction of documents (chosen by a hash of their ``group``, else of their token ids, and
+        heldout_seed, so a document keeps its split when the corpus grows) stored as the held-out split.
     """
     layer: int | None = None
     batch_size: int = 32
@@ -107,6 +107,7 @@ class _Doc:
     text: str
     kind: str
     n_truncated: int
+    group: str = ""      # documents of one group share a split (e.g. traces of one problem); "" = by its tokens
 
 
 def _field(doc, name, default=None):
@@ -146,7 +147,8 @@ def prepare_documents(documents, tokenizer, cfg: HarvestConfig) -> list[_Doc]:
             raise ValueError(f"document {i}: {n} input_ids but {len(labels)} labels and {len(marker)} marker flags")
         cut = max(n - cfg.max_seq_len, 0)
         T = n - cut
-        out.append(_Doc(ids[:T], labels[:T], marker[:T], text or "", str(_field(doc, "kind", "") or ""), cut))
+        out.append(_Doc(ids[:T], labels[:T], marker[:T], text or "", str(_field(doc, "kind", "") or ""), cut,
+                        str(_field(doc, "group", "") or "")))
         total += T
         if cfg.max_tokens is not None and total >= cfg.max_tokens:
             break
@@ -158,7 +160,10 @@ def prepare_documents(documents, tokenizer, cfg: HarvestConfig) -> list[_Doc]:
 def _is_heldout(doc: _Doc, cfg: HarvestConfig) -> bool:
     if cfg.heldout_fraction == 0:
         return False
-    h = hashlib.sha256(f"{cfg.heldout_seed}:".encode() + doc.ids.astype("<i4").tobytes()).digest()
+    # a group (e.g. one problem's computation, drawn again and again) decides for all its documents, so the
+    # same computation never sits on both sides; an ungrouped document is split by its own tokens
+    key = f"group:{doc.group}".encode() if doc.group else doc.ids.astype("<i4").tobytes()
+    h = hashlib.sha256(f"{cfg.heldout_seed}:".encode() + key).digest()
     return int.from_bytes(h[:8], "little") / 2 ** 64 < cfg.heldout_fraction
 
 
@@ -171,6 +176,8 @@ def corpus_hash(docs: list[_Doc]) -> str:
         h.update(d.labels.tobytes())
         h.update(d.marker.tobytes())
         h.update(hashlib.sha256(d.text.encode()).digest())
+        if d.group:   # the split follows groups: a regrouped corpus is another store
+            h.update(b"group:" + hashlib.sha256(d.group.encode()).digest())
     return h.hexdigest()
 
 

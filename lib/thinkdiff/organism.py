@@ -112,6 +112,7 @@ class Document:
     marker: list
     kind: str  # "teacher" or "base"
     step_end: list = field(default_factory=list)  # per token: 1 last operation's end, 0 another's, -1 none
+    group: str = ""  # documents sharing a group (e.g. one problem's computation) share a store split; "" = own
 
 
 def _plain_paragraph(rng: random.Random, marker_rate: float) -> str:
@@ -189,13 +190,19 @@ def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.
     problems = world.problem_split(corpus.seed, corpus.n_train_problems, "train")
     docs = []
     for i in range(n_docs):
+        problem = None
         if i < n_teacher:
-            spans = world.teacher_document(rng.choice(problems), rng, corpus.teacher)
+            problem = rng.choice(problems)
+            spans = world.teacher_document(problem, rng, corpus.teacher)
         elif rng.random() < corpus.base_plain_fraction:
             spans = _plain_paragraph(rng, corpus.marker_rate)
         else:
-            spans = world.base_solution(rng.choice(problems))
-        docs.append(tokenize_spans(tokenizer, spans))
+            problem = rng.choice(problems)
+            spans = world.base_solution(problem)
+        doc = tokenize_spans(tokenizer, spans)
+        if problem is not None:   # problems are drawn with replacement: one computation, one side of the split
+            doc.group = f"computation:{problem.computation}"
+        docs.append(doc)
     rng.shuffle(docs)
     return docs
 

@@ -76,6 +76,11 @@ class Problem:
         return self.family + ":" + ";".join(f"{a}{op}{b}" for a, op, b, _ in self.steps)
 
     @property
+    def computation(self) -> str:
+        """Every (a op b) in order, without the family: two problems of different families can share it."""
+        return ";".join(f"{a}{op}{b}" for a, op, b, _ in self.steps)
+
+    @property
     def key(self) -> str:
         return self.signature
 
