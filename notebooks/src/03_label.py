@@ -30,7 +30,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
-from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, plots, probes, report
+from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, plots, probes, report, world
 from thinkdiff import claims as claim_rules
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -195,9 +195,11 @@ cat_lat.groupby("category")["relative_norm"].describe().round(3)
 # closing "." of each written operation, **is this the last operation?** (`00_organism`). Two questions per
 # target:
 #
-# 1. **Is it there?** A logistic-regression probe on each model's raw activations at the hook layer, fit on
-#    the store's training documents and scored on its held-out documents: the *ceiling* any dictionary
-#    feature could reach, and (base vs distilled) whether the target is shared or distilled-only.
+# 1. **Is it there?** A logistic-regression probe on each model's raw activations at the hook layer, and one
+#    on both models' activations together (what a crosscoder latent reads), fit on the store's training
+#    documents and scored on its held-out documents: the *ceiling* any dictionary feature could reach, and
+#    (base vs distilled) whether the target is shared or distilled-only. Move spans are scored among the
+#    tokens inside `<think>` blocks, where the moves are told apart from each other, not from base text.
 # 2. **Does the crosscoder isolate it?** The best single latent, and the best distilled-specific one
 #    (relative norm ≥ 0.9), are **chosen on training tokens and scored on held-out tokens**; a 5-sparse
 #    probe (the 5 latents with the best training AUROC, then a logistic regression) is compared with the
@@ -207,8 +209,9 @@ cat_lat.groupby("category")["relative_norm"].describe().round(3)
 # operation looks the same). Targets, fixed in `probes.TARGETS` before any crosscoder was scored: (a) a
 # marker latent with held-out AUROC ≥ 0.95; (b) a 5-sparse probe within 0.05 of the dense ceiling on spans;
 # (c) a distilled-specific latent with held-out AUROC ≥ 0.90 for the planted quantity, once the probes
-# confirm it is distilled-only. A smoke run reports "not tested". A run without planted labels skips this
-# section (and its plots) with a sentence.
+# confirm it is distilled-only. Each verdict comes with a 95 % CI over documents of the quantity it compares,
+# and says when the threshold lies inside it. A smoke run reports "not tested". A run without planted labels
+# skips this section (and its plots) with a sentence.
 
 # %%
 docs = run.documents()
@@ -218,13 +221,18 @@ assert all(seqs[meta["doc_id"][i]][meta["pos"][i]] == meta["token_id"][i] for i 
 verdicts, ceiling = {}, pd.DataFrame()
 if LABELS:
     step_end = organism.step_end_labels(docs, meta)
-    targets = probes.organism_targets(meta, step_end, CATS)
+    # spans are scored among <think>-block tokens: every base-corpus token would be an easy negative
+    think_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in (world.THINK_OPEN, world.THINK_CLOSE)]
+    in_think = probes.think_mask(meta, *think_ids) if all(len(i) == 1 for i in think_ids) else None
+    print("spans scored among", "tokens inside <think> blocks" if in_think is not None else
+          "all labelled tokens (the tokenizer splits the think tags)")
+    targets = probes.organism_targets(meta, step_end, CATS, in_think=in_think)
     ceiling = probes.probe_ceiling(store, targets)
-    recovery = {s: probes.latent_recovery(acts[s], meta["split"], targets, nrn[s], ks=(2, probes.TARGETS["sparse_k"]))
-                for s in SCHEMES}
+    recovery = {s: probes.latent_recovery(acts[s], meta["split"], targets, nrn[s], ks=(2, probes.TARGETS["sparse_k"]),
+                                          doc=meta["doc_id"]) for s in SCHEMES}
     verdicts = {s: probes.ground_truth_verdicts(ceiling, recovery[s], tested=run.tested) for s in SCHEMES}
-    cols = ["probe base", "probe distilled", "best latent", "latent AUROC", "latent relative norm", "5-sparse probe",
-            "specific latent", "specific latent AUROC", "verdict"]
+    cols = ["probe base", "probe distilled", "probe pair", "best latent", "latent AUROC", "latent relative norm",
+            "5-sparse probe", "specific latent", "specific latent AUROC", "ci_lo", "ci_hi", "verdict"]
     display(pd.concat({s: v[cols] for s, v in verdicts.items()}, names=["scheme"]).round(3))
 else:
     print(f"ground truth: {RUN} has no planted labels, so there is nothing to score latents against.")
@@ -237,7 +245,7 @@ else:
 # %%
 def ground_truth_plot(v0):
     fig, ax = plt.subplots(figsize=(11, 3.8))
-    show_cols = ["probe base", "probe distilled", "latent AUROC", "5-sparse probe", "specific latent AUROC"]
+    show_cols = ["probe base", "probe distilled", "probe pair", "latent AUROC", "5-sparse probe", "specific latent AUROC"]
     v0[show_cols].astype(float).plot.bar(ax=ax, width=0.85)
     ax.axhline(0.5, color="grey", lw=0.8)
     ax.set_ylim(0.4, 1.02); ax.set_xlabel("planted target"); ax.set_ylabel("held-out AUROC")
@@ -394,11 +402,13 @@ if LABELS:
         int(d_only.reasoning.sum()), int((~d_only.reasoning).sum()),
         int(((~d_only.reasoning) & (d_only.base_doc_share > 0.1)).sum())]
 for name, r in ceiling.iterrows():
-    numbers[f"probe ceiling {name} (base / distilled)"] = [round(float(r.base), 4), round(float(r.distilled), 4)]
+    numbers[f"probe ceiling {name} (base / distilled / pair)"] = [round(float(r.base), 4), round(float(r.distilled), 4),
+                                                                  round(float(r.pair), 4)]
 for s in verdicts:
     for name, r in verdicts[s].iterrows():
-        numbers[f"{s} {name}: latent AUROC / nrn / 5-sparse / specific AUROC / verdict"] = [
+        numbers[f"{s} {name}: latent AUROC / nrn / 5-sparse / specific AUROC / CI of the judged quantity / verdict"] = [
             round(float(r["latent AUROC"]), 4), round(float(r["latent relative norm"]), 3),
-            round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4), r.verdict]
+            round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4),
+            [round(float(r.ci_lo), 4), round(float(r.ci_hi), 4)], r.verdict]
 report.record("03_label", run.name, run.key("label"), numbers, figures=figures,
               claims={k: {"verdict": v, "evidence": e, "rule": f"thinkdiff.claims.claim{k}_verdict"} for k, (v, e) in claims.items()})
