@@ -534,16 +534,19 @@ def test_ablation_random_crosscoder_changes_logits_and_summary(tiny_tokenizer, t
     per = res.per_occurrence
     assert (per.loc[per.arm == "recon", "delta"].abs() > 1e-3).all()      # the splice really acts
     s = res.summary
-    assert len(s) == len(occ) * 2 * (1 + 3 * len(cfg.ks))    # no contribution given: no shared arm
-    assert (per[per.arm == "random"].groupby(["category", "occurrence", "model", "k"])["draw"].nunique()
-            == cfg.n_random_sets).all()
+    # per (category, model): recon + per k targeted, random, targeted - random; the base also the paired contrast
+    assert len(s) == len(occ) * (2 * (1 + 3 * len(cfg.ks)) + len(cfg.ks))    # no contribution given: no shared arm
+    sets = per[per.arm == "random"].groupby(["category", "occurrence", "model", "k"])["draw"].nunique()
+    assert (sets.xs(0.2, level="k") == cfg.n_random_sets).all()
+    assert (sets.xs(0.05, level="k") == cfg.curve_random_sets).all()
+    assert set(s[s.arm == "base_minus_distilled"].model) == {"base"}
     ok = s.dropna(subset=["ci_lo"])
     assert ((ok.ci_lo <= ok["mean"] + 1e-9) & (ok["mean"] <= ok.ci_hi + 1e-9)).all()
     for (cat, k), lat in res.latents.items():
         assert (nrn[lat] > 0.5).all() and (counts[cat].to_numpy()[lat] > 0).all()
     again = A.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
     pd.testing.assert_frame_equal(again.summary, s)                       # seeded
-    verdict, evidence = A.claim5_verdict(res)
+    verdict, evidence = claims.claim5_verdict(res)
     assert "k=0.2" in evidence and len(evidence.split(";")) == len(occ)      # one verdict part per category
     assert "no shared control" in evidence
     contrib = pd.DataFrame({c: np.random.default_rng(i + 7).random(64) * (counts[c].to_numpy() > 0)
@@ -774,6 +777,12 @@ def test_matched_random_control_fires_as_often_and_never_overlaps():
     assert ctrl.tolist() == again.tolist()
     with pytest.raises(ValueError, match="to match"):
         A.matched_random_latents(counts, np.arange(20, 100), np.random.default_rng(0))
+    # matched on relative-norm bin and on each model's decoder norm too
+    nrn = np.r_[np.full(60, 0.5), np.full(20, 0.95), np.full(20, 0.5)]       # targeted 60-69 are distilled-side
+    dec = np.ones((100, 2))
+    dec[80:, 0] = 5.0                                                          # 80-99 carry large base decoders
+    ctrl = A.matched_random_latents(counts, targeted, np.random.default_rng(1), nrn=nrn, decoder_norms=dec)
+    assert (nrn[ctrl] >= 0.9).all() and (dec[ctrl, 0] == 1.0).all()
 
 
 def test_claim5_rule_outcomes():
@@ -781,18 +790,41 @@ def test_claim5_rule_outcomes():
         return A.AblationResult(pd.DataFrame(), pd.DataFrame([
             dict(category=c, model=m, arm=arm, k=0.2, mean=mu, ci_lo=lo, ci_hi=hi, level=0.975)
             for c, m, mu, lo, hi in rows]), {})
+
+    def with_paired(rows, paired):
+        r = summary(rows).summary
+        return A.AblationResult(pd.DataFrame(), pd.concat([r, summary(paired, "base_minus_distilled").summary],
+                                                          ignore_index=True), {})
+
     good = [("wait", "distilled", -2.0, -3.0, -1.0), ("wait", "base", 0.0, -0.4, 0.4),
-            ("so", "distilled", -1.5, -2.0, -1.0), ("so", "base", -0.1, -0.5, 0.3)]
-    assert A.claim5_verdict(summary(good))[0] == "supports"
-    base_moves = good[:3] + [("so", "base", -1.6, -2.2, -1.1)]       # the base drops as much: fails for "so"
-    assert A.claim5_verdict(summary(base_moves))[0] == "mixed"
+            ("so", "distilled", -1.5, -2.0, -1.0), ("so", "base", -0.1, -0.45, 0.3)]
+    paired = [("wait", "base", 2.0, 1.0, 3.0), ("so", "base", 1.4, 0.8, 2.0)]
+    assert claims.claim5_verdict(with_paired(good, paired))[0] == "supports"
+    # the base drops as much: the paired contrast is not above 0 and its change is not within the margin
+    base_moves = good[:3] + [("so", "base", -1.6, -2.2, -1.1)]
+    v, e = claims.claim5_verdict(with_paired(base_moves, [paired[0], ("so", "base", 0.1, -0.4, 0.6)]))
+    assert v == "mixed" and "base moves less (paired)" in e and "base within +-0.5" in e
+    # CIs that merely fail to overlap no longer decide: a paired contrast is required
+    v, e = claims.claim5_verdict(summary(good))
+    assert v == "contradicts" and "no paired contrast" in e
+    # a base change wide on both sides is no evidence that it barely moves (equivalence, not absence)
+    wide = good[:1] + [("wait", "base", 0.0, -1.5, 1.5)] + good[2:]
+    v, e = claims.claim5_verdict(with_paired(wide, paired))
+    assert v == "mixed" and "fails: base within +-0.5" in e
     none = [("wait", "distilled", -0.1, -0.5, 0.3), ("wait", "base", 0.0, -0.4, 0.4),
             ("so", "distilled", 0.2, -0.1, 0.5), ("so", "base", 0.0, -0.2, 0.2)]
-    v, e = A.claim5_verdict(summary(none))
-    assert v == "contradicts" and "frequency-matched" in e and "97.5%" in e
+    v, e = claims.claim5_verdict(with_paired(none, paired))
+    assert v == "contradicts" and "matched random" in e and "97.5%" in e
     # shared latents of matched contribution do as much for "so": it is not about distilled-specific latents
-    shared = summary(good).summary
+    shared = with_paired(good, paired).summary
     shared = pd.concat([shared, summary([("wait", "distilled", -1.5, -2.0, -1.0), ("so", "distilled", 0.1, -0.4, 0.6)],
                                         arm="targeted_minus_shared").summary], ignore_index=True)
-    v, e = A.claim5_verdict(A.AblationResult(pd.DataFrame(), shared, {}))
+    v, e = claims.claim5_verdict(A.AblationResult(pd.DataFrame(), shared, {}))
     assert v == "mixed" and "distilled vs shared" in e
+    # nothing to ablate in a category, or too few held-out markers: not tested, never a failure
+    v, e = claims.claim5_verdict(with_paired(good, paired), untested={"contrastive": "3 held-out marker occurrences"},
+                                 categories=["wait", "so", "alternative", "contrastive"])
+    assert v == "supports" and "contrastive: not tested (3 held-out" in e
+    assert "alternative: not tested (no distilled" in e
+    empty = A.AblationResult(pd.DataFrame(), summary(good).summary.iloc[:0], {})
+    assert claims.claim5_verdict(empty, k=0.2, untested={"wait": "too few"}, categories=["wait"])[0] == "not tested"

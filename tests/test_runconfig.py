@@ -57,6 +57,8 @@ def test_smoke_run_is_not_tested_and_only_smaller():
     ("band", 'preset = "organism-m"\n[steer]\nspecific_nrn = 1.5\n', r"band\.toml.*specific_nrn"),
     ("margin", 'preset = "organism-m"\n[steer]\nnoninferiority_margin = 0\n', r"margin\.toml.*noninferiority_margin"),
     ("minprompts", 'preset = "organism-m"\n[steer]\nmin_prompts = 1\n', r"minprompts\.toml.*min_prompts"),
+    ("kverdict", 'preset = "organism-m"\n[label]\nablation_ks = [0.1, 0.5]\nk_verdict = 0.2\n', r"kverdict\.toml.*k_verdict = 0.2 must be one of"),
+    ("sets", 'preset = "organism-m"\n[label]\nablation_random_sets = 1\n', r"sets\.toml.*ablation_random_sets"),
     ("where", 'preset = "organism-m"\n[steer]\npositions = "prompt"\n', r"where\.toml.*positions"),
 ])
 def test_unknown_keys_and_bad_values_name_the_file(tmp_path, name, text, match):

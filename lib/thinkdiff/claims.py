@@ -358,3 +358,58 @@ def claim8_verdict(deltas: dict, n_params: dict, correct: dict, min_sizes: int =
     by_size = "; ".join(f"{p}: Δ {d:+.4f}, gain {g:+.3f}" for p, d, g in zip(parts, point, gain))
     return v, (f"{len(rels)} relations at {len(sizes)} sizes by parameter count ({by_size}); slope of Δ against "
                f"log10 parameters {s_size:+.3g} [{lo:+.3g}, {hi:+.3g}]; against the distillation gain {gain_txt}")
+
+
+def claim5_verdict(result, k: float | None = None, base_margin: float = 0.5, untested: dict | None = None,
+                   categories=None) -> tuple[str, str]:
+    """Claim 5 at ``k`` (default: the largest k) from an ``ablation.AblationResult``.
+
+    A category holds when ablating its distilled-leaning marker-active latents lowers the distilled marker logit
+    more than (a) matched random latents (CI of targeted - random below 0; each replicate draws one whole random
+    set) and (b) shared latents of matched distilled-side contribution (CI of targeted - shared below 0; when no
+    shared control could be matched the evidence says so and (a) decides), while the base model barely moves:
+    (c) the paired per-occurrence contrast base - distilled of (targeted - random) has a CI above 0, and (d) the
+    base's targeted - random CI lies inside +-``base_margin`` logits (equivalence, not a missing effect). CIs are
+    over documents at the summary's familywise level. Not tested per category: no latent to ablate at ``k``, or a
+    reason in ``untested`` (e.g. too few held-out markers: training markers are never reused silently); with no
+    category tested the verdict is "not tested". supports: every tested category holds; contradicts: none;
+    mixed otherwise."""
+    s = result.summary
+    k = float(s["k"].max()) if k is None else k
+    at = s[np.isclose(s["k"], k)]
+    untested = dict(untested or {})
+    cats = list(dict.fromkeys(list(categories or []) + list(s["category"]) + list(untested)))
+
+    def row(cat, model, arm):
+        r = at[(at["category"] == cat) & (at["model"] == model) & (at["arm"] == arm)]
+        return r.iloc[0] if len(r) else None
+
+    def ci(r):
+        return f"{r['mean']:+.2f} [{r['ci_lo']:+.2f}, {r['ci_hi']:+.2f}]"
+
+    holds, parts = [], []
+    for cat in cats:
+        dd, bb = row(cat, "distilled", "targeted_minus_random"), row(cat, "base", "targeted_minus_random")
+        if cat in untested or dd is None or bb is None:
+            parts.append(f"{cat}: not tested ({untested.get(cat, f'no distilled-leaning latent to ablate at k={k}')})")
+            continue
+        ds, pb = row(cat, "distilled", "targeted_minus_shared"), row(cat, "base", "base_minus_distilled")
+        checks = {"distilled below random": dd["ci_hi"] < 0,
+                  "distilled below shared": ds is None or ds["ci_hi"] < 0,
+                  "base moves less (paired)": pb is not None and pb["ci_lo"] > 0,
+                  f"base within +-{base_margin}": -base_margin <= bb["ci_lo"] and bb["ci_hi"] <= base_margin}
+        ok = all(checks.values())
+        holds.append(ok)
+        shared = "no shared control" if ds is None else f"distilled vs shared {ci(ds)}"
+        paired = "no paired contrast" if pb is None else f"base - distilled {ci(pb)}"
+        failed = [c for c, v in checks.items() if not v]
+        n_lat = int(dd["n_latents"]) if "n_latents" in dd and dd["n_latents"] == dd["n_latents"] else None
+        parts.append(f"{cat}{'' if n_lat is None else f' ({n_lat} latents ablated)'}: distilled {ci(dd)}, "
+                     f"base {ci(bb)}, {paired}, {shared} "
+                     f"({'holds' if ok else 'fails: ' + ', '.join(failed)})")
+    level = float(at["level"].iloc[0]) if "level" in at and len(at) else 0.95
+    evidence = (f"targeted minus matched random marker-logit change at k={k} ({len(holds)} categories tested, "
+                f"{100 * level:.1f}% CIs over documents): " + "; ".join(parts))
+    if not holds:
+        return "not tested", evidence
+    return verdict(holds), evidence

@@ -43,7 +43,10 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
                  "math_files": "", "seed": 0},
     # 03: labelling, latent scaling, ablation, ground truth.
     "label": {"n_scaling": 100, "reasonscore_alpha": 0.7, "window": [1, 2], "n_occurrences": 50,
-              "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2},
+              "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2,
+              # claim 5: matched random latent sets at k_verdict (one set per bootstrap replicate), and how far
+              # (marker-logit units) the base's targeted - random change may stray from 0 and still "barely move"
+              "ablation_random_sets": 20, "ablation_base_margin": 0.5},
     # 04: steering. Strengths are multiples of a latent's max activation times its decoder vector.
     "steer": {"n_prompts": 128, "max_new_tokens": 128, "alphas": [-4, -2, -1, -0.5, 0.5, 1, 2, 4],
               "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": DISTILLED_SPECIFIC,
@@ -198,6 +201,21 @@ def _train_section(raw: dict, preset, where: str) -> dict:
     return out
 
 
+def _check_label(label: dict, where: str) -> None:
+    """The [label] settings 03b's claim 5 relies on, checked when the run is read."""
+    ks = label["ablation_ks"]
+    if not isinstance(ks, list) or not ks or not all(isinstance(k, (int, float)) and 0 < k <= 1 for k in ks):
+        raise RunConfigError(f"{where}: [label] ablation_ks = {ks!r} must be a non-empty list of fractions in (0, 1]")
+    if label["k_verdict"] not in ks:
+        raise RunConfigError(f"{where}: [label] k_verdict = {label['k_verdict']!r} must be one of ablation_ks = {ks!r} "
+                             "(claim 5 is judged where the ablation ran)")
+    if not isinstance(label["ablation_random_sets"], int) or label["ablation_random_sets"] < 2:
+        raise RunConfigError(f"{where}: [label] ablation_random_sets = {label['ablation_random_sets']!r} must be an "
+                             "integer >= 2")
+    if not label["ablation_base_margin"] > 0:
+        raise RunConfigError(f"{where}: [label] ablation_base_margin = {label['ablation_base_margin']!r} must be > 0")
+
+
 def _check_steer(steer: dict, where: str) -> None:
     """The [steer] settings 04_steer relies on, checked when the run is read rather than after an hour of work."""
     from .steer import POSITION_POLICIES
@@ -250,6 +268,7 @@ def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     if preset.kind == "organism" and harvest["corpus"]:
         raise RunConfigError(f"{where}: [harvest.corpus] applies to real-data (hf) presets, not to {preset.name}")
     sections = {s: _section(raw, s, d, where) for s, d in ANALYSIS_DEFAULTS.items()}
+    _check_label(sections["label"], where)
     _check_steer(sections["steer"], where)
     return RunConfig(name=name, source=source, preset=preset.name, smoke=smoke,
                      description=str(raw.get("description", "")), harvest=harvest,

@@ -102,8 +102,9 @@ def cluster_bootstrap_mean_ci(values, clusters, n_boot: int = 2000, seed: int = 
 
     ``values`` [n] or [n, R]; ``clusters`` [n] (e.g. the document each occurrence comes from). Each replicate
     resamples whole clusters with replacement, so occurrences from one document count as one unit of evidence.
-    With ``R`` columns (exchangeable redraws of a random control, e.g. R random latent sets), each resampled
-    item also takes one column at random, so the interval includes the control's own draw-to-draw spread.
+    With ``R`` columns (exchangeable redraws of a random control, e.g. R random latent sets), each replicate
+    also draws one column (one set) for all its items, so the interval includes the whole set-to-set spread
+    (drawing a column per item would average it away, shrinking that variance by about 1/n).
     The point estimate is the mean over all items and columns. Fewer than two clusters: no CI (nan, nan).
     (``scipy.stats.bootstrap`` resamples items, not clusters, hence this small loop.)"""
     v = np.asarray(values, dtype=float)
@@ -123,6 +124,6 @@ def cluster_bootstrap_mean_ci(values, clusters, n_boot: int = 2000, seed: int = 
     reps = np.empty(n_boot)
     for b in range(n_boot):
         idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
-        reps[b] = v[idx, rng.integers(0, v.shape[1], len(idx))].mean()
+        reps[b] = v[idx, rng.integers(0, v.shape[1])].mean()
     lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
     return est, float(lo), float(hi)
