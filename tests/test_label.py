@@ -828,3 +828,10 @@ def test_claim5_rule_outcomes():
     assert "alternative: not tested (no distilled" in e
     empty = A.AblationResult(pd.DataFrame(), summary(good).summary.iloc[:0], {})
     assert claims.claim5_verdict(empty, k=0.2, untested={"wait": "too few"}, categories=["wait"])[0] == "not tested"
+
+
+def test_a_smoke_run_judges_nothing_and_keeps_the_evidence():
+    got = claims.judged({"1": ("supports", "3 exclusive latents"), "2": ("mixed", "1 hit")}, False, "smoke")
+    assert got == {"1": ("not tested", "smoke run (smoke): 3 exclusive latents"),
+                   "2": ("not tested", "smoke run (smoke): 1 hit")}
+    assert claims.judged({"1": ("supports", "e")}, True, "organism-m") == {"1": ("supports", "e")}

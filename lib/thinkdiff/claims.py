@@ -12,6 +12,19 @@ import pandas as pd
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC, SHARED_BAND
 
 MIN_FREQUENCY = 1e-4        # a latent counts only if it fires on at least this share of store tokens
+# The version of these rules; the report records it beside every verdict. 2: claims 2, 3, 5-10 as a reviewer
+# asked (move precision, Fisher baseline, paired base contrast, both steering references, Newcombe intervals,
+# size trend by parameters, claim 9's rule, claim 10 by threshold).
+RULES_VERSION = 2
+
+
+def judged(verdicts: dict, tested: bool, run_name: str) -> dict:
+    """``verdicts`` (claim -> (verdict, evidence)) as they stand, or every one "not tested" with its evidence kept
+    when the run is a smoke run (``tested`` False): a smoke run computes everything and judges nothing. The one
+    place that decides it, for every notebook."""
+    if tested:
+        return dict(verdicts)
+    return {k: ("not tested", f"smoke run ({run_name}): {e}") for k, (v, e) in verdicts.items()}
 
 
 def verdict(holds) -> str:

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from . import paths, precision
+from .claims import RULES_VERSION
 
 CLAIMS = {
     1: "Exclusive features exist (latents near relative norm 0 and 1)",
@@ -97,6 +98,7 @@ def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), cl
         "figures": [_relative(f) for f in figures],
         "links": {k: _relative(v) for k, v in links.items()},
         "claims": {str(k): v for k, v in claims.items()},
+        "rules_version": RULES_VERSION,
         # where the models' dtype came from: the CPU's bf16 probe (timings, answer, CPU model and flags)
         "cpu_bf16_probe": precision.cpu_bf16_probe(),
     }
@@ -152,6 +154,7 @@ def write_report(run: str, out: Path | None = None) -> Path:
              "Every number below was computed by the run that wrote it; the claims table compares them "
              "with Baek & Tegmark (arXiv 2503.03730) as summarised in `paper-notes.md` §11.", ""]
     verdicts: dict[int, list[tuple[str, dict]]] = {k: [] for k in CLAIMS}
+    rules: dict[str, int] = {}
     for rec in recs:
         prov = rec.get("provenance") or {}
         used = ", ".join(f"{k} `{json.dumps(prov[k], sort_keys=True)}`" for k in ("store", "crosscoders") if k in prov)
@@ -175,6 +178,7 @@ def write_report(run: str, out: Path | None = None) -> Path:
         lines.append("")
         for name, target in rec.get("links", {}).items():
             lines += [f"Open: [{name}]({_link(target, out)}) (one self-contained HTML file, no kernel needed)", ""]
+        rules[rec["stage"]] = rec.get("rules_version", 1)
         for k, v in rec["claims"].items():
             verdicts[int(k)].append((rec["stage"], v))
     lines += ["## The paper's claims on this run", "", "| # | claim | verdict | rule | evidence |", "|---|---|---|---|---|"]
@@ -182,6 +186,7 @@ def write_report(run: str, out: Path | None = None) -> Path:
         if not verdicts[k]:
             lines.append(f"| {k} | {text} | not tested | | no stage of this run tests it |")
         for stage, v in verdicts[k]:
-            lines.append(f"| {k} | {text} | **{v['verdict']}** | {v['rule']} | {stage}: {v['evidence']} |")
+            lines.append(f"| {k} | {text} | **{v['verdict']}** | {v['rule']} (rules v{rules[stage]}) | "
+                         f"{stage}: {v['evidence']} |")
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -141,8 +141,7 @@ for s in SCHEMES:
 main = SCHEMES[0]
 v9, e9 = claim_rules.claim9_verdict(quality[main]["EV base"], quality[main]["EV distilled"], quality[main]["L0"],
                                     *claim_rules.paper_settings(run.train_config(main), run.config.preset))
-if not run.tested:   # a smoke run computes everything and judges nothing
-    v9, e9 = "not tested", f"smoke run ({RUN}): {e9}"
+v9, e9 = claim_rules.judged({"9": (v9, e9)}, run.tested, RUN)["9"]
 print(f"claim 9: {v9.upper()} - {e9}")
 report.record("02_train", run.name, run.key("train"), numbers,
               figures=[paths.FIGURES_DIR / f"02_{n}.png" for n in ("training_curves", "density", "spliced_loss")],

@@ -384,8 +384,7 @@ if len(SCHEMES) > 1:   # claim 10: each substantive finding measured again under
         "most distilled-only latents survive latent scaling": {s: most_survive_scaling(s) for s in SCHEMES},
     }
     claims["10"] = claim_rules.claim10_verdict(properties)
-if not run.tested:   # a smoke run computes everything and judges nothing
-    claims = {k: ("not tested", f"smoke run ({RUN}): {e}") for k, (v, e) in claims.items()}
+claims = claim_rules.judged(claims, run.tested, RUN)
 for k, (v, e) in claims.items():
     print(f"claim {k} [{report.CLAIMS[int(k)]}]: {v.upper()}\n    {e}")
 

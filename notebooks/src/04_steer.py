@@ -281,8 +281,8 @@ per_alpha = pd.DataFrame({a: {f"claim {k}": claim_verdict(k, a)["verdict"] for k
 for k in tested_claims:
     claims[k]["evidence"] += "; verdict by alpha: " + ", ".join(f"{a:+g}: {per_alpha.loc[f'claim {k}', a]}" for a in common)
 claims = dict(sorted({**claims, **untested}.items()))
-if not run.tested:   # a smoke run computes everything and judges nothing
-    claims = {k: {"verdict": "not tested", "evidence": f"smoke run ({RUN}): {v['evidence']}"} for k, v in claims.items()}
+claims = {k: {"verdict": v, "evidence": e} for k, (v, e) in claim_rules.judged(
+    {k: (v["verdict"], v["evidence"]) for k, v in claims.items()}, run.tested, RUN).items()}
 for k, v in claims.items():
     print(f"claim {k}: {v['verdict'].upper()} - {v['evidence']}")
 per_alpha

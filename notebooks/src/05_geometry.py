@@ -211,8 +211,7 @@ by_dim.assign(ci=[f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(by_dim
 verdict8, evidence = claim_rules.claim8_verdict(geo.deltas_by_size(results, dim=CLAIM_DIM), n_params, correct,
                                                 n_boot=N_BOOT, seed=SEED)
 evidence = f"PCA {CLAIM_DIM}, per-model basis: {evidence}"
-if not run.tested:   # a smoke run computes everything and judges nothing
-    verdict8 = "not tested"
+verdict8, evidence = claim_rules.judged({"8": (verdict8, evidence)}, run.tested, RUN)["8"]
 print(f"claim 8: {verdict8.upper()} - {evidence}")
 
 # %% [markdown]
