@@ -406,3 +406,20 @@ def test_sweep_grid_per_direction_and_overhead(tiny_pair, tiny_tokenizer):
     bench = steer.hook_overhead(model, tiny_tokenizer, PROMPTS[:2], v, LAYER, n_tokens=3, repeats=1, batch_size=2)
     assert bench["unsteered_tok_s"] > 0 and bench["steered_tok_s"] > 0
     assert bench["overhead"] == pytest.approx(1 - bench["steered_tok_s"] / bench["unsteered_tok_s"])
+
+
+def test_matched_control_latent_is_live_near_in_norm_and_scale_and_seeded():
+    nrn = np.r_[np.full(50, 0.95), np.full(50, 0.5)]
+    max_act = np.r_[np.linspace(1, 50, 50), np.linspace(1, 50, 50)]
+    live = np.ones(100, bool)
+    live[40:45] = False
+    j = steer.matched_control_latent(30, nrn, max_act, live, exclude=[31], seed=0, pool=4)
+    assert j not in (30, 31) and nrn[j] >= 0.85 and abs(max_act[j] - max_act[30]) <= 3 and live[j]
+    assert j == steer.matched_control_latent(30, nrn, max_act, live, exclude=[31], seed=0, pool=4)
+    alone = np.full(100, 0.5)
+    alone[30] = 0.95                                     # the only distilled-side latent: nothing comparable
+    with pytest.raises(ValueError, match="matched control"):
+        steer.matched_control_latent(30, alone, max_act, live)
+    from thinkdiff import codes as C
+    acts = C.SparseActs.from_dense(np.array([[0.0, 2.0], [3.0, 1.0]]))
+    assert steer.max_activations(acts).tolist() == [3.0, 2.0]

@@ -144,6 +144,32 @@ def random_direction(vector: torch.Tensor, seed: int) -> torch.Tensor:
     return (r / r.norm() * v.double().norm()).float()
 
 
+def max_activations(codes) -> np.ndarray:
+    """[F] each latent's largest activation over the encoded tokens (``codes.SparseActs``; 0 where it never fires)."""
+    out = np.zeros(codes.n_latents, np.float64)
+    np.maximum.at(out, codes.cols, codes.vals)
+    return out
+
+
+def matched_control_latent(target: int, nrn, max_act, live, exclude=(), seed: int = 0, pool: int = 10,
+                           band: float = 0.1) -> int:
+    """A control for steering with latent ``target``: another live latent's decoder direction, on the data
+    manifold as the target's is (at equal norm any decoder direction beats an isotropic Gaussian, which is off
+    it). Candidates are live latents (``live`` [F] bool) not in ``exclude`` with relative norm within ``band``
+    of the target's (``nrn`` [F]); the ``pool`` nearest in log max activation (``max_act`` [F], the scale the
+    steering vector uses) are kept and one is drawn, seeded. Raises when no candidate exists."""
+    nrn, max_act, live = np.asarray(nrn, float), np.asarray(max_act, float), np.asarray(live, bool)
+    ok = live & (np.abs(nrn - nrn[target]) <= band) & (max_act > 0)
+    ok[[int(target), *map(int, exclude)]] = False
+    cand = np.nonzero(ok)[0]
+    if not len(cand):
+        raise ValueError(f"no live latent within {band} of latent {target}'s relative norm {nrn[target]:.2f} to "
+                         "serve as its matched control")
+    dist = np.abs(np.log(max_act[cand]) - np.log(max(max_act[target], 1e-12)))
+    near = cand[np.argsort(dist, kind="stable")[:pool]]
+    return int(np.random.default_rng(seed).choice(near))
+
+
 def pick_latents(scores: pd.DataFrame, nrn, categories: Sequence[str] = ("self_reflection", "deductive"),
                  specific: float = DISTILLED_SPECIFIC, shared: tuple[float, float] = (0.45, 0.55),
                  shared_category: str = "self_reflection", strict: bool = True) -> pd.DataFrame:

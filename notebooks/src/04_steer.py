@@ -115,8 +115,10 @@ plots.savefig(fig, "04_latent_choice"); plt.show()
 # %% [markdown]
 # ## 3. Steering vectors in raw units
 # `steering_vector(..., "max_act")` returns `a_max · W_dec[i, distilled]`; the crosscoder is folded, so this
-# is already in the model's residual units. The random controls are seeded Gaussian directions with exactly
-# the self-reflection (deductive) vector's norm. We print each norm next to the typical residual norm at the hook.
+# is already in the model's residual units. The claims are judged against a **matched latent**: another live
+# latent of similar relative norm and max activation, steered the same way (`steer.matched_control_latent`).
+# The seeded Gaussian directions with exactly the self-reflection (deductive) vector's norm are shown too. We
+# print each norm next to the typical residual norm at the hook.
 
 # %%
 directions, role_name = {}, {}
@@ -125,8 +127,27 @@ for _, r in chosen.iterrows():
     directions[role_name[r["role"]]] = steer.steering_vector(cc, int(r["latent"]), 1, "max_act",
                                                               max_act=float(r["max_act"]))
 SR, DED = role_name.get("self_reflection"), role_name.get("deductive")   # None: not found, its claim not tested
+# Two controls per steered category: an isotropic Gaussian of the same norm (off the data manifold, so any
+# decoder direction beats it), and the claims' control: another live latent's decoder direction with a similar
+# relative norm and max activation, pushed the same way (alpha x its max activation x its decoder row).
+max_act = steer.max_activations(codes)
+live = codes.frequency() > 0
+controls = {}
+for role, name, seed in (("self_reflection", SR, SEED), ("deductive", DED, SEED + 1)):
+    if not name:
+        continue
+    try:
+        j = steer.matched_control_latent(int(chosen.set_index("role").loc[role, "latent"]), nrn, max_act, live,
+                                         exclude=chosen["latent"], seed=seed)
+    except ValueError as err:   # nothing comparable to steer with instead: the claim cannot be judged
+        claim = next(k for k, v in steer.CLAIM_ROLES.items() if v == role)
+        untested[claim] = dict(verdict="not tested", evidence=f"no matched control: {err}")
+        print(f"claim {claim} not tested: {err}")
+        continue
+    controls[role] = f"matched latent #{j} (for {role})"
+    directions[controls[role]] = steer.steering_vector(cc, j, 1, "max_act", max_act=float(max_act[j]))
 if SR:
-    directions["random"] = steer.random_direction(directions[SR], SEED)              # claim 6's control
+    directions["random"] = steer.random_direction(directions[SR], SEED)              # Gaussian, SR's norm
 if DED:
     directions["random (deductive norm)"] = steer.random_direction(directions[DED], SEED + 1)  # same push as DED
 resid = np.asarray(store.acts(np.arange(min(4000, store.n_tokens))))[:, 1]
@@ -251,11 +272,12 @@ print(f"per CPU-second: unsteered {bench['unsteered_tok_s']:.0f} tok/s, steered 
 # ## 9. Verdicts on the paper's claims 6 and 7
 # Fixed rules:
 # * claim 6 (`claims.claim6_verdict`) supports if self-reflection steering raises both length and the
-#   self-reflection marker rate above the unsteered run **and** above the equal-norm random control (CIs over
+#   self-reflection marker rate above the unsteered run **and** above its matched-latent control (CIs over
 #   prompts), while the output stays well formed (no loss beyond the run's non-inferiority margin, no rise in
-#   repeated 4-grams: loops are not over-thinking); contradicts if neither rises beyond both;
+#   repeated 4-grams: loops are not over-thinking); contradicts if neither rises beyond both. The control is
+#   the matched latent (§3), not the Gaussian;
 # * claim 7 (`claims.claim7_verdict`) supports if deductive steering shortens the output below the unsteered run
-#   **and** below the equal-norm random control (CIs over prompts), with accuracy non-inferior (Newcombe's
+#   **and** below its matched-latent control (CIs over prompts), with accuracy non-inferior (Newcombe's
 #   paired interval above −margin); contradicts if it is not shorter than both.
 #
 # Both need `[steer] min_prompts` prompts, else "not tested".
@@ -268,8 +290,8 @@ print(f"per CPU-second: unsteered {bench['unsteered_tok_s']:.0f} tok/s, steered 
 
 # %%
 def claim_verdict(k, alpha):
-    rule, latent, control = {"6": (claim_rules.claim6_verdict, SR, "random"),
-                             "7": (claim_rules.claim7_verdict, DED, "random (deductive norm)")}[k]
+    rule, latent, control = {"6": (claim_rules.claim6_verdict, SR, controls.get("self_reflection")),
+                             "7": (claim_rules.claim7_verdict, DED, controls.get("deductive"))}[k]
     v, e = rule(sweep, latent, control, alpha, margin=S["noninferiority_margin"], min_prompts=S["min_prompts"],
                 n_boot=N_BOOT, seed=SEED)
     return {"verdict": v, "evidence": e}
