@@ -370,6 +370,9 @@ def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed:
         "tokens_per_generation": n_tok / len(problems),
         "marker_rate_per_1k": _marker_rates(tokenizer, texts),
         "correct": [p["answer"] == q.answer for p, q in zip(parsed, problems)],
+        # the same, counting only well-formed outputs (a trace closed by </think>, then the answer line)
+        "accuracy_well_formed": sum(p["answer"] == q.answer and p["well_formed"]
+                                    for p, q in zip(parsed, problems)) / len(problems),
         "texts": texts,
     }
     out["family_accuracy"] = {f: sum(c for c, q in zip(out["correct"], problems) if q.family == f)

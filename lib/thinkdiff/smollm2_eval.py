@@ -80,6 +80,7 @@ def evaluate_nl(model, tokenizer, problems, max_new_tokens: int = 200, sample_se
     correct = [q["answer"] == p.answer for q, p in zip(parsed, problems)]
     n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     out = {"accuracy": sum(correct) / len(problems), "correct": correct, "texts": texts,
+           "accuracy_well_formed": sum(c and q["well_formed"] for c, q in zip(correct, parsed)) / len(problems),
            "well_formed": sum(q["well_formed"] for q in parsed) / len(problems),
            "think_rate": sum(q["has_think"] for q in parsed) / len(problems),
            "tokens_per_generation": n_tok / len(problems),

@@ -179,7 +179,9 @@ for size in SIZES:
         ce[(size, role)] = ev[role].get("ce", float("nan"))
 teacher_rates = (organism.teacher_marker_rates(tok, problems) if ORGANISM
                  else smollm2_eval.teacher_marker_rates(tok, problems) if run.nl_world else None)
-table = pd.DataFrame([{"size": s, "model": r, "accuracy": v["accuracy"], "well-formed": v.get("well_formed", np.nan),
+table = pd.DataFrame([{"size": s, "model": r, "accuracy": v["accuracy"],
+                       "accuracy (well-formed outputs only)": v.get("accuracy_well_formed", np.nan),
+                       "well-formed": v.get("well_formed", np.nan),
                        "think rate": v["think_rate"], "tokens / generation": v["tokens_per_generation"],
                        "teacher-forced CE": ce[(s, r)]}
                       for (s, r), v in results.items()]).set_index(["size", "model"])
@@ -311,6 +313,7 @@ for (s, r), v in results.items():
     numbers[f"{s} {r} think rate"] = v["think_rate"]
     if WORLD:
         numbers[f"{s} {r} well-formed"] = v["well_formed"]
+        numbers[f"{s} {r} accuracy, well-formed outputs only"] = v["accuracy_well_formed"]
         numbers[f"{s} {r} teacher-forced CE"] = ce[(s, r)]
         numbers[f"{s} {r} accuracy per family"] = v["family_accuracy"]
         numbers[f"{s} {r} sampled marker rate per 1k"] = v["sampled_marker_rate_per_1k"]
