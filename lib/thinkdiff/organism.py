@@ -221,9 +221,17 @@ def step_end_labels(docs: list[Document], meta: dict) -> np.ndarray:
     return flat[offset[doc_id] + pos]
 
 
+@functools.lru_cache(maxsize=4)
+def training_computations(seed: int = 0, n: int | None = None) -> frozenset:
+    """The computations (family left out) of the training problems every organism corpus draws from."""
+    n = CorpusConfig().n_train_problems if n is None else n
+    return frozenset(p.computation for p in world.problem_split(seed, n, "train"))
+
+
 def eval_problems(n: int = 200, seed: int = 0) -> list[world.Problem]:
-    """Held-out problems (never in any training corpus), balanced over families."""
-    return world.problem_split(seed, n, "eval")
+    """Held-out problems (never in any training corpus, whatever the family), balanced over families."""
+    cfg = CorpusConfig()
+    return world.problem_split(seed, n, "eval", exclude=training_computations(cfg.seed, cfg.n_train_problems))
 
 
 # ----------------------------------------------------------------------------- tokenizer
