@@ -40,7 +40,9 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
     # 00: the pair's own evaluation. Organism runs: the world's held-out problems for each listed size;
     # hf runs: a math set scored with math-verify (``math_files``: local json/jsonl/parquet, works offline).
     "evaluate": {"sizes": ["S", "M", "L"], "n_eval": 200, "max_new_tokens": 200, "math_set": "math500",
-                 "math_files": "", "seed": 0},
+                 "math_files": "", "seed": 0,
+                 # a second sample of held-out problems for rules registered after the first was scored
+                 "fresh_seed": 1},
     # 03: labelling, latent scaling, ablation, ground truth.
     "label": {"n_scaling": 100, "reasonscore_alpha": 0.7, "window": [1, 2], "n_occurrences": 50,
               "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2,

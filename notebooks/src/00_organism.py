@@ -278,6 +278,29 @@ acceptance.index.name = "size"
 acceptance
 
 # %% [markdown]
+# The smollm2-135m pair's first evaluation was rejected because its base wrote a stray `<think>` inside incoherent
+# sampled text. That rule stays, and is reported as it fell. A second rule, registered in
+# `smollm2_eval.OPENED_TRACE_RULE` after that result and before this one: the base never *opens* a trace (its
+# output never starts with `<think>`, greedy or sampled), judged on a fresh sample of held-out problems
+# (`[evaluate] fresh_seed`, never scored before).
+
+# %%
+opened = None
+if run.nl_world:
+    fresh = smollm2_eval.eval_problems(E["n_eval"], seed=E["fresh_seed"])
+    print(f"fresh sample: {len(fresh)} problems, {len({p.key for p in fresh} & {p.key for p in problems})} of them "
+          "also in the first sample")
+    base_model = run.pair.base
+    opened = smollm2_eval.opened_trace_verdict(
+        smollm2_eval.opened_trace_share(base_model, tok, fresh),
+        smollm2_eval.opened_trace_share(base_model, tok, fresh, sample_seed=E["fresh_seed"]), len(fresh),
+        min_eval=smollm2_eval.ACCEPTANCE["min_eval"] if run.tested else 10**9)
+    print(f"original rule (base never writes <think>, seed {E['seed']}): "
+          f"{acceptance['ok: base never thinks'].iloc[0]}; opened-trace rule (fresh seed {E['fresh_seed']}): {opened}")
+else:
+    print("the opened-trace rule belongs to the natural-English pair; nothing to add here")
+
+# %% [markdown]
 # **Does the gain grow with size?** The size analysis in `05_geometry` needs distillation performance that
 # differs across sizes. Per size the gain with a 95 % bootstrap CI over problems; the verdict compares the
 # largest with the smallest size (paired over problems) and is reported whichever way it falls.
@@ -308,6 +331,9 @@ display(HTML(side.to_html(index=False).replace("\\n", "<br>")))
 
 # %%
 numbers = {}
+if opened is not None:
+    numbers["base opens a trace (fresh sample: n, greedy share, sampled share, verdict)"] = [
+        opened["n"], opened["greedy opened share"], opened["sampled opened share"], opened["verdict"]]
 for (s, r), v in results.items():
     numbers[f"{s} {r} accuracy"] = v["accuracy"]
     numbers[f"{s} {r} think rate"] = v["think_rate"]
