@@ -203,6 +203,70 @@ def _train_section(raw: dict, preset, where: str) -> dict:
     return out
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_harvest(harvest: dict, preset, where: str) -> None:
+    """[harvest] values checked when the run is read: types (a string layer is a type error, not "out of
+    range"), ranges, the organism's depth, and ``HarvestConfig.validate``."""
+    from .harvest import HarvestConfig
+
+    layer = harvest["layer"]
+    if layer is not None and not _is_int(layer):
+        raise RunConfigError(f"{where}: [harvest] layer = {layer!r} must be an integer (a block index), "
+                             f"not a {type(layer).__name__}")
+    if preset.kind == "organism" and layer is not None:
+        from .organism import SIZES
+        n_layers = SIZES[preset.base].layers
+        if not 1 <= layer <= n_layers:
+            raise RunConfigError(f"{where}: [harvest] layer = {layer} is out of range for {preset.name} "
+                                 f"({n_layers} blocks): 1 <= layer <= {n_layers}")
+    elif layer is not None and layer < 1:
+        raise RunConfigError(f"{where}: [harvest] layer = {layer} must be >= 1 (resid_pre of that block)")
+    if not _is_int(harvest["n_docs"]) or harvest["n_docs"] < 1:
+        raise RunConfigError(f"{where}: [harvest] n_docs = {harvest['n_docs']!r} must be an integer >= 1")
+    if not 0.0 <= harvest["teacher_fraction"] <= 1.0:
+        raise RunConfigError(f"{where}: [harvest] teacher_fraction = {harvest['teacher_fraction']!r} must be in [0, 1]")
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in harvest.items()
+              if k not in ("n_docs", "teacher_fraction", "seed", "corpus")}
+    try:
+        HarvestConfig(**fields).validate()
+    except (TypeError, ValueError) as err:
+        raise RunConfigError(f"{where}: [harvest]: {err}") from None
+
+
+def _check_evaluate(evaluate: dict, preset, where: str) -> None:
+    sizes = evaluate["sizes"]
+    if preset.kind == "organism":
+        from .organism import SIZES
+        bad = [s for s in sizes if s not in SIZES] if isinstance(sizes, list) else sizes
+        if not isinstance(sizes, list) or not sizes or bad:
+            raise RunConfigError(f"{where}: [evaluate] sizes = {sizes!r}; each must be an organism size, one of "
+                                 f"{list(SIZES)}")
+    for key in ("n_eval", "max_new_tokens"):
+        if not _is_int(evaluate[key]) or evaluate[key] < 1:
+            raise RunConfigError(f"{where}: [evaluate] {key} = {evaluate[key]!r} must be an integer >= 1")
+
+
+def _check_geometry(geometry: dict, where: str) -> None:
+    dims, claim = geometry["dims"], geometry["claim_dim"]
+    if not isinstance(dims, list) or not dims or not all(_is_int(d) and d >= 1 for d in dims):
+        raise RunConfigError(f"{where}: [geometry] dims = {dims!r} must be a non-empty list of integers >= 1 "
+                             "(PCA dimensions)")
+    if claim not in dims:
+        raise RunConfigError(f"{where}: [geometry] claim_dim = {claim!r} must be one of dims = {dims!r}")
+    runs = geometry["runs"]
+    if not isinstance(runs, list) or not runs:
+        raise RunConfigError(f"{where}: [geometry] runs = {runs!r} must be a non-empty list of run names")
+    missing = [r for r in runs if not config_path(r).exists()]
+    if missing:
+        raise RunConfigError(f"{where}: [geometry] runs {missing} have no run config; committed runs: "
+                             f"{', '.join(available())}")
+    if not _is_int(geometry["top_k"]) or geometry["top_k"] < 1:
+        raise RunConfigError(f"{where}: [geometry] top_k = {geometry['top_k']!r} must be an integer >= 1")
+
+
 def _check_label(label: dict, where: str) -> None:
     """The [label] settings 03b's claim 5 relies on, checked when the run is read."""
     ks = label["ablation_ks"]
@@ -269,7 +333,10 @@ def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     harvest = _section(raw, "harvest", _harvest_defaults(), where)
     if preset.kind == "organism" and harvest["corpus"]:
         raise RunConfigError(f"{where}: [harvest.corpus] applies to real-data (hf) presets, not to {preset.name}")
+    _check_harvest(harvest, preset, where)
     sections = {s: _section(raw, s, d, where) for s, d in ANALYSIS_DEFAULTS.items()}
+    _check_evaluate(sections["evaluate"], preset, where)
+    _check_geometry(sections["geometry"], where)
     _check_label(sections["label"], where)
     _check_steer(sections["steer"], where)
     return RunConfig(name=name, source=source, preset=preset.name, smoke=smoke,
