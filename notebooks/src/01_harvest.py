@@ -20,6 +20,8 @@ RUN = "organism-m"             # the run config: configs/<RUN>.toml (pair, corpu
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt

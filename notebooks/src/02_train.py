@@ -25,6 +25,8 @@ N_SPLICE_DOCS = 48                # held-out documents for the spliced-in loss
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import numpy as np
 import pandas as pd
 import torch

@@ -20,6 +20,8 @@ THREADS = None              # torch CPU threads (None: one per core; 1 where oth
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import torch
 from IPython.display import display
 import pandas as pd

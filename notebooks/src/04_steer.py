@@ -35,6 +35,8 @@ BENCH_TOKENS = 48            # tokens per row in the hook-overhead benchmark
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import time
 import numpy as np
 import pandas as pd

@@ -30,6 +30,8 @@ QWEN_RELATIONS = True        # count single-token survivors of data/relations un
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import time
 import numpy as np
 import pandas as pd
