@@ -360,4 +360,4 @@ if WORLD:
     numbers["teacher marker rate per 1k"] = teacher_rates
 numbers["n_eval"] = len(problems)
 figs = ("accuracy_by_size", "accuracy_by_family", "marker_rates") if WORLD else ("accuracy_by_size",)
-report.record("00_organism", run.name, run.key("evaluate"), numbers, figures=[paths.FIGURES_DIR / f"00_{n}.png" for n in figs])
+report.record("00_organism", run, run.key("evaluate"), numbers, figures=[paths.FIGURES_DIR / f"00_{n}.png" for n in figs])

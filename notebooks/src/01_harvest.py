@@ -146,7 +146,7 @@ print(f"served {counter.served:,} rows, {counter.distinct:,} distinct, train spl
 assert counter.served == counter.distinct == n_train == n_rows
 
 # %%
-report.record("01_harvest", run.name, run.key("harvest"), {
+report.record("01_harvest", run, run.key("harvest"), {
     "tokens": store.n_tokens, "train tokens": n_train, "held-out tokens": man["n_tokens_split"]["heldout"],
     "disk MiB": disk / 2**20, "layer": store.layer, "d_model": store.d_model,
     "mean raw norm (base, distilled)": list(store.mean_norm), "pairing ids identical": man["pairing"]["ids_identical"],

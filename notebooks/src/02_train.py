@@ -145,6 +145,6 @@ v9, e9 = claim_rules.claim9_verdict(quality[main]["EV base"], quality[main]["EV 
                                     *claim_rules.paper_settings(run.train_config(main), run.config.preset))
 v9, e9 = claim_rules.judged({"9": (v9, e9)}, run.tested, RUN)["9"]
 print(f"claim 9: {v9.upper()} - {e9}")
-report.record("02_train", run.name, run.key("train"), numbers,
+report.record("02_train", run, run.key("train"), numbers,
               figures=[paths.FIGURES_DIR / f"02_{n}.png" for n in ("training_curves", "density", "spliced_loss")],
               claims={"9": {"verdict": v9, "evidence": f"{main}: {e9}", "rule": "thinkdiff.claims.claim9_verdict"}})

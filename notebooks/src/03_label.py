@@ -411,5 +411,5 @@ for s in verdicts:
             round(float(r["latent AUROC"]), 4), round(float(r["latent relative norm"]), 3),
             round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4),
             [round(float(r.ci_lo), 4), round(float(r.ci_hi), 4)], r.verdict]
-report.record("03_label", run.name, run.key("label"), numbers, figures=figures,
+report.record("03_label", run, run.key("label"), numbers, figures=figures,
               claims={k: {"verdict": v, "evidence": e, "rule": f"thinkdiff.claims.claim{k}_verdict"} for k, (v, e) in claims.items()})

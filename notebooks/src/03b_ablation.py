@@ -127,5 +127,5 @@ for r in sm[(sm.k == kmax) & sm.arm.isin(["targeted", "random", "shared", "targe
                                           "targeted_minus_shared", "base_minus_distilled"])].itertuples():
     numbers[f"ablation k={kmax} {r.category} {r.model} {r.arm}"] = [round(r.mean, 3), round(r.ci_lo, 3), round(r.ci_hi, 3)]
 v5, e5 = claim_rules.judged({"5": (v5, e5)}, run.tested, RUN)["5"]
-report.record("03b_ablation", run.name, run.key("label"), numbers, figures=figures,
+report.record("03b_ablation", run, run.key("label"), numbers, figures=figures,
               claims={"5": {"verdict": v5, "evidence": e5, "rule": "thinkdiff.claims.claim5_verdict"}})

@@ -71,5 +71,5 @@ fb = browser.FeatureBrowser(table[alive], maker, tok)
 fb
 
 # %%
-report.record("03c_browser", run.name, run.key("label"), {"feature cards": str(html_path), "cards": len(cards),
+report.record("03c_browser", run, run.key("label"), {"feature cards": str(html_path), "cards": len(cards),
               "features table": str(table_path)}, links={"feature cards": html_path})

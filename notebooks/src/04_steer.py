@@ -338,7 +338,7 @@ for cond, grid in grids.items():
     for a in grid:
         for m in ("n_tokens", "rate_self_reflection", "correct"):
             numbers[f"Δ{m} {cond} α={a:+g} [mean, lo, hi]"] = cell(cond, a, m)
-report.record("04_steer", run.name, run.key("steer"), numbers,
+report.record("04_steer", run, run.key("steer"), numbers,
               figures=[paths.FIGURES_DIR / "04_latent_choice.png", paths.FIGURES_DIR / "04_dose_response.png"],
               claims={k: {**v, "rule": f"thinkdiff.claims.claim{k}_verdict"
                           + f" at alpha = {CLAIM_ALPHA}"} for k, v in claims.items()})

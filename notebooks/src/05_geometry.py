@@ -321,6 +321,6 @@ numbers["median cos(base, distilled) shared latents"] = float(shared_band.cos_ba
 if qwen_table is not None:
     numbers["Qwen single-token pairs kept"] = {k: int(v) for k, v in qwen_table["single-token pairs"].items()}
 figs = ["05_loss_vs_dim", "05_ecdf_grid", "05_delta_vs_performance", "05_feature_cosines", "05_side_alignment", "05_decoder_map"]
-report.record("05_geometry", run.name, run.key("geometry"), numbers, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs],
+report.record("05_geometry", run, run.key("geometry"), numbers, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs],
               claims={"8": {"verdict": verdict8, "evidence": evidence,
                             "rule": f"thinkdiff.claims.claim8_verdict (log10 parameters, PCA {CLAIM_DIM})"}})
