@@ -119,13 +119,16 @@ def test_a_full_disk_while_writing_a_store_shard_is_one_plain_error(tmp_path, mo
 def _saved_crosscoder(tmp_path):
     from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
 
-    cc = CrossCoder(CrossCoderConfig(d_model=8, n_latents=16), seed=0)
-    return cc, cc.save_pretrained(tmp_path / "cc")
+    cc = CrossCoder(CrossCoderConfig(d_model=8, n_latents=16, layer=3, store_hash="0123456789ab"), seed=0)
+    return cc, cc.fold([1.0, 1.0]).save_pretrained(tmp_path / "cc")
 
 
 @pytest.mark.parametrize("damage, message", [
     ("flip", "does not match the sha256"), ("truncate", "does not match the sha256"),
-    ("json", "not valid JSON"), ("missing_key", "incomplete")])
+    ("json", "not valid JSON"), ("missing_key", "do not match its config_sha256"),
+    ("norm_scale", "do not match its config_sha256"), ("store_cleared", "do not match its config_sha256"),
+    ("no_checksum", "has no weights_sha256"), ("no_config_checksum", "has no config_sha256"),
+    ("unknown", "unknown fields"), ("no_weights", "no model.safetensors")])
 def test_a_damaged_crosscoder_is_refused_naming_the_file(tmp_path, damage, message):
     import json
 
@@ -141,9 +144,22 @@ def test_a_damaged_crosscoder_is_refused_naming_the_file(tmp_path, damage, messa
         w.write_bytes(w.read_bytes()[:100])
     elif damage == "json":
         c.write_text(c.read_text()[:-10])
+    elif damage == "no_weights":
+        w.unlink()
     else:
         raw = json.loads(c.read_text())
-        del raw["n_latents"]
+        if damage == "missing_key":
+            del raw["n_latents"]
+        elif damage == "norm_scale":                 # x10 on the distilled side: 77 of 128 latents moved
+            raw["norm_scale"] = [1.0, 10.0]
+        elif damage == "store_cleared":              # would encode any store
+            raw["store_hash"], raw["layer"] = None, None
+        elif damage == "no_checksum":
+            del raw["weights_sha256"]
+        elif damage == "no_config_checksum":
+            del raw["config_sha256"]
+        else:
+            raw["colour"] = "blue"
         c.write_text(json.dumps(raw))
     with pytest.raises(CorruptArtifactError, match=message) as err:
         CrossCoder.from_pretrained(folder)
@@ -167,6 +183,54 @@ def test_a_damaged_cached_crosscoder_is_moved_aside_and_retrained(tmp_path):
     assert Path(again.source) == folder
     assert len(list(tmp_path.glob(f"{folder.name}.broken-*"))) == 1
     torch.testing.assert_close(again.W_dec, first.W_dec)      # retrained from the same seed: the same weights
+
+
+@pytest.mark.parametrize("damage", ["norm_scale", "unknown_field", "no_weights", "other_store"])
+def test_every_damaged_cached_crosscoder_is_moved_aside_and_retrained(tmp_path, damage):
+    """Edited fields, unknown keys, a deleted weights file, a folder that does not fit its store: each is set
+    aside and rebuilt, instead of an error on every rerun."""
+    import json
+
+    import torch
+
+    from thinkdiff.train import TensorStore, TrainConfig, get_crosscoder
+
+    store = TensorStore(torch.randn(512, 2, 8))
+    cfg = TrainConfig(n_latents=16, batch_size=64, n_steps=5, checkpoint_every=0, dead_tokens=1000)
+    first = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    folder = Path(first.source)
+    c = folder / "config.json"
+    raw = json.loads(c.read_text())
+    if damage == "no_weights":
+        (folder / "model.safetensors").unlink()
+    elif damage == "other_store":                 # a consistent folder, but trained on another store's scale
+        import dataclasses
+
+        from thinkdiff.crosscoder import CrossCoder
+        other = CrossCoder.from_pretrained(folder)
+        other.config = dataclasses.replace(other.config, norm_scale=[1.0, 1.0])
+        other.save_pretrained(folder)
+    else:
+        raw.update({"norm_scale": [v * 10 for v in raw["norm_scale"]]} if damage == "norm_scale" else {"x": 1})
+        c.write_text(json.dumps(raw))
+    again = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    assert Path(again.source) == folder and len(list(tmp_path.glob(f"{folder.name}.broken-*"))) == 1
+    torch.testing.assert_close(again.W_dec, first.W_dec)
+
+
+def test_a_crosscoder_that_did_not_learn_is_not_cached(tmp_path):
+    """Training ends, but the crosscoder reconstructs worse than the mean (FVU >= 1): refused, nothing cached,
+    no partial checkpoint to resume the same model from."""
+    import torch
+
+    from thinkdiff.train import DidNotLearnError, TensorStore, TrainConfig, get_crosscoder
+
+    store = TensorStore(torch.randn(512, 2, 8))
+    cfg = TrainConfig(n_latents=16, batch_size=64, n_steps=1, checkpoint_every=0, dead_tokens=1000, dec_init_norm=2.0)
+    with pytest.raises(DidNotLearnError, match=r"FVU \[.*\] \(>= 1.0: no better than predicting their mean\); it "
+                                               "was not cached"):
+        get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
 
 def test_a_diverging_training_stops_naming_the_step_and_caches_nothing(tmp_path):
