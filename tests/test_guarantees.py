@@ -307,3 +307,33 @@ def test_a_writer_that_loses_the_rename_race_says_so_and_leaves_nothing(tmp_path
             (final / "value").write_text("theirs")        # the other writer renamed its folder first
     assert (final / "value").read_text() == "theirs"
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+
+
+def test_a_damaged_training_checkpoint_restarts_training_instead_of_resuming_other_weights(tmp_path, capsys):
+    """Flipped bytes in checkpoint.pt: not loaded, set aside with a message, training starts over and ends with
+    the weights of an uninterrupted run; a torn last line of the training log does not stop a resume."""
+    import torch
+
+    from thinkdiff.train import TensorStore, TrainConfig, train
+
+    store = TensorStore(torch.randn(1024, 2, 8))
+    cfg = TrainConfig(n_latents=16, batch_size=64, n_steps=12, checkpoint_every=4, dead_tokens=1000)
+    whole = train(store, cfg, progress=False).crosscoder
+    train(store, cfg, ckpt_dir=tmp_path, stop_after=8, progress=False)
+    ck = tmp_path / "checkpoint.pt"
+    data = bytearray(ck.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ck.write_bytes(bytes(data))
+    log = tmp_path / "train_log.jsonl"
+    log.write_text(log.read_text() + '{"step": 9, "lo')                  # a kill mid-append
+    again = train(store, cfg, ckpt_dir=tmp_path, progress=False).crosscoder
+    out = capsys.readouterr().out
+    assert "the checkpoint is damaged; moved it to" in out and "training from the start" in out
+    assert len(list(tmp_path.glob("checkpoint.pt.broken-*"))) == 1
+    torch.testing.assert_close(again.W_dec, whole.W_dec)
+    # an intact checkpoint with a torn log line resumes
+    train(store, cfg.replace(n_steps=16), ckpt_dir=tmp_path / "b", stop_after=8, progress=False)
+    logb = tmp_path / "b" / "train_log.jsonl"
+    logb.write_text(logb.read_text() + '{"step": 9, "lo')
+    res = train(store, cfg.replace(n_steps=16), ckpt_dir=tmp_path / "b", progress=False)
+    assert [r["step"] for r in res.log] == list(range(1, 17))

@@ -318,3 +318,61 @@ def test_one_problem_computation_never_sits_on_both_sides_of_the_split():
     assert any(len(s) == 2 for s in by_tokens.values())         # which splitting by tokens did not ensure
     held = [d for d in prepared if H._is_heldout(d, cfg)]
     assert 0.05 < len(held) / len(prepared) < 0.15
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "progress"])
+def test_a_damaged_partial_harvest_starts_over_instead_of_finishing_a_broken_store(tiny_pair, tiny_tokenizer, tmp_path,
+                                                                                   monkeypatch, capsys, damage):
+    """A recorded shard with flipped bytes, cut short or deleted, or an unreadable progress.json: the partial
+    harvest is set aside with a message naming the file, and the store is harvested again from the start."""
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer)
+    cfg = _cfg()
+    whole = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "a",
+                         progress=False)
+    real_write = StoreWriter.write_shard
+    calls = {"shards": 0}
+
+    def crashing_write(self, *a, **k):
+        if calls["shards"] == 2:
+            raise KeyboardInterrupt("killed")
+        calls["shards"] += 1
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(StoreWriter, "write_shard", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "b", progress=False)
+    monkeypatch.setattr(StoreWriter, "write_shard", real_write)
+    part = tmp_path / "b.partial"
+    shard = part / "acts_00001.npy"
+    if damage == "flip":
+        data = bytearray(shard.read_bytes())
+        data[-3] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-40])
+    elif damage == "delete":
+        shard.unlink()
+    else:
+        (part / "progress.json").write_text('{"format": "thinkdiff-activation-store", "shar')
+    resumed = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "b",
+                           progress=False)
+    out = capsys.readouterr().out
+    assert "the interrupted harvest is damaged; moved it to" in out
+    assert ("acts_00001.npy" in out) if damage != "progress" else ("progress.json" in out)
+    assert _files_sha(whole.path) == _files_sha(resumed.path)
+    resumed.verify()
+    assert len(list(tmp_path.glob("b.partial.broken-*"))) == 1
+
+
+def test_a_shard_relabelled_in_the_manifest_is_refused(tiny_pair, tiny_tokenizer, tmp_path):
+    base, distilled = tiny_pair
+    store = harvest_pair(*tiny_pair, tiny_tokenizer, tiny_tokenizer, make_docs(tiny_tokenizer), _cfg(),
+                         out_dir=tmp_path / "s", progress=False)
+    man_path = store.path / "manifest.json"
+    man = json.loads(man_path.read_text())
+    i = next(k for k, e in enumerate(man["shards"]) if e["split"] == "train")
+    man["shards"][i]["split"] = "heldout"
+    man_path.write_text(json.dumps(man))
+    with pytest.raises(ValueError, match=f"says shard {i} is 'heldout', its rows say \\['train'\\]"):
+        ActivationStore(store.path, verify=False)

@@ -54,6 +54,7 @@ from .crosscoder import CONFIG_NAME, CorruptArtifactError, CrossCoder, CrossCode
 from .store import part_bounds
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_SUM_NAME = "checkpoint.json"   # the checkpoint's sha256, written after it
 # Divergence: a crosscoder that outputs zeros has FVU 1; staying 10x above that for 20 steps is not learning.
 DIVERGED_FVU, DIVERGED_STEPS = 10.0, 20   # FVU above this for this many steps in a row: diverged
 DIVERGED_FVU_AT_ONCE = 1000.0              # one step this far off (or a non-finite loss) is divergence at once
@@ -358,12 +359,19 @@ class Trainer:
         random.setstate(state["rng"]["python"])
 
     def save_checkpoint(self, folder: Path) -> Path:
-        """Write ``checkpoint.pt`` atomically (temp file, then rename over the old one)."""
+        """Write ``checkpoint.pt`` atomically (temp file, then rename over the old one), then its sha256 into
+        ``checkpoint.json``, which a resume checks (a flipped checkpoint must not resume into other weights)."""
         out = Path(folder) / CHECKPOINT_NAME
         tmp = out.with_name(f".{CHECKPOINT_NAME}.{uuid.uuid4().hex[:8]}.tmp")
         with paths.disk_full_is_plain(out, tmp):   # a failed write (disk full, kill) leaves no temp file behind
             torch.save(self.state_dict(), tmp)
+            digest = paths.sha256_file(tmp)
             os.replace(tmp, out)
+        side = Path(folder) / CHECKPOINT_SUM_NAME
+        tmp = side.with_name(f".{CHECKPOINT_SUM_NAME}.{uuid.uuid4().hex[:8]}.tmp")
+        with paths.disk_full_is_plain(side, tmp):
+            tmp.write_text(json.dumps({"sha256": digest, "step": self.step_idx}))
+            os.replace(tmp, side)
         return out
 
 
@@ -376,10 +384,34 @@ class TrainResult:
 
 
 def _read_log(path: Path, upto_step: int) -> list[dict]:
+    """The log rows up to ``upto_step``; a torn or damaged line (a kill mid-append) ends the readable log, with a
+    message naming the file, instead of failing every resume."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto_step]
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            print(f"{path}: line {n} is damaged; the training log is kept up to the line before it", flush=True)
+            break
+        if step <= upto_step:
+            rows.append(row)
+    return rows
+
+
+def _usable_checkpoint(ckpt: Path) -> str | None:
+    """None if ``ckpt`` matches the sha256 its ``checkpoint.json`` recorded, else what is wrong with it."""
+    side = ckpt.with_name(CHECKPOINT_SUM_NAME)
+    try:
+        want = json.loads(side.read_text())["sha256"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        return f"{side} is missing or unreadable ({type(err).__name__})"
+    got = paths.sha256_file(ckpt)
+    return None if got == want else f"{ckpt} has sha256 {got[:16]}..., {side} recorded {want[:16]}..."
 
 
 def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_after: int | None = None,
@@ -409,9 +441,23 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
         if ckpt.exists():
             if not resume:
                 raise FileExistsError(f"{ckpt} exists; pass resume=True to continue it or use another folder")
-            state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
-            trainer.check_checkpoint(state, ckpt_dir)
-            trainer.load_state_dict(state)
+            problem = _usable_checkpoint(ckpt)
+            if problem is None:
+                try:
+                    state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
+                except Exception as err:   # unpicklable despite its checksum: treat as damaged
+                    problem = f"{ckpt} cannot be loaded ({type(err).__name__}: {err})"
+            if problem is not None and main:
+                # a damaged checkpoint must not resume into other weights: set it aside, start again
+                aside = paths.move_aside(ckpt)
+                (ckpt_dir / CHECKPOINT_SUM_NAME).unlink(missing_ok=True)
+                print(f"{problem}: the checkpoint is damaged; moved it to {aside} and training from the start",
+                      flush=True)
+            elif problem is not None:
+                raise ValueError(f"{problem}: the shared checkpoint is damaged; restart the run")
+            else:
+                trainer.check_checkpoint(state, ckpt_dir)
+                trainer.load_state_dict(state)
         log = _read_log(ckpt_dir / LOG_NAME, trainer.step_idx)
         if main:
             tmp = ckpt_dir / f".{LOG_NAME}.tmp"
