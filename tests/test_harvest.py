@@ -376,3 +376,34 @@ def test_a_shard_relabelled_in_the_manifest_is_refused(tiny_pair, tiny_tokenizer
     man_path.write_text(json.dumps(man))
     with pytest.raises(ValueError, match=f"says shard {i} is 'heldout', its rows say \\['train'\\]"):
         ActivationStore(store.path, verify=False)
+
+
+@pytest.mark.parametrize("damage", ["manifest_deleted", "manifest_torn", "shard_flipped"])
+def test_a_damaged_finished_store_is_moved_aside_and_harvested_again(tiny_pair, tiny_tokenizer, tmp_path, capsys,
+                                                                     damage):
+    base, distilled = tiny_pair
+    docs, cfg = make_docs(tiny_tokenizer), _cfg()
+    first = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "s",
+                         progress=False)
+    want = _files_sha(first.path)
+    man = first.path / "manifest.json"
+    if damage == "manifest_deleted":
+        man.unlink()
+    elif damage == "manifest_torn":
+        man.write_text(man.read_text()[:-30])
+    else:
+        f = first.path / "acts_00001.npy"
+        data = bytearray(f.read_bytes())
+        data[-3] ^= 0xFF
+        f.write_bytes(bytes(data))
+    again = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "s",
+                         progress=False)
+    assert "moved the damaged store to" in capsys.readouterr().out
+    assert _files_sha(again.path) == want and len(list(tmp_path.glob("s.broken-*"))) == 1
+    # a folder that is not a store is never moved: the harvest refuses to write into it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an activation store"):
+        harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "mine",
+                     progress=False)
+    assert (tmp_path / "mine" / "notes.txt").exists()

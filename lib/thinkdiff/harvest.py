@@ -443,16 +443,32 @@ def prepare_harvest(base, distilled, tokenizer_base, tokenizer_distilled, docume
     return HarvestJob(docs, layer, key, out, pairing, _plan(docs, cfg), pad_id, cfg, decoder_layers_path(base))
 
 
+class StoreDamaged(ValueError):
+    """A finished store folder of this job's key that cannot be used (missing manifest, damaged files)."""
+
+
 def finished_store(job: HarvestJob, verify: bool) -> ActivationStore | None:
-    """The finished store at ``job.out`` if there is one with the same key (else None); refuses another key."""
-    if not (job.out / MANIFEST).exists():
+    """The finished store at ``job.out`` if there is one with the same key (else None); refuses another key.
+    Raises ``StoreDamaged`` for a folder there that is not a usable store (``harvest_pair`` sets it aside)."""
+    if not job.out.exists():
         return None
-    store = ActivationStore(job.out, verify=False)
+    if not (job.out / MANIFEST).exists():
+        # a folder of shard files (or one in the harvest cache) is a damaged store; anything else is not ours
+        if any(job.out.glob("acts_*.npy")) or job.out.parent == Path(paths.RUNS_DIR) / STAGE:
+            raise StoreDamaged(f"{job.out} has no {MANIFEST}: the store is incomplete or its manifest was deleted")
+        raise FileExistsError(f"{job.out} exists but is not an activation store; refusing to write into it")
+    try:
+        store = ActivationStore(job.out, verify=False)
+    except (ValueError, OSError) as err:
+        raise StoreDamaged(f"the store at {job.out} cannot be opened: {err}") from None
     if store.key != canonical_key(job.key):
         raise ValueError(f"the store at {job.out} was written for a different configuration; refusing to mix. "
                          f"Differences: {'; '.join(key_differences(store.key, canonical_key(job.key)))}")
     if verify:
-        store.verify()
+        try:
+            store.verify()
+        except ValueError as err:
+            raise StoreDamaged(str(err)) from None
     return store
 
 
@@ -468,11 +484,19 @@ def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents
     of every shard when reusing a finished store. (Several processes: ``thinkdiff.distributed.harvest_pair``.)
     """
     job = prepare_harvest(base, distilled, tokenizer_base, tokenizer_distilled, documents, cfg, out_dir)
-    store = finished_store(job, verify)
+    try:
+        store = finished_store(job, verify)
+    except StoreDamaged:
+        store = None                     # repaired below, under the lock
     if store is not None:
         return store
     with paths.writer_lock(job.out):     # one harvester per store; a second waits and reuses its result
-        store = finished_store(job, verify)
+        try:
+            store = finished_store(job, verify)
+        except StoreDamaged as err:      # never re-read a broken store forever: set it aside, harvest again
+            aside = paths.move_aside(job.out)
+            print(f"{err}\nmoved the damaged store to {aside}; harvesting it again", flush=True)
+            store = None
         if store is not None:
             return store
         writer = StoreWriter(job.out, job.key)
