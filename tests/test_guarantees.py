@@ -337,3 +337,54 @@ def test_a_damaged_training_checkpoint_restarts_training_instead_of_resuming_oth
     logb.write_text(logb.read_text() + '{"step": 9, "lo')
     res = train(store, cfg.replace(n_steps=16), ckpt_dir=tmp_path / "b", progress=False)
     assert [r["step"] for r in res.log] == list(range(1, 17))
+
+
+def test_unclear_errors_name_their_file_and_leave_nothing_behind(tmp_path, monkeypatch):
+    """A damaged .npy header names the shard; a full disk at the crosscoder's final write is one plain error and
+    caches nothing; stale checkpoint temp files of a killed writer are removed when training starts."""
+    import errno
+
+    import torch
+
+    from tests.test_store import make_store
+    from thinkdiff import train as T
+    from thinkdiff.store import ActivationStore
+
+    folder = make_store(tmp_path / "s", [40, 40]).path
+    f = folder / "stats_00001.npy"
+    data = f.read_bytes()
+    f.write_bytes(b"\x93NUMPY\x01\x00\xff\xffnot a head" + data[20:])         # same size, unreadable header
+    with pytest.raises(ValueError, match=r"stats_00001.npy cannot be read .*delete .* and harvest again"):
+        ActivationStore(folder, verify=False)
+
+    store = T.TensorStore(torch.randn(512, 2, 8))
+    cfg = T.TrainConfig(n_latents=16, batch_size=64, n_steps=5, checkpoint_every=0, dead_tokens=1000)
+
+    def no_space(self, folder):
+        raise RuntimeError("SafetensorError: Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(T.CrossCoder, "save_pretrained", no_space)
+    monkeypatch.setattr(paths.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
+    with pytest.raises(OSError, match="disk full writing .*model.safetensors") as err:
+        T.get_crosscoder(store, cfg, out_root=tmp_path / "cc", progress=False)
+    assert err.value.errno == errno.ENOSPC
+    assert not [p for p in (tmp_path / "cc").iterdir() if not p.name.startswith(".") and not p.name.endswith(".partial")]
+    monkeypatch.undo()
+
+    work = tmp_path / "ck"
+    work.mkdir()
+    (work / ".checkpoint.pt.dead0001.tmp").write_bytes(b"half a checkpoint")
+    T.train(store, cfg.replace(checkpoint_every=5), ckpt_dir=work, progress=False)
+    assert not list(work.glob(".checkpoint.pt.*.tmp")) and (work / "checkpoint.pt").exists()
+
+
+def test_an_empty_harvest_leaves_no_partial_folder(tiny_pair, tiny_tokenizer, tmp_path):
+    """Documents of one token each: the first position is dropped, nothing is left to store: a clear error and
+    no '<out>.partial' folder."""
+    from thinkdiff.harvest import HarvestConfig, harvest_pair
+
+    docs = [{"text": "x", "input_ids": [5]} for _ in range(4)]
+    with pytest.raises(ValueError):
+        harvest_pair(*tiny_pair, tiny_tokenizer, tiny_tokenizer, docs, HarvestConfig(layer=2), out_dir=tmp_path / "e",
+                     progress=False)
+    assert not (tmp_path / "e.partial").exists() and not (tmp_path / "e").exists()

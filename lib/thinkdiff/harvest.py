@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -500,11 +501,16 @@ def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents
         if store is not None:
             return store
         writer = StoreWriter(job.out, job.key)
-        median = harvest_range(job, writer, base, distilled, tokenizer_base, tokenizer_distilled, 0, len(job.plan),
-                               median=writer.state.get("median_norm"), progress=progress)
-        return ActivationStore(writer.finalize(harvest_manifest(job, writer.shards, median, tokenizer_base,
-                                                                writer.state.get("run"), writer.state.get("compute"))),
-                               verify=False)
+        try:
+            median = harvest_range(job, writer, base, distilled, tokenizer_base, tokenizer_distilled, 0,
+                                   len(job.plan), median=writer.state.get("median_norm"), progress=progress)
+            return ActivationStore(writer.finalize(harvest_manifest(job, writer.shards, median, tokenizer_base,
+                                                                    writer.state.get("run"),
+                                                                    writer.state.get("compute"))), verify=False)
+        except Exception:
+            if not writer.shards:   # nothing worth resuming (e.g. every position excluded): leave no folder
+                shutil.rmtree(writer.partial, ignore_errors=True)
+            raise
 
 
 def harvest_range(job: HarvestJob, writer: StoreWriter, base, distilled, tokenizer_base, tokenizer_distilled,

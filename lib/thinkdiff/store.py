@@ -424,14 +424,21 @@ class ActivationStore:
         the per-shard statistics (checked on every open: headers and statistics are small)."""
         want = STORAGE[self.dtype]
         total = RunningStats(0, 0)
+        def load(name, **kw):
+            try:
+                return np.load(self.path / name, **kw)
+            except (OSError, ValueError) as err:   # e.g. a damaged .npy header: name the file
+                raise ValueError(f"{self.path / name} cannot be read ({err}); the store is damaged: delete "
+                                 f"{self.path} and harvest again") from None
+
         for e in self.shards:
-            arr = np.load(self.path / e["acts"]["file"], mmap_mode="r")
+            arr = load(e["acts"]["file"], mmap_mode="r")
             if arr.shape != (e["n_tokens"], self.n_models, self.d_model) or arr.dtype != want:
                 raise ValueError(f"{man_path} says shard {e['index']} is [{e['n_tokens']}, {self.n_models}, "
                                  f"{self.d_model}] {self.dtype}, its file holds {list(arr.shape)} {arr.dtype} "
                                  f"(an edited manifest?); delete {self.path} and harvest again")
-            total.merge(RunningStats.unpack(np.load(self.path / e["stats"]["file"])))
-            rows = np.load(self.path / e["meta"]["file"], mmap_mode="r")["split"]
+            total.merge(RunningStats.unpack(load(e["stats"]["file"])))
+            rows = load(e["meta"]["file"], mmap_mode="r")["split"]
             if e["split"] not in SPLITS or not (rows == SPLITS[e["split"]]).all():
                 raise ValueError(f"{man_path} says shard {e['index']} is {e['split']!r}, its rows say "
                                  f"{sorted({k for k, v in SPLITS.items() if (rows == v).any()})} (an edited "

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from . import paths, precision, trainers
-from .crosscoder import CONFIG_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
+from .crosscoder import CONFIG_NAME, WEIGHTS_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
 from .store import part_bounds
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -437,6 +437,9 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
     log_file = None
     if ckpt_dir is not None:
         ckpt_dir = paths.ensure_writable(Path(ckpt_dir)) if main else Path(ckpt_dir)
+        if main:   # temp files of a writer that was killed mid-write: never read, removed now, not at the end
+            for stale in [*ckpt_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"), *ckpt_dir.glob(f".{CHECKPOINT_SUM_NAME}.*.tmp")]:
+                stale.unlink(missing_ok=True)
         ckpt = ckpt_dir / CHECKPOINT_NAME
         if ckpt.exists():
             if not resume:
@@ -598,7 +601,7 @@ def get_crosscoder(store, cfg: TrainConfig, out_root=None, *, device="cpu", prog
                    "steps": cfg.n_steps,
                    "tokens": last.get("tokens"), "seconds_this_session": result.seconds,
                    "final_batch": {k: last.get(k) for k in ("loss", "recon", "fvu", "l0", "dead_frac")}}
-        with paths.atomic_dir(final) as tmp:
+        with paths.atomic_dir(final) as tmp, paths.disk_full_is_plain(final / WEIGHTS_NAME):
             result.crosscoder.save_pretrained(tmp)
             shutil.copy(work / LOG_NAME, tmp / LOG_NAME)
             (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
