@@ -120,3 +120,11 @@ def _record_many(args):
     paths.RUNS_DIR = runs
     for _ in range(30):
         report.record("02_train", "r", prov("train"), {"writer": writer})
+
+
+def test_a_torn_record_names_its_file(runs_dir):
+    report.record("02_train", "r", prov("train"), {"FVU": 0.1})
+    path = runs_dir / "report" / "r" / "02_train.json"
+    path.write_text(path.read_text()[:-20])
+    with pytest.raises(ValueError, match=f"{path} is not valid JSON"):
+        report.write_report("r")

@@ -125,7 +125,14 @@ def record(stage: str, run, provenance: dict, numbers: dict, figures=(), claims=
 
 def load_records(run: str) -> list[dict]:
     folder = _report_dir(run)
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+    out = []
+    for p in sorted(folder.glob("*.json")) if folder.exists() else []:
+        try:
+            out.append(json.loads(p.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"the stage record {p} is not valid JSON ({err}); rerun that stage to write it "
+                             "again") from None
+    return out
 
 
 def _fmt(v):
