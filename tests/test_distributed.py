@@ -194,6 +194,6 @@ def test_torchrun_two_ranks_harvest_and_ddp_training_match_one_rank(saved_pair):
         for got, exp in zip(logged, ref.log):
             for k in ("loss", "recon", "l0", "dead_frac", "tokens"):
                 assert got[k] == pytest.approx(exp[k], rel=1e-4, abs=1e-6), (name, got["step"], k)
-            assert got["fvu"] == pytest.approx(exp["fvu"], rel=1e-4)
+            assert got["fvu"] == pytest.approx(exp["fvu"], rel=1e-4, nan_ok=True)
         if name == "batchtopk":
             assert any("aux" in r for r in logged)   # the dead-latent loss took part

@@ -144,6 +144,25 @@ def test_a_checkpoint_written_while_diverging_is_never_kept(store, tmp_path):
         train(Exploding(store.acts, layer=store.layer, name="planted0"), cfg, progress=False)
 
 
+
+def test_a_one_token_batch_has_an_undefined_fvu_not_a_divergence(store):
+    """The last batch of an epoch can hold a single token: its variance is 0, so its FVU is NaN (logged as such),
+    not err / 1e-12, which would read as a divergence of 1e13 and stop a healthy run."""
+    trainer = Trainer(store, SMALL.replace(n_steps=4))
+    x = next(iter(store.loader(SMALL.batch_size, SMALL.buffer_tokens, SMALL.seed, split="train")))
+    one = trainer.step(x[:1])
+    assert all(np.isnan(v) for v in one["fvu"]) and np.isfinite(one["loss"])
+    many = trainer.step(x)
+    assert all(0 < v < 10 for v in many["fvu"])
+
+    class OneTokenLast(TensorStore):      # every other batch is a single token
+        def loader(self, *a, **kw):
+            for i, b in enumerate(super().loader(*a, **kw)):
+                yield b[:1] if i % 2 else b
+
+    res = train(OneTokenLast(store.acts, layer=store.layer, name="planted0"), SMALL.replace(n_steps=8), progress=False)
+    assert len(res.log) == 8 and sum(np.isnan(r["fvu"][0]) for r in res.log) == 4
+
 @pytest.mark.parametrize("bad,match", [
     (dict(n_latents=0), "n_latents"), (dict(activation="batchtopk", k=0), "k"),
     (dict(activation="batchtopk", k=500), "exceeds"), (dict(lr=-1.0), "lr"), (dict(activation="topk"), "activation"),

@@ -310,7 +310,10 @@ class Trainer:
             else:
                 mean = self._sum(x.sum(0)) / B
                 var = self._sum((x - mean).pow(2).sum((0, 2))) / B
-            fvu = (tot[1:] / var.clamp_min(1e-12)).tolist()
+            # a batch of one token (the last of an epoch can be that small) or of identical tokens has no
+            # variance: its FVU is undefined (NaN), not a huge number that reads as divergence
+            floor = 1e-6 * x.shape[-1]
+            fvu = [t / v if v > floor else float("nan") for t, v in zip(tot[1:].tolist(), var.tolist())]
         self.step_idx += 1
         self.tokens_seen += B
         out = {"step": self.step_idx, "loss": loss_v, "recon": tot[1:].sum().item(), "lr": lr,
@@ -482,11 +485,13 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
                 try:
                     row = trainer.step(x)
                     log.append(row)
-                    recent = [max(r["fvu"]) for r in log[-DIVERGED_STEPS:]]
-                    if not (math.isfinite(row["loss"]) and recent[-1] < DIVERGED_FVU_AT_ONCE):
+                    # steps whose batch FVU is undefined (NaN, see Trainer.step) count as neither
+                    recent = [max(r["fvu"]) for r in log[-DIVERGED_STEPS:] if all(map(math.isfinite, r["fvu"]))]
+                    now = max(row["fvu"]) if all(map(math.isfinite, row["fvu"])) else 0.0
+                    if not (math.isfinite(row["loss"]) and now < DIVERGED_FVU_AT_ONCE):
                         raise FloatingPointError(
                             f"training diverged at step {trainer.step_idx}: loss {row['loss']:.3g}, FVU "
-                            f"{recent[-1]:.3g} (predicting zero gives 1.0), lr {cfg.lr} is likely too high")
+                            f"{now:.3g} (predicting zero gives 1.0), lr {cfg.lr} is likely too high")
                     if len(recent) == DIVERGED_STEPS and min(recent) > DIVERGED_FVU:
                         raise FloatingPointError(
                             f"training diverged at step {trainer.step_idx}: FVU above {DIVERGED_FVU} for "
@@ -516,7 +521,8 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
                 if main and ckpt_dir is not None and (trainer.step_idx == cfg.n_steps or (every and trainer.step_idx % every == 0)):
                     log_file.flush()
                     trainer.save_checkpoint(ckpt_dir)
-                    ckpt_fvu = max(row["fvu"])
+                    if all(map(math.isfinite, row["fvu"])):
+                        ckpt_fvu = max(row["fvu"])
                 if trainer.step_idx >= n_steps:
                     break
             else:

@@ -368,9 +368,11 @@ claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4)}
 if len(SCHEMES) > 1:   # claim 10: each substantive finding measured again under every scheme
     def most_survive_scaling(s):
         """Do most distilled-only latents (relative norm >= 0.9, live, at most N_SCALING) survive latent scaling?
-        None when the scheme has none active on held-out tokens."""
+        None when the scheme has none (or none active on held-out tokens)."""
         top = [j for j in norms.top_latents(np.where(alive[s], nrn[s], np.nan), N_SCALING)
                if alive[s][j] and nrn[s][j] >= norms.DISTILLED_SPECIFIC]
+        if not top:
+            return None
         sc = scaling[scaling.latent.isin(top)] if s == SCHEMES[0] else label.latent_scaling(ccs[s], store, top,
                                                                                               mask=heldout)
         checked = int((sc["flag"] != "inactive").sum())
