@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from . import paths, precision, trainers
-from .crosscoder import CONFIG_NAME, WEIGHTS_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
+from .crosscoder import WEIGHTS_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
 from .store import part_bounds
 
 CHECKPOINT_NAME = "checkpoint.pt"
