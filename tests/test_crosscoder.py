@@ -127,11 +127,14 @@ def test_save_load_and_compatibility(tmp_path):
     for name, t in cc.state_dict().items():
         assert torch.equal(back.state_dict()[name], t), name
     store = TensorStore(torch.randn(40, 2, 8), layer=2)
-    back.check_compatible(store)
+    with pytest.raises(ValueError, match=r"norm_scale .* \(store\) vs \[0.5 2. \] \(folded"):
+        back.check_compatible(store)                     # folded with another store's scale
+    matched = _cc("batchtopk", k=3).fold(list(store.norm_scale))
+    matched.check_compatible(store)
     for acts, layer, what in [(torch.randn(40, 2, 16), 2, "d_model"), (torch.randn(40, 3, 8), 2, "n_models"),
                               (torch.randn(40, 2, 8), 5, "layer")]:
         with pytest.raises(ValueError, match=what):
-            back.check_compatible(TensorStore(acts, layer=layer))
+            _cc("batchtopk", k=3).check_compatible(TensorStore(acts, layer=layer))
 
 
 def test_from_pretrained_fails_fast_offline(tmp_path, monkeypatch):

@@ -119,13 +119,16 @@ def test_a_full_disk_while_writing_a_store_shard_is_one_plain_error(tmp_path, mo
 def _saved_crosscoder(tmp_path):
     from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
 
-    cc = CrossCoder(CrossCoderConfig(d_model=8, n_latents=16), seed=0)
-    return cc, cc.save_pretrained(tmp_path / "cc")
+    cc = CrossCoder(CrossCoderConfig(d_model=8, n_latents=16, layer=3, store_hash="0123456789ab"), seed=0)
+    return cc, cc.fold([1.0, 1.0]).save_pretrained(tmp_path / "cc")
 
 
 @pytest.mark.parametrize("damage, message", [
     ("flip", "does not match the sha256"), ("truncate", "does not match the sha256"),
-    ("json", "not valid JSON"), ("missing_key", "incomplete")])
+    ("json", "not valid JSON"), ("missing_key", "do not match its config_sha256"),
+    ("norm_scale", "do not match its config_sha256"), ("store_cleared", "do not match its config_sha256"),
+    ("no_checksum", "has no weights_sha256"), ("no_config_checksum", "has no config_sha256"),
+    ("unknown", "unknown fields"), ("no_weights", "no model.safetensors")])
 def test_a_damaged_crosscoder_is_refused_naming_the_file(tmp_path, damage, message):
     import json
 
@@ -141,9 +144,22 @@ def test_a_damaged_crosscoder_is_refused_naming_the_file(tmp_path, damage, messa
         w.write_bytes(w.read_bytes()[:100])
     elif damage == "json":
         c.write_text(c.read_text()[:-10])
+    elif damage == "no_weights":
+        w.unlink()
     else:
         raw = json.loads(c.read_text())
-        del raw["n_latents"]
+        if damage == "missing_key":
+            del raw["n_latents"]
+        elif damage == "norm_scale":                 # x10 on the distilled side: 77 of 128 latents moved
+            raw["norm_scale"] = [1.0, 10.0]
+        elif damage == "store_cleared":              # would encode any store
+            raw["store_hash"], raw["layer"] = None, None
+        elif damage == "no_checksum":
+            del raw["weights_sha256"]
+        elif damage == "no_config_checksum":
+            del raw["config_sha256"]
+        else:
+            raw["colour"] = "blue"
         c.write_text(json.dumps(raw))
     with pytest.raises(CorruptArtifactError, match=message) as err:
         CrossCoder.from_pretrained(folder)
@@ -167,6 +183,54 @@ def test_a_damaged_cached_crosscoder_is_moved_aside_and_retrained(tmp_path):
     assert Path(again.source) == folder
     assert len(list(tmp_path.glob(f"{folder.name}.broken-*"))) == 1
     torch.testing.assert_close(again.W_dec, first.W_dec)      # retrained from the same seed: the same weights
+
+
+@pytest.mark.parametrize("damage", ["norm_scale", "unknown_field", "no_weights", "other_store"])
+def test_every_damaged_cached_crosscoder_is_moved_aside_and_retrained(tmp_path, damage):
+    """Edited fields, unknown keys, a deleted weights file, a folder that does not fit its store: each is set
+    aside and rebuilt, instead of an error on every rerun."""
+    import json
+
+    import torch
+
+    from thinkdiff.train import TensorStore, TrainConfig, get_crosscoder
+
+    store = TensorStore(torch.randn(512, 2, 8))
+    cfg = TrainConfig(n_latents=16, batch_size=64, n_steps=5, checkpoint_every=0, dead_tokens=1000)
+    first = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    folder = Path(first.source)
+    c = folder / "config.json"
+    raw = json.loads(c.read_text())
+    if damage == "no_weights":
+        (folder / "model.safetensors").unlink()
+    elif damage == "other_store":                 # a consistent folder, but trained on another store's scale
+        import dataclasses
+
+        from thinkdiff.crosscoder import CrossCoder
+        other = CrossCoder.from_pretrained(folder)
+        other.config = dataclasses.replace(other.config, norm_scale=[1.0, 1.0])
+        other.save_pretrained(folder)
+    else:
+        raw.update({"norm_scale": [v * 10 for v in raw["norm_scale"]]} if damage == "norm_scale" else {"x": 1})
+        c.write_text(json.dumps(raw))
+    again = get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    assert Path(again.source) == folder and len(list(tmp_path.glob(f"{folder.name}.broken-*"))) == 1
+    torch.testing.assert_close(again.W_dec, first.W_dec)
+
+
+def test_a_crosscoder_that_did_not_learn_is_not_cached(tmp_path):
+    """Training ends, but the crosscoder reconstructs worse than the mean (FVU >= 1): refused, nothing cached,
+    no partial checkpoint to resume the same model from."""
+    import torch
+
+    from thinkdiff.train import DidNotLearnError, TensorStore, TrainConfig, get_crosscoder
+
+    store = TensorStore(torch.randn(512, 2, 8))
+    cfg = TrainConfig(n_latents=16, batch_size=64, n_steps=1, checkpoint_every=0, dead_tokens=1000, dec_init_norm=2.0)
+    with pytest.raises(DidNotLearnError, match=r"FVU \[.*\] \(>= 1.0: no better than predicting their mean\); it "
+                                               "was not cached"):
+        get_crosscoder(store, cfg, out_root=tmp_path, progress=False)
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
 
 def test_a_diverging_training_stops_naming_the_step_and_caches_nothing(tmp_path):
@@ -243,3 +307,84 @@ def test_a_writer_that_loses_the_rename_race_says_so_and_leaves_nothing(tmp_path
             (final / "value").write_text("theirs")        # the other writer renamed its folder first
     assert (final / "value").read_text() == "theirs"
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+
+
+def test_a_damaged_training_checkpoint_restarts_training_instead_of_resuming_other_weights(tmp_path, capsys):
+    """Flipped bytes in checkpoint.pt: not loaded, set aside with a message, training starts over and ends with
+    the weights of an uninterrupted run; a torn last line of the training log does not stop a resume."""
+    import torch
+
+    from thinkdiff.train import TensorStore, TrainConfig, train
+
+    store = TensorStore(torch.randn(1024, 2, 8))
+    cfg = TrainConfig(n_latents=16, batch_size=64, n_steps=12, checkpoint_every=4, dead_tokens=1000)
+    whole = train(store, cfg, progress=False).crosscoder
+    train(store, cfg, ckpt_dir=tmp_path, stop_after=8, progress=False)
+    ck = tmp_path / "checkpoint.pt"
+    data = bytearray(ck.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ck.write_bytes(bytes(data))
+    log = tmp_path / "train_log.jsonl"
+    log.write_text(log.read_text() + '{"step": 9, "lo')                  # a kill mid-append
+    again = train(store, cfg, ckpt_dir=tmp_path, progress=False).crosscoder
+    out = capsys.readouterr().out
+    assert "the checkpoint is damaged; moved it to" in out and "training from the start" in out
+    assert len(list(tmp_path.glob("checkpoint.pt.broken-*"))) == 1
+    torch.testing.assert_close(again.W_dec, whole.W_dec)
+    # an intact checkpoint with a torn log line resumes
+    train(store, cfg.replace(n_steps=16), ckpt_dir=tmp_path / "b", stop_after=8, progress=False)
+    logb = tmp_path / "b" / "train_log.jsonl"
+    logb.write_text(logb.read_text() + '{"step": 9, "lo')
+    res = train(store, cfg.replace(n_steps=16), ckpt_dir=tmp_path / "b", progress=False)
+    assert [r["step"] for r in res.log] == list(range(1, 17))
+
+
+def test_unclear_errors_name_their_file_and_leave_nothing_behind(tmp_path, monkeypatch):
+    """A damaged .npy header names the shard; a full disk at the crosscoder's final write is one plain error and
+    caches nothing; stale checkpoint temp files of a killed writer are removed when training starts."""
+    import errno
+
+    import torch
+
+    from tests.test_store import make_store
+    from thinkdiff import train as T
+    from thinkdiff.store import ActivationStore
+
+    folder = make_store(tmp_path / "s", [40, 40]).path
+    f = folder / "stats_00001.npy"
+    data = f.read_bytes()
+    f.write_bytes(b"\x93NUMPY\x01\x00\xff\xffnot a head" + data[20:])         # same size, unreadable header
+    with pytest.raises(ValueError, match=r"stats_00001.npy cannot be read .*delete .* and harvest again"):
+        ActivationStore(folder, verify=False)
+
+    store = T.TensorStore(torch.randn(512, 2, 8))
+    cfg = T.TrainConfig(n_latents=16, batch_size=64, n_steps=5, checkpoint_every=0, dead_tokens=1000)
+
+    def no_space(self, folder):
+        raise RuntimeError("SafetensorError: Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(T.CrossCoder, "save_pretrained", no_space)
+    monkeypatch.setattr(paths.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
+    with pytest.raises(OSError, match="disk full writing .*model.safetensors") as err:
+        T.get_crosscoder(store, cfg, out_root=tmp_path / "cc", progress=False)
+    assert err.value.errno == errno.ENOSPC
+    assert not [p for p in (tmp_path / "cc").iterdir() if not p.name.startswith(".") and not p.name.endswith(".partial")]
+    monkeypatch.undo()
+
+    work = tmp_path / "ck"
+    work.mkdir()
+    (work / ".checkpoint.pt.dead0001.tmp").write_bytes(b"half a checkpoint")
+    T.train(store, cfg.replace(checkpoint_every=5), ckpt_dir=work, progress=False)
+    assert not list(work.glob(".checkpoint.pt.*.tmp")) and (work / "checkpoint.pt").exists()
+
+
+def test_an_empty_harvest_leaves_no_partial_folder(tiny_pair, tiny_tokenizer, tmp_path):
+    """Documents of one token each: the first position is dropped, nothing is left to store: a clear error and
+    no '<out>.partial' folder."""
+    from thinkdiff.harvest import HarvestConfig, harvest_pair
+
+    docs = [{"text": "x", "input_ids": [5]} for _ in range(4)]
+    with pytest.raises(ValueError):
+        harvest_pair(*tiny_pair, tiny_tokenizer, tiny_tokenizer, docs, HarvestConfig(layer=2), out_dir=tmp_path / "e",
+                     progress=False)
+    assert not (tmp_path / "e.partial").exists() and not (tmp_path / "e").exists()

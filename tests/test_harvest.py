@@ -295,3 +295,115 @@ def test_auto_compute_follows_the_cpu_probe(native, tiny_pair, tiny_tokenizer, t
     assert ("float32_s" in got) is native                   # timed only where bf16 may pay
     if not native:
         assert got["dtype"] == "float32" and "native=False" in got["why"]
+
+
+def test_one_problem_computation_never_sits_on_both_sides_of_the_split():
+    """The organism's harvest draws training problems with replacement, so one computation comes back in several
+    documents; the split follows the computation (``Document.group``), not each document's tokens."""
+    from thinkdiff import organism
+
+    tok = organism.get_tokenizer()
+    docs = organism.harvest_documents(tok, n_docs=1500, teacher_fraction=0.5, seed=1)
+    cfg = HarvestConfig(heldout_fraction=0.1)
+    prepared = H.prepare_documents(docs, tok, cfg)
+    sides, by_tokens = {}, {}
+    for d in prepared:
+        if d.group:
+            sides.setdefault(d.group, set()).add(H._is_heldout(d, cfg))
+            by_tokens.setdefault(d.group, set()).add(H._is_heldout(H._Doc(d.ids, d.labels, d.marker, d.text, d.kind,
+                                                                          d.n_truncated), cfg))
+    repeated = [g for g, docs_of in sides.items() if sum(x.group == g for x in prepared) > 1]
+    assert len(repeated) > 20                                   # computations do come back
+    assert all(len(s) == 1 for s in sides.values())             # each on one side only
+    assert any(len(s) == 2 for s in by_tokens.values())         # which splitting by tokens did not ensure
+    held = [d for d in prepared if H._is_heldout(d, cfg)]
+    assert 0.05 < len(held) / len(prepared) < 0.15
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "progress"])
+def test_a_damaged_partial_harvest_starts_over_instead_of_finishing_a_broken_store(tiny_pair, tiny_tokenizer, tmp_path,
+                                                                                   monkeypatch, capsys, damage):
+    """A recorded shard with flipped bytes, cut short or deleted, or an unreadable progress.json: the partial
+    harvest is set aside with a message naming the file, and the store is harvested again from the start."""
+    base, distilled = tiny_pair
+    docs = make_docs(tiny_tokenizer)
+    cfg = _cfg()
+    whole = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "a",
+                         progress=False)
+    real_write = StoreWriter.write_shard
+    calls = {"shards": 0}
+
+    def crashing_write(self, *a, **k):
+        if calls["shards"] == 2:
+            raise KeyboardInterrupt("killed")
+        calls["shards"] += 1
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(StoreWriter, "write_shard", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "b", progress=False)
+    monkeypatch.setattr(StoreWriter, "write_shard", real_write)
+    part = tmp_path / "b.partial"
+    shard = part / "acts_00001.npy"
+    if damage == "flip":
+        data = bytearray(shard.read_bytes())
+        data[-3] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-40])
+    elif damage == "delete":
+        shard.unlink()
+    else:
+        (part / "progress.json").write_text('{"format": "thinkdiff-activation-store", "shar')
+    resumed = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "b",
+                           progress=False)
+    out = capsys.readouterr().out
+    assert "the interrupted harvest is damaged; moved it to" in out
+    assert ("acts_00001.npy" in out) if damage != "progress" else ("progress.json" in out)
+    assert _files_sha(whole.path) == _files_sha(resumed.path)
+    resumed.verify()
+    assert len(list(tmp_path.glob("b.partial.broken-*"))) == 1
+
+
+def test_a_shard_relabelled_in_the_manifest_is_refused(tiny_pair, tiny_tokenizer, tmp_path):
+    base, distilled = tiny_pair
+    store = harvest_pair(*tiny_pair, tiny_tokenizer, tiny_tokenizer, make_docs(tiny_tokenizer), _cfg(),
+                         out_dir=tmp_path / "s", progress=False)
+    man_path = store.path / "manifest.json"
+    man = json.loads(man_path.read_text())
+    i = next(k for k, e in enumerate(man["shards"]) if e["split"] == "train")
+    man["shards"][i]["split"] = "heldout"
+    man_path.write_text(json.dumps(man))
+    with pytest.raises(ValueError, match=f"says shard {i} is 'heldout', its rows say \\['train'\\]"):
+        ActivationStore(store.path, verify=False)
+
+
+@pytest.mark.parametrize("damage", ["manifest_deleted", "manifest_torn", "shard_flipped"])
+def test_a_damaged_finished_store_is_moved_aside_and_harvested_again(tiny_pair, tiny_tokenizer, tmp_path, capsys,
+                                                                     damage):
+    base, distilled = tiny_pair
+    docs, cfg = make_docs(tiny_tokenizer), _cfg()
+    first = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "s",
+                         progress=False)
+    want = _files_sha(first.path)
+    man = first.path / "manifest.json"
+    if damage == "manifest_deleted":
+        man.unlink()
+    elif damage == "manifest_torn":
+        man.write_text(man.read_text()[:-30])
+    else:
+        f = first.path / "acts_00001.npy"
+        data = bytearray(f.read_bytes())
+        data[-3] ^= 0xFF
+        f.write_bytes(bytes(data))
+    again = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "s",
+                         progress=False)
+    assert "moved the damaged store to" in capsys.readouterr().out
+    assert _files_sha(again.path) == want and len(list(tmp_path.glob("s.broken-*"))) == 1
+    # a folder that is not a store is never moved: the harvest refuses to write into it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an activation store"):
+        harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "mine",
+                     progress=False)
+    assert (tmp_path / "mine" / "notes.txt").exists()

@@ -534,16 +534,19 @@ def test_ablation_random_crosscoder_changes_logits_and_summary(tiny_tokenizer, t
     per = res.per_occurrence
     assert (per.loc[per.arm == "recon", "delta"].abs() > 1e-3).all()      # the splice really acts
     s = res.summary
-    assert len(s) == len(occ) * 2 * (1 + 3 * len(cfg.ks))    # no contribution given: no shared arm
-    assert (per[per.arm == "random"].groupby(["category", "occurrence", "model", "k"])["draw"].nunique()
-            == cfg.n_random_sets).all()
+    # per (category, model): recon + per k targeted, random, targeted - random; the base also the paired contrast
+    assert len(s) == len(occ) * (2 * (1 + 3 * len(cfg.ks)) + len(cfg.ks))    # no contribution given: no shared arm
+    sets = per[per.arm == "random"].groupby(["category", "occurrence", "model", "k"])["draw"].nunique()
+    assert (sets.xs(0.2, level="k") == cfg.n_random_sets).all()
+    assert (sets.xs(0.05, level="k") == cfg.curve_random_sets).all()
+    assert set(s[s.arm == "base_minus_distilled"].model) == {"base"}
     ok = s.dropna(subset=["ci_lo"])
     assert ((ok.ci_lo <= ok["mean"] + 1e-9) & (ok["mean"] <= ok.ci_hi + 1e-9)).all()
     for (cat, k), lat in res.latents.items():
         assert (nrn[lat] > 0.5).all() and (counts[cat].to_numpy()[lat] > 0).all()
     again = A.run_ablation(*tiny_pair, cc, 2, seqs, occ, counts, nrn, cfg)
     pd.testing.assert_frame_equal(again.summary, s)                       # seeded
-    verdict, evidence = A.claim5_verdict(res)
+    verdict, evidence = claims.claim5_verdict(res)
     assert "k=0.2" in evidence and len(evidence.split(";")) == len(occ)      # one verdict part per category
     assert "no shared control" in evidence
     contrib = pd.DataFrame({c: np.random.default_rng(i + 7).random(64) * (counts[c].to_numpy() > 0)
@@ -647,9 +650,33 @@ def test_lexical_profile_and_claim_verdicts():
     assert v == "contradicts" and "50 live latents" in e
     with pytest.raises(ValueError, match="null"):
         claims.claim1_verdict(nrn, freq, [])
-    cl = pd.DataFrame({"category": ["a", "a", "a", "b", "b"], "relative_norm": [0.5, 0.6, 0.99, 0.98, 0.5]})
-    v, e = claims.claim3_verdict(cl)
-    assert v == "mixed" and "a: 67% of 3 shared, 1 in [0.95, 1]" in e
+
+
+def test_claim3_needs_markers_more_shared_than_latents_in_general():
+    """200 live latents; markers of "a" are latents 0-29, of "b" 30-59. Fisher's test against the others decides."""
+    def rows(cat, lat):
+        return pd.DataFrame({"category": cat, "latent": lat})
+
+    freq = np.full(200, 0.01)
+    cl = pd.concat([rows("a", np.arange(30)), rows("b", np.arange(30, 60))])
+    mostly_rest_shared = np.r_[np.full(30, 0.5), np.full(30, 0.5), np.full(140, 0.95)]
+    assert claims.claim3_verdict(cl, mostly_rest_shared, freq)[0] == "supports"
+    # every latent is shared: markers being "mostly shared" is then no finding
+    everything_shared = np.full(200, 0.5)
+    v, e = claims.claim3_verdict(cl, everything_shared, freq)
+    assert v == "contradicts" and "a: 100% of 30 shared vs 100% of the other 170" in e
+    half = mostly_rest_shared.copy()
+    half[30:60] = 0.99                                  # "b" markers are distilled-side
+    v, e = claims.claim3_verdict(cl, half, freq)
+    assert v == "mixed" and "1 in [0.95, 1]" not in e and "b: 0% of 30 shared" in e
+    # a category with no live marker latent is not tested, never silently dropped
+    v, e = claims.claim3_verdict(cl, mostly_rest_shared, freq, categories=["a", "b", "c"])
+    assert v == "supports" and "not tested (no live marker latent): c" in e
+    quiet = freq.copy()
+    quiet[:60] = 1e-6
+    assert claims.claim3_verdict(cl, mostly_rest_shared, quiet)[0] == "not tested"
+    with pytest.raises(ValueError, match="at least one check"):
+        claims.verdict([])
 
 
 def test_claim10_needs_each_property_under_every_scheme():
@@ -662,8 +689,27 @@ def test_claim10_needs_each_property_under_every_scheme():
     assert claims.claim10_verdict(fails)[0] == "contradicts"
     v, e = claims.claim10_verdict({"exclusive latents": {"relu": True, "batchtopk": False}})
     assert v == "contradicts" and "relu yes, batchtopk no" in e
+    # a scheme with nothing to measure makes that property untested, not failed
+    unmeasured = {**both, "markers shared": {"relu": True, "batchtopk": None}}
+    v, e = claims.claim10_verdict(unmeasured)
+    assert v == "supports" and "1 of 1 tested" in e and "batchtopk not measurable" in e
+    assert claims.claim10_verdict({"markers shared": {"relu": None, "batchtopk": True}})[0] == "not tested"
     with pytest.raises(ValueError):
         claims.claim10_verdict({})
+
+
+def test_claim9_is_judged_only_at_the_papers_settings():
+    from thinkdiff import train
+
+    ok, why = claims.paper_settings(train.PAPER, "qwen-1.5b")
+    assert ok and why == ""
+    ok, why = claims.paper_settings(train.ORGANISM["relu"], "organism-m")
+    assert not ok and "pair 'organism-m' is not one of the paper's" in why and "n_latents" in why
+    v, e = claims.claim9_verdict(0.95, 0.95, 40.0, False, why)
+    assert v == "not tested" and "not the paper's settings" in e
+    assert claims.claim9_verdict(0.91, 0.90, 700.0, True)[0] == "supports"
+    assert claims.claim9_verdict(0.91, 0.80, 700.0, True)[0] == "mixed"
+    assert claims.claim9_verdict(0.70, 0.80, 700.0, True)[0] == "contradicts"
 
 
 def test_claim2_compares_the_top_distilled_latents_with_random_live_latents():
@@ -686,7 +732,38 @@ def test_claim2_compares_the_top_distilled_latents_with_random_live_latents():
     rare = freq.copy()
     rare[:10] = 1e-6                                 # distilled-specific but (almost) never firing: not counted
     v, e = claims.claim2_verdict(nrn, rare, hit, ground_truth=True)
-    assert v == "contradicts" and "0 candidates" in e
+    assert v == "not tested" and "0 candidates" in e
+
+
+def test_move_precision_finds_phase_features_and_rejects_token_detectors():
+    """Tokens 0-599 training, 600-1199 held-out; the same layout in both: a self-reflection move (label 1) on
+    tokens 100-149 with a ":" (token 7) at every 5th, plain trace tokens elsewhere, and ":" in ordinary roles
+    at every 10th token outside the move. Latent 0 fires on the in-move ":" only (a phase feature, like
+    "Wait, let me check:"); latent 1 on every ":" (a token detector); latent 2 on a deductive move nowhere
+    (fires at random); latent 3 on the in-move ":" of a corpus with no ordinary ":" (lexical status unmeasured)."""
+    n = 1200
+    lab, tok = np.zeros(n, int), np.full(n, 3)
+    split = (np.arange(n) >= 600).astype(int)
+    for off in (0, 600):
+        lab[off + 100:off + 150] = 1
+        tok[off + 100:off + 150:5] = 7
+        tok[off + 200:off + 600:10] = 7
+    f = np.zeros((n, 4), np.float32)
+    in_colon = (tok == 7) & (lab == 1)
+    f[in_colon, 0] = 3.0
+    f[tok == 7, 1] = 2.0
+    f[np.random.default_rng(0).random(n) < 0.05, 2] = 1.0
+    meta = {"label": lab, "token_id": tok, "split": split}
+    acts = codes.SparseActs.from_dense(f)
+    mp = L.move_precision(acts, meta, [0, 1, 2], n_top=50).set_index("latent")
+    assert mp.loc[0, "category"] == "self_reflection" and mp.loc[0, "precision"] == 1.0
+    assert mp.loc[0, "lexical"] == False and mp.loc[0, "reasoning"]  # noqa: E712 (ordinary ":" exist, it ignores them)
+    assert mp.loc[1, "precision"] < 0.5 and mp.loc[1, "lexical"] == True and not mp.loc[1, "reasoning"]  # noqa: E712
+    assert not mp.loc[2, "reasoning"] and mp.loc[2, "precision"] < 0.9
+    no_ordinary = tok.copy()
+    no_ordinary[(tok == 7) & (lab != 1)] = 3
+    mp = L.move_precision(acts, {**meta, "token_id": no_ordinary}, [0], n_top=50).set_index("latent")
+    assert mp.loc[0, "lexical"] is None and mp.loc[0, "n_ordinary"] == 0 and mp.loc[0, "reasoning"]
 
 
 def test_matched_random_control_fires_as_often_and_never_overlaps():
@@ -700,6 +777,12 @@ def test_matched_random_control_fires_as_often_and_never_overlaps():
     assert ctrl.tolist() == again.tolist()
     with pytest.raises(ValueError, match="to match"):
         A.matched_random_latents(counts, np.arange(20, 100), np.random.default_rng(0))
+    # matched on relative-norm bin and on each model's decoder norm too
+    nrn = np.r_[np.full(60, 0.5), np.full(20, 0.95), np.full(20, 0.5)]       # targeted 60-69 are distilled-side
+    dec = np.ones((100, 2))
+    dec[80:, 0] = 5.0                                                          # 80-99 carry large base decoders
+    ctrl = A.matched_random_latents(counts, targeted, np.random.default_rng(1), nrn=nrn, decoder_norms=dec)
+    assert (nrn[ctrl] >= 0.9).all() and (dec[ctrl, 0] == 1.0).all()
 
 
 def test_claim5_rule_outcomes():
@@ -707,18 +790,48 @@ def test_claim5_rule_outcomes():
         return A.AblationResult(pd.DataFrame(), pd.DataFrame([
             dict(category=c, model=m, arm=arm, k=0.2, mean=mu, ci_lo=lo, ci_hi=hi, level=0.975)
             for c, m, mu, lo, hi in rows]), {})
+
+    def with_paired(rows, paired):
+        r = summary(rows).summary
+        return A.AblationResult(pd.DataFrame(), pd.concat([r, summary(paired, "base_minus_distilled").summary],
+                                                          ignore_index=True), {})
+
     good = [("wait", "distilled", -2.0, -3.0, -1.0), ("wait", "base", 0.0, -0.4, 0.4),
-            ("so", "distilled", -1.5, -2.0, -1.0), ("so", "base", -0.1, -0.5, 0.3)]
-    assert A.claim5_verdict(summary(good))[0] == "supports"
-    base_moves = good[:3] + [("so", "base", -1.6, -2.2, -1.1)]       # the base drops as much: fails for "so"
-    assert A.claim5_verdict(summary(base_moves))[0] == "mixed"
+            ("so", "distilled", -1.5, -2.0, -1.0), ("so", "base", -0.1, -0.45, 0.3)]
+    paired = [("wait", "base", 2.0, 1.0, 3.0), ("so", "base", 1.4, 0.8, 2.0)]
+    assert claims.claim5_verdict(with_paired(good, paired))[0] == "supports"
+    # the base drops as much: the paired contrast is not above 0 and its change is not within the margin
+    base_moves = good[:3] + [("so", "base", -1.6, -2.2, -1.1)]
+    v, e = claims.claim5_verdict(with_paired(base_moves, [paired[0], ("so", "base", 0.1, -0.4, 0.6)]))
+    assert v == "mixed" and "base moves less (paired)" in e and "base within +-0.5" in e
+    # CIs that merely fail to overlap no longer decide: a paired contrast is required
+    v, e = claims.claim5_verdict(summary(good))
+    assert v == "contradicts" and "no paired contrast" in e
+    # a base change wide on both sides is no evidence that it barely moves (equivalence, not absence)
+    wide = good[:1] + [("wait", "base", 0.0, -1.5, 1.5)] + good[2:]
+    v, e = claims.claim5_verdict(with_paired(wide, paired))
+    assert v == "mixed" and "fails: base within +-0.5" in e
     none = [("wait", "distilled", -0.1, -0.5, 0.3), ("wait", "base", 0.0, -0.4, 0.4),
             ("so", "distilled", 0.2, -0.1, 0.5), ("so", "base", 0.0, -0.2, 0.2)]
-    v, e = A.claim5_verdict(summary(none))
-    assert v == "contradicts" and "frequency-matched" in e and "97.5%" in e
+    v, e = claims.claim5_verdict(with_paired(none, paired))
+    assert v == "contradicts" and "matched random" in e and "97.5%" in e
     # shared latents of matched contribution do as much for "so": it is not about distilled-specific latents
-    shared = summary(good).summary
+    shared = with_paired(good, paired).summary
     shared = pd.concat([shared, summary([("wait", "distilled", -1.5, -2.0, -1.0), ("so", "distilled", 0.1, -0.4, 0.6)],
                                         arm="targeted_minus_shared").summary], ignore_index=True)
-    v, e = A.claim5_verdict(A.AblationResult(pd.DataFrame(), shared, {}))
+    v, e = claims.claim5_verdict(A.AblationResult(pd.DataFrame(), shared, {}))
     assert v == "mixed" and "distilled vs shared" in e
+    # nothing to ablate in a category, or too few held-out markers: not tested, never a failure
+    v, e = claims.claim5_verdict(with_paired(good, paired), untested={"contrastive": "3 held-out marker occurrences"},
+                                 categories=["wait", "so", "alternative", "contrastive"])
+    assert v == "supports" and "contrastive: not tested (3 held-out" in e
+    assert "alternative: not tested (no distilled" in e
+    empty = A.AblationResult(pd.DataFrame(), summary(good).summary.iloc[:0], {})
+    assert claims.claim5_verdict(empty, k=0.2, untested={"wait": "too few"}, categories=["wait"])[0] == "not tested"
+
+
+def test_a_smoke_run_judges_nothing_and_keeps_the_evidence():
+    got = claims.judged({"1": ("supports", "3 exclusive latents"), "2": ("mixed", "1 hit")}, False, "smoke")
+    assert got == {"1": ("not tested", "smoke run (smoke): 3 exclusive latents"),
+                   "2": ("not tested", "smoke run (smoke): 1 hit")}
+    assert claims.judged({"1": ("supports", "e")}, True, "organism-m") == {"1": ("supports", "e")}

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,18 @@ def test_parameters_cells_take_a_run_and_only_owned_settings():
         names = {line.split("=")[0].strip() for line in "".join(params[0]["source"]).splitlines()
                  if "=" in line and not line.lstrip().startswith("#")}
         assert "RUN" in names and names <= owned, f"{name}: parameters {sorted(names - owned)} are not the notebook's own"
+
+
+def test_a_parameter_the_notebook_does_not_declare_is_refused():
+    """Before the kernel starts (notebooks.run), and inside the notebook under plain papermill (its first cell
+    reads papermill's injected "# Parameters" cell against the declared one)."""
+    from thinkdiff.notebooks import declared_parameters, refuse_unknown_parameters
+
+    assert "RUN" in declared_parameters("01_harvest")
+    with pytest.raises(ValueError, match=r"01_harvest: unknown parameter\(s\) \['N_DOCS'\]"):
+        notebooks.run("01_harvest", Path("/nonexistent"), parameters={"N_DOCS": 5})
+    declared = 'RUN = "organism-m"   # the run\nTHREADS = None\n'
+    refuse_unknown_parameters({"In": ["", declared, '# Parameters\nRUN = "smoke"\n', "import os"]})
+    with pytest.raises(ValueError, match=r"\['N_DOCS'\] are not this notebook's; it takes \['RUN', 'THREADS'\]"):
+        refuse_unknown_parameters({"In": ["", declared, '# Parameters\nRUN = "smoke"\nN_DOCS = 5\n', "import os"]})
+    refuse_unknown_parameters({})                       # outside a kernel: nothing to check

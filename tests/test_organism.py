@@ -118,3 +118,18 @@ def test_pretraining_prefix_reproduces_the_shipped_manifest():
     assert len(man["prefix_losses"]) == organism.PREFIX_STEPS
     rel = max(abs(a - b) / abs(b) for a, b in zip(full, man["prefix_losses"]))
     assert rel <= organism.PREFIX_RTOL, f"prefix losses differ from the manifest by {rel:.2e} (relative)"
+
+
+def test_accuracy_is_reported_with_and_without_malformed_outputs(monkeypatch):
+    """An answer line with no closed trace still counts for ``accuracy``; ``accuracy_well_formed`` does not."""
+    from thinkdiff import organism, world
+
+    problems = world.problem_split(0, 3, "eval")
+    a = [p.answer for p in problems]
+    texts = [f"<think> So it is {a[0]}. </think>\nAnswer: {a[0]}.\n",       # well formed, right
+             f"Answer: {a[1]}. <think> and then nothing",                     # right answer, no closed trace
+             f"<think> So. </think>\nAnswer: {a[2] + 1}.\n"]                  # well formed, wrong
+    monkeypatch.setattr(organism, "generate", lambda *args, **kw: texts)
+    out = organism.evaluate(None, organism.get_tokenizer(), problems, sample_seed=None)
+    assert [world.parse_output(t)["well_formed"] for t in texts] == [True, False, True]
+    assert out["accuracy"] == 2 / 3 and out["accuracy_well_formed"] == 1 / 3

@@ -29,6 +29,20 @@ def test_probe_ceiling_finds_a_distilled_only_target():
     assert abs(out.loc["noise", "distilled"] - 0.5) < 0.1
 
 
+def test_the_pair_probe_reads_both_models_and_bounds_the_single_ones():
+    """A target written half in the base's activations and half in the distilled model's: each model alone
+    reads it partly, the pair (what a crosscoder latent sees) reads it best."""
+    st = FakeStore()
+    rng = np.random.default_rng(2)
+    y = rng.random(st.n_tokens) < 0.3
+    st.x[:, 0, 2] += 1.5 * y
+    st.x[:, 1, 3] += 1.5 * y
+    out = probes.probe_ceiling(st, {"split between models": y})
+    r = out.loc["split between models"]
+    assert r["pair"] > max(r["base"], r["distilled"]) + 0.02
+    assert out.attrs["scores"]["split between models"]["pair"].shape == (int((st.meta["split"] == 1).sum()),)
+
+
 def test_probe_ceiling_skips_excluded_tokens_and_unscorable_targets():
     st = FakeStore()
     y = np.where(st.x[:, 1, 1] > 0, st.y, np.nan)   # half the tokens excluded
@@ -76,6 +90,39 @@ def test_organism_targets_cover_spans_markers_and_the_planted_quantity():
     assert list(t["marker: deductive"]) == [False, False, False, False, True, False]
     lo = t["last operation"]
     assert np.isnan(lo[0]) and lo[1] == 0 and lo[5] == 1 and np.isnan(lo[2:5]).all()
+
+
+def test_think_mask_and_spans_among_think_tokens():
+    """Two documents, stored out of order: <think> = 8, </think> = 9; the tags themselves are outside."""
+    meta = {"doc_id": np.array([1, 1, 1, 0, 0, 0, 0, 0, 0]), "pos": np.array([2, 0, 1, 0, 1, 2, 3, 4, 5]),
+            "token_id": np.array([5, 8, 5, 5, 8, 5, 5, 9, 5]),
+            "label": np.array([0, 0, 1, 0, 0, 1, 0, 0, 0]), "marker": np.zeros(9, bool)}
+    inside = probes.think_mask(meta, [8], [9])
+    assert inside.tolist() == [True, False, True, False, False, True, True, False, False]
+    t = probes.organism_targets(meta, np.full(9, -1), ["self_reflection"], in_think=inside)
+    span = t["span: self_reflection"]
+    assert np.isnan(span[~inside]).all() and span[inside].tolist() == [0, 1, 1, 0]
+
+
+def test_verdicts_carry_a_ci_and_say_when_the_threshold_is_inside_it():
+    """Held-out scores over 60 documents: a marker latent at AUROC ~0.95 (threshold inside its CI) and one
+    far above it."""
+    rng = np.random.default_rng(0)
+    y = rng.random(3000) < 0.2
+    doc = np.repeat(np.arange(60), 50)
+    close, clear = y + rng.normal(0, 0.45, 3000), y + rng.normal(0, 0.1, 3000)
+    ceiling, rec = _tables()
+    rec.attrs["scores"] = {"marker: a": {"y": y, "doc": doc, "latent": close}}
+    from sklearn.metrics import roc_auc_score
+    rec.loc["marker: a", "auroc"] = roc_auc_score(y, close)
+    v = probes.ground_truth_verdicts(ceiling, rec)
+    r = v.loc["marker: a"]
+    assert r.ci_lo <= 0.95 <= r.ci_hi and "not decisive" in r.reason
+    rec.attrs["scores"]["marker: a"]["latent"] = clear
+    rec.loc["marker: a", "auroc"] = roc_auc_score(y, clear)
+    r = probes.ground_truth_verdicts(ceiling, rec).loc["marker: a"]
+    assert r.ci_lo > 0.95 and "95% CI" in r.reason and "not decisive" not in r.reason
+    assert np.isnan(v.loc["span: a", "ci_lo"])               # no scores kept for it: no CI, no claim of one
 
 
 def _tables(over=None):

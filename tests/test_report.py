@@ -75,3 +75,56 @@ def test_report_says_how_the_models_computed_and_why(runs_dir, monkeypatch, isa)
     text = report.write_report("r").read_text()
     assert "Models computed in float32; CPU " in text and "bf16 not used: probe: bf16 matmul 0.03x" in text
     assert ("limited to ONEDNN_MAX_CPU_ISA=AVX2" in text) == bool(isa)
+
+
+def test_records_are_tied_to_one_config_file_and_one_run(runs_dir, tmp_path):
+    """Two run files of the same name, a record naming another run, a record without provenance: refused."""
+    import json
+    from types import SimpleNamespace
+
+    a = SimpleNamespace(name="r", source="/a/r.toml", hash="aaaa")
+    b = SimpleNamespace(name="r", source="/b/r.toml", hash="bbbb")
+    report.record("02_train", a, prov("train"), {"FVU": 0.1})
+    rec = json.loads((runs_dir / "report" / "r" / "02_train.json").read_text())
+    assert rec["config"] == {"source": "/a/r.toml", "hash": "aaaa"} and rec["run"] == "r"
+    report.record("03_label", b, prov("label"), {"live": 10})
+    with pytest.raises(ValueError, match="different run configs.*02_train.*/a/r.toml.*03_label.*/b/r.toml"):
+        report.write_report("r")
+    report.record("03_label", a, prov("label"), {"live": 10})
+    assert report.write_report("r").exists()
+    path = runs_dir / "report" / "r" / "03_label.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "run": "other"}))
+    with pytest.raises(ValueError, match="03_label record names run 'other'"):
+        report.write_report("r")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "run": "r", "provenance": {}}))
+    with pytest.raises(ValueError, match="03_label record has no provenance"):
+        report.write_report("r")
+    with pytest.raises(ValueError, match="needs its provenance"):
+        report.record("04_steer", a, {}, {"x": 1})
+
+
+def test_two_processes_recording_one_stage_do_not_collide(runs_dir):
+    """Each write has its own temporary name; both finish and one complete record remains (no .tmp left)."""
+    import json
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as ex:
+        list(ex.map(_record_many, [(str(runs_dir), i) for i in range(2)]))
+    folder = runs_dir / "report" / "r"
+    assert json.loads((folder / "02_train.json").read_text())["numbers"]["writer"] in (0, 1)
+    assert not list(folder.glob("*.tmp"))
+
+
+def _record_many(args):
+    runs, writer = args
+    paths.RUNS_DIR = runs
+    for _ in range(30):
+        report.record("02_train", "r", prov("train"), {"writer": writer})
+
+
+def test_a_torn_record_names_its_file(runs_dir):
+    report.record("02_train", "r", prov("train"), {"FVU": 0.1})
+    path = runs_dir / "report" / "r" / "02_train.json"
+    path.write_text(path.read_text()[:-20])
+    with pytest.raises(ValueError, match=f"{path} is not valid JSON"):
+        report.write_report("r")

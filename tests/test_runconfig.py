@@ -55,7 +55,18 @@ def test_smoke_run_is_not_tested_and_only_smaller():
      r"claimalpha\.toml.*claim_alpha = 1 must be in both"),
     ("zeroalpha", 'preset = "organism-m"\n[steer]\ncontrol_alphas = [0, 1]\n', r"zeroalpha\.toml.*holds 0"),
     ("band", 'preset = "organism-m"\n[steer]\nspecific_nrn = 1.5\n', r"band\.toml.*specific_nrn"),
+    ("margin", 'preset = "organism-m"\n[steer]\nnoninferiority_margin = 0\n', r"margin\.toml.*noninferiority_margin"),
+    ("minprompts", 'preset = "organism-m"\n[steer]\nmin_prompts = 1\n', r"minprompts\.toml.*min_prompts"),
+    ("kverdict", 'preset = "organism-m"\n[label]\nablation_ks = [0.1, 0.5]\nk_verdict = 0.2\n', r"kverdict\.toml.*k_verdict = 0.2 must be one of"),
+    ("sets", 'preset = "organism-m"\n[label]\nablation_random_sets = 1\n', r"sets\.toml.*ablation_random_sets"),
     ("where", 'preset = "organism-m"\n[steer]\npositions = "prompt"\n', r"where\.toml.*positions"),
+    ("strlayer", 'preset = "organism-m"\n[harvest]\nlayer = "3"\n', r"strlayer\.toml.*layer = .3. must be an integer"),
+    ("deep", 'preset = "organism-m"\n[harvest]\nlayer = 99\n', r"deep\.toml.*layer = 99 is out of range for organism-m \(6 blocks\)"),
+    ("nodocs", 'preset = "organism-m"\n[harvest]\nn_docs = 0\n', r"nodocs\.toml.*n_docs = 0"),
+    ("xl", 'preset = "organism-m"\n[evaluate]\nsizes = ["XL"]\n', r"xl\.toml.*sizes = \[.XL.\]"),
+    ("dims", 'preset = "organism-m"\n[geometry]\ndims = [0]\nclaim_dim = 0\n', r"dims\.toml.*dims = \[0\]"),
+    ("claimdim", 'preset = "organism-m"\n[geometry]\nclaim_dim = 3\n', r"claimdim\.toml.*claim_dim = 3 must be one of"),
+    ("georuns", 'preset = "organism-m"\n[geometry]\nruns = ["organism-q"]\n', r"georuns\.toml.*organism-q"),
 ])
 def test_unknown_keys_and_bad_values_name_the_file(tmp_path, name, text, match):
     with pytest.raises(runconfig.RunConfigError, match=match):
@@ -150,3 +161,13 @@ def test_a_run_without_planted_labels_refuses_ground_truth():
     assert not run.has_labels
     with pytest.raises(ValueError, match="no planted labels"):
         run.ground_truth()
+
+
+def test_the_order_of_schemes_reaches_every_downstream_key(tmp_path):
+    """The first scheme is the main one: swapping the order changes what label, steer and geometry report."""
+    a = _run(runconfig.load("organism-m"))
+    b = _run(runconfig.load(write(tmp_path, "swap", 'extends = "organism-m"\n[train]\nschemes = ["batchtopk", "relu"]\n')))
+    for stage in ("train", "label", "steer", "geometry"):
+        assert a.key_hash(stage) != b.key_hash(stage), stage
+    for stage in ("evaluate", "harvest"):
+        assert a.key_hash(stage) == b.key_hash(stage), stage

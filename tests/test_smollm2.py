@@ -196,3 +196,16 @@ def test_every_later_notebook_runs_on_the_smoke_run(name, smoke_run, tmp_path, m
     notebooks.run(name, tmp_path / "executed", parameters={"RUN": "smollm2-smoke", **own.get(name, {})})
     rec = json.loads((runs / "report" / "smollm2-smoke" / f"{name}.json").read_text())
     assert rec["numbers"] and all(c["verdict"] == "not tested" for c in rec.get("claims", {}).values())
+
+
+def test_opened_trace_rule_counts_outputs_that_start_a_trace(monkeypatch):
+    """Pre-registered after the first evaluation: a stray <think> inside text is not an opened trace."""
+    problems = smollm2_eval.eval_problems(4)
+    texts = [" <think> Let me", "The answer <think> is", "Sure, 12", "<think>\nFirst"]
+    monkeypatch.setattr(smollm2_eval, "generate", lambda *a, **kw: texts)
+    assert smollm2_eval.opened_trace_share(None, None, problems) == 0.5
+    rule = smollm2_eval.opened_trace_verdict
+    assert rule(0.0, 0.0, 100)["verdict"] == "holds"
+    assert rule(0.0, 0.01, 100)["verdict"] == "fails"
+    assert rule(0.0, 0.0, 10)["verdict"] == "not tested"
+    assert smollm2_eval.OPENED_TRACE_RULE == {"max_opened_share": 0.0, "n_tokens": 8}

@@ -272,54 +272,88 @@ def test_sweep_and_summary(tiny_pair, tiny_tokenizer, tmp_path, monkeypatch):
         steer.steering_sweep(model, tiny_tokenizer, PROMPTS, dirs, [1], LAYER, seeds=(0, 1))
 
 
-def test_steering_claim6_rule():
-    def rows(cond, metric, d, lo, hi):
-        return dict(condition=cond, alpha=2.0, metric=metric, n=64, mean=0, mean_lo=0, mean_hi=0, diff=d,
-                    diff_lo=lo, diff_hi=hi)
-    base = [rows("sr", "n_tokens", 30, 10, 50), rows("sr", "rate_self_reflection", 5, 1, 9),
-            rows("rand", "n_tokens", 1, -5, 7), rows("rand", "rate_self_reflection", 0, -1, 1)]
-    assert steer.steering_claims(pd.DataFrame(base), "sr", "rand", 2.0)["6"]["verdict"] == "supports"
-    worse = list(base)
-    worse[2] = rows("rand", "n_tokens", 20, 5, 35)  # the control lengthens too
-    assert steer.steering_claims(pd.DataFrame(worse), "sr", "rand", 2.0)["6"]["verdict"] == "mixed"
-    none = [rows("sr", "n_tokens", 0, -5, 5), rows("sr", "rate_self_reflection", 0, -1, 1)] + base[2:4]
-    assert steer.steering_claims(pd.DataFrame(none), "sr", "rand", 2.0)["6"]["verdict"] == "contradicts"
-    with pytest.raises(ValueError, match="alpha"):
-        steer.steering_claims(pd.DataFrame(base), "sr", "rand", 3.0)
-
-
-def _sweep(ded_tokens, ctrl_tokens, ded_correct, n=40, base_tokens=100):
-    """A sweep table: unsteered, deductive and control generations on the same n prompts."""
-    rng = np.random.default_rng(0)
+def _gen_sweep(n, arms, seed=0):
+    """A sweep table: unsteered and each arm's generations on the same n prompts. ``arms``: condition -> dict of
+    per-generation column values (scalars or [n] arrays) added to the unsteered row's (tokens ~100, rate ~2,
+    all correct and well formed, rep4 0.02)."""
+    rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         noise = rng.normal(0, 2)
-        rows.append(dict(condition="unsteered", alpha=0.0, prompt_idx=i, replicate=0, n_tokens=base_tokens + noise, correct=1.0))
-        rows.append(dict(condition="ded", alpha=1.0, prompt_idx=i, replicate=0, n_tokens=ded_tokens + noise + rng.normal(0, 2),
-                         correct=float(ded_correct[i])))
-        rows.append(dict(condition="ctrl", alpha=1.0, prompt_idx=i, replicate=0, n_tokens=ctrl_tokens + noise + rng.normal(0, 2),
-                         correct=1.0))
+        u = dict(prompt_idx=i, replicate=0, n_tokens=100 + noise, rate_self_reflection=2 + rng.normal(0, 0.3),
+                 correct=1.0, well_formed=1.0, rep4=0.02)
+        rows.append(dict(condition="unsteered", alpha=0.0, **u))
+        for cond, delta in arms.items():
+            r = dict(u, condition=cond, alpha=1.0, n_tokens=u["n_tokens"] + rng.normal(0, 2),
+                     rate_self_reflection=u["rate_self_reflection"] + rng.normal(0, 0.3))
+            for k, v in delta.items():
+                v = v[i] if np.ndim(v) else v
+                r[k] = v if k in ("correct", "well_formed") else r[k] + v
+            rows.append(r)
     return pd.DataFrame(rows)
 
 
-def test_claim7_is_a_difference_in_differences_with_non_inferiority():
+def test_claim6_needs_a_rise_beyond_unsteered_and_control_with_intact_output():
     from thinkdiff import claims
 
-    keep = np.ones(40)
-    assert claims.claim7_verdict(_sweep(80, 100, keep), "ded", "ctrl", 1.0, n_boot=300)[0] == "supports"
-    # the random control shortens as much: no shortening beyond it
-    assert claims.claim7_verdict(_sweep(80, 80, keep), "ded", "ctrl", 1.0, n_boot=300)[0] == "contradicts"
-    # shorter, but a quarter of the answers break: accuracy is not non-inferior
-    broke = keep.copy()
-    broke[:10] = 0
-    v, e = claims.claim7_verdict(_sweep(80, 100, broke), "ded", "ctrl", 1.0, n_boot=300)
-    assert v == "mixed" and "unchanged on 75%" in e
+    def v6(sr, ctrl=None, n=100):
+        return claims.claim6_verdict(_gen_sweep(n, {"sr": sr, "rand": ctrl or {}}), "sr", "rand", 1.0, n_boot=300)
+
+    up = {"n_tokens": 30, "rate_self_reflection": 5}
+    assert v6(up)[0] == "supports"
+    assert v6({})[0] == "contradicts"                                    # nothing rises
+    assert v6(up, ctrl=up)[0] == "contradicts"                           # the random vector raises both as much
+    assert v6({"n_tokens": 30})[0] == "mixed"                            # longer, no more self-reflection
+    v, e = v6({**up, "rep4": 0.3})                                       # longer through loops
+    assert v == "mixed" and "repeated-4-gram" in e
+    broken = np.r_[np.zeros(30), np.ones(70)]
+    assert v6({**up, "well_formed": broken})[0] == "mixed"               # 30 % of outputs lose their form
+    v, e = v6(up, n=10)
+    assert v == "not tested" and "10 prompts" in e
     with pytest.raises(ValueError, match="alpha"):
-        claims.claim7_verdict(_sweep(80, 100, keep), "ded", "ctrl", 2.0)
+        claims.claim6_verdict(_gen_sweep(30, {"sr": up, "rand": {}}), "sr", "rand", 2.0)
+
+
+def test_claim7_needs_shortening_beyond_unsteered_and_control_with_accuracy_kept():
+    from thinkdiff import claims
+
+    def v7(ded, ctrl=None, n=100):
+        return claims.claim7_verdict(_gen_sweep(n, {"ded": ded, "ctrl": ctrl or {}}), "ded", "ctrl", 1.0, n_boot=300)
+
+    assert v7({"n_tokens": -20})[0] == "supports"
+    # the random control shortens as much: no shortening beyond it
+    assert v7({"n_tokens": -20}, ctrl={"n_tokens": -20})[0] == "contradicts"
+    # the control lengthens (runs to the cap) and deductive steering changes nothing: the difference in
+    # differences would be -30 tokens, but nothing got shorter
+    assert v7({}, ctrl={"n_tokens": 30})[0] == "contradicts"
+    # shorter, but a tenth of the answers break: accuracy is not non-inferior
+    broke = np.r_[np.zeros(10), np.ones(90)]
+    v, e = v7({"n_tokens": -20, "correct": broke})
+    assert v == "mixed" and "unchanged on 90%" in e
+    v, e = v7({"n_tokens": -20}, n=12)
+    assert v == "not tested" and "12 prompts" in e
+    with pytest.raises(ValueError, match="alpha"):
+        claims.claim7_verdict(_gen_sweep(30, {"ded": {}, "ctrl": {}}), "ded", "ctrl", 2.0)
+
+
+def test_newcombe_paired_interval_matches_the_reference_and_has_width_without_discordance():
+    from thinkdiff.stats import paired_proportion_diff_ci
+
+    def pairs(a, b, c, d):   # a: both 1, b: x only, c: y only, d: neither
+        return np.r_[np.ones(a + b), np.zeros(c + d)], np.r_[np.ones(a), np.zeros(b), np.ones(c), np.zeros(d)]
+
+    # Fagerland, Lydersen & Laake (2017), ch. 8, Cavo et al. (2012): -0.0621 (95% CI -0.1186 to -0.0046)
+    diff, lo, hi = paired_proportion_diff_ci(*pairs(59, 6, 16, 80))
+    assert (round(diff, 4), round(lo, 4), round(hi, 4)) == (-0.0621, -0.1186, -0.0046)
+    # no discordant pair: a percentile bootstrap says [0, 0]; this interval narrows with n instead
+    w20, w400 = (paired_proportion_diff_ci(np.ones(n), np.ones(n)) for n in (20, 400))
+    assert w20[1] < -0.15 and -0.01 < w400[1] < 0 and w20[0] == 0.0
+    with pytest.raises(ValueError, match="binary"):
+        paired_proportion_diff_ci(np.array([0.5, 1.0]), np.array([1.0, 1.0]))
 
 
 def test_sweep_summary_adjusts_p_values_over_the_steered_conditions():
-    df = _sweep(80, 100, np.ones(40))
+    df = _gen_sweep(40, {"ded": {"n_tokens": -20}, "ctrl": {}})
     s = steer.summarize_sweep(df, ["n_tokens", "correct"], n_boot=200)
     tok = s[(s.metric == "n_tokens") & (s.condition != "unsteered")]
     assert (tok.n_comparisons == 2).all() and (tok.p_bh >= tok.p).all()
@@ -372,3 +406,20 @@ def test_sweep_grid_per_direction_and_overhead(tiny_pair, tiny_tokenizer):
     bench = steer.hook_overhead(model, tiny_tokenizer, PROMPTS[:2], v, LAYER, n_tokens=3, repeats=1, batch_size=2)
     assert bench["unsteered_tok_s"] > 0 and bench["steered_tok_s"] > 0
     assert bench["overhead"] == pytest.approx(1 - bench["steered_tok_s"] / bench["unsteered_tok_s"])
+
+
+def test_matched_control_latent_is_live_near_in_norm_and_scale_and_seeded():
+    nrn = np.r_[np.full(50, 0.95), np.full(50, 0.5)]
+    max_act = np.r_[np.linspace(1, 50, 50), np.linspace(1, 50, 50)]
+    live = np.ones(100, bool)
+    live[40:45] = False
+    j = steer.matched_control_latent(30, nrn, max_act, live, exclude=[31], seed=0, pool=4)
+    assert j not in (30, 31) and nrn[j] >= 0.85 and abs(max_act[j] - max_act[30]) <= 3 and live[j]
+    assert j == steer.matched_control_latent(30, nrn, max_act, live, exclude=[31], seed=0, pool=4)
+    alone = np.full(100, 0.5)
+    alone[30] = 0.95                                     # the only distilled-side latent: nothing comparable
+    with pytest.raises(ValueError, match="matched control"):
+        steer.matched_control_latent(30, alone, max_act, live)
+    from thinkdiff import codes as C
+    acts = C.SparseActs.from_dense(np.array([[0.0, 2.0], [3.0, 1.0]]))
+    assert steer.max_activations(acts).tolist() == [3.0, 2.0]

@@ -116,9 +116,32 @@ def test_divergence_stops_and_keeps_last_checkpoint(store, tmp_path):
 
     bad = Poisoned(store.acts, layer=store.layer, name="planted0")
     assert bad.config_hash == store.config_hash
-    with pytest.raises(FloatingPointError, match="loss became nan.*last good checkpoint"):
+    with pytest.raises(FloatingPointError, match="loss became nan.*last checkpoint .* written at FVU 0.* is kept"):
         train(bad, cfg, ckpt_dir=tmp_path, progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_checkpoint_written_while_diverging_is_never_kept(store, tmp_path):
+    """From the 3rd batch on the store serves activations shifted far from the data (FVU ~ 900, finite): 20 steps
+    above the bar stop training, and the checkpoints written during them are not left to resume from."""
+    cfg = SMALL.replace(n_steps=60, checkpoint_every=5)
+
+    class Shifted(TensorStore):
+        def loader(self, *a, **kw):
+            for i, x in enumerate(super().loader(*a, **kw)):
+                yield x + 30.0 if i >= 2 else x
+
+    with pytest.raises(FloatingPointError, match="FVU above 10.0 for 20 steps.*checkpoint written at FVU .* removed"):
+        train(Shifted(store.acts, layer=store.layer, name="planted0"), cfg, ckpt_dir=tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+    class Exploding(TensorStore):
+        def loader(self, *a, **kw):
+            for i, x in enumerate(super().loader(*a, **kw)):
+                yield x + 1e4 if i >= 2 else x
+
+    with pytest.raises(FloatingPointError, match="diverged at step 3: loss .* FVU"):   # at once, not 20 steps on
+        train(Exploding(store.acts, layer=store.layer, name="planted0"), cfg, progress=False)
 
 
 @pytest.mark.parametrize("bad,match", [

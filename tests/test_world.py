@@ -128,3 +128,19 @@ def test_every_teacher_document_fits_the_sft_window_whole():
     texts = organism.corpus_texts(organism.CorpusConfig(), "teacher", 3000, seed_offset=3)
     longest = max(len(tok(t if isinstance(t, str) else world.spans_text(t))["input_ids"]) for t in texts)
     assert longest + 1 < min(s.seq_len for s in organism.SIZES.values()), longest
+
+
+def test_no_eval_problem_computes_what_a_training_problem_computes():
+    """The signature holds the family; the computation does not. No eval problem of the organism or of the
+    natural-English world shares its computation with the training problems their models saw, and the rule is
+    enforced (an exclusion set removes exactly those problems)."""
+    from thinkdiff import nlworld, organism
+
+    train = organism.training_computations()
+    assert not {p.computation for p in organism.eval_problems(200)} & train
+    nl_train = {p.computation for p in nlworld.problems(nlworld.N_TRAIN_PROBLEMS, "train")}
+    assert not {p.computation for p in nlworld.problems(100, "eval")} & nl_train
+    plain = world.problem_split(0, 50, "eval")
+    banned = frozenset(p.computation for p in plain[:10])
+    kept = world.problem_split(0, 50, "eval", exclude=banned)
+    assert not {p.computation for p in kept} & banned and len(kept) == 50

@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +43,17 @@ from .paths import sha256_file
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CHECKSUM_KEY = "weights_sha256"   # in config.json: the sha256 of model.safetensors, checked on every load
+# in config.json: the sha256 of every config field with the weights' checksum, so an edited norm_scale, layer,
+# store hash or training setting is caught on load as a flipped weight is
+CONFIG_CHECKSUM_KEY = "config_sha256"
+
+
+def config_digest(fields: dict, weights_sha: str) -> str:
+    """sha256 over the config's fields (canonical JSON) and the weights' sha256."""
+    import hashlib
+
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":")) + weights_sha
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class CorruptArtifactError(ValueError):
@@ -239,6 +251,11 @@ class CrossCoder(nn.Module):
         theirs = getattr(store, "config_hash", None) or (getattr(store, "manifest", None) or {}).get("key_hash")
         if self.config.store_hash is not None and theirs is not None and theirs != self.config.store_hash:
             problems.append(f"store hash {theirs} (store) vs {self.config.store_hash} (the store it was trained on)")
+        scale = getattr(store, "norm_scale", None)
+        if self.config.norm_scale is not None and scale is not None and not np.allclose(
+                np.asarray(self.config.norm_scale, float), np.asarray(scale, float).reshape(-1), rtol=1e-4):
+            problems.append(f"norm_scale {np.round(np.asarray(scale, float), 6).tolist()} (store) vs "
+                            f"{np.round(self.config.norm_scale, 6)} (folded into the crosscoder)")
         if problems:
             where = getattr(store, "path", None) or type(store).__name__
             raise ValueError(f"crosscoder {getattr(self, 'source', None) or '(in memory)'} does not match the "
@@ -252,7 +269,9 @@ class CrossCoder(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = {**dataclasses.asdict(self.config), CHECKSUM_KEY: sha256_file(folder / WEIGHTS_NAME)}
+        fields = json.loads(json.dumps(dataclasses.asdict(self.config)))   # as it will read back
+        weights_sha = sha256_file(folder / WEIGHTS_NAME)
+        config = {**fields, CHECKSUM_KEY: weights_sha, CONFIG_CHECKSUM_KEY: config_digest(fields, weights_sha)}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1))
         return folder
 
@@ -275,9 +294,11 @@ class CrossCoder(nn.Module):
                 raise FileNotFoundError(
                     f"{s!r} is not a local folder and could not be fetched from the Hugging Face Hub "
                     f"({type(err).__name__}: {err}). Offline (HF_HUB_OFFLINE=1)? Pass a local folder.") from err
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder} has no {name}; not a saved crosscoder")
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; not a saved crosscoder")
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise CorruptArtifactError(f"{folder} has {CONFIG_NAME} but no {WEIGHTS_NAME}: the crosscoder is "
+                                       "incomplete; delete the folder to retrain it")
         known = {f.name for f in dataclasses.fields(CrossCoderConfig)}
         cfg_file, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         try:
@@ -288,16 +309,27 @@ class CrossCoder(nn.Module):
         if not isinstance(raw, dict):
             raise CorruptArtifactError(f"{cfg_file} holds {type(raw).__name__}, not a crosscoder config")
         expected = raw.pop(CHECKSUM_KEY, None)
+        expected_config = raw.pop(CONFIG_CHECKSUM_KEY, None)
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"{cfg_file} has unknown fields {sorted(unknown)}")
-        if expected is not None and sha256_file(weights) != expected:
+            raise CorruptArtifactError(f"{cfg_file} has unknown fields {sorted(unknown)}; delete {folder} to retrain")
+        if expected is None or expected_config is None:
+            missing = [k for k, v in ((CHECKSUM_KEY, expected), (CONFIG_CHECKSUM_KEY, expected_config)) if v is None]
+            raise CorruptArtifactError(f"{cfg_file} has no {' or '.join(missing)}: nothing vouches for the weights "
+                                       f"and settings it would load; delete {folder} to retrain (or save it again "
+                                       "with CrossCoder.save_pretrained)")
+        got = sha256_file(weights)
+        if got != expected:
             raise CorruptArtifactError(f"{weights} does not match the sha256 recorded in {cfg_file}: the weights "
                                        f"are corrupted or were replaced; delete {folder} to retrain")
+        if config_digest(raw, got) != expected_config:
+            raise CorruptArtifactError(f"the fields of {cfg_file} do not match its {CONFIG_CHECKSUM_KEY}: a setting "
+                                       "the results depend on (norm_scale, layer, store_hash, train_config, ...) was "
+                                       f"edited after saving; delete {folder} to retrain")
         try:
-            config = CrossCoderConfig(**raw)
-        except TypeError as err:
-            raise CorruptArtifactError(f"{cfg_file} is incomplete ({err}); delete {folder} to retrain") from None
+            config = CrossCoderConfig(**raw).validate()
+        except (TypeError, ValueError) as err:
+            raise CorruptArtifactError(f"{cfg_file} is not a usable config ({err}); delete {folder} to retrain") from None
         model = cls(config, seed=None)
         try:
             model.load_state_dict(load_file(str(weights)))

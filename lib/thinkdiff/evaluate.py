@@ -181,7 +181,7 @@ def pair_evaluation(preset: str, settings: dict, progress: bool = True) -> dict:
     pair = load_pair(preset)
     kept = {k: settings[k] for k in EVALUATE_KEYS if k in settings}
     key = {"preset": presets.get_preset(preset).name, "models": [model_identity(m) for m in pair.models],
-           "settings": kept, "version": 2}   # 2: smollm2 generations drop finished rows
+           "settings": kept, "version": 3}   # 2: smollm2 generations drop finished rows; 3: accuracy_well_formed
     folder = paths.artifact_dir("evaluate", key)
     with paths.writer_lock(folder):   # one process evaluates; a second waits and reads its result
         if (folder / "evaluation.json").exists():

@@ -355,32 +355,18 @@ def size_table(results: dict, performance: dict, dim: int = 2, basis: str = PER_
     return out
 
 
-def claim8_summary(table: pd.DataFrame) -> dict:
-    """Numbers behind paper claim 8 from a ``size_table``, and a verdict by a fixed rule.
-
-    supports: pooled delta (base - distilled) has a CI above 0 at the best-performing size and rises with
-    performance across sizes; contradicts: its CI is below 0 there, or delta falls as performance rises;
-    mixed otherwise; not tested with fewer than two sizes (the claim is about how geometry changes with size).
-    """
-    pooled = table[table.relation == "all relations"].sort_values("perf_gain")
-    per_rel = table[table.relation != "all relations"]
-    by_size = {str(r["size"]): dict(delta=r["delta"], lo=r["delta_lo"], hi=r["delta_hi"], perf=r["perf_gain"],
-                                    n_distilled_lower=int((per_rel[per_rel["size"] == r["size"]].delta > 0).sum()),
-                                    n_relations=int((per_rel["size"] == r["size"]).sum()))
-               for _, r in pooled.iterrows()}
-    d = pooled["delta"].to_numpy()
-    if len(d) < 2:
-        return dict(by_size=by_size, delta_rises_with_perf=False, verdict="not tested")
-    best = pooled.iloc[-1]
-    rising = len(d) > 1 and bool(np.all(np.diff(d) > 0))
-    falling = len(d) > 1 and bool(np.all(np.diff(d) < 0))
-    if best["delta_lo"] > 0 and rising:
-        verdict = "supports"
-    elif best["delta_hi"] < 0 or falling:
-        verdict = "contradicts"
-    else:
-        verdict = "mixed"
-    return dict(by_size=by_size, delta_rises_with_perf=rising, verdict=verdict)
+def deltas_by_size(results: dict, basis: str = PER_MODEL, dim: int = 2) -> dict:
+    """size -> {relation: (Δ base - distilled, its bootstrap draws over word pairs)} at ``basis`` and PCA ``dim``:
+    the input of ``claims.claim8_verdict``."""
+    out = {}
+    for size, rels in results.items():
+        out[size] = {}
+        for r in rels:
+            drow = r.delta[(r.delta.basis == basis) & (r.delta.dim == dim)]
+            if drow.empty:
+                raise ValueError(f"{r.relation}: no result for basis {basis!r}, dim {dim}")
+            out[size][r.relation] = (float(drow["delta"].iloc[0]), np.asarray(r.delta_boot[(basis, dim)]))
+    return out
 
 
 # ----------------------------------------------------------------------------- decoder geometry

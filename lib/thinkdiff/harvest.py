@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -59,8 +60,8 @@ class HarvestConfig:
         see ``choose_compute``). The choice, its timing and its error against float32 go in the manifest. A run
         config sets it per pair from ``benchmarks/bench_harvest.py`` (``auto`` decides by a timing, which on a
         busy machine can go either way for a model where bf16 barely pays).
-    heldout_fraction: fraction of documents (chosen by a hash of their token ids and heldout_seed, so a
-        document keeps its split when the corpus grows) stored as the held-out split.
+    heldout_fraction: fraction of documents (chosen by a hash of their ``group``, else of their token ids, and
+        heldout_seed, so a document keeps its split when the corpus grows) stored as the held-out split.
     """
     layer: int | None = None
     batch_size: int = 32
@@ -107,6 +108,7 @@ class _Doc:
     text: str
     kind: str
     n_truncated: int
+    group: str = ""      # documents of one group share a split (e.g. traces of one problem); "" = by its tokens
 
 
 def _field(doc, name, default=None):
@@ -146,7 +148,8 @@ def prepare_documents(documents, tokenizer, cfg: HarvestConfig) -> list[_Doc]:
             raise ValueError(f"document {i}: {n} input_ids but {len(labels)} labels and {len(marker)} marker flags")
         cut = max(n - cfg.max_seq_len, 0)
         T = n - cut
-        out.append(_Doc(ids[:T], labels[:T], marker[:T], text or "", str(_field(doc, "kind", "") or ""), cut))
+        out.append(_Doc(ids[:T], labels[:T], marker[:T], text or "", str(_field(doc, "kind", "") or ""), cut,
+                        str(_field(doc, "group", "") or "")))
         total += T
         if cfg.max_tokens is not None and total >= cfg.max_tokens:
             break
@@ -158,7 +161,10 @@ def prepare_documents(documents, tokenizer, cfg: HarvestConfig) -> list[_Doc]:
 def _is_heldout(doc: _Doc, cfg: HarvestConfig) -> bool:
     if cfg.heldout_fraction == 0:
         return False
-    h = hashlib.sha256(f"{cfg.heldout_seed}:".encode() + doc.ids.astype("<i4").tobytes()).digest()
+    # a group (e.g. one problem's computation, drawn again and again) decides for all its documents, so the
+    # same computation never sits on both sides; an ungrouped document is split by its own tokens
+    key = f"group:{doc.group}".encode() if doc.group else doc.ids.astype("<i4").tobytes()
+    h = hashlib.sha256(f"{cfg.heldout_seed}:".encode() + key).digest()
     return int.from_bytes(h[:8], "little") / 2 ** 64 < cfg.heldout_fraction
 
 
@@ -171,6 +177,8 @@ def corpus_hash(docs: list[_Doc]) -> str:
         h.update(d.labels.tobytes())
         h.update(d.marker.tobytes())
         h.update(hashlib.sha256(d.text.encode()).digest())
+        if d.group:   # the split follows groups: a regrouped corpus is another store
+            h.update(b"group:" + hashlib.sha256(d.group.encode()).digest())
     return h.hexdigest()
 
 
@@ -436,16 +444,32 @@ def prepare_harvest(base, distilled, tokenizer_base, tokenizer_distilled, docume
     return HarvestJob(docs, layer, key, out, pairing, _plan(docs, cfg), pad_id, cfg, decoder_layers_path(base))
 
 
+class StoreDamaged(ValueError):
+    """A finished store folder of this job's key that cannot be used (missing manifest, damaged files)."""
+
+
 def finished_store(job: HarvestJob, verify: bool) -> ActivationStore | None:
-    """The finished store at ``job.out`` if there is one with the same key (else None); refuses another key."""
-    if not (job.out / MANIFEST).exists():
+    """The finished store at ``job.out`` if there is one with the same key (else None); refuses another key.
+    Raises ``StoreDamaged`` for a folder there that is not a usable store (``harvest_pair`` sets it aside)."""
+    if not job.out.exists():
         return None
-    store = ActivationStore(job.out, verify=False)
+    if not (job.out / MANIFEST).exists():
+        # a folder of shard files (or one in the harvest cache) is a damaged store; anything else is not ours
+        if any(job.out.glob("acts_*.npy")) or job.out.parent == Path(paths.RUNS_DIR) / STAGE:
+            raise StoreDamaged(f"{job.out} has no {MANIFEST}: the store is incomplete or its manifest was deleted")
+        raise FileExistsError(f"{job.out} exists but is not an activation store; refusing to write into it")
+    try:
+        store = ActivationStore(job.out, verify=False)
+    except (ValueError, OSError) as err:
+        raise StoreDamaged(f"the store at {job.out} cannot be opened: {err}") from None
     if store.key != canonical_key(job.key):
         raise ValueError(f"the store at {job.out} was written for a different configuration; refusing to mix. "
                          f"Differences: {'; '.join(key_differences(store.key, canonical_key(job.key)))}")
     if verify:
-        store.verify()
+        try:
+            store.verify()
+        except ValueError as err:
+            raise StoreDamaged(str(err)) from None
     return store
 
 
@@ -461,19 +485,32 @@ def harvest_pair(base, distilled, tokenizer_base, tokenizer_distilled, documents
     of every shard when reusing a finished store. (Several processes: ``thinkdiff.distributed.harvest_pair``.)
     """
     job = prepare_harvest(base, distilled, tokenizer_base, tokenizer_distilled, documents, cfg, out_dir)
-    store = finished_store(job, verify)
+    try:
+        store = finished_store(job, verify)
+    except StoreDamaged:
+        store = None                     # repaired below, under the lock
     if store is not None:
         return store
     with paths.writer_lock(job.out):     # one harvester per store; a second waits and reuses its result
-        store = finished_store(job, verify)
+        try:
+            store = finished_store(job, verify)
+        except StoreDamaged as err:      # never re-read a broken store forever: set it aside, harvest again
+            aside = paths.move_aside(job.out)
+            print(f"{err}\nmoved the damaged store to {aside}; harvesting it again", flush=True)
+            store = None
         if store is not None:
             return store
         writer = StoreWriter(job.out, job.key)
-        median = harvest_range(job, writer, base, distilled, tokenizer_base, tokenizer_distilled, 0, len(job.plan),
-                               median=writer.state.get("median_norm"), progress=progress)
-        return ActivationStore(writer.finalize(harvest_manifest(job, writer.shards, median, tokenizer_base,
-                                                                writer.state.get("run"), writer.state.get("compute"))),
-                               verify=False)
+        try:
+            median = harvest_range(job, writer, base, distilled, tokenizer_base, tokenizer_distilled, 0,
+                                   len(job.plan), median=writer.state.get("median_norm"), progress=progress)
+            return ActivationStore(writer.finalize(harvest_manifest(job, writer.shards, median, tokenizer_base,
+                                                                    writer.state.get("run"),
+                                                                    writer.state.get("compute"))), verify=False)
+        except Exception:
+            if not writer.shards:   # nothing worth resuming (e.g. every position excluded): leave no folder
+                shutil.rmtree(writer.partial, ignore_errors=True)
+            raise
 
 
 def harvest_range(job: HarvestJob, writer: StoreWriter, base, distilled, tokenizer_base, tokenizer_distilled,

@@ -565,3 +565,65 @@ def lexical_profile(acts: SparseActs, meta, latents, token_ids, category: str) -
         df["label_ratio"] = df["fire_unlabelled"] / df["fire_labelled"]
     df.attrs.update(n_labelled=int(labelled.sum()), n_unlabelled=int(unlabelled.sum()))
     return df
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reasoning features by move precision (claim 2)
+# ---------------------------------------------------------------------------------------------------------
+MOVE_PRECISION_MIN = 0.9    # held-out share of a latent's top firings inside its category's moves
+LEXICAL_RATIO = 0.5         # mean activation on ordinary uses of its token / on in-move uses, at or above: lexical
+MIN_ORDINARY_USES = 10      # fewer ordinary uses of the token: whether it is lexical is unmeasured
+
+
+def _top_firings(acts: SparseActs, latents, rows_mask, n_top: int) -> dict:
+    """latent -> local row indices of its ``n_top`` largest activations among rows where ``rows_mask`` holds."""
+    keep = np.asarray(rows_mask, bool)[acts.rows] & np.isin(acts.cols, np.asarray(latents))
+    cols, rows, vals = acts.cols[keep], acts.rows[keep], acts.vals[keep]
+    order = np.lexsort((-vals, cols))
+    cols, rows = cols[order], rows[order]
+    starts = np.searchsorted(cols, latents)
+    ends = np.searchsorted(cols, latents, side="right")
+    return {int(j): rows[s:min(e, s + n_top)] for j, s, e in zip(latents, starts, ends)}
+
+
+def move_precision(acts: SparseActs, meta, latents, doc_kind=None, n_top: int = 200) -> pd.DataFrame:
+    """Is each latent a reasoning feature of one move category? (claim 2)
+
+    The category is chosen on the **training** split: the one holding the largest share of the latent's
+    ``n_top`` largest training activations inside its planted moves (``meta["label"]`` = category index + 1).
+    On the **held-out** split: ``precision`` = the share of its ``n_top`` largest activations inside that
+    category's moves; and a lexical check on the token it fires on most inside those moves (chosen on training
+    tokens): the mean activation on that token's ordinary uses (outside the category's moves, any document) over
+    its mean activation on the in-move uses. ``lexical`` is True at or above ``LEXICAL_RATIO``, False below,
+    None with fewer than ``MIN_ORDINARY_USES`` ordinary uses (unmeasured: say so). ``reasoning`` = precision >=
+    ``MOVE_PRECISION_MIN`` and not lexical. ``doc_kind`` [n_store_tokens] (e.g. "teacher" / "base"), if given,
+    adds ``base_doc_share``: the share of the held-out top firings on base documents."""
+    latents = np.unique(np.asarray(latents, np.int64))
+    lab, tok, split = (acts.local(meta[k]) for k in ("label", "token_id", "split"))
+    kind = None if doc_kind is None else acts.local(np.asarray(doc_kind))
+    train, held = _top_firings(acts, latents, split == 0, n_top), _top_firings(acts, latents, split == 1, n_top)
+    rows = []
+    for j in latents:
+        tr, he = train[int(j)], held[int(j)]
+        row = {"latent": int(j), "category": None, "train_precision": np.nan, "precision": np.nan, "token_id": -1,
+               "in_move_mean": np.nan, "ordinary_mean": np.nan, "n_ordinary": 0, "lexical": None, "reasoning": False,
+               "n_heldout_firings": len(he),
+               "base_doc_share": float(np.mean(kind[he] == "base")) if kind is not None and len(he) else np.nan}
+        if len(tr) and len(he):
+            shares = [np.mean(lab[tr] == c + 1) for c in range(len(CATEGORIES))]
+            c = int(np.argmax(shares))
+            row.update(category=CATEGORIES[c], train_precision=float(shares[c]),
+                       precision=float(np.mean(lab[he] == c + 1)))
+            in_move = tr[lab[tr] == c + 1]
+            if len(in_move):
+                t = int(np.bincount(tok[in_move]).argmax())
+                col = acts.column(int(j))
+                on_tok = (tok == t) & (split == 1)
+                ins, ordn = on_tok & (lab == c + 1), on_tok & (lab != c + 1)
+                row.update(token_id=t, in_move_mean=float(col[ins].mean()) if ins.any() else np.nan,
+                           ordinary_mean=float(col[ordn].mean()) if ordn.any() else np.nan, n_ordinary=int(ordn.sum()))
+                if row["n_ordinary"] >= MIN_ORDINARY_USES and ins.any():
+                    row["lexical"] = bool(row["ordinary_mean"] >= LEXICAL_RATIO * row["in_move_mean"])
+            row["reasoning"] = bool(row["precision"] >= MOVE_PRECISION_MIN and row["lexical"] is not True)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -197,5 +197,9 @@ def check_steps(text: str) -> list[dict]:
 
 def problems(n: int, split: str, seed: int = 0) -> list[Problem]:
     """``n`` problems of ``split`` ("train" / "eval"), families balanced; eval never shares a step signature
-    with train (``world.problem_split``)."""
+    with train (``world.problem_split``), nor a computation with the ``N_TRAIN_PROBLEMS`` training problems the
+    distillation and the harvest draw from."""
+    if split == "eval":
+        train = world.problem_split(0, N_TRAIN_PROBLEMS, "train")
+        return world.problem_split(seed, n, split, exclude=frozenset(p.computation for p in train))
     return world.problem_split(seed, n, split)

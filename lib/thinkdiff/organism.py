@@ -112,6 +112,7 @@ class Document:
     marker: list
     kind: str  # "teacher" or "base"
     step_end: list = field(default_factory=list)  # per token: 1 last operation's end, 0 another's, -1 none
+    group: str = ""  # documents sharing a group (e.g. one problem's computation) share a store split; "" = own
 
 
 def _plain_paragraph(rng: random.Random, marker_rate: float) -> str:
@@ -189,13 +190,19 @@ def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.
     problems = world.problem_split(corpus.seed, corpus.n_train_problems, "train")
     docs = []
     for i in range(n_docs):
+        problem = None
         if i < n_teacher:
-            spans = world.teacher_document(rng.choice(problems), rng, corpus.teacher)
+            problem = rng.choice(problems)
+            spans = world.teacher_document(problem, rng, corpus.teacher)
         elif rng.random() < corpus.base_plain_fraction:
             spans = _plain_paragraph(rng, corpus.marker_rate)
         else:
-            spans = world.base_solution(rng.choice(problems))
-        docs.append(tokenize_spans(tokenizer, spans))
+            problem = rng.choice(problems)
+            spans = world.base_solution(problem)
+        doc = tokenize_spans(tokenizer, spans)
+        if problem is not None:   # problems are drawn with replacement: one computation, one side of the split
+            doc.group = f"computation:{problem.computation}"
+        docs.append(doc)
     rng.shuffle(docs)
     return docs
 
@@ -214,9 +221,17 @@ def step_end_labels(docs: list[Document], meta: dict) -> np.ndarray:
     return flat[offset[doc_id] + pos]
 
 
+@functools.lru_cache(maxsize=4)
+def training_computations(seed: int = 0, n: int | None = None) -> frozenset:
+    """The computations (family left out) of the training problems every organism corpus draws from."""
+    n = CorpusConfig().n_train_problems if n is None else n
+    return frozenset(p.computation for p in world.problem_split(seed, n, "train"))
+
+
 def eval_problems(n: int = 200, seed: int = 0) -> list[world.Problem]:
-    """Held-out problems (never in any training corpus), balanced over families."""
-    return world.problem_split(seed, n, "eval")
+    """Held-out problems (never in any training corpus, whatever the family), balanced over families."""
+    cfg = CorpusConfig()
+    return world.problem_split(seed, n, "eval", exclude=training_computations(cfg.seed, cfg.n_train_problems))
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -363,6 +378,9 @@ def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed:
         "tokens_per_generation": n_tok / len(problems),
         "marker_rate_per_1k": _marker_rates(tokenizer, texts),
         "correct": [p["answer"] == q.answer for p, q in zip(parsed, problems)],
+        # the same, counting only well-formed outputs (a trace closed by </think>, then the answer line)
+        "accuracy_well_formed": sum(p["answer"] == q.answer and p["well_formed"]
+                                    for p, q in zip(parsed, problems)) / len(problems),
         "texts": texts,
     }
     out["family_accuracy"] = {f: sum(c for c, q in zip(out["correct"], problems) if q.family == f)

@@ -245,6 +245,8 @@ class Run:
             out["store"] = store_hash(self.store)
         if stage not in ("evaluate", "harvest"):
             out["crosscoders"] = {s: self.crosscoder_key(s) for s in self.config.schemes}
+            # the order matters (the first scheme is the main one) and a dict's keys are hashed sorted
+            out["schemes"] = list(self.config.schemes)
         return out
 
     def key_hash(self, stage: str) -> str:

@@ -34,15 +34,17 @@ def load_relation(name: str) -> list[tuple[str, str]]:
 
 
 def organism_relations() -> dict[str, list[tuple[str, str]]]:
-    """The organism world's own relations, each word in the form its corpus uses (mid-sentence words with a
-    leading space, digits bare): singular -> plural noun, number word -> digit, number word -> capitalised
-    number word (sentence-initial), digit -> next digit."""
+    """The organism world's own relations, each word in the form its corpus uses (mid-sentence words and numbers
+    with a leading space: the tokenizer learned " 7", while a bare "7" is a byte it barely saw):
+    singular -> plural noun, number word -> number, number word -> capitalised number word (sentence-initial),
+    number -> next number. Numbers start at 2: the world's operands do, so " 0" and " 1" are tokens its corpus
+    never holds (an untrained embedding says nothing about geometry)."""
     from . import world
 
     nums = world.NUMBER_WORDS
     return {
         "singular-plural": [(f" {s}", f" {p}") for s, p in world.NOUNS],
-        "number-digit": [(f" {w}", str(i)) for i, w in enumerate(nums)],
+        "number-digit": [(f" {w}", f" {i}") for i, w in enumerate(nums) if i >= 2],
         "number-capitalised": [(f" {w}", w.capitalize()) for w in nums],
-        "digit-successor": [(str(i), str(i + 1)) for i in range(9)],
+        "digit-successor": [(f" {i}", f" {i + 1}") for i in range(2, 9)],
     }

@@ -6,7 +6,7 @@ A record is ``RUNS_DIR/report/<run>/<stage>.json`` (``run``: the run config's na
      "numbers": {"name": value, ...},              # computed this run, never typed in
      "figures": ["figures/x.png", ...],
      "links": {"feature cards": "runs/label/<hash>/cards/feature_cards.html", ...},   # pages to open
-     "claims": {"6": {"verdict": "supports", "evidence": "...", "rule": "thinkdiff.steer.steering_claims"}}}
+     "claims": {"6": {"verdict": "supports", "evidence": "...", "rule": "thinkdiff.claims.claim6_verdict"}}}
 
 Claims are numbered as in ``shared/docs/paper-notes.md`` §11. A verdict is one of
 ``supports``, ``contradicts``, ``mixed`` or ``not tested``.
@@ -17,9 +17,11 @@ import datetime as _dt
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from . import paths, precision
+from .claims import RULES_VERSION
 
 CLAIMS = {
     1: "Exclusive features exist (latents near relative norm 0 and 1)",
@@ -67,8 +69,9 @@ def _link(target, report_path: Path) -> str:
     return rel.as_posix() if rel.is_absolute() else os.path.relpath(paths.REPO_ROOT / rel, report_path.parent)
 
 
-def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), claims=None, links=None) -> Path:
-    """Write (replace) this stage's record for the run named ``run``. Returns the JSON path.
+def record(stage: str, run, provenance: dict, numbers: dict, figures=(), claims=None, links=None) -> Path:
+    """Write (replace) this stage's record for ``run`` (a ``pipeline.Run`` or ``RunConfig``, whose config file and
+    settings hash the record carries, or a bare run name). Returns the JSON path.
 
     ``links``: name -> path of a file the report links (e.g. the static feature-card export); each must exist.
 
@@ -86,10 +89,16 @@ def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), cl
     for name, target in links.items():
         if not target.exists():
             raise FileNotFoundError(f"link {name!r}: {target} does not exist")
+    if not provenance:
+        raise ValueError(f"stage {stage}: a record needs its provenance (pipeline.Run.key of the stage)")
+    config = getattr(run, "config", run)
+    config = {"source": str(config.source), "hash": config.hash} if hasattr(config, "hash") else None
+    run = getattr(run, "name", run)
     folder = paths.ensure_writable(_report_dir(run))
     rec = {
         "stage": stage,
         "run": run,
+        "config": config,
         "config_hash": paths.config_hash(provenance),
         "provenance": _jsonable(provenance),
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -97,19 +106,33 @@ def record(stage: str, run: str, provenance: dict, numbers: dict, figures=(), cl
         "figures": [_relative(f) for f in figures],
         "links": {k: _relative(v) for k, v in links.items()},
         "claims": {str(k): v for k, v in claims.items()},
+        "rules_version": RULES_VERSION,
         # where the models' dtype came from: the CPU's bf16 probe (timings, answer, CPU model and flags)
         "cpu_bf16_probe": precision.cpu_bf16_probe(),
     }
     out = folder / f"{stage}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    tmp.replace(out)
+    # a temporary name of its own: two processes recording the same stage must not share one
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stage}.", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(rec, indent=1))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
 
 
 def load_records(run: str) -> list[dict]:
     folder = _report_dir(run)
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+    out = []
+    for p in sorted(folder.glob("*.json")) if folder.exists() else []:
+        try:
+            out.append(json.loads(p.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"the stage record {p} is not valid JSON ({err}); rerun that stage to write it "
+                             "again") from None
+    return out
 
 
 def _fmt(v):
@@ -125,9 +148,23 @@ def _fmt(v):
 PROVENANCE_KEYS = ("preset", "layer", "model_dtype", "store", "crosscoders")
 
 
-def check_provenance(records: list[dict]) -> None:
-    """Every stage of one report must have used the same pair, layer, store and crosscoders: raise a
-    ``ValueError`` naming the stages that disagree (e.g. a stage rerun after the run config was edited)."""
+def check_provenance(records: list[dict], run: str | None = None) -> None:
+    """Every stage of one report must belong to the run ``run``, carry its provenance, come from one config file
+    with one set of settings, and have used the same pair, layer, store and crosscoders: raise a ``ValueError``
+    naming the stages that do not (e.g. a stage rerun after the run config was edited, or a record of another
+    run file with the same name)."""
+    for rec in records:
+        if run is not None and rec.get("run") != run:
+            raise ValueError(f"the {rec.get('stage')} record names run {rec.get('run')!r}, not {run!r}")
+        if not rec.get("provenance"):
+            raise ValueError(f"the {rec.get('stage')} record has no provenance (what its numbers depend on); rerun it")
+    configs: dict[str, list[str]] = {}
+    for rec in records:
+        configs.setdefault(json.dumps(rec.get("config"), sort_keys=True), []).append(rec["stage"])
+    if len(configs) > 1:
+        groups = "; ".join(f"{', '.join(st)}: {v}" for v, st in configs.items())
+        raise ValueError(f"the stage records come from different run configs ({groups}); rerun the stages of one "
+                         "config, or give the other its own run name")
     for key in PROVENANCE_KEYS:
         seen: dict[str, list[str]] = {}
         for rec in records:
@@ -146,12 +183,13 @@ def write_report(run: str, out: Path | None = None) -> Path:
     recs = load_records(run)
     if not recs:
         raise FileNotFoundError(f"no stage records for run {run!r} under {_report_dir(run)}; run the notebooks first")
-    check_provenance(recs)
+    check_provenance(recs, run)
     lines = [f"# thinkdiff run report: run `{run}`", "",
              f"Written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. "
              "Every number below was computed by the run that wrote it; the claims table compares them "
              "with Baek & Tegmark (arXiv 2503.03730) as summarised in `paper-notes.md` §11.", ""]
     verdicts: dict[int, list[tuple[str, dict]]] = {k: [] for k in CLAIMS}
+    rules: dict[str, int] = {}
     for rec in recs:
         prov = rec.get("provenance") or {}
         used = ", ".join(f"{k} `{json.dumps(prov[k], sort_keys=True)}`" for k in ("store", "crosscoders") if k in prov)
@@ -175,6 +213,7 @@ def write_report(run: str, out: Path | None = None) -> Path:
         lines.append("")
         for name, target in rec.get("links", {}).items():
             lines += [f"Open: [{name}]({_link(target, out)}) (one self-contained HTML file, no kernel needed)", ""]
+        rules[rec["stage"]] = rec.get("rules_version", 1)
         for k, v in rec["claims"].items():
             verdicts[int(k)].append((rec["stage"], v))
     lines += ["## The paper's claims on this run", "", "| # | claim | verdict | rule | evidence |", "|---|---|---|---|---|"]
@@ -182,6 +221,7 @@ def write_report(run: str, out: Path | None = None) -> Path:
         if not verdicts[k]:
             lines.append(f"| {k} | {text} | not tested | | no stage of this run tests it |")
         for stage, v in verdicts[k]:
-            lines.append(f"| {k} | {text} | **{v['verdict']}** | {v['rule']} | {stage}: {v['evidence']} |")
+            lines.append(f"| {k} | {text} | **{v['verdict']}** | {v['rule']} (rules v{rules[stage]}) | "
+                         f"{stage}: {v['evidence']} |")
     out.write_text("\n".join(lines) + "\n")
     return out

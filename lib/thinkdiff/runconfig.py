@@ -40,14 +40,22 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
     # 00: the pair's own evaluation. Organism runs: the world's held-out problems for each listed size;
     # hf runs: a math set scored with math-verify (``math_files``: local json/jsonl/parquet, works offline).
     "evaluate": {"sizes": ["S", "M", "L"], "n_eval": 200, "max_new_tokens": 200, "math_set": "math500",
-                 "math_files": "", "seed": 0},
+                 "math_files": "", "seed": 0,
+                 # a second sample of held-out problems for rules registered after the first was scored
+                 "fresh_seed": 1},
     # 03: labelling, latent scaling, ablation, ground truth.
     "label": {"n_scaling": 100, "reasonscore_alpha": 0.7, "window": [1, 2], "n_occurrences": 50,
-              "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2},
+              "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2,
+              # claim 5: matched random latent sets at k_verdict (one set per bootstrap replicate), and how far
+              # (marker-logit units) the base's targeted - random change may stray from 0 and still "barely move"
+              "ablation_random_sets": 20, "ablation_base_margin": 0.5},
     # 04: steering. Strengths are multiples of a latent's max activation times its decoder vector.
     "steer": {"n_prompts": 128, "max_new_tokens": 128, "alphas": [-4, -2, -1, -0.5, 0.5, 1, 2, 4],
               "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": DISTILLED_SPECIFIC,
-              "seed": 0},
+              "seed": 0,
+              # claims 6 and 7: how much accuracy / well-formedness steering may lose and still count as
+              # non-inferior (Newcombe's paired interval), and the fewest prompts a verdict may rest on
+              "noninferiority_margin": 0.05, "min_prompts": 20},
     # 05: geometry across sizes: the runs compared (smallest first); each pair's performance is its [evaluate].
     "geometry": {"runs": ["organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20], "claim_dim": 2,
                  "top_k": 6, "seed": 0},
@@ -195,6 +203,85 @@ def _train_section(raw: dict, preset, where: str) -> dict:
     return out
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_harvest(harvest: dict, preset, where: str) -> None:
+    """[harvest] values checked when the run is read: types (a string layer is a type error, not "out of
+    range"), ranges, the organism's depth, and ``HarvestConfig.validate``."""
+    from .harvest import HarvestConfig
+
+    layer = harvest["layer"]
+    if layer is not None and not _is_int(layer):
+        raise RunConfigError(f"{where}: [harvest] layer = {layer!r} must be an integer (a block index), "
+                             f"not a {type(layer).__name__}")
+    if preset.kind == "organism" and layer is not None:
+        from .organism import SIZES
+        n_layers = SIZES[preset.base].layers
+        if not 1 <= layer <= n_layers:
+            raise RunConfigError(f"{where}: [harvest] layer = {layer} is out of range for {preset.name} "
+                                 f"({n_layers} blocks): 1 <= layer <= {n_layers}")
+    elif layer is not None and layer < 1:
+        raise RunConfigError(f"{where}: [harvest] layer = {layer} must be >= 1 (resid_pre of that block)")
+    if not _is_int(harvest["n_docs"]) or harvest["n_docs"] < 1:
+        raise RunConfigError(f"{where}: [harvest] n_docs = {harvest['n_docs']!r} must be an integer >= 1")
+    if not 0.0 <= harvest["teacher_fraction"] <= 1.0:
+        raise RunConfigError(f"{where}: [harvest] teacher_fraction = {harvest['teacher_fraction']!r} must be in [0, 1]")
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in harvest.items()
+              if k not in ("n_docs", "teacher_fraction", "seed", "corpus")}
+    try:
+        HarvestConfig(**fields).validate()
+    except (TypeError, ValueError) as err:
+        raise RunConfigError(f"{where}: [harvest]: {err}") from None
+
+
+def _check_evaluate(evaluate: dict, preset, where: str) -> None:
+    sizes = evaluate["sizes"]
+    if preset.kind == "organism":
+        from .organism import SIZES
+        bad = [s for s in sizes if s not in SIZES] if isinstance(sizes, list) else sizes
+        if not isinstance(sizes, list) or not sizes or bad:
+            raise RunConfigError(f"{where}: [evaluate] sizes = {sizes!r}; each must be an organism size, one of "
+                                 f"{list(SIZES)}")
+    for key in ("n_eval", "max_new_tokens"):
+        if not _is_int(evaluate[key]) or evaluate[key] < 1:
+            raise RunConfigError(f"{where}: [evaluate] {key} = {evaluate[key]!r} must be an integer >= 1")
+
+
+def _check_geometry(geometry: dict, where: str) -> None:
+    dims, claim = geometry["dims"], geometry["claim_dim"]
+    if not isinstance(dims, list) or not dims or not all(_is_int(d) and d >= 1 for d in dims):
+        raise RunConfigError(f"{where}: [geometry] dims = {dims!r} must be a non-empty list of integers >= 1 "
+                             "(PCA dimensions)")
+    if claim not in dims:
+        raise RunConfigError(f"{where}: [geometry] claim_dim = {claim!r} must be one of dims = {dims!r}")
+    runs = geometry["runs"]
+    if not isinstance(runs, list) or not runs:
+        raise RunConfigError(f"{where}: [geometry] runs = {runs!r} must be a non-empty list of run names")
+    missing = [r for r in runs if not config_path(r).exists()]
+    if missing:
+        raise RunConfigError(f"{where}: [geometry] runs {missing} have no run config; committed runs: "
+                             f"{', '.join(available())}")
+    if not _is_int(geometry["top_k"]) or geometry["top_k"] < 1:
+        raise RunConfigError(f"{where}: [geometry] top_k = {geometry['top_k']!r} must be an integer >= 1")
+
+
+def _check_label(label: dict, where: str) -> None:
+    """The [label] settings 03b's claim 5 relies on, checked when the run is read."""
+    ks = label["ablation_ks"]
+    if not isinstance(ks, list) or not ks or not all(isinstance(k, (int, float)) and 0 < k <= 1 for k in ks):
+        raise RunConfigError(f"{where}: [label] ablation_ks = {ks!r} must be a non-empty list of fractions in (0, 1]")
+    if label["k_verdict"] not in ks:
+        raise RunConfigError(f"{where}: [label] k_verdict = {label['k_verdict']!r} must be one of ablation_ks = {ks!r} "
+                             "(claim 5 is judged where the ablation ran)")
+    if not isinstance(label["ablation_random_sets"], int) or label["ablation_random_sets"] < 2:
+        raise RunConfigError(f"{where}: [label] ablation_random_sets = {label['ablation_random_sets']!r} must be an "
+                             "integer >= 2")
+    if not label["ablation_base_margin"] > 0:
+        raise RunConfigError(f"{where}: [label] ablation_base_margin = {label['ablation_base_margin']!r} must be > 0")
+
+
 def _check_steer(steer: dict, where: str) -> None:
     """The [steer] settings 04_steer relies on, checked when the run is read rather than after an hour of work."""
     from .steer import POSITION_POLICIES
@@ -213,6 +300,11 @@ def _check_steer(steer: dict, where: str) -> None:
     if steer["n_prompts"] < 3 or steer["max_new_tokens"] < 1:
         raise RunConfigError(f"{where}: [steer] needs n_prompts >= 3 (the side-by-side shows three) and "
                              f"max_new_tokens >= 1; got {steer['n_prompts']} and {steer['max_new_tokens']}")
+    if not 0.0 < steer["noninferiority_margin"] < 1.0:
+        raise RunConfigError(f"{where}: [steer] noninferiority_margin = {steer['noninferiority_margin']!r} is a "
+                             "difference of proportions, in (0, 1)")
+    if not isinstance(steer["min_prompts"], int) or steer["min_prompts"] < 2:
+        raise RunConfigError(f"{where}: [steer] min_prompts = {steer['min_prompts']!r} must be an integer >= 2")
     if steer["positions"] not in POSITION_POLICIES:
         raise RunConfigError(f"{where}: [steer] positions = {steer['positions']!r}; one of {list(POSITION_POLICIES)}")
 
@@ -241,7 +333,11 @@ def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     harvest = _section(raw, "harvest", _harvest_defaults(), where)
     if preset.kind == "organism" and harvest["corpus"]:
         raise RunConfigError(f"{where}: [harvest.corpus] applies to real-data (hf) presets, not to {preset.name}")
+    _check_harvest(harvest, preset, where)
     sections = {s: _section(raw, s, d, where) for s, d in ANALYSIS_DEFAULTS.items()}
+    _check_evaluate(sections["evaluate"], preset, where)
+    _check_geometry(sections["geometry"], where)
+    _check_label(sections["label"], where)
     _check_steer(sections["steer"], where)
     return RunConfig(name=name, source=source, preset=preset.name, smoke=smoke,
                      description=str(raw.get("description", "")), harvest=harvest,

@@ -72,8 +72,10 @@ def harvest_documents(tokenizer, n_docs: int, teacher_fraction: float = 0.5, see
     docs = []
     for i in range(n_docs):
         if i < n_teacher:
-            docs.append(organism.tokenize_spans(tokenizer, nlworld.teacher_document(rng.choice(problems), rng,
-                                                                                    world.TeacherConfig())))
+            problem = rng.choice(problems)
+            doc = organism.tokenize_spans(tokenizer, nlworld.teacher_document(problem, rng, world.TeacherConfig()))
+            doc.group = f"computation:{problem.computation}"   # one computation, one side of the store's split
+            docs.append(doc)
         else:
             docs.append(general_document(tokenizer, general[(i - n_teacher) % len(general)], max_tokens))
     rng.shuffle(docs)

@@ -80,6 +80,7 @@ def evaluate_nl(model, tokenizer, problems, max_new_tokens: int = 200, sample_se
     correct = [q["answer"] == p.answer for q, p in zip(parsed, problems)]
     n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     out = {"accuracy": sum(correct) / len(problems), "correct": correct, "texts": texts,
+           "accuracy_well_formed": sum(c and q["well_formed"] for c, q in zip(correct, parsed)) / len(problems),
            "well_formed": sum(q["well_formed"] for q in parsed) / len(problems),
            "think_rate": sum(q["has_think"] for q in parsed) / len(problems),
            "tokens_per_generation": n_tok / len(problems),
@@ -107,6 +108,34 @@ def evaluate_pair(pair, settings: dict, progress: bool = True) -> dict:
         res.update(ce=float(nll.sum() / n_tok.sum()), ce_nll=nll.tolist(), ce_tokens=n_tok.tolist())
         out[role] = res
     return out
+
+
+# Pre-registered after the first evaluation rejected the pair on a stray sampled "<think>" inside incoherent text:
+# the base "opens a trace" when its output *starts* with <think> (the distilled model's format), greedy or
+# sampled; the rule allows this share of such generations (none). Judged on a fresh sample of held-out problems
+# (``[evaluate] fresh_seed``, never scored before), beside the original rule, which is kept and reported.
+OPENED_TRACE_RULE = {"max_opened_share": 0.0, "n_tokens": 8}
+
+
+def opened_trace_share(model, tokenizer, problems, sample_seed: int | None = None, progress: bool = False) -> float:
+    """Share of generations that open a trace (start with ``<think>``, leading whitespace allowed): only the
+    first ``OPENED_TRACE_RULE["n_tokens"]`` tokens are generated, since they decide it. Greedy, or sampled at
+    temperature 1 with ``sample_seed``."""
+    prompts = [nlworld.prompt(p) for p in problems]
+    texts = generate(model, tokenizer, prompts, OPENED_TRACE_RULE["n_tokens"], sample_seed=sample_seed,
+                     progress=progress)
+    return sum(t.lstrip().startswith(world.THINK_OPEN) for t in texts) / len(problems)
+
+
+def opened_trace_verdict(greedy_share: float, sampled_share: float, n: int, min_eval: int = ACCEPTANCE["min_eval"]) -> dict:
+    """The pre-registered rule on a fresh sample: "holds" when neither greedy nor sampled base generations open
+    a trace more often than ``max_opened_share``; "not tested" under ``min_eval`` problems."""
+    worst = max(greedy_share, sampled_share)
+    if n < min_eval:
+        v = "not tested"
+    else:
+        v = "holds" if worst <= OPENED_TRACE_RULE["max_opened_share"] else "fails"
+    return {"n": n, "greedy opened share": greedy_share, "sampled opened share": sampled_share, "verdict": v}
 
 
 def acceptance(base: dict, distilled: dict, teacher_rates: dict) -> dict:

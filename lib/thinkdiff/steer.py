@@ -144,6 +144,32 @@ def random_direction(vector: torch.Tensor, seed: int) -> torch.Tensor:
     return (r / r.norm() * v.double().norm()).float()
 
 
+def max_activations(codes) -> np.ndarray:
+    """[F] each latent's largest activation over the encoded tokens (``codes.SparseActs``; 0 where it never fires)."""
+    out = np.zeros(codes.n_latents, np.float64)
+    np.maximum.at(out, codes.cols, codes.vals)
+    return out
+
+
+def matched_control_latent(target: int, nrn, max_act, live, exclude=(), seed: int = 0, pool: int = 10,
+                           band: float = 0.1) -> int:
+    """A control for steering with latent ``target``: another live latent's decoder direction, on the data
+    manifold as the target's is (at equal norm any decoder direction beats an isotropic Gaussian, which is off
+    it). Candidates are live latents (``live`` [F] bool) not in ``exclude`` with relative norm within ``band``
+    of the target's (``nrn`` [F]); the ``pool`` nearest in log max activation (``max_act`` [F], the scale the
+    steering vector uses) are kept and one is drawn, seeded. Raises when no candidate exists."""
+    nrn, max_act, live = np.asarray(nrn, float), np.asarray(max_act, float), np.asarray(live, bool)
+    ok = live & (np.abs(nrn - nrn[target]) <= band) & (max_act > 0)
+    ok[[int(target), *map(int, exclude)]] = False
+    cand = np.nonzero(ok)[0]
+    if not len(cand):
+        raise ValueError(f"no live latent within {band} of latent {target}'s relative norm {nrn[target]:.2f} to "
+                         "serve as its matched control")
+    dist = np.abs(np.log(max_act[cand]) - np.log(max(max_act[target], 1e-12)))
+    near = cand[np.argsort(dist, kind="stable")[:pool]]
+    return int(np.random.default_rng(seed).choice(near))
+
+
 def pick_latents(scores: pd.DataFrame, nrn, categories: Sequence[str] = ("self_reflection", "deductive"),
                  specific: float = DISTILLED_SPECIFIC, shared: tuple[float, float] = (0.45, 0.55),
                  shared_category: str = "self_reflection", strict: bool = True) -> pd.DataFrame:
@@ -643,35 +669,6 @@ def summarize_sweep(df: pd.DataFrame, metrics: Sequence[str] | None = None, n_bo
         out.loc[g.index, "p_bh"] = false_discovery_control(g["p"].to_numpy(), method="bh")
         out.loc[g.index, "n_comparisons"] = len(g)
     return out
-
-
-def steering_claims(summary: pd.DataFrame, self_reflection: str, control: str, alpha: float) -> dict:
-    """The verdict on paper claim 6 (over-thinking) from a ``summarize_sweep`` table at strength ``alpha``.
-
-    supports if steering with ``self_reflection`` raises both length (n_tokens) and the self-reflection marker
-    rate with difference CIs above 0 while the ``control`` raises neither; contradicts if neither CI is above 0;
-    mixed otherwise. Returns ``{"6": {verdict, evidence}}``. (Claim 7 is ``claims.claim7_verdict``, a
-    difference in differences over the generations themselves.)
-    """
-    def get(cond, metric):
-        r = summary[(summary.condition == cond) & (summary.metric == metric) & np.isclose(summary.alpha, alpha)]
-        if r.empty:
-            raise ValueError(f"summary has no row for condition {cond!r}, metric {metric!r}, alpha {alpha}")
-        return r.iloc[0]
-
-    def fmt(r):
-        return f"{r['diff']:+.3g} [{r['diff_lo']:+.3g}, {r['diff_hi']:+.3g}]"
-
-    sl, sr = get(self_reflection, "n_tokens"), get(self_reflection, "rate_self_reflection")
-    cl, cr = get(control, "n_tokens"), get(control, "rate_self_reflection")
-    up = [sl["diff_lo"] > 0, sr["diff_lo"] > 0]
-    ctrl_up = cl["diff_lo"] > 0 or cr["diff_lo"] > 0
-    v6 = "supports" if all(up) and not ctrl_up else "contradicts" if not any(up) else "mixed"
-    adjusted = (f"; Wilcoxon p of Δtokens, BH-adjusted over {int(sl['n_comparisons'])} steered conditions: "
-                f"{sl['p_bh']:.3g}") if "p_bh" in sl else ""
-    return {"6": dict(verdict=v6, evidence=(
-        f"alpha={alpha:g}, n={int(sl['n'])} paired generations: {self_reflection} Δtokens {fmt(sl)}, "
-        f"Δself-reflection rate/1k {fmt(sr)}; random control Δtokens {fmt(cl)}, Δrate {fmt(cr)}" + adjusted))}
 
 
 # ----------------------------------------------------------------------------- displays

@@ -217,7 +217,13 @@ class StoreWriter:
         paths.ensure_writable(self.final.parent)
         prog = self.partial / PROGRESS
         if prog.exists():
-            self.progress = json.loads(prog.read_text())
+            problem = self._damage(prog)
+            if problem is not None:
+                # a damaged partial harvest must not be finished into a store: set it aside, start again
+                aside = paths.move_aside(self.partial)
+                print(f"{problem}: the interrupted harvest is damaged; moved it to {aside} and harvesting from "
+                      "the start", flush=True)
+        if (self.partial / PROGRESS).exists():
             if self.progress["key"] != self.key:
                 diff = "; ".join(key_differences(self.progress["key"], self.key))
                 raise ValueError(f"the interrupted harvest in {self.partial} was started with a different "
@@ -226,6 +232,26 @@ class StoreWriter:
             self.partial.mkdir(exist_ok=True)
             self.progress = {"format": FORMAT, "version": VERSION, "key": self.key, "shards": [], "state": {}}
             self._save()
+
+    def _damage(self, prog: Path) -> str | None:
+        """Read ``progress.json`` into ``self.progress`` and check every shard it records (present, its size, its
+        sha256): None when the partial harvest can be resumed, else what is wrong (naming the file)."""
+        try:
+            self.progress = json.loads(prog.read_text())
+            shards, _ = self.progress["shards"], self.progress["key"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            return f"{prog} is unreadable ({type(err).__name__}: {err})"
+        for e in shards:
+            for part in ("acts", "meta", "stats"):
+                try:
+                    f = self.partial / e[part]["file"]
+                    if not f.exists():
+                        return f"{f} (recorded shard {e['index']}) is missing"
+                    if f.stat().st_size != e[part]["bytes"] or sha256_file(f) != e[part]["sha256"]:
+                        return f"{f} (recorded shard {e['index']}) does not match its recorded size and sha256"
+                except (KeyError, TypeError) as err:
+                    return f"{prog} records a shard without its {err} entry"
+        return None
 
     @property
     def resumed(self) -> bool:
@@ -398,13 +424,25 @@ class ActivationStore:
         the per-shard statistics (checked on every open: headers and statistics are small)."""
         want = STORAGE[self.dtype]
         total = RunningStats(0, 0)
+        def load(name, **kw):
+            try:
+                return np.load(self.path / name, **kw)
+            except (OSError, ValueError) as err:   # e.g. a damaged .npy header: name the file
+                raise ValueError(f"{self.path / name} cannot be read ({err}); the store is damaged: delete "
+                                 f"{self.path} and harvest again") from None
+
         for e in self.shards:
-            arr = np.load(self.path / e["acts"]["file"], mmap_mode="r")
+            arr = load(e["acts"]["file"], mmap_mode="r")
             if arr.shape != (e["n_tokens"], self.n_models, self.d_model) or arr.dtype != want:
                 raise ValueError(f"{man_path} says shard {e['index']} is [{e['n_tokens']}, {self.n_models}, "
                                  f"{self.d_model}] {self.dtype}, its file holds {list(arr.shape)} {arr.dtype} "
                                  f"(an edited manifest?); delete {self.path} and harvest again")
-            total.merge(RunningStats.unpack(np.load(self.path / e["stats"]["file"])))
+            total.merge(RunningStats.unpack(load(e["stats"]["file"])))
+            rows = load(e["meta"]["file"], mmap_mode="r")["split"]
+            if e["split"] not in SPLITS or not (rows == SPLITS[e["split"]]).all():
+                raise ValueError(f"{man_path} says shard {e['index']} is {e['split']!r}, its rows say "
+                                 f"{sorted({k for k, v in SPLITS.items() if (rows == v).any()})} (an edited "
+                                 f"manifest?); delete {self.path} and harvest again")
         norm = self.manifest["norm"]
         if not np.allclose(np.asarray(norm["mean_norm"], np.float64), total.mean_norm, rtol=1e-6):
             raise ValueError(f"{man_path}: mean_norm {norm['mean_norm']} disagrees with the shard statistics "

@@ -50,12 +50,14 @@ import numpy as np
 import torch
 
 from . import paths, precision, trainers
-from .crosscoder import CONFIG_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
+from .crosscoder import CONFIG_NAME, WEIGHTS_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
 from .store import part_bounds
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_SUM_NAME = "checkpoint.json"   # the checkpoint's sha256, written after it
 # Divergence: a crosscoder that outputs zeros has FVU 1; staying 10x above that for 20 steps is not learning.
-DIVERGED_FVU, DIVERGED_STEPS = 10.0, 20
+DIVERGED_FVU, DIVERGED_STEPS = 10.0, 20   # FVU above this for this many steps in a row: diverged
+DIVERGED_FVU_AT_ONCE = 1000.0              # one step this far off (or a non-finite loss) is divergence at once
 LOG_NAME = "train_log.jsonl"
 SUMMARY_NAME = "train_summary.json"
 
@@ -357,12 +359,19 @@ class Trainer:
         random.setstate(state["rng"]["python"])
 
     def save_checkpoint(self, folder: Path) -> Path:
-        """Write ``checkpoint.pt`` atomically (temp file, then rename over the old one)."""
+        """Write ``checkpoint.pt`` atomically (temp file, then rename over the old one), then its sha256 into
+        ``checkpoint.json``, which a resume checks (a flipped checkpoint must not resume into other weights)."""
         out = Path(folder) / CHECKPOINT_NAME
         tmp = out.with_name(f".{CHECKPOINT_NAME}.{uuid.uuid4().hex[:8]}.tmp")
         with paths.disk_full_is_plain(out, tmp):   # a failed write (disk full, kill) leaves no temp file behind
             torch.save(self.state_dict(), tmp)
+            digest = paths.sha256_file(tmp)
             os.replace(tmp, out)
+        side = Path(folder) / CHECKPOINT_SUM_NAME
+        tmp = side.with_name(f".{CHECKPOINT_SUM_NAME}.{uuid.uuid4().hex[:8]}.tmp")
+        with paths.disk_full_is_plain(side, tmp):
+            tmp.write_text(json.dumps({"sha256": digest, "step": self.step_idx}))
+            os.replace(tmp, side)
         return out
 
 
@@ -375,10 +384,34 @@ class TrainResult:
 
 
 def _read_log(path: Path, upto_step: int) -> list[dict]:
+    """The log rows up to ``upto_step``; a torn or damaged line (a kill mid-append) ends the readable log, with a
+    message naming the file, instead of failing every resume."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto_step]
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            print(f"{path}: line {n} is damaged; the training log is kept up to the line before it", flush=True)
+            break
+        if step <= upto_step:
+            rows.append(row)
+    return rows
+
+
+def _usable_checkpoint(ckpt: Path) -> str | None:
+    """None if ``ckpt`` matches the sha256 its ``checkpoint.json`` recorded, else what is wrong with it."""
+    side = ckpt.with_name(CHECKPOINT_SUM_NAME)
+    try:
+        want = json.loads(side.read_text())["sha256"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        return f"{side} is missing or unreadable ({type(err).__name__})"
+    got = paths.sha256_file(ckpt)
+    return None if got == want else f"{ckpt} has sha256 {got[:16]}..., {side} recorded {want[:16]}..."
 
 
 def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_after: int | None = None,
@@ -404,13 +437,30 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
     log_file = None
     if ckpt_dir is not None:
         ckpt_dir = paths.ensure_writable(Path(ckpt_dir)) if main else Path(ckpt_dir)
+        if main:   # temp files of a writer that was killed mid-write: never read, removed now, not at the end
+            for stale in [*ckpt_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"), *ckpt_dir.glob(f".{CHECKPOINT_SUM_NAME}.*.tmp")]:
+                stale.unlink(missing_ok=True)
         ckpt = ckpt_dir / CHECKPOINT_NAME
         if ckpt.exists():
             if not resume:
                 raise FileExistsError(f"{ckpt} exists; pass resume=True to continue it or use another folder")
-            state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
-            trainer.check_checkpoint(state, ckpt_dir)
-            trainer.load_state_dict(state)
+            problem = _usable_checkpoint(ckpt)
+            if problem is None:
+                try:
+                    state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
+                except Exception as err:   # unpicklable despite its checksum: treat as damaged
+                    problem = f"{ckpt} cannot be loaded ({type(err).__name__}: {err})"
+            if problem is not None and main:
+                # a damaged checkpoint must not resume into other weights: set it aside, start again
+                aside = paths.move_aside(ckpt)
+                (ckpt_dir / CHECKPOINT_SUM_NAME).unlink(missing_ok=True)
+                print(f"{problem}: the checkpoint is damaged; moved it to {aside} and training from the start",
+                      flush=True)
+            elif problem is not None:
+                raise ValueError(f"{problem}: the shared checkpoint is damaged; restart the run")
+            else:
+                trainer.check_checkpoint(state, ckpt_dir)
+                trainer.load_state_dict(state)
         log = _read_log(ckpt_dir / LOG_NAME, trainer.step_idx)
         if main:
             tmp = ckpt_dir / f".{LOG_NAME}.tmp"
@@ -419,6 +469,7 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
             log_file = open(ckpt_dir / LOG_NAME, "a")
 
     n_steps = cfg.n_steps if stop_after is None else min(cfg.n_steps, stop_after)
+    ckpt_fvu = max(log[-1]["fvu"]) if log else 0.0    # the FVU at which the checkpoint on disk was written
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.n_steps, initial=trainer.step_idx, desc=f"crosscoder {cfg.activation}",
                disable=not progress, dynamic_ncols=True)
@@ -432,6 +483,10 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
                     row = trainer.step(x)
                     log.append(row)
                     recent = [max(r["fvu"]) for r in log[-DIVERGED_STEPS:]]
+                    if not (math.isfinite(row["loss"]) and recent[-1] < DIVERGED_FVU_AT_ONCE):
+                        raise FloatingPointError(
+                            f"training diverged at step {trainer.step_idx}: loss {row['loss']:.3g}, FVU "
+                            f"{recent[-1]:.3g} (predicting zero gives 1.0), lr {cfg.lr} is likely too high")
                     if len(recent) == DIVERGED_STEPS and min(recent) > DIVERGED_FVU:
                         raise FloatingPointError(
                             f"training diverged at step {trainer.step_idx}: FVU above {DIVERGED_FVU} for "
@@ -439,8 +494,14 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
                             f"lr {cfg.lr} is likely too high")
                 except FloatingPointError as err:
                     last = ckpt_dir / CHECKPOINT_NAME if ckpt_dir is not None else None
-                    kept = (f"the last good checkpoint {last} is kept" if last is not None and last.exists()
-                            else "no checkpoint was written")
+                    if last is not None and last.exists() and ckpt_fvu > DIVERGED_FVU:
+                        # written while it was already diverging: not a checkpoint anyone should resume
+                        last.unlink()
+                        kept = f"the checkpoint written at FVU {ckpt_fvu:.3g} was removed"
+                    elif last is not None and last.exists():
+                        kept = f"the last checkpoint {last}, written at FVU {ckpt_fvu:.3g}, is kept"
+                    else:
+                        kept = "no checkpoint was written"
                     raise FloatingPointError(f"{err}; training stopped ({kept}). Lower lr or check the "
                                              "activations for outliers.") from None
                 trainer.batch_in_epoch += 1
@@ -455,6 +516,7 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
                 if main and ckpt_dir is not None and (trainer.step_idx == cfg.n_steps or (every and trainer.step_idx % every == 0)):
                     log_file.flush()
                     trainer.save_checkpoint(ckpt_dir)
+                    ckpt_fvu = max(row["fvu"])
                 if trainer.step_idx >= n_steps:
                     break
             else:
@@ -468,6 +530,35 @@ def train(store, cfg: TrainConfig, ckpt_dir=None, *, resume: bool = True, stop_a
             log_file.close()
     folded = trainer.model.fold(trainer.scale_np.tolist()).eval()
     return TrainResult(crosscoder=folded, log=log, seconds=time.perf_counter() - t0, compute=trainer.compute)
+
+
+MAX_HELDOUT_FVU = 1.0   # a crosscoder that reconstructs held-out tokens no better than their mean did not learn
+
+
+class DidNotLearnError(RuntimeError):
+    """Training finished but the crosscoder reconstructs held-out activations no better than their mean."""
+
+
+def check_learned(crosscoder, store, work: Path, cfg: TrainConfig) -> dict:
+    """Held-out FVU of a freshly trained crosscoder (training split if the store has no held-out tokens);
+    raise ``DidNotLearnError`` (and drop the partial folder, whose checkpoint holds the same model) when any
+    model's FVU reaches ``MAX_HELDOUT_FVU``: such a crosscoder must not be cached as a result."""
+    from .metrics import evaluate
+
+    meta = getattr(store, "meta", None)
+    held = int((np.asarray(meta["split"]) == 1).sum()) if meta is not None and "split" in meta else 0
+    split = "heldout" if held else "train"
+    ev = evaluate(crosscoder, store, split=split, max_tokens=20_000, progress=False)
+    if not ev.get("n_tokens"):
+        return ev
+    worst = float(max(ev["fvu"]))
+    if not math.isfinite(worst) or worst >= MAX_HELDOUT_FVU:
+        shutil.rmtree(work, ignore_errors=True)
+        raise DidNotLearnError(
+            f"the {cfg.activation} crosscoder (lr {cfg.lr}, {cfg.n_steps} steps) reconstructs {split} activations "
+            f"with FVU {[round(float(v), 4) for v in ev['fvu']]} (>= {MAX_HELDOUT_FVU}: no better than predicting "
+            "their mean); it was not cached. Lower lr, train longer, or check the store.")
+    return ev
 
 
 def cache_key(store, cfg: TrainConfig, device="cpu") -> str:
@@ -492,23 +583,25 @@ def get_crosscoder(store, cfg: TrainConfig, out_root=None, *, device="cpu", prog
     key = cache_key(store, cfg, device)
     final = root / key
     with paths.writer_lock(final):     # one trainer per crosscoder; a second waits and loads its result
-        if (final / CONFIG_NAME).exists():
+        if final.exists():
             try:
                 cc = CrossCoder.from_pretrained(final, device=device)
-            except CorruptArtifactError as err:   # never re-read a broken cache forever: set it aside, retrain
+                cc.check_compatible(store)     # a cache folder of this key must fit this store, field by field
+            except (CorruptArtifactError, FileNotFoundError, ValueError) as err:
+                # never re-read a broken cache forever: set it aside, retrain
                 aside = paths.move_aside(final)
                 print(f"{err}\nmoved the damaged crosscoder to {aside}; training it again", flush=True)
             else:
-                cc.check_compatible(store)
                 return cc
         work = paths.ensure_writable(root / f"{key}.partial")
         result = train(store, cfg, ckpt_dir=work, device=device, progress=progress)
+        check_learned(result.crosscoder, store, work, cfg)
         last = result.log[-1] if result.log else {}
         summary = {"store_hash": store_hash(store), "train_config": cfg.to_dict(), "compute": result.compute,
                    "steps": cfg.n_steps,
                    "tokens": last.get("tokens"), "seconds_this_session": result.seconds,
                    "final_batch": {k: last.get(k) for k in ("loss", "recon", "fvu", "l0", "dead_frac")}}
-        with paths.atomic_dir(final) as tmp:
+        with paths.atomic_dir(final) as tmp, paths.disk_full_is_plain(final / WEIGHTS_NAME):
             result.crosscoder.save_pretrained(tmp)
             shutil.copy(work / LOG_NAME, tmp / LOG_NAME)
             (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))

@@ -76,6 +76,11 @@ class Problem:
         return self.family + ":" + ";".join(f"{a}{op}{b}" for a, op, b, _ in self.steps)
 
     @property
+    def computation(self) -> str:
+        """Every (a op b) in order, without the family: two problems of different families can share it."""
+        return ";".join(f"{a}{op}{b}" for a, op, b, _ in self.steps)
+
+    @property
     def key(self) -> str:
         return self.signature
 
@@ -185,10 +190,13 @@ def is_heldout(p: Problem) -> bool:
     return int(hashlib.md5(p.signature.encode()).hexdigest()[:8], 16) % 100 < HELDOUT_PERCENT
 
 
-def problem_split(rng_seed: int, n: int, split: str) -> list[Problem]:
+def problem_split(rng_seed: int, n: int, split: str, exclude=frozenset()) -> list[Problem]:
     """``n`` problems of one split, the families in turn (balanced).
 
     Held-out problems ('eval') never share a step signature with a 'train' problem; eval problems are distinct.
+    ``exclude``: computations (``Problem.computation``, the family left out) an eval problem must not have, e.g.
+    those of the concrete training problems a model saw: the signature includes the family, so a training word
+    problem and an eval arithmetic chain could otherwise compute the same thing.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -198,7 +206,7 @@ def problem_split(rng_seed: int, n: int, split: str) -> list[Problem]:
         p = make_problem(rng, FAMILIES[len(out) % len(FAMILIES)])
         if is_heldout(p) != (split == "eval"):
             continue
-        if split == "eval" and p.key in seen:
+        if split == "eval" and (p.key in seen or p.computation in exclude):
             continue
         seen.add(p.key)
         out.append(p)

@@ -21,6 +21,8 @@ THREADS = None              # torch CPU threads (None: one per core; 1 where oth
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
@@ -146,7 +148,7 @@ print(f"served {counter.served:,} rows, {counter.distinct:,} distinct, train spl
 assert counter.served == counter.distinct == n_train == n_rows
 
 # %%
-report.record("01_harvest", run.name, run.key("harvest"), {
+report.record("01_harvest", run, run.key("harvest"), {
     "tokens": store.n_tokens, "train tokens": n_train, "held-out tokens": man["n_tokens_split"]["heldout"],
     "disk MiB": disk / 2**20, "layer": store.layer, "d_model": store.d_model,
     "mean raw norm (base, distilled)": list(store.mean_norm), "pairing ids identical": man["pairing"]["ids_identical"],

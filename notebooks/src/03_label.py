@@ -25,12 +25,14 @@ THREADS = None              # torch CPU threads (None: one per core; 1 where oth
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
-from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, plots, probes, report
+from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, plots, probes, report, world
 from thinkdiff import claims as claim_rules
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -195,9 +197,11 @@ cat_lat.groupby("category")["relative_norm"].describe().round(3)
 # closing "." of each written operation, **is this the last operation?** (`00_organism`). Two questions per
 # target:
 #
-# 1. **Is it there?** A logistic-regression probe on each model's raw activations at the hook layer, fit on
-#    the store's training documents and scored on its held-out documents: the *ceiling* any dictionary
-#    feature could reach, and (base vs distilled) whether the target is shared or distilled-only.
+# 1. **Is it there?** A logistic-regression probe on each model's raw activations at the hook layer, and one
+#    on both models' activations together (what a crosscoder latent reads), fit on the store's training
+#    documents and scored on its held-out documents: the *ceiling* any dictionary feature could reach, and
+#    (base vs distilled) whether the target is shared or distilled-only. Move spans are scored among the
+#    tokens inside `<think>` blocks, where the moves are told apart from each other, not from base text.
 # 2. **Does the crosscoder isolate it?** The best single latent, and the best distilled-specific one
 #    (relative norm ≥ 0.9), are **chosen on training tokens and scored on held-out tokens**; a 5-sparse
 #    probe (the 5 latents with the best training AUROC, then a logistic regression) is compared with the
@@ -207,8 +211,9 @@ cat_lat.groupby("category")["relative_norm"].describe().round(3)
 # operation looks the same). Targets, fixed in `probes.TARGETS` before any crosscoder was scored: (a) a
 # marker latent with held-out AUROC ≥ 0.95; (b) a 5-sparse probe within 0.05 of the dense ceiling on spans;
 # (c) a distilled-specific latent with held-out AUROC ≥ 0.90 for the planted quantity, once the probes
-# confirm it is distilled-only. A smoke run reports "not tested". A run without planted labels skips this
-# section (and its plots) with a sentence.
+# confirm it is distilled-only. Each verdict comes with a 95 % CI over documents of the quantity it compares,
+# and says when the threshold lies inside it. A smoke run reports "not tested". A run without planted labels
+# skips this section (and its plots) with a sentence.
 
 # %%
 docs = run.documents()
@@ -218,13 +223,18 @@ assert all(seqs[meta["doc_id"][i]][meta["pos"][i]] == meta["token_id"][i] for i 
 verdicts, ceiling = {}, pd.DataFrame()
 if LABELS:
     step_end = organism.step_end_labels(docs, meta)
-    targets = probes.organism_targets(meta, step_end, CATS)
+    # spans are scored among <think>-block tokens: every base-corpus token would be an easy negative
+    think_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in (world.THINK_OPEN, world.THINK_CLOSE)]
+    in_think = probes.think_mask(meta, *think_ids) if all(len(i) == 1 for i in think_ids) else None
+    print("spans scored among", "tokens inside <think> blocks" if in_think is not None else
+          "all labelled tokens (the tokenizer splits the think tags)")
+    targets = probes.organism_targets(meta, step_end, CATS, in_think=in_think)
     ceiling = probes.probe_ceiling(store, targets)
-    recovery = {s: probes.latent_recovery(acts[s], meta["split"], targets, nrn[s], ks=(2, probes.TARGETS["sparse_k"]))
-                for s in SCHEMES}
+    recovery = {s: probes.latent_recovery(acts[s], meta["split"], targets, nrn[s], ks=(2, probes.TARGETS["sparse_k"]),
+                                          doc=meta["doc_id"]) for s in SCHEMES}
     verdicts = {s: probes.ground_truth_verdicts(ceiling, recovery[s], tested=run.tested) for s in SCHEMES}
-    cols = ["probe base", "probe distilled", "best latent", "latent AUROC", "latent relative norm", "5-sparse probe",
-            "specific latent", "specific latent AUROC", "verdict"]
+    cols = ["probe base", "probe distilled", "probe pair", "best latent", "latent AUROC", "latent relative norm",
+            "5-sparse probe", "specific latent", "specific latent AUROC", "ci_lo", "ci_hi", "verdict"]
     display(pd.concat({s: v[cols] for s, v in verdicts.items()}, names=["scheme"]).round(3))
 else:
     print(f"ground truth: {RUN} has no planted labels, so there is nothing to score latents against.")
@@ -237,7 +247,7 @@ else:
 # %%
 def ground_truth_plot(v0):
     fig, ax = plt.subplots(figsize=(11, 3.8))
-    show_cols = ["probe base", "probe distilled", "latent AUROC", "5-sparse probe", "specific latent AUROC"]
+    show_cols = ["probe base", "probe distilled", "probe pair", "latent AUROC", "5-sparse probe", "specific latent AUROC"]
     v0[show_cols].astype(float).plot.bar(ax=ax, width=0.85)
     ax.axhline(0.5, color="grey", lw=0.8)
     ax.set_ylim(0.4, 1.02); ax.set_xlabel("planted target"); ax.set_ylabel("held-out AUROC")
@@ -331,37 +341,52 @@ print({s: [(n["distilled_only"], n["base_only"]) for n in v] for s, v in null_co
       "(distilled-only, base-only) live latents per null seed")
 v1, e1 = claim_rules.claim1_verdict(NRN, A.frequency(), null_counts[SCHEMES[0]])
 # Claim 2: is a reasoning feature among the top distilled-specific latents more often than among random live
-# latents? Ground truth decides on the organism (held-out AUROC >= 0.9 for a move span or a marker); without
-# planted labels only the ReasonScore labels exist, which can give at most "mixed".
+# latents? With planted labels a latent is a reasoning feature of a category when its held-out top firings lie
+# inside that category's moves (precision >= 0.9, category chosen on training tokens) and it is not merely a
+# detector of a token that ordinary text uses too (label.move_precision); a phase of a move (the ":" of "Wait,
+# let me check:") counts, a " (" that every trace has does not. Without planted labels only the ReasonScore
+# labels exist, which can give at most "mixed".
 if LABELS:
-    is_reasoning = (table.label_ground_truth != "").to_numpy() | (gt_marker[SCHEMES[0]].auroc.max(axis=1) >= 0.9).to_numpy()
+    live = np.nonzero(alive[SCHEMES[0]])[0]
+    moves = label.move_precision(A, meta, live, doc_kind=kind)
+    is_reasoning = np.zeros(len(NRN), bool)
+    is_reasoning[moves.latent.to_numpy()] = moves.reasoning.to_numpy(bool)
 else:
     is_reasoning = (table.label_score != "").to_numpy()
 v2, e2 = claim_rules.claim2_verdict(NRN, table.frequency.to_numpy(), is_reasoning, ground_truth=LABELS)
-v3, e3 = claim_rules.claim3_verdict(cat_lat)
+if LABELS:   # what the distilled-only latents are: reasoning phases, trace syntax, or text both models read
+    d_only = moves[NRN[moves.latent] >= norms.DISTILLED_SPECIFIC].assign(
+        relative_norm=lambda d: NRN[d.latent], token=lambda d: [tok.decode([t]) if t >= 0 else "" for t in d.token_id])
+    display(d_only[["latent", "relative_norm", "category", "precision", "token", "lexical", "n_ordinary",
+                    "base_doc_share", "reasoning"]].sort_values("relative_norm", ascending=False).round(3))
+    print(f"{len(d_only)} live distilled-only latents: {int(d_only.reasoning.sum())} reasoning features; of the "
+          f"others, {int((d_only.base_doc_share > 0.1).sum())} fire on base documents too (more than 10 % of their "
+          f"top held-out activations)")
+v3, e3 = claim_rules.claim3_verdict(cat_lat, NRN, A.frequency(), categories=CATS)
 v4, e4 = claim_rules.claim4_verdict(profile, NRN)
 claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4)}
 if len(SCHEMES) > 1:   # claim 10: each substantive finding measured again under every scheme
-    def genuine_share(s):
-        if s == SCHEMES[0]:
-            return n_genuine / max(n_checked, 1)
-        top = [j for j in norms.top_latents(np.where(alive[s], nrn[s], np.nan), N_SCALING) if alive[s][j]]
-        sc = label.latent_scaling(ccs[s], store, top, mask=heldout)
-        return (sc["flag"] == "genuine").sum() / max(int((sc["flag"] != "inactive").sum()), 1)
+    def most_survive_scaling(s):
+        """Do most distilled-only latents (relative norm >= 0.9, live, at most N_SCALING) survive latent scaling?
+        None when the scheme has none active on held-out tokens."""
+        top = [j for j in norms.top_latents(np.where(alive[s], nrn[s], np.nan), N_SCALING)
+               if alive[s][j] and nrn[s][j] >= norms.DISTILLED_SPECIFIC]
+        sc = scaling[scaling.latent.isin(top)] if s == SCHEMES[0] else label.latent_scaling(ccs[s], store, top,
+                                                                                              mask=heldout)
+        checked = int((sc["flag"] != "inactive").sum())
+        return None if checked == 0 else bool((sc["flag"] == "genuine").sum() >= 0.5 * checked)
 
     properties = {
         "exclusive latents exist (claim 1)": {
             s: claim_rules.claim1_verdict(nrn[s], acts[s].frequency(), null_counts[s])[0] == "supports" for s in SCHEMES},
         "marker latents are mostly shared (claim 3)": {
-            s: claim_rules.claim3_verdict(label.category_latents(label.marker_counts(acts[s], masks), nrn[s]))[0] == "supports"
-            for s in SCHEMES},
-        "most top distilled-only latents survive latent scaling": {s: genuine_share(s) >= 0.5 for s in SCHEMES},
+            s: {"supports": True, "not tested": None}.get(claim_rules.claim3_verdict(
+                label.category_latents(label.marker_counts(acts[s], masks), nrn[s]), nrn[s], acts[s].frequency(),
+                categories=CATS)[0], False) for s in SCHEMES},
+        "most distilled-only latents survive latent scaling": {s: most_survive_scaling(s) for s in SCHEMES},
     }
-    if LABELS:
-        properties["a ground-truth target is met"] = {s: bool((verdicts[s].verdict == "met").any()) for s in SCHEMES}
     claims["10"] = claim_rules.claim10_verdict(properties)
-if not run.tested:   # a smoke run computes everything and judges nothing
-    claims = {k: ("not tested", f"smoke run ({RUN}): {e}") for k, (v, e) in claims.items()}
+claims = claim_rules.judged(claims, run.tested, RUN)
 for k, (v, e) in claims.items():
     print(f"claim {k} [{report.CLAIMS[int(k)]}]: {v.upper()}\n    {e}")
 
@@ -373,12 +398,18 @@ numbers = {"live latents": int(alive[SCHEMES[0]].sum()), "mean relative norm L2 
            "mean relative norm L1 (live)": float(np.nanmean(nrn_l1[alive[SCHEMES[0]]])),
            "latents nrn >= 0.9": int((NRN[alive[SCHEMES[0]]] >= norms.DISTILLED_SPECIFIC).sum()), "latents nrn <= 0.1": int((NRN[alive[SCHEMES[0]]] <= norms.BASE_SPECIFIC).sum()),
            "latent scaling genuine / checked": [n_genuine, n_checked]}
+if LABELS:
+    numbers["distilled-only latents (live): reasoning features / others / others firing on base documents"] = [
+        int(d_only.reasoning.sum()), int((~d_only.reasoning).sum()),
+        int(((~d_only.reasoning) & (d_only.base_doc_share > 0.1)).sum())]
 for name, r in ceiling.iterrows():
-    numbers[f"probe ceiling {name} (base / distilled)"] = [round(float(r.base), 4), round(float(r.distilled), 4)]
+    numbers[f"probe ceiling {name} (base / distilled / pair)"] = [round(float(r.base), 4), round(float(r.distilled), 4),
+                                                                  round(float(r.pair), 4)]
 for s in verdicts:
     for name, r in verdicts[s].iterrows():
-        numbers[f"{s} {name}: latent AUROC / nrn / 5-sparse / specific AUROC / verdict"] = [
+        numbers[f"{s} {name}: latent AUROC / nrn / 5-sparse / specific AUROC / CI of the judged quantity / verdict"] = [
             round(float(r["latent AUROC"]), 4), round(float(r["latent relative norm"]), 3),
-            round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4), r.verdict]
-report.record("03_label", run.name, run.key("label"), numbers, figures=figures,
+            round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4),
+            [round(float(r.ci_lo), 4), round(float(r.ci_hi), 4)], r.verdict]
+report.record("03_label", run, run.key("label"), numbers, figures=figures,
               claims={k: {"verdict": v, "evidence": e, "rule": f"thinkdiff.claims.claim{k}_verdict"} for k, (v, e) in claims.items()})

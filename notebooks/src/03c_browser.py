@@ -17,6 +17,8 @@ THREADS = None              # torch CPU threads (None: one per core; 1 where oth
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import numpy as np
 import torch
 from thinkdiff import browser, label, paths, pipeline, report
@@ -69,5 +71,5 @@ fb = browser.FeatureBrowser(table[alive], maker, tok)
 fb
 
 # %%
-report.record("03c_browser", run.name, run.key("label"), {"feature cards": str(html_path), "cards": len(cards),
+report.record("03c_browser", run, run.key("label"), {"feature cards": str(html_path), "cards": len(cards),
               "features table": str(table_path)}, links={"feature cards": html_path})

@@ -36,6 +36,8 @@ THREADS = None              # torch CPU threads (None: one per core; 1 where oth
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import time
 import numpy as np
 import pandas as pd
@@ -117,8 +119,10 @@ plots.savefig(fig, "04_latent_choice"); plt.show()
 # %% [markdown]
 # ## 3. Steering vectors in raw units
 # `steering_vector(..., "max_act")` returns `a_max · W_dec[i, distilled]`; the crosscoder is folded, so this
-# is already in the model's residual units. The random controls are seeded Gaussian directions with exactly
-# the self-reflection (deductive) vector's norm. We print each norm next to the typical residual norm at the hook.
+# is already in the model's residual units. The claims are judged against a **matched latent**: another live
+# latent of similar relative norm and max activation, steered the same way (`steer.matched_control_latent`).
+# The seeded Gaussian directions with exactly the self-reflection (deductive) vector's norm are shown too. We
+# print each norm next to the typical residual norm at the hook.
 
 # %%
 directions, role_name = {}, {}
@@ -127,8 +131,27 @@ for _, r in chosen.iterrows():
     directions[role_name[r["role"]]] = steer.steering_vector(cc, int(r["latent"]), 1, "max_act",
                                                               max_act=float(r["max_act"]))
 SR, DED = role_name.get("self_reflection"), role_name.get("deductive")   # None: not found, its claim not tested
+# Two controls per steered category: an isotropic Gaussian of the same norm (off the data manifold, so any
+# decoder direction beats it), and the claims' control: another live latent's decoder direction with a similar
+# relative norm and max activation, pushed the same way (alpha x its max activation x its decoder row).
+max_act = steer.max_activations(codes)
+live = codes.frequency() > 0
+controls = {}
+for role, name, seed in (("self_reflection", SR, SEED), ("deductive", DED, SEED + 1)):
+    if not name:
+        continue
+    try:
+        j = steer.matched_control_latent(int(chosen.set_index("role").loc[role, "latent"]), nrn, max_act, live,
+                                         exclude=chosen["latent"], seed=seed)
+    except ValueError as err:   # nothing comparable to steer with instead: the claim cannot be judged
+        claim = next(k for k, v in steer.CLAIM_ROLES.items() if v == role)
+        untested[claim] = dict(verdict="not tested", evidence=f"no matched control: {err}")
+        print(f"claim {claim} not tested: {err}")
+        continue
+    controls[role] = f"matched latent #{j} (for {role})"
+    directions[controls[role]] = steer.steering_vector(cc, j, 1, "max_act", max_act=float(max_act[j]))
 if SR:
-    directions["random"] = steer.random_direction(directions[SR], SEED)              # claim 6's control
+    directions["random"] = steer.random_direction(directions[SR], SEED)              # Gaussian, SR's norm
 if DED:
     directions["random (deductive norm)"] = steer.random_direction(directions[DED], SEED + 1)  # same push as DED
 resid = np.asarray(store.acts(np.arange(min(4000, store.n_tokens))))[:, 1]
@@ -252,12 +275,16 @@ print(f"per CPU-second: unsteered {bench['unsteered_tok_s']:.0f} tok/s, steered 
 # %% [markdown]
 # ## 9. Verdicts on the paper's claims 6 and 7
 # Fixed rules:
-# * claim 6 (`steer.steering_claims`) supports if self-reflection steering raises both length and the
-#   self-reflection marker rate with CIs above 0 while the random control raises neither; contradicts if
-#   neither rises;
-# * claim 7 (`claims.claim7_verdict`) compares deductive steering with the equal-norm random control on the
-#   same prompts: supports if the difference in differences of length has a CI below 0 and accuracy is
-#   non-inferior (the CI of its change stays above −0.05); contradicts if it does not shorten beyond the control.
+# * claim 6 (`claims.claim6_verdict`) supports if self-reflection steering raises both length and the
+#   self-reflection marker rate above the unsteered run **and** above its matched-latent control (CIs over
+#   prompts), while the output stays well formed (no loss beyond the run's non-inferiority margin, no rise in
+#   repeated 4-grams: loops are not over-thinking); contradicts if neither rises beyond both. The control is
+#   the matched latent (§3), not the Gaussian;
+# * claim 7 (`claims.claim7_verdict`) supports if deductive steering shortens the output below the unsteered run
+#   **and** below its matched-latent control (CIs over prompts), with accuracy non-inferior (Newcombe's
+#   paired interval above −margin); contradicts if it is not shorter than both.
+#
+# Both need `[steer] min_prompts` prompts, else "not tested".
 #
 # The recorded verdict is at α = `CLAIM_ALPHA` (the run config's `[steer] claim_alpha`, 1: the latent's
 # direction at its largest activation seen on the store, the strongest push that stays inside what the model
@@ -267,9 +294,10 @@ print(f"per CPU-second: unsteered {bench['unsteered_tok_s']:.0f} tok/s, steered 
 
 # %%
 def claim_verdict(k, alpha):
-    if k == "6":
-        return steer.steering_claims(summary, SR, "random", alpha)["6"]
-    v, e = claim_rules.claim7_verdict(sweep, DED, "random (deductive norm)", alpha, n_boot=N_BOOT, seed=SEED)
+    rule, latent, control = {"6": (claim_rules.claim6_verdict, SR, controls.get("self_reflection")),
+                             "7": (claim_rules.claim7_verdict, DED, controls.get("deductive"))}[k]
+    v, e = rule(sweep, latent, control, alpha, margin=S["noninferiority_margin"], min_prompts=S["min_prompts"],
+                n_boot=N_BOOT, seed=SEED)
     return {"verdict": v, "evidence": e}
 
 tested_claims = [k for k in steer.CLAIM_ROLES if k not in untested]
@@ -279,8 +307,8 @@ per_alpha = pd.DataFrame({a: {f"claim {k}": claim_verdict(k, a)["verdict"] for k
 for k in tested_claims:
     claims[k]["evidence"] += "; verdict by alpha: " + ", ".join(f"{a:+g}: {per_alpha.loc[f'claim {k}', a]}" for a in common)
 claims = dict(sorted({**claims, **untested}.items()))
-if not run.tested:   # a smoke run computes everything and judges nothing
-    claims = {k: {"verdict": "not tested", "evidence": f"smoke run ({RUN}): {v['evidence']}"} for k, v in claims.items()}
+claims = {k: {"verdict": v, "evidence": e} for k, (v, e) in claim_rules.judged(
+    {k: (v["verdict"], v["evidence"]) for k, v in claims.items()}, run.tested, RUN).items()}
 for k, v in claims.items():
     print(f"claim {k}: {v['verdict'].upper()} - {v['evidence']}")
 per_alpha
@@ -312,7 +340,7 @@ for cond, grid in grids.items():
     for a in grid:
         for m in ("n_tokens", "rate_self_reflection", "correct"):
             numbers[f"Δ{m} {cond} α={a:+g} [mean, lo, hi]"] = cell(cond, a, m)
-report.record("04_steer", run.name, run.key("steer"), numbers,
+report.record("04_steer", run, run.key("steer"), numbers,
               figures=[paths.FIGURES_DIR / "04_latent_choice.png", paths.FIGURES_DIR / "04_dose_response.png"],
-              claims={k: {**v, "rule": {"6": "thinkdiff.steer.steering_claims", "7": "thinkdiff.claims.claim7_verdict"}[k]
+              claims={k: {**v, "rule": f"thinkdiff.claims.claim{k}_verdict"
                           + f" at alpha = {CLAIM_ALPHA}"} for k, v in claims.items()})

@@ -31,6 +31,8 @@ THREADS = None              # torch CPU threads (None: one per core; 1 where oth
 # %%
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from thinkdiff.notebooks import refuse_unknown_parameters
+refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import time
 import numpy as np
 import pandas as pd
@@ -40,6 +42,7 @@ from IPython.display import display
 from thinkdiff import geometry as geo
 from thinkdiff import evaluate, norms, paths, pipeline, plots, report, world
 from thinkdiff import relations as rel_data
+from thinkdiff import claims as claim_rules
 
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -83,12 +86,12 @@ relations = rel_data.organism_relations() if ORGANISM else {n: rel_data.load_rel
 {k: v[:3] for k, v in relations.items()}
 
 # %%
-pairs = {}
+pairs, n_params = {}, {}
 for size, r in size_runs.items():
     t0 = time.time()
     pairs[size] = r.pair
-    n_params = sum(p.numel() for p in pairs[size].base.parameters())
-    print(f"{size}: {n_params:,} parameters, hook layer {pairs[size].layer}, loaded in {time.time() - t0:.0f} s")
+    n_params[size] = sum(p.numel() for p in pairs[size].base.parameters())
+    print(f"{size}: {n_params[size]:,} parameters, hook layer {pairs[size].layer}, loaded in {time.time() - t0:.0f} s")
 tok = pairs[SIZES[0]].tokenizer  # one tokenizer for every size (the organism's; the Qwen2.5 one for real pairs)
 
 # %%
@@ -158,9 +161,10 @@ plots.savefig(fig, "05_ecdf_grid"); plt.show()
 # from the one cached evaluation of each pair under this run's `[evaluate]` settings, the numbers `00` shows.
 
 # %%
-perf_acc, perf_ce, perf_rows = {}, {}, []
+perf_acc, perf_ce, perf_rows, correct = {}, {}, [], {}
 for size, r in size_runs.items():
     ev = evaluate.pair_evaluation(r.config.preset, run.config.evaluate)
+    correct[size] = (ev["base"]["correct"], ev["distilled"]["correct"])
     perf_acc[size] = evaluate.accuracy_gain(ev["base"]["correct"], ev["distilled"]["correct"], seed=SEED)
     row = {"size": size, "base acc": ev["base"]["accuracy"], "distilled acc": ev["distilled"]["accuracy"],
            "acc gain": perf_acc[size]["gain"], "gain lo": perf_acc[size]["lo"], "gain hi": perf_acc[size]["hi"]}
@@ -175,7 +179,7 @@ perf.round(3)
 # %% [markdown]
 # ## 5. Δ (base − distilled) against distillation performance
 # One point per size and relation, and the size's pooled mean over relations (black squares; its CI pools
-# the relations' bootstrap draws). Claim 8 would have the pooled Δ above 0 and rising with performance.
+# the relations' bootstrap draws).
 
 # %%
 size_acc = geo.size_table(results, perf_acc, dim=CLAIM_DIM)
@@ -201,19 +205,17 @@ by_dim.assign(ci=[f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(by_dim
 
 # %% [markdown]
 # ## 6. Claim 8
-# Fixed rule (`geometry.claim8_summary`): supports if the pooled Δ has a CI above 0 at the best-distilling
-# size and rises with performance across sizes; contradicts if its CI is below 0 there or it falls as
-# performance rises; mixed otherwise. Judged with the accuracy gain (the measure fixed for this claim); the CE-based
-# ordering is reported next to it.
+# Fixed rule (`claims.claim8_verdict`): sizes are ordered by **parameter count**, never by performance. The
+# trend is the slope of the pooled Δ (base − distilled) against log10 parameters, with a bootstrap CI that
+# resamples relations and word pairs: supports if the CI is above 0, contradicts if below, mixed if it holds 0.
+# The slope against the measured accuracy gain (problems resampled too) is reported beside it. With fewer than
+# four sizes the claim is not tested: three points in a strict order arise by chance one time in six.
 
 # %%
-c8 = geo.claim8_summary(size_acc)
-c8_ce = geo.claim8_summary(size_ce) if ORGANISM else {"verdict": "not measured (no teacher traces)"}
-evidence = (f"PCA {CLAIM_DIM}, per-model basis, {len(results[SIZES[0]])} relations; pooled Δ(base - distilled) by size "
-            + "; ".join(f"{s}: {v['delta']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}] at accuracy gain {v['perf']:+.3f}"
-                        for s, v in c8["by_size"].items())
-            + f"; rises with accuracy gain: {c8['delta_rises_with_perf']}; with CE reduction as performance: {c8_ce['verdict']}")
-verdict8 = c8["verdict"] if run.tested else "not tested"
+verdict8, evidence = claim_rules.claim8_verdict(geo.deltas_by_size(results, dim=CLAIM_DIM), n_params, correct,
+                                                n_boot=N_BOOT, seed=SEED)
+evidence = f"PCA {CLAIM_DIM}, per-model basis: {evidence}"
+verdict8, evidence = claim_rules.judged({"8": (verdict8, evidence)}, run.tested, RUN)["8"]
 print(f"claim 8: {verdict8.upper()} - {evidence}")
 
 # %% [markdown]
@@ -321,6 +323,6 @@ numbers["median cos(base, distilled) shared latents"] = float(shared_band.cos_ba
 if qwen_table is not None:
     numbers["Qwen single-token pairs kept"] = {k: int(v) for k, v in qwen_table["single-token pairs"].items()}
 figs = ["05_loss_vs_dim", "05_ecdf_grid", "05_delta_vs_performance", "05_feature_cosines", "05_side_alignment", "05_decoder_map"]
-report.record("05_geometry", run.name, run.key("geometry"), numbers, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs],
+report.record("05_geometry", run, run.key("geometry"), numbers, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs],
               claims={"8": {"verdict": verdict8, "evidence": evidence,
-                            "rule": f"thinkdiff.geometry.claim8_summary (accuracy gain, PCA {CLAIM_DIM})"}})
+                            "rule": f"thinkdiff.claims.claim8_verdict (log10 parameters, PCA {CLAIM_DIM})"}})
