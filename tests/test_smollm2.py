@@ -121,8 +121,8 @@ def test_bf16_and_float32_compute_agree_within_the_stated_tolerance(smoke_run):
     pairs = {dt: presets.load_pair("smollm2-135m", model_dtype=dt) for dt in ("float32", "bfloat16")}
     assert pairs["float32"].base.dtype == torch.float32 and pairs["bfloat16"].base.dtype == torch.bfloat16
     tok = pairs["float32"].tokenizer
-    docs = [d for d in smoke_run.documents() if d.kind == "teacher"][:2]
-    x = torch.tensor([list(d.input_ids[:40]) for d in docs])
+    docs = [d for d in smoke_run.documents() if d.kind == "teacher"][:1]
+    x = torch.tensor([list(d.input_ids[:32]) for d in docs])
     acts = {dt: [harvest.LayerReader(m, tok, p.layer)(x, torch.ones_like(x)) for m in p.models]
             for dt, p in pairs.items()}
     for a, b in zip(acts["float32"], acts["bfloat16"]):
@@ -133,7 +133,7 @@ def test_bf16_and_float32_compute_agree_within_the_stated_tolerance(smoke_run):
     assert ((f16 - f32).norm() / f32.norm()).item() <= tol["codes_rel_l2"]
     assert ((f16 > 0) == (f32 > 0)).float().mean().item() >= tol["codes_active_agreement"]
     # greedy: float32's continuation, then bf16's argmax on the same prefixes; a near-tie may go either way
-    n_new, prompt = 6, x[:1, :24]
+    n_new, prompt = 6, x[:1, :20]
     seq = pairs["float32"].distilled.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
                                               do_sample=False, pad_token_id=tok.pad_token_id)
     with torch.no_grad():

@@ -16,6 +16,7 @@ building it (``make organism`` rebuilds the shipped copies deterministically).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -281,14 +282,19 @@ def build_model(arch: dict, vocab_size: int, seed: int):
     return Qwen2ForCausalLM(cfg)
 
 
-def _packed_batches(tokenizer, texts, seq_len: int, batch: int, seed: int):
-    """Endless packed [batch, seq_len] LongTensors from documents joined by end-of-text."""
+def _packed_tokens(tokenizer, texts) -> torch.Tensor:
+    """[n_tokens] the documents' token ids joined by end-of-text."""
     ids = []
     strings = [t if isinstance(t, str) else world.spans_text(t) for t in texts]
     for row in tokenizer(strings, add_special_tokens=False)["input_ids"]:
         ids += row
         ids.append(tokenizer.eos_token_id)
-    data = torch.tensor(ids)
+    return torch.tensor(ids)
+
+
+def _packed_batches(tokenizer, texts, seq_len: int, batch: int, seed: int, data: torch.Tensor | None = None):
+    """Endless packed [batch, seq_len] LongTensors from documents joined by end-of-text (``data``: already packed)."""
+    data = _packed_tokens(tokenizer, texts) if data is None else data
     n_win = (len(data) - 1) // seq_len
     g = torch.Generator().manual_seed(seed)
     while True:
@@ -537,14 +543,28 @@ PREFIX_STEPS = 40  # pretraining losses recorded in the manifest for the cross-m
 PREFIX_RTOL = 1e-3
 
 
-def _pretrain(size: str, arch: dict, corpus: CorpusConfig, tok, stop_after: int | None = None):
-    """(base model, losses): the base pretraining schedule of ``arch`` (optionally only its first steps)."""
+def _pretrain_tokens(arch: dict, corpus: CorpusConfig, tok) -> torch.Tensor:
+    """[n_tokens] the packed pretraining corpus of ``arch``'s schedule (~1 minute to draw and tokenise)."""
     n_docs = arch["pretrain_steps"] * arch["batch"] * arch["seq_len"] // 20 + 2000
+    return _packed_tokens(tok, corpus_texts(corpus, "base", n_docs))
+
+
+def _pretrain(size: str, arch: dict, corpus: CorpusConfig, tok, stop_after: int | None = None,
+              data: torch.Tensor | None = None):
+    """(base model, losses): the base pretraining schedule of ``arch`` (optionally only its first steps;
+    ``data``: its ``_pretrain_tokens``, when already at hand)."""
+    data = _pretrain_tokens(arch, corpus, tok) if data is None else data
     base = build_model(arch, len(tok), seed=corpus.seed)
-    losses = train_lm(base, _packed_batches(tok, corpus_texts(corpus, "base", n_docs), arch["seq_len"], arch["batch"],
-                                            corpus.seed), arch["pretrain_steps"], arch["pretrain_lr"],
-                      f"organism {size}: pretrain base", corpus.seed, stop_after=stop_after)
+    losses = train_lm(base, _packed_batches(tok, None, arch["seq_len"], arch["batch"], corpus.seed, data=data),
+                      arch["pretrain_steps"], arch["pretrain_lr"], f"organism {size}: pretrain base", corpus.seed,
+                      stop_after=stop_after)
     return base, losses
+
+
+@functools.lru_cache(maxsize=1)
+def _prefix_tokens(size: str) -> torch.Tensor:
+    """``_pretrain_tokens`` of ``size``'s shipped config, kept for the next prefix rebuild in this process."""
+    return _pretrain_tokens(organism_config(size)["arch"], CorpusConfig(), get_tokenizer())
 
 
 def pretrain_prefix(size: str, steps: int = PREFIX_STEPS, threads: int = 1) -> list[float]:
@@ -556,7 +576,8 @@ def pretrain_prefix(size: str, steps: int = PREFIX_STEPS, threads: int = 1) -> l
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _pretrain(size, cfg["arch"], CorpusConfig(), get_tokenizer(), stop_after=steps)[1]
+        return _pretrain(size, cfg["arch"], CorpusConfig(), get_tokenizer(), stop_after=steps,
+                         data=_prefix_tokens(size))[1]
     finally:
         torch.set_num_threads(old)
 
