@@ -37,10 +37,13 @@ GATE_CHECKS = {
 AUDIT_PROBLEMS = {"train": 4000, "eval": 500}  # problems the audit is fitted / scored on
 
 
-def _visible(p: world.Problem, i: int, spans_before: int) -> dict:
-    """Every visible quantity at step ``i``'s closing ".", as categorical features."""
+def _visible(p: world.Problem, i: int, spans_before: int, connectives: list) -> dict:
+    """Every visible quantity at step ``i``'s closing ".", as categorical features (``connectives``: the ones
+    written after the earlier steps)."""
     f = {"family": p.family, "step": i, "op": p.steps[i][1], "tag": p.refs[i], "result": p.steps[i][3],
          "position": spans_before}
+    for j, c in enumerate(connectives):
+        f[f"connective_{j}"] = c
     for j, n in enumerate(world._NUMBER.findall(p.question)):
         f[f"question_{j}"] = int(n)
     for j in range(i + 1):
@@ -60,12 +63,14 @@ def gate_rows(problems, seed: int = 0, cfg: world.TeacherConfig | None = None):
     feats, bits, parity, pid = [], [], [], []
     for k, p in enumerate(problems):
         spans = world.teacher_document(p, rng, cfg)
-        step = 0
+        step, written = 0, []
         for n, s in enumerate(spans):
+            if s.text in world.CONNECTIVES:
+                written.append(s.text)
             if s.step_end is None:
                 continue
             if s.gate is not None:
-                feats.append(_visible(p, step, n))
+                feats.append(_visible(p, step, n, written))
                 bits.append(s.gate)
                 parity.append(s.parity)
                 pid.append(k)
@@ -110,3 +115,183 @@ def gate_audit(train_problems=None, eval_problems=None, rules: dict | None = Non
                "audit blind" if interaction < r["audit_min_interaction_auroc"] else "no giveaway")
     return {"auroc_visible": visible, "auroc_with_interaction": interaction, "n_train": len(ytr), "n_eval": len(yev),
             "bit_rate": float(np.mean(np.concatenate([ytr, yev]))), "verdict": verdict}
+
+
+# ----------------------------------------------------------------------------- measurements on models
+def gate_traces(problems, tokenizer, seed: int = 0, cfg: world.TeacherConfig | None = None):
+    """Tokenised teacher traces (``organism.Document``) of ``problems``, one seeded trace each, with the gate
+    bit and parity on every scored step's closing "." (``Document.gate`` / ``.parity``)."""
+    from .organism import tokenize_spans
+
+    rng = random.Random(f"gate-traces-{seed}")
+    return [tokenize_spans(tokenizer, world.teacher_document(p, rng, cfg or world.TeacherConfig())) for p in problems]
+
+
+def _scored_positions(docs):
+    """(doc index, position, bit, parity) of every scored "." in ``docs``."""
+    rows = [(k, t, g, q) for k, d in enumerate(docs) for t, (g, q) in enumerate(zip(d.gate, d.parity)) if g >= 0]
+    if not rows:
+        raise ValueError("no scored step in these traces: the problems have no step the gate is scored on")
+    return tuple(np.array(c) for c in zip(*rows))
+
+
+def gate_activations(model, docs, batch: int = 16, progress: bool = True) -> dict:
+    """The residual stream entering every block at each scored "." of ``docs``.
+
+    Returns ``acts`` [n_layers, n_scored, d_model] (index L-1 = resid_pre of block L, L = 1..n_layers),
+    ``bit`` / ``parity`` [n_scored] and ``doc`` [n_scored] (the trace, one per problem: the bootstrap unit)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    doc, pos, bit, parity = _scored_positions(docs)
+    n_layers = model.config.num_hidden_layers
+    out = np.zeros((n_layers, len(doc), model.config.hidden_size), np.float32)
+    order = {k: np.nonzero(doc == k)[0] for k in np.unique(doc)}
+    keys = sorted(order)
+    with torch.no_grad():
+        for s in tqdm(range(0, len(keys), batch), desc="gate activations", disable=not progress, leave=False):
+            ks = keys[s:s + batch]
+            width = max(len(docs[k].input_ids) for k in ks)
+            ids = torch.zeros((len(ks), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, k in enumerate(ks):
+                n = len(docs[k].input_ids)
+                ids[r, :n], mask[r, :n] = torch.tensor(docs[k].input_ids), 1
+            hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            for r, k in enumerate(ks):
+                rows = order[k]
+                for layer in range(1, n_layers + 1):
+                    out[layer - 1, rows] = hs[layer][r, pos[rows]].float().numpy()
+    return {"acts": out, "bit": bit, "parity": parity, "doc": doc}
+
+
+def connective_accuracy(model, tokenizer, docs, batch: int = 16) -> dict:
+    """(b): teacher-forced, at each scored "." of ``docs``: does the model's top next token start the right
+    connective? ``accuracy`` over the whole vocabulary, ``choice_accuracy`` between the two connectives' first
+    tokens only, ``n`` scored steps."""
+    import torch
+
+    first = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in world.CONNECTIVES]
+    if first[0] == first[1]:
+        raise ValueError(f"the connectives {world.CONNECTIVES} start with the same token: the choice is not made at '.'")
+    doc, pos, bit, _ = _scored_positions(docs)
+    top, choice = np.zeros(len(doc), bool), np.zeros(len(doc), bool)
+    keys = sorted(set(doc.tolist()))
+    with torch.no_grad():
+        for s in range(0, len(keys), batch):
+            ks = keys[s:s + batch]
+            width = max(len(docs[k].input_ids) for k in ks)
+            ids = torch.zeros((len(ks), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, k in enumerate(ks):
+                n = len(docs[k].input_ids)
+                ids[r, :n], mask[r, :n] = torch.tensor(docs[k].input_ids), 1
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            for r, k in enumerate(ks):
+                rows = np.nonzero(doc == k)[0]
+                lg = logits[r, pos[rows]]
+                want = torch.tensor([first[b] for b in bit[rows]])
+                other = torch.tensor([first[1 - b] for b in bit[rows]])
+                top[rows] = (lg.argmax(-1) == want).numpy()
+                choice[rows] = (lg.gather(1, want[:, None]) > lg.gather(1, other[:, None]))[:, 0].numpy()
+    return {"accuracy": float(top.mean()), "choice_accuracy": float(choice.mean()), "n": int(len(doc))}
+
+
+def layer_probes(train: dict, test: dict, target: str = "bit") -> dict:
+    """Dense logistic probes of ``target`` ("bit" or "parity"), one per layer, fitted on ``train`` and scored on
+    ``test`` (``gate_activations`` outputs of different problems). Returns ``auroc`` [n_layers] and ``scores``
+    [n_layers, n_test] (the held-out decision values, for ``gap_ci``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y_tr, y_te = train[target].astype(bool), test[target].astype(bool)
+    auroc, scores = [], []
+    for layer in range(train["acts"].shape[0]):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        clf.fit(train["acts"][layer], y_tr)
+        sc = clf.decision_function(test["acts"][layer])
+        scores.append(sc)
+        auroc.append(float(roc_auc_score(y_te, sc)))
+    return {"auroc": np.array(auroc), "scores": np.array(scores)}
+
+
+def gap_ci(y, score_a, score_b, unit, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(gap, low, high): AUROC(score_a) - AUROC(score_b) on the same held-out tokens ``y``, with a 95 % percentile
+    CI from resampling whole ``unit``s (problems) with replacement."""
+    from sklearn.metrics import roc_auc_score
+
+    y, unit = np.asarray(y, bool), np.asarray(unit)
+    gap = roc_auc_score(y, score_a) - roc_auc_score(y, score_b)
+    units = np.unique(unit)
+    rows = {u: np.nonzero(unit == u)[0] for u in units}
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rows[u] for u in rng.choice(units, len(units))])
+        if y[idx].all() or not y[idx].any():
+            continue
+        boots.append(roc_auc_score(y[idx], score_a[idx]) - roc_auc_score(y[idx], score_b[idx]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(gap), float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- the rules
+def behaviour_verdict(accuracy: float, n: int, tested: bool = True, rules: dict | None = None) -> dict:
+    """(b): "learned" when the distilled model's teacher-forced connective accuracy >= ``behaviour_min_accuracy``,
+    else "not learned" (more SFT or a simpler gate is the next step); "not tested" on a smoke run."""
+    r = {**GATE_CHECKS, **(rules or {})}
+    if not tested or n == 0:
+        return {"verdict": "not tested", "reason": "smoke run" if not tested else "no scored step"}
+    ok = accuracy >= r["behaviour_min_accuracy"]
+    return {"verdict": "learned" if ok else "not learned",
+            "reason": f"teacher-forced accuracy {accuracy:.3f} {'>=' if ok else '<'} {r['behaviour_min_accuracy']} "
+                      f"on {n} held-out steps"}
+
+
+def probe_gap_verdict(distilled_hook: float, base_layers, gap_low: float, tested: bool = True,
+                      rules: dict | None = None) -> dict:
+    """(c): "distilled-only" when the distilled probe at the hook layer >= ``probe_distilled_min``, the base probe
+    <= ``probe_base_max`` at *every* layer (``base_layers``), and the CI of the gap at the hook starts at or above
+    ``probe_gap_ci_low_min``; "shared" when the base reads it above that bar at some layer; "not represented" when
+    the distilled probe falls short; "not distilled-only" when only the CI fails."""
+    r = {**GATE_CHECKS, **(rules or {})}
+    if not tested:
+        return {"verdict": "not tested", "reason": "smoke run"}
+    base_max = float(np.max(base_layers))
+    if distilled_hook < r["probe_distilled_min"]:
+        return {"verdict": "not represented",
+                "reason": f"distilled probe {distilled_hook:.3f} < {r['probe_distilled_min']} at the hook layer"}
+    if base_max > r["probe_base_max"]:
+        layer = int(np.argmax(base_layers)) + 1
+        return {"verdict": "shared", "reason": f"base probe {base_max:.3f} > {r['probe_base_max']} at layer {layer}"}
+    if gap_low < r["probe_gap_ci_low_min"]:
+        return {"verdict": "not distilled-only",
+                "reason": f"gap CI low end {gap_low:.3f} < {r['probe_gap_ci_low_min']}"}
+    return {"verdict": "distilled-only",
+            "reason": f"distilled {distilled_hook:.3f} >= {r['probe_distilled_min']}, base <= {base_max:.3f} at every "
+                      f"layer, gap CI low end {gap_low:.3f} >= {r['probe_gap_ci_low_min']}"}
+
+
+def control_verdict(control_hook: float, tested: bool = True, rules: dict | None = None) -> dict:
+    """(d): "follows the need" when the coin-flip control's probe at the hook layer <= ``control_probe_max``;
+    "follows the traces" otherwise (fine-tuning on traces alone made the representation)."""
+    r = {**GATE_CHECKS, **(rules or {})}
+    if not tested:
+        return {"verdict": "not tested", "reason": "smoke run"}
+    ok = control_hook <= r["control_probe_max"]
+    return {"verdict": "follows the need" if ok else "follows the traces",
+            "reason": f"coin-flip control probe {control_hook:.3f} {'<=' if ok else '>'} {r['control_probe_max']}"}
+
+
+def shared_verdict(base_hook: float, distilled_hook: float, tested: bool = True, rules: dict | None = None) -> dict:
+    """(e): "read by both" when both models' parity probes at the hook layer >= ``shared_probe_min``; else
+    "not read by both" (the positive control failed, so a missing gate latent says nothing)."""
+    r = {**GATE_CHECKS, **(rules or {})}
+    if not tested:
+        return {"verdict": "not tested", "reason": "smoke run"}
+    ok = min(base_hook, distilled_hook) >= r["shared_probe_min"]
+    return {"verdict": "read by both" if ok else "not read by both",
+            "reason": f"parity probes base {base_hook:.3f} / distilled {distilled_hook:.3f} "
+                      f"{'>=' if ok else 'not both >='} {r['shared_probe_min']}"}

@@ -1,0 +1,141 @@
+"""The planted distilled-only concept (the gated connective): the traces, the label-only audit and every rule."""
+import random
+
+import numpy as np
+import pytest
+
+from thinkdiff import organism, paths, planted, world
+
+
+def test_checks_are_the_preregistered_ones():
+    assert planted.GATE_CHECKS == {
+        "audit_max_auroc": 0.55, "audit_min_interaction_auroc": 0.95, "behaviour_min_accuracy": 0.95,
+        "probe_distilled_min": 0.90, "probe_base_max": 0.60, "probe_gap_ci_low_min": 0.25,
+        "control_probe_max": 0.60, "shared_probe_min": 0.90}
+    assert world.GATE_SCORED_FAMILIES == ("arith", "word", "compare")
+
+
+def test_a_connective_follows_every_operation_but_the_last_and_follows_the_gate():
+    rng = random.Random(0)
+    for p in world.problem_split(0, 50, "train"):
+        spans = world.teacher_document(p, rng, world.TeacherConfig())
+        ops = [k for k, s in enumerate(spans) if s.step_end is not None]
+        assert len(ops) == len(p.steps)
+        for i, k in enumerate(ops[:-1]):
+            assert spans[k + 1].text == world.CONNECTIVES[world.gate_bit(p, i)]
+        assert all(s.text not in world.CONNECTIVES for s in spans[ops[-1]:])
+        scored = [spans[k].gate for k in ops]
+        assert scored == [world.gate_bit(p, i) if world.gate_scored(p, i) else None for i in range(len(ops))]
+
+
+def test_the_coin_changes_only_the_connectives_and_none_removes_them():
+    p = world.problem_split(0, 1, "train")[0]
+    texts = {g: world.spans_text(world.teacher_document(p, random.Random(3), world.TeacherConfig(gate=g)))
+             for g in world.GATES}
+    strip = {g: t.replace(" Next", "").replace(" Then", "") for g, t in texts.items()}
+    assert strip["parity_xor"] == strip["coin"] == strip["none"] == texts["none"]
+    flips = [world.spans_text(world.teacher_document(q, random.Random(1), world.TeacherConfig(gate="coin")))
+             != world.spans_text(world.teacher_document(q, random.Random(1), world.TeacherConfig()))
+             for q in world.problem_split(0, 40, "train")]
+    assert 0 < sum(flips) < len(flips)  # a coin, not the gate and not its negation
+    with pytest.raises(ValueError, match="gate must be one of"):
+        world.TeacherConfig(gate="xor")
+
+
+def test_the_gate_leaves_the_tokenizer_and_the_base_as_they_were():
+    shipped = organism.SHIPPED_DIR / "tokenizer" / "thinkdiff.json"
+    import json
+    assert json.loads(shipped.read_text())["config_hash"] == paths.config_hash(
+        organism.tokenizer_key(organism.CorpusConfig()))
+    coin = organism.CorpusConfig(teacher=world.TeacherConfig(gate="coin"))
+    assert organism.base_config("M", coin) == organism.base_config("M")
+    assert organism.organism_config("M", coin) != organism.organism_config("M")
+    tok = organism.get_tokenizer()
+    first = [tok(c, add_special_tokens=False)["input_ids"][0] for c in world.CONNECTIVES]
+    assert first[0] != first[1]
+
+
+def test_the_scored_dot_carries_the_bit_and_the_parity():
+    tok = organism.get_tokenizer()
+    p = next(q for q in world.problem_split(0, 20, "train") if q.family == "arith")
+    doc = organism.tokenize_spans(tok, world.teacher_document(p, random.Random(0), world.TeacherConfig(p_slip=0)))
+    at = [t for t, g in enumerate(doc.gate) if g >= 0]
+    assert len(at) == len(p.steps) - 2
+    for n, t in enumerate(at):
+        assert tok.decode([doc.input_ids[t]]) == "."
+        assert doc.gate[t] == world.gate_bit(p, n + 1) and doc.parity[t] == p.steps[n + 1][3] % 2
+
+
+def test_audit_finds_no_giveaway_in_the_scored_families():
+    a = planted.gate_audit()
+    assert a["verdict"] == "no giveaway", a
+    assert a["auroc_visible"] <= 0.55 and a["auroc_with_interaction"] >= 0.95 and 0.4 < a["bit_rate"] < 0.6
+
+
+def test_audit_detects_the_linear_familys_giveaway(monkeypatch):
+    """The excluded linear family: an odd result forces the bit, and the audit says so."""
+    monkeypatch.setattr(world, "GATE_SCORED_FAMILIES", ("linear",))
+    a = planted.gate_audit(world.problem_split(0, 2000, "train"), world.problem_split(0, 400, "eval"))
+    assert a["verdict"] == "giveaway" and a["auroc_visible"] > 0.9
+
+
+def test_audit_that_cannot_see_the_interaction_says_so():
+    a = planted.gate_audit(rules={"audit_min_interaction_auroc": 1.01})
+    assert a["verdict"] == "audit blind"
+
+
+def test_problem_split_refuses_what_does_not_exist():
+    with pytest.raises(ValueError, match="family 'sequence' ran out"):
+        world.problem_split(0, 1000, "eval")
+
+
+@pytest.mark.parametrize("acc, want", [(0.97, "learned"), (0.90, "not learned")])
+def test_behaviour_rule(acc, want):
+    assert planted.behaviour_verdict(acc, 500)["verdict"] == want
+    assert planted.behaviour_verdict(acc, 500, tested=False)["verdict"] == "not tested"
+
+
+@pytest.mark.parametrize("distilled, base, low, want", [
+    (0.97, [0.52, 0.55, 0.58], 0.30, "distilled-only"),
+    (0.85, [0.52, 0.55, 0.58], 0.30, "not represented"),
+    (0.97, [0.52, 0.65, 0.58], 0.30, "shared"),
+    (0.97, [0.52, 0.55, 0.58], 0.20, "not distilled-only")])
+def test_probe_gap_rule(distilled, base, low, want):
+    v = planted.probe_gap_verdict(distilled, base, low)
+    assert v["verdict"] == want
+    if want == "shared":
+        assert "layer 2" in v["reason"]
+
+
+@pytest.mark.parametrize("control, want", [(0.55, "follows the need"), (0.75, "follows the traces")])
+def test_control_rule(control, want):
+    assert planted.control_verdict(control)["verdict"] == want
+
+
+@pytest.mark.parametrize("base, distilled, want", [(0.99, 0.98, "read by both"), (0.70, 0.98, "not read by both")])
+def test_shared_rule(base, distilled, want):
+    assert planted.shared_verdict(base, distilled)["verdict"] == want
+
+
+def test_gap_ci_separates_a_real_gap_from_none():
+    rng = np.random.default_rng(0)
+    y = rng.random(600) < 0.5
+    unit = np.repeat(np.arange(200), 3)
+    good, noise = y + rng.normal(0, 0.3, 600), rng.normal(0, 1, 600)
+    gap, lo, hi = planted.gap_ci(y, good, noise, unit, n_boot=300)
+    assert lo > 0.25 and lo <= gap <= hi
+    gap, lo, hi = planted.gap_ci(y, noise, rng.normal(0, 1, 600), unit, n_boot=300)
+    assert lo < 0 < hi
+
+
+def test_model_measurements_have_the_stated_shapes():
+    """On a small untrained model: activations per layer at every scored ".", accuracies in range."""
+    tok = organism.get_tokenizer()
+    arch = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
+    model = organism.build_model(arch, len(tok), seed=0).eval()
+    docs = planted.gate_traces(world.problem_split(0, 20, "train"), tok)
+    n = sum(g >= 0 for d in docs for g in d.gate)
+    acts = planted.gate_activations(model, docs, progress=False)
+    assert acts["acts"].shape == (2, n, 32) and acts["bit"].shape == acts["doc"].shape == (n,)
+    acc = planted.connective_accuracy(model, tok, docs)
+    assert acc["n"] == n and 0 <= acc["accuracy"] <= acc["choice_accuracy"] + 1 and 0 <= acc["choice_accuracy"] <= 1
