@@ -139,3 +139,51 @@ def test_model_measurements_have_the_stated_shapes():
     assert acts["acts"].shape == (2, n, 32) and acts["bit"].shape == acts["doc"].shape == (n,)
     acc = planted.connective_accuracy(model, tok, docs)
     assert acc["n"] == n and 0 <= acc["accuracy"] <= acc["choice_accuracy"] + 1 and 0 <= acc["choice_accuracy"] <= 1
+
+
+def test_matched_latents_are_near_in_frequency_and_norm_and_exclude_the_target():
+    rng = np.random.default_rng(0)
+    freq = np.r_[0.01, np.full(50, 0.01), np.full(50, 0.5), 0.0]
+    norm = np.r_[1.0, np.full(50, 1.0), np.full(50, 5.0), 1.0]
+    got = planted.matched_latents(freq, norm, 0, 10, rng, pool=40)
+    assert 0 not in got and len(set(got)) == 10 and (got <= 50).all()   # the 50 look-alikes, never the dead one
+    with pytest.raises(ValueError, match="matched controls"):
+        planted.matched_latents(freq[:3], norm[:3], 0, 5, rng)
+
+
+def test_ablation_effect_and_finding_rule():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(3, 1, 300)
+    unit = np.repeat(np.arange(100), 3)
+    causal = np.stack([clean, -clean] + [clean + rng.normal(0, 0.1, 300) for _ in range(5)])
+    e = planted.ablation_effect(causal, 5, unit, n_boot=300)
+    assert e["target_flip_rate"] == 1.0 and e["random_flip_rate"] < 0.05 and e["ci"][0] > 0.9
+    inert = np.stack([clean] * 7)
+    e0 = planted.ablation_effect(inert, 5, unit, n_boot=300)
+    assert e0["difference"] == 0 and e0["ci"][0] <= 0
+    assert planted.finding_verdict(0.97, 0.95, e)["verdict"] == "found"
+    assert planted.finding_verdict(0.97, 0.95, e0)["verdict"] == "found, not causal"
+    assert planted.finding_verdict(0.80, 0.95, e)["verdict"] == "missed"
+    assert planted.finding_verdict(0.97, 0.85, e)["verdict"] == "missed"
+    assert planted.finding_verdict(np.nan, np.nan, None)["verdict"] == "missed"
+    assert planted.finding_verdict(0.97, 0.95, e, tested=False)["verdict"] == "not tested"
+
+
+def test_connective_margins_remove_exactly_the_latents_contribution():
+    """Removing a latent whose distilled decoder row is zero changes nothing; removing every latent changes the
+    margins (so the hook is live)."""
+    import torch
+    from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
+
+    tok = organism.get_tokenizer()
+    arch = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
+    base, distilled = (organism.build_model(arch, len(tok), seed=s).eval() for s in (0, 1))
+    cc = CrossCoder(CrossCoderConfig(d_model=32, n_latents=64), seed=0)
+    with torch.no_grad():
+        cc.W_dec[3, 1] = 0
+        cc.W_dec.mul_(20)
+    docs = planted.gate_traces(world.problem_split(0, 10, "train"), tok)
+    m = planted.connective_margins(base, distilled, cc, 1, docs, [np.array([3]), np.arange(64)], tok)
+    assert m.shape[0] == 3
+    assert np.allclose(m[0], m[1], atol=1e-5)
+    assert not np.allclose(m[0], m[2], atol=1e-3)

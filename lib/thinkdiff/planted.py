@@ -295,3 +295,103 @@ def shared_verdict(base_hook: float, distilled_hook: float, tested: bool = True,
     return {"verdict": "read by both" if ok else "not read by both",
             "reason": f"parity probes base {base_hook:.3f} / distilled {distilled_hook:.3f} "
                       f"{'>=' if ok else 'not both >='} {r['shared_probe_min']}"}
+
+
+# ----------------------------------------------------------------------------- does the crosscoder's latent cause it?
+def matched_latents(frequency, decoder_norm, target: int, n: int, rng, pool: int = 40) -> np.ndarray:
+    """``n`` live latents drawn from the ``pool`` nearest to ``target`` in (log firing frequency, log distilled
+    decoder norm): controls that fire as often and write as strongly, but are not the chosen latent."""
+    freq, dn = np.asarray(frequency, float), np.asarray(decoder_norm, float)
+    live = np.nonzero((freq > 0) & (dn > 0))[0]
+    live = live[live != target]
+    if len(live) < n:
+        raise ValueError(f"only {len(live)} other live latents: cannot draw {n} matched controls")
+    dist = np.abs(np.log(freq[live] / freq[target])) + np.abs(np.log(dn[live] / dn[target]))
+    near = live[np.argsort(dist)[:max(pool, n)]]
+    return rng.choice(near, size=n, replace=False)
+
+
+def connective_margins(base, distilled, cc, layer: int, docs, ablate: list, tokenizer, batch: int = 16) -> np.ndarray:
+    """The distilled model's connective choice at each scored "." of ``docs``: logit(right connective's first
+    token) - logit(the other's), clean and with each latent set of ``ablate`` removed from its residual stream at
+    the hook (at every position: the crosscoder encodes both models' resid_pre of block ``layer`` and the set's
+    contribution ``sum_j f_j W_dec[j, distilled]`` is subtracted; raw units). Returns [1 + len(ablate), n_scored]
+    (row 0 clean)."""
+    import torch
+
+    from .hooks import resid_hook
+
+    first = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in world.CONNECTIVES]
+    doc, pos, bit, _ = _scored_positions(docs)
+    out = np.zeros((1 + len(ablate), len(doc)))
+    W = cc.W_dec.detach()
+    keys = sorted(set(doc.tolist()))
+    with torch.no_grad():
+        for s in range(0, len(keys), batch):
+            ks = keys[s:s + batch]
+            width = max(len(docs[k].input_ids) for k in ks)
+            ids = torch.zeros((len(ks), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, k in enumerate(ks):
+                n = len(docs[k].input_ids)
+                ids[r, :n], mask[r, :n] = torch.tensor(docs[k].input_ids), 1
+            seen = {}
+            with resid_hook(base, layer, lambda h: seen.__setitem__("base", h.detach()) or None):
+                base(input_ids=ids, attention_mask=mask)
+            for a, latents in enumerate([None] + list(ablate)):
+                def remove(h, latents=latents):
+                    if latents is None:
+                        return None
+                    x = torch.stack([seen["base"], h], dim=2).float()          # [B, T, 2, d]
+                    f = cc.encode(x.reshape(-1, 2, x.shape[-1]))[:, latents]   # [B*T, J]
+                    delta = (f @ W[latents, 1].float()).reshape(h.shape)
+                    return h - delta.to(h.dtype)
+                with resid_hook(distilled, layer, remove):
+                    logits = distilled(input_ids=ids, attention_mask=mask).logits
+                for r, k in enumerate(ks):
+                    rows = np.nonzero(doc == k)[0]
+                    lg = logits[r, pos[rows]].float()
+                    want = torch.tensor([first[b] for b in bit[rows]])
+                    other = torch.tensor([first[1 - b] for b in bit[rows]])
+                    out[a, rows] = (lg.gather(1, want[:, None]) - lg.gather(1, other[:, None]))[:, 0].numpy()
+    return out
+
+
+def ablation_effect(margins: np.ndarray, n_random: int, unit, n_boot: int = 2000, seed: int = 0) -> dict:
+    """From ``connective_margins`` rows [clean, target, random_1 .. random_n]: the share of scored steps whose
+    connective choice flips (margin changes sign) when the target latent is removed, the same for the random
+    sets, and a CI over problems (``unit``) of the difference target - random (``stats.cluster_bootstrap_mean_ci``,
+    the random sets redrawn inside the bootstrap)."""
+    from .stats import cluster_bootstrap_mean_ci
+
+    clean = np.sign(margins[0])
+    flips = np.sign(margins[1:]) != clean          # [1 + n_random, n_scored]
+    diff = flips[0][:, None].astype(float) - flips[1:1 + n_random].T.astype(float)   # [n_scored, n_random]
+    mean, lo, hi = cluster_bootstrap_mean_ci(diff, unit, n_boot, seed)
+    return {"target_flip_rate": float(flips[0].mean()), "random_flip_rate": float(flips[1:].mean()),
+            "difference": mean, "ci": (lo, hi), "n": int(margins.shape[1])}
+
+
+def finding_verdict(relative_norm: float, heldout_auroc: float, effect: dict | None, tested: bool = True,
+                    rules: dict | None = None) -> dict:
+    """Item 2: "found" when the latent chosen on training tokens has relative norm >= ``concept_nrn`` (0.9) and
+    held-out AUROC >= ``concept_auroc`` (0.90), and removing it flips the distilled model's connective more often
+    than matched random latents (CI of the difference above 0); "found, not causal" when only the ablation fails;
+    "missed" otherwise."""
+    from .probes import TARGETS
+
+    r = {**TARGETS, **(rules or {})}
+    if not tested:
+        return {"verdict": "not tested", "reason": "smoke run"}
+    if not (np.isfinite(relative_norm) and np.isfinite(heldout_auroc)):
+        return {"verdict": "missed", "reason": "no live distilled-specific latent was chosen"}
+    ok = relative_norm >= r["concept_nrn"] and heldout_auroc >= r["concept_auroc"]
+    what = f"relative norm {relative_norm:.3f}, held-out AUROC {heldout_auroc:.3f}"
+    if not ok:
+        return {"verdict": "missed", "reason": f"{what} (needs >= {r['concept_nrn']} and >= {r['concept_auroc']})"}
+    if effect is None or not effect["ci"][0] > 0:
+        ci = "no ablation" if effect is None else f"flip difference CI [{effect['ci'][0]:.3f}, {effect['ci'][1]:.3f}]"
+        return {"verdict": "found, not causal", "reason": f"{what}; {ci} does not exceed matched random latents"}
+    return {"verdict": "found", "reason": f"{what}; removing it flips {effect['target_flip_rate']:.1%} of choices vs "
+                                          f"{effect['random_flip_rate']:.1%} for matched random latents (difference "
+                                          f"CI [{effect['ci'][0]:.3f}, {effect['ci'][1]:.3f}])"}

@@ -108,6 +108,8 @@ class ModelPair:
     organism: object = None       # the OrganismPair for organism presets (ground truth, eval helpers)
     own_tokenizers: tuple = ()    # hf presets: (base's, distilled's) tokenizer as published with each checkpoint
     precision: dict = None        # the weights' compute dtype and why (``precision.weights_dtype``)
+    control: object = None        # the base fine-tuned with the same recipe but no distillation (claim 1's null
+                                  # partner); None where the pair ships none
 
     @property
     def models(self):
@@ -160,10 +162,11 @@ def load_pair(preset: str | Preset, layer: int | None = None, model_dtype: str =
 
         org = organism.get_organism(p.base)
         lay = resolve_layer(layer if layer is not None else p.layer, org.base.config.num_hidden_layers, p.name)
-        base, distilled = org.base, org.distilled
+        base, distilled, control = org.base, org.distilled, org.control
         if prec["dtype"] != "float32":      # copies: the organism's cached fp32 models stay as they are
-            base, distilled = (copy.deepcopy(m).to(getattr(torch, prec["dtype"])) for m in (base, distilled))
-        return ModelPair(base, distilled, org.tokenizer, org.tokenizer, lay, p, org, precision=prec)
+            base, distilled, control = (copy.deepcopy(m).to(getattr(torch, prec["dtype"]))
+                                        for m in (base, distilled, control))
+        return ModelPair(base, distilled, org.tokenizer, org.tokenizer, lay, p, org, precision=prec, control=control)
 
     from .hf import load_hf_pair
     from .qwen import tiny_qwen_pair
