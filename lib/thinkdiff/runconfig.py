@@ -43,7 +43,10 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
                  "math_files": "", "seed": 0},
     # 03: labelling, latent scaling, ablation, ground truth.
     "label": {"n_scaling": 100, "reasonscore_alpha": 0.7, "window": [1, 2], "n_occurrences": 50,
-              "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2},
+              "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2,
+              # the planted gated connective (organism): problems for its probes (training, held out) and the
+              # matched random latents its chosen latent's ablation is compared with
+              "gate_problems": [1500, 500], "gate_random": 10},
     # 04: steering. Strengths are multiples of a latent's max activation times its decoder vector.
     "steer": {"n_prompts": 128, "max_new_tokens": 128, "alphas": [-4, -2, -1, -0.5, 0.5, 1, 2, 4],
               "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": DISTILLED_SPECIFIC,

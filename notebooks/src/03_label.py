@@ -30,7 +30,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
-from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, plots, probes, report
+from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, planted, plots, probes, report, world
 from thinkdiff import claims as claim_rules
 torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
@@ -253,6 +253,124 @@ v0 = verdicts[SCHEMES[0]] if LABELS else pd.DataFrame(columns=["best latent", "v
 ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth plot")
 
 # %% [markdown]
+# ## 7b. A known answer for "distilled-only": the gated connective
+# Every target above is read by the base model too, so none of them can show that a latent belonging to the
+# distilled model only is found when there is one. The organism plants such a concept on purpose. After every
+# operation but the last, the teacher writes " Next" or " Then", chosen by **parity of the result just written
+# XOR parity of the question's first number**. To predict it at the step's closing "." the distilled model must
+# compute that XOR; the base never sees a connective and has no reason to. Five checks, fixed in
+# `planted.GATE_CHECKS` before any model was trained on it:
+#
+# - **(a) audit, no model:** an additive model of every visible quantity (numbers, operands, results, tags,
+#   earlier connectives, position) must not predict the bit (held-out AUROC ≤ 0.55), and must once it is given
+#   the parity interaction (≥ 0.95), so the audit could have seen a giveaway;
+# - **(b) behaviour:** the distilled model picks the right connective (teacher-forced, held-out problems, ≥ 0.95);
+# - **(c) probe gap:** a dense probe reads the bit from the distilled model at the hook layer (≥ 0.90), from the
+#   base at *no* layer (≤ 0.60), and the gap's 95 % CI (bootstrap over problems) starts at ≥ 0.25;
+# - **(d) control fine-tune:** a model fine-tuned on the same traces with a coin-flip connective does not read
+#   it (≤ 0.60): the representation follows the need, not fine-tuning on traces as such;
+# - **(e) shared control:** the result's parity alone, which both models need, is read by both (≥ 0.90).
+
+# %%
+GATE_TRAIN, GATE_EVAL = L["gate_problems"]
+gate_checks = {}
+if LABELS:
+    audit = planted.gate_audit()
+    gate_checks["(a) audit"] = {"verdict": audit["verdict"],
+                                "reason": f"visible features {audit['auroc_visible']:.3f}, with the interaction "
+                                          f"{audit['auroc_with_interaction']:.3f} ({audit['n_eval']} held-out steps)"}
+    org = pair.organism
+    gate_models = {"base": pair.base, "distilled": pair.distilled, "coin-flip control": org.coin_control}
+    gate_tr = planted.gate_traces(world.problem_split(0, GATE_TRAIN, "train"), tok, seed=0)
+    gate_ev = planted.gate_traces(world.problem_split(0, GATE_EVAL, "eval"), tok, seed=1)
+    behaviour = planted.connective_accuracy(pair.distilled, tok, gate_ev)
+    gate_checks["(b) behaviour"] = planted.behaviour_verdict(behaviour["accuracy"], behaviour["n"], run.tested)
+    gate_acts = {m: (planted.gate_activations(model, gate_tr), planted.gate_activations(model, gate_ev))
+                 for m, model in gate_models.items()}
+    gate_probe = {(m, t): planted.layer_probes(*a, target=t) for m, a in gate_acts.items() for t in ("bit", "parity")}
+    hook = pair.layer - 1                              # index of resid_pre of block `layer` in the per-layer arrays
+    y_ev, unit_ev = gate_acts["distilled"][1]["bit"], gate_acts["distilled"][1]["doc"]
+    gap = planted.gap_ci(y_ev, gate_probe["distilled", "bit"]["scores"][hook], gate_probe["base", "bit"]["scores"][hook],
+                         unit_ev)
+    gate_checks["(c) probe gap"] = planted.probe_gap_verdict(gate_probe["distilled", "bit"]["auroc"][hook],
+                                                             gate_probe["base", "bit"]["auroc"], gap[1], run.tested)
+    gate_checks["(d) control fine-tune"] = planted.control_verdict(gate_probe["coin-flip control", "bit"]["auroc"][hook],
+                                                                   run.tested)
+    gate_checks["(e) shared control"] = planted.shared_verdict(gate_probe["base", "parity"]["auroc"][hook],
+                                                               gate_probe["distilled", "parity"]["auroc"][hook], run.tested)
+    print(f"connective accuracy (teacher-forced, {behaviour['n']} held-out steps): {behaviour['accuracy']:.3f} "
+          f"(between the two connectives: {behaviour['choice_accuracy']:.3f}); probe gap at the hook "
+          f"{gap[0]:.3f}, 95% CI [{gap[1]:.3f}, {gap[2]:.3f}]")
+    display(pd.DataFrame(gate_checks).T)
+else:
+    print("no planted labels: this run has no gated connective to check")
+
+# %% [markdown]
+# The probes layer by layer: the gate bit should rise in the distilled model only, and stay near chance in the
+# base and the coin-flip control at every depth; the result's parity, the shared control, in both.
+
+# %%
+if LABELS:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    layers = np.arange(1, pair.n_layers + 1)
+    for ax, t, title in ((axes[0], "bit", "gate bit (distilled-only by design)"),
+                         (axes[1], "parity", "result parity (shared control)")):
+        for m in gate_models:
+            if t == "parity" and m == "coin-flip control":
+                continue
+            ax.plot(layers, gate_probe[m, t]["auroc"], marker="o", label=m)
+        ax.axvline(pair.layer, color="grey", ls=":", lw=1)
+        ax.axhline(0.5, color="grey", lw=0.6)
+        ax.set(xlabel="resid_pre of block", ylabel="held-out probe AUROC", title=title, ylim=(0.4, 1.02))
+        ax.legend(fontsize=8)
+    axes[0].axhline(planted.GATE_CHECKS["probe_base_max"], color="tab:red", ls="--", lw=0.8)
+    fig.suptitle(f"Dense probes per layer on held-out problems ({RUN}; dotted: the hook layer)")
+    fig.tight_layout()
+    figures.save(fig, "03_gate_probes")
+    plt.show()
+
+# %% [markdown]
+# **Does the crosscoder find it?** On the store's tokens (the gate is scored at the "." of scored steps), the
+# distilled-specific latent (relative norm ≥ 0.9) with the best *training* AUROC for the bit is scored on held-out
+# tokens; then it is removed from the distilled model's residual stream at the hook (its contribution
+# `f_j · W_dec[j, distilled]`) on held-out problems, and the share of connective choices that flip is compared with
+# matched random latents (same firing frequency and decoder norm), CI over problems. The shared control's best
+# latent should sit in the shared band.
+
+# %%
+gate_found = {}
+if LABELS:
+    gate_y = organism.step_end_labels(docs, meta, field="gate")
+    parity_y = organism.step_end_labels(docs, meta, field="parity")
+    gate_targets = {"connective gate": np.where(gate_y >= 0, gate_y == 1, np.nan),
+                    "result parity": np.where(parity_y >= 0, parity_y == 1, np.nan)}
+    for s in SCHEMES:
+        rec = probes.latent_recovery(acts[s], meta["split"], gate_targets, nrn[s], ks=(1,))
+        g = rec.loc["connective gate"]
+        j = g.get("best_specific_latent", np.nan)
+        effect = None
+        if np.isfinite(j):
+            j = int(j)
+            rng = np.random.default_rng(0)
+            dec_norm = ccs[s].W_dec.detach()[:, 1].norm(dim=-1).numpy()
+            controls = [np.array([c]) for c in
+                        planted.matched_latents(acts[s].frequency(), dec_norm, j, L["gate_random"], rng)]
+            margins = planted.connective_margins(pair.base, pair.distilled, ccs[s], pair.layer, gate_ev,
+                                                 [np.array([j])] + controls, tok)
+            effect = planted.ablation_effect(margins, L["gate_random"], planted._scored_positions(gate_ev)[0])
+        spec_norm = float(nrn[s][j]) if np.isfinite(j) else np.nan
+        verdict = planted.finding_verdict(spec_norm, g.get("specific_auroc", np.nan), effect, run.tested)
+        p = rec.loc["result parity"]
+        gate_found[s] = {"latent": j, "relative norm": spec_norm, "held-out AUROC": g.get("specific_auroc", np.nan),
+                         "flip rate": effect["target_flip_rate"] if effect else np.nan,
+                         "matched random flip rate": effect["random_flip_rate"] if effect else np.nan,
+                         "difference CI": tuple(round(v, 3) for v in effect["ci"]) if effect else None,
+                         "verdict": verdict["verdict"], "reason": verdict["reason"],
+                         "parity latent": p.get("best_latent", np.nan), "parity latent relative norm":
+                             p.get("relative_norm", np.nan), "parity latent AUROC": p.get("auroc", np.nan)}
+    display(pd.DataFrame(gate_found).T)
+
+# %% [markdown]
 # The per-latent AUROC of every latent on held-out tokens (the features table's columns, and the feature
 # cards' "ground truth" labels) for spans and marker tokens.
 
@@ -423,6 +541,11 @@ for s in SCHEMES:
     if run.has_null:
         numbers[f"{s} claim 1 null, base vs control, per seed (distilled-only / surviving / base-only)"] = [
             [n["distilled_only"], n["distilled_only_genuine"], n["base_only"]] for n in null_counts[s]]
+for k, v in gate_checks.items():
+    numbers[f"gated connective {k}"] = [v["verdict"], v["reason"]]
+for s, g in gate_found.items():
+    numbers[f"{s} gated connective latent (id / relative norm / held-out AUROC / verdict)"] = [
+        g["latent"], round(float(g["relative norm"]), 3), round(float(g["held-out AUROC"]), 4), g["verdict"]]
 for name, r in ceiling.iterrows():
     numbers[f"probe ceiling {name} (base / distilled)"] = [round(float(r.base), 4), round(float(r.distilled), 4)]
 for s in verdicts:
