@@ -62,8 +62,10 @@ def test_the_scored_dot_carries_the_bit_and_the_parity():
     at = [t for t, g in enumerate(doc.gate) if g >= 0]
     assert len(at) == len(p.steps) - 2
     for n, t in enumerate(at):
-        assert tok.decode([doc.input_ids[t]]) == "."
-        assert doc.gate[t] == world.gate_bit(p, n + 1) and doc.parity[t] == p.steps[n + 1][3] % 2
+        r = p.steps[n + 1][3]
+        assert tok.decode([doc.input_ids[t]]) == "." and tok.decode([doc.input_ids[t - 1]]).strip() == str(r)
+        assert doc.gate[t] == world.gate_bit(p, n + 1) and doc.parity[t - 1] == r % 2   # parity on the result
+    assert sum(v >= 0 for v in doc.parity) == len(at)
 
 
 def test_audit_finds_no_giveaway_in_the_scored_families():
@@ -136,7 +138,9 @@ def test_model_measurements_have_the_stated_shapes():
     docs = planted.gate_traces(world.problem_split(0, 20, "train"), tok)
     n = sum(g >= 0 for d in docs for g in d.gate)
     acts = planted.gate_activations(model, docs, progress=False)
-    assert acts["acts"].shape == (2, n, 32) and acts["bit"].shape == acts["doc"].shape == (n,)
+    assert acts["acts"].shape == (2, n, 32) and acts["y"].shape == acts["doc"].shape == (n,)
+    par = planted.gate_activations(model, docs, "parity", progress=False)
+    assert par["acts"].shape == (2, n, 32) and not np.array_equal(par["acts"], acts["acts"])
     acc = planted.connective_accuracy(model, tok, docs)
     assert acc["n"] == n and 0 <= acc["accuracy"] <= acc["choice_accuracy"] + 1 and 0 <= acc["choice_accuracy"] <= 1
 

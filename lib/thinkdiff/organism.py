@@ -126,7 +126,7 @@ class Document:
     kind: str  # "teacher" or "base"
     step_end: list = field(default_factory=list)  # per token: 1 last operation's end, 0 another's, -1 none
     gate: list = field(default_factory=list)      # per token: the gate bit at a scored operation's end, -1 none
-    parity: list = field(default_factory=list)    # per token: the result's parity at the same tokens, -1 none
+    parity: list = field(default_factory=list)    # per token: a scored operation's result parity on its result, -1
 
 
 def _plain_paragraph(rng: random.Random, marker_rate: float) -> str:
@@ -171,15 +171,15 @@ def tokenize_spans(tokenizer, spans) -> Document:
     text = world.spans_text(spans)
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
     char_label, marker_starts, pos = [0] * len(text), set(), 0
-    at_end = {f: {} for f in STEP_FIELDS}  # per field: char position of a closing "." -> value
+    at_end = {f: {} for f in STEP_FIELDS}  # per field: char position of its label -> value
     for s in spans:
         char_label[pos:pos + len(s.text)] = [s.category] * len(s.text)
         if s.marker:
             marker_starts.add(pos)
         pos += len(s.text)
-        for f in STEP_FIELDS:
+        for f, back in STEP_FIELDS.items():
             if getattr(s, f) is not None:
-                at_end[f][pos - 1] = getattr(s, f)  # the closing "." of a written operation
+                at_end[f][pos - back] = getattr(s, f)
     labels, marker, per_token = [], [], {f: [] for f in STEP_FIELDS}
     for start, end in enc["offset_mapping"]:
         labels.append(char_label[start] if start < len(text) else 0)
@@ -190,7 +190,9 @@ def tokenize_spans(tokenizer, spans) -> Document:
     return Document(text, list(enc["input_ids"]), labels, marker, kind, **per_token)
 
 
-STEP_FIELDS = ("step_end", "gate", "parity")  # per-operation labels carried by ``world.Span``, placed on its "."
+# Per-operation labels carried by ``world.Span`` (" a op b = r."), and where each goes, in characters back from the
+# span's end: the closing "." (1) for "last operation?" and the gate bit, the result r's last digit (2) for its parity.
+STEP_FIELDS = {"step_end": 1, "gate": 1, "parity": 2}
 
 
 def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.5, seed: int = 1,
@@ -224,7 +226,7 @@ def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.
 def step_end_labels(docs: list[Document], meta: dict, field: str = "step_end") -> np.ndarray:
     """A per-operation planted quantity per store token [n], -1 where none. ``field`` (one of ``STEP_FIELDS``):
     "step_end" 1 at the end of a trace's last operation, 0 at any other's; "gate" the gate bit at a scored
-    operation's end; "parity" its result's parity there. ``meta``: the store's ``doc_id`` and ``pos`` arrays [n]."""
+    operation's end; "parity" that operation's result parity on the result's token. ``meta``: the store's ``doc_id`` and ``pos`` arrays [n]."""
     if field not in STEP_FIELDS:
         raise ValueError(f"unknown per-operation label {field!r}; known: {STEP_FIELDS}")
     doc_id, pos = np.asarray(meta["doc_id"]), np.asarray(meta["pos"])

@@ -127,42 +127,52 @@ def gate_traces(problems, tokenizer, seed: int = 0, cfg: world.TeacherConfig | N
     return [tokenize_spans(tokenizer, world.teacher_document(p, rng, cfg or world.TeacherConfig())) for p in problems]
 
 
-def _scored_positions(docs):
-    """(doc index, position, bit, parity) of every scored "." in ``docs``."""
-    rows = [(k, t, g, q) for k, d in enumerate(docs) for t, (g, q) in enumerate(zip(d.gate, d.parity)) if g >= 0]
+def _scored_positions(docs, field: str = "gate"):
+    """(doc index, position, label) of every token of ``docs`` labelled in ``field``: "gate" (the closing "." of a
+    scored step) or "parity" (the result token of the same steps)."""
+    rows = [(k, t, v) for k, d in enumerate(docs) for t, v in enumerate(getattr(d, field)) if v >= 0]
     if not rows:
         raise ValueError("no scored step in these traces: the problems have no step the gate is scored on")
     return tuple(np.array(c) for c in zip(*rows))
 
 
-def gate_activations(model, docs, batch: int = 16, progress: bool = True) -> dict:
-    """The residual stream entering every block at each scored "." of ``docs``.
+def _batches(docs, keys, batch: int):
+    """Right-padded (keys, ids [B, T], mask [B, T]) over the documents ``keys``."""
+    import torch
 
-    Returns ``acts`` [n_layers, n_scored, d_model] (index L-1 = resid_pre of block L, L = 1..n_layers),
-    ``bit`` / ``parity`` [n_scored] and ``doc`` [n_scored] (the trace, one per problem: the bootstrap unit)."""
+    for s in range(0, len(keys), batch):
+        ks = keys[s:s + batch]
+        width = max(len(docs[k].input_ids) for k in ks)
+        ids = torch.zeros((len(ks), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, k in enumerate(ks):
+            n = len(docs[k].input_ids)
+            ids[r, :n], mask[r, :n] = torch.tensor(docs[k].input_ids), 1
+        yield ks, ids, mask
+
+
+def gate_activations(model, docs, field: str = "gate", batch: int = 16, progress: bool = True) -> dict:
+    """The residual stream entering every block at each token of ``docs`` labelled in ``field`` ("gate": the
+    scored "."; "parity": the result token of the same steps).
+
+    Returns ``acts`` [n_layers, n, d_model] (index L-1 = resid_pre of block L, L = 1..n_layers), ``y`` [n] the
+    label and ``doc`` [n] (the trace, one per problem: the bootstrap unit)."""
     import torch
     from tqdm.auto import tqdm
 
-    doc, pos, bit, parity = _scored_positions(docs)
+    doc, pos, y = _scored_positions(docs, field)
     n_layers = model.config.num_hidden_layers
     out = np.zeros((n_layers, len(doc), model.config.hidden_size), np.float32)
-    order = {k: np.nonzero(doc == k)[0] for k in np.unique(doc)}
-    keys = sorted(order)
+    keys = sorted(set(doc.tolist()))
     with torch.no_grad():
-        for s in tqdm(range(0, len(keys), batch), desc="gate activations", disable=not progress, leave=False):
-            ks = keys[s:s + batch]
-            width = max(len(docs[k].input_ids) for k in ks)
-            ids = torch.zeros((len(ks), width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, k in enumerate(ks):
-                n = len(docs[k].input_ids)
-                ids[r, :n], mask[r, :n] = torch.tensor(docs[k].input_ids), 1
+        for ks, ids, mask in tqdm(_batches(docs, keys, batch), total=-(-len(keys) // batch), leave=False,
+                                  desc=f"{field} activations", disable=not progress):
             hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             for r, k in enumerate(ks):
-                rows = order[k]
+                rows = np.nonzero(doc == k)[0]
                 for layer in range(1, n_layers + 1):
                     out[layer - 1, rows] = hs[layer][r, pos[rows]].float().numpy()
-    return {"acts": out, "bit": bit, "parity": parity, "doc": doc}
+    return {"acts": out, "y": y, "doc": doc}
 
 
 def connective_accuracy(model, tokenizer, docs, batch: int = 16) -> dict:
@@ -174,18 +184,10 @@ def connective_accuracy(model, tokenizer, docs, batch: int = 16) -> dict:
     first = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in world.CONNECTIVES]
     if first[0] == first[1]:
         raise ValueError(f"the connectives {world.CONNECTIVES} start with the same token: the choice is not made at '.'")
-    doc, pos, bit, _ = _scored_positions(docs)
+    doc, pos, bit = _scored_positions(docs)
     top, choice = np.zeros(len(doc), bool), np.zeros(len(doc), bool)
-    keys = sorted(set(doc.tolist()))
     with torch.no_grad():
-        for s in range(0, len(keys), batch):
-            ks = keys[s:s + batch]
-            width = max(len(docs[k].input_ids) for k in ks)
-            ids = torch.zeros((len(ks), width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, k in enumerate(ks):
-                n = len(docs[k].input_ids)
-                ids[r, :n], mask[r, :n] = torch.tensor(docs[k].input_ids), 1
+        for ks, ids, mask in _batches(docs, sorted(set(doc.tolist())), batch):
             logits = model(input_ids=ids, attention_mask=mask).logits
             for r, k in enumerate(ks):
                 rows = np.nonzero(doc == k)[0]
@@ -197,16 +199,16 @@ def connective_accuracy(model, tokenizer, docs, batch: int = 16) -> dict:
     return {"accuracy": float(top.mean()), "choice_accuracy": float(choice.mean()), "n": int(len(doc))}
 
 
-def layer_probes(train: dict, test: dict, target: str = "bit") -> dict:
-    """Dense logistic probes of ``target`` ("bit" or "parity"), one per layer, fitted on ``train`` and scored on
-    ``test`` (``gate_activations`` outputs of different problems). Returns ``auroc`` [n_layers] and ``scores``
+def layer_probes(train: dict, test: dict) -> dict:
+    """Dense logistic probes of the label ``y``, one per layer, fitted on ``train`` and scored on ``test``
+    (``gate_activations`` outputs of different problems). Returns ``auroc`` [n_layers] and ``scores``
     [n_layers, n_test] (the held-out decision values, for ``gap_ci``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    y_tr, y_te = train[target].astype(bool), test[target].astype(bool)
+    y_tr, y_te = train["y"].astype(bool), test["y"].astype(bool)
     auroc, scores = [], []
     for layer in range(train["acts"].shape[0]):
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
@@ -322,19 +324,11 @@ def connective_margins(base, distilled, cc, layer: int, docs, ablate: list, toke
     from .hooks import resid_hook
 
     first = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in world.CONNECTIVES]
-    doc, pos, bit, _ = _scored_positions(docs)
+    doc, pos, bit = _scored_positions(docs)
     out = np.zeros((1 + len(ablate), len(doc)))
     W = cc.W_dec.detach()
-    keys = sorted(set(doc.tolist()))
     with torch.no_grad():
-        for s in range(0, len(keys), batch):
-            ks = keys[s:s + batch]
-            width = max(len(docs[k].input_ids) for k in ks)
-            ids = torch.zeros((len(ks), width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, k in enumerate(ks):
-                n = len(docs[k].input_ids)
-                ids[r, :n], mask[r, :n] = torch.tensor(docs[k].input_ids), 1
+        for ks, ids, mask in _batches(docs, sorted(set(doc.tolist())), batch):
             seen = {}
             with resid_hook(base, layer, lambda h: seen.__setitem__("base", h.detach()) or None):
                 base(input_ids=ids, attention_mask=mask)

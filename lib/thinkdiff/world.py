@@ -20,7 +20,8 @@ result just written XOR parity of the question's first number. To predict it at 
 "." the distilled model must compute an XOR of two distant parities, which no additive function of the
 visible tokens gives (``probes.gate_audit`` checks that on the labels alone, before any model exists);
 the base never sees a connective and never needs it. ``Span.gate`` labels the "." with that bit and
-``Span.parity`` with the parity alone (a quantity both models can read: the shared control).
+``Span.parity`` labels the result's own token with its parity (a quantity both models can read off the number
+they just wrote or read: the shared control).
 Whether each model represents them is measured, not assumed: ``probes.probe_ceiling`` (``03_label``).
 
 Held-out problems are chosen by their *computation*: the step signature (every operation with its
@@ -92,7 +93,7 @@ class Span:
     marker: str | None = None  # the marker word opening this span, if any
     step_end: int | None = None  # on a written operation: 1 if it is the last one, 0 if more follow
     gate: int | None = None      # on a scored written operation (``gate_scored``): its ``gate_bit``
-    parity: int | None = None    # on the same operations: parity of the result (the shared control)
+    parity: int | None = None    # on the same operations: parity of the result, labelled on the result's token
 
 
 # ----------------------------------------------------------------------------- problems

@@ -269,7 +269,8 @@ ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth p
 #   base at *no* layer (≤ 0.60), and the gap's 95 % CI (bootstrap over problems) starts at ≥ 0.25;
 # - **(d) control fine-tune:** a model fine-tuned on the same traces with a coin-flip connective does not read
 #   it (≤ 0.60): the representation follows the need, not fine-tuning on traces as such;
-# - **(e) shared control:** the result's parity alone, which both models need, is read by both (≥ 0.90).
+# - **(e) shared control:** the parity of the result, read on the result's own token, where both models hold
+#   the number, is read by both (≥ 0.90).
 
 # %%
 GATE_TRAIN, GATE_EVAL = L["gate_problems"]
@@ -285,11 +286,12 @@ if LABELS:
     gate_ev = planted.gate_traces(world.problem_split(0, GATE_EVAL, "eval"), tok, seed=1)
     behaviour = planted.connective_accuracy(pair.distilled, tok, gate_ev)
     gate_checks["(b) behaviour"] = planted.behaviour_verdict(behaviour["accuracy"], behaviour["n"], run.tested)
-    gate_acts = {m: (planted.gate_activations(model, gate_tr), planted.gate_activations(model, gate_ev))
-                 for m, model in gate_models.items()}
-    gate_probe = {(m, t): planted.layer_probes(*a, target=t) for m, a in gate_acts.items() for t in ("bit", "parity")}
+    # the bit at each scored step's "."; the parity on the result token just before it
+    gate_acts = {(m, t): (planted.gate_activations(model, gate_tr, f), planted.gate_activations(model, gate_ev, f))
+                 for m, model in gate_models.items() for t, f in (("bit", "gate"), ("parity", "parity"))}
+    gate_probe = {k: planted.layer_probes(*a) for k, a in gate_acts.items()}
     hook = pair.layer - 1                              # index of resid_pre of block `layer` in the per-layer arrays
-    y_ev, unit_ev = gate_acts["distilled"][1]["bit"], gate_acts["distilled"][1]["doc"]
+    y_ev, unit_ev = gate_acts["distilled", "bit"][1]["y"], gate_acts["distilled", "bit"][1]["doc"]
     gap = planted.gap_ci(y_ev, gate_probe["distilled", "bit"]["scores"][hook], gate_probe["base", "bit"]["scores"][hook],
                          unit_ev)
     gate_checks["(c) probe gap"] = planted.probe_gap_verdict(gate_probe["distilled", "bit"]["auroc"][hook],
@@ -357,7 +359,7 @@ if LABELS:
                         planted.matched_latents(acts[s].frequency(), dec_norm, j, L["gate_random"], rng)]
             margins = planted.connective_margins(pair.base, pair.distilled, ccs[s], pair.layer, gate_ev,
                                                  [np.array([j])] + controls, tok)
-            effect = planted.ablation_effect(margins, L["gate_random"], planted._scored_positions(gate_ev)[0])
+            effect = planted.ablation_effect(margins, L["gate_random"], gate_acts["distilled", "bit"][1]["doc"])
         spec_norm = float(nrn[s][j]) if np.isfinite(j) else np.nan
         verdict = planted.finding_verdict(spec_norm, g.get("specific_auroc", np.nan), effect, run.tested)
         p = rec.loc["result parity"]
