@@ -17,7 +17,8 @@ from thinkdiff import metrics, pipeline
 # One knob at a time against the run's BatchTopK, then the promising pair together.
 VARIANTS = [
     {}, {"dead_tokens": 20_000}, {"dead_tokens": 5_000}, {"auxk_alpha": 0.125}, {"auxk_alpha": 0.5},
-    {"k_aux": 256}, {"n_steps": 4000}, {"dead_tokens": 20_000, "auxk_alpha": 0.125},
+    {"auxk_alpha": 1.0}, {"auxk_alpha": 2.0}, {"k_aux": 256}, {"n_steps": 4000},
+    {"dead_tokens": 20_000, "auxk_alpha": 1.0}, {"auxk_alpha": 1.0, "k_aux": 256},
 ]
 
 

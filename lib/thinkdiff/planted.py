@@ -13,7 +13,8 @@ model". Five checks, fixed here before any model was trained on it, say whether 
     the base at any layer, with a bootstrap CI (over problems) on the gap;
 (d) ``control_verdict`` -- a model fine-tuned on the same traces with the connective drawn by a coin does not
     represent the bit (the representation follows the need, not SFT on traces as such);
-(e) ``shared_verdict`` -- the parity of the result alone, which both models read, is read by both probes.
+(e) ``shared_verdict`` -- the parity of the result, on the result's own token (where both models hold the number),
+    is read by both probes: a shared quantity at the same steps, for the crosscoder to place in the shared band.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ GATE_CHECKS = {
     "probe_base_max": 0.60,                # (c) base dense probe AUROC at the hook layer and every other layer
     "probe_gap_ci_low_min": 0.25,          # (c) lower end of the 95 % CI of distilled - base at the hook layer
     "control_probe_max": 0.60,             # (d) coin-flip control's probe AUROC at the hook layer
-    "shared_probe_min": 0.90,              # (e) both models' probes of the result's parity
+    "shared_probe_min": 0.90,              # (e) both models' probes of the result's parity (on the result token)
 }
 AUDIT_PROBLEMS = {"train": 4000, "eval": 500}  # problems the audit is fitted / scored on
 
