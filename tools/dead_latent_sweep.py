@@ -46,7 +46,7 @@ def main() -> None:
         row = {"change": ", ".join(f"{k}={x}" for k, x in over.items()) or "default",
                "dead fraction (held out)": round(float(e["dead_frac"]), 3), "L0": round(float(e["l0"]), 1),
                "FVU base": round(float(e["fvu"][0]), 4), "FVU distilled": round(float(e["fvu"][1]), 4),
-               "seconds": round(time.time() - t0)}
+               "seconds (train, or load if cached)": round(time.time() - t0)}
         rows.append(row)
         print(row, flush=True)
     cfg = pipeline.load_run(args.run).train_config(args.scheme)
