@@ -71,11 +71,11 @@ class SizeConfig:
 
 
 SIZES = {
-    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=3000, sft_steps=2000,
+    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=3000, sft_steps=4000,
                     sft_lr=1e-3),
-    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=3000, sft_steps=2000,
+    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=3000, sft_steps=4000,
                     sft_lr=1e-3),
-    "L": SizeConfig(hidden=128, layers=6, heads=8, kv_heads=2, intermediate=384, pretrain_steps=3000, sft_steps=2000,
+    "L": SizeConfig(hidden=128, layers=6, heads=8, kv_heads=2, intermediate=384, pretrain_steps=3000, sft_steps=4000,
                     pretrain_lr=2e-3, sft_lr=1e-3),
 }
 
