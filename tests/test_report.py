@@ -58,3 +58,20 @@ def test_report_links_the_static_feature_cards(runs_dir):
     line = next(x for x in text.splitlines() if x.startswith("Open: [feature cards]("))
     target = line.split("](", 1)[1].split(")", 1)[0]
     assert (out.parent / target).resolve() == page.resolve() if not target.startswith("/") else target == page.as_posix()
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"])
+def test_report_says_how_the_models_computed_and_why(runs_dir, monkeypatch, isa):
+    """The precision line names the CPU, its flags, an ISA limit where one is set, and the probe's reason."""
+    from thinkdiff import precision
+
+    if isa:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    probe = {**precision.cpu_bf16_probe(), "bf16": False, "why": "probe: bf16 matmul 0.03x the fp32 rate"}
+    monkeypatch.setattr(precision, "cpu_bf16_probe", lambda: probe)
+    report.record("02_train", "r", {**prov("train"), "model_dtype": "float32"}, {"FVU": 0.1})
+    text = report.write_report("r").read_text()
+    assert "Models computed in float32; CPU " in text and "bf16 not used: probe: bf16 matmul 0.03x" in text
+    assert ("limited to ONEDNN_MAX_CPU_ISA=AVX2" in text) == bool(isa)

@@ -161,8 +161,10 @@ def write_report(run: str, out: Path | None = None) -> Path:
         probe = rec.get("cpu_bf16_probe")
         if prov.get("model_dtype") or probe:
             lines += [f"Models computed in {prov.get('model_dtype', 'their stored dtype')}"
-                      + (f"; CPU {probe['cpu']} ({'avx512_bf16' if probe['avx512_bf16'] else 'no avx512_bf16'}), "
-                         f"bf16 {'used' if probe['bf16'] else 'not used'}: {probe['why']}" if probe else ""), ""]
+                      + (f"; CPU {probe['cpu']} ({'avx512_bf16' if probe['avx512_bf16'] else 'no avx512_bf16'}"
+                         + (f", limited to ONEDNN_MAX_CPU_ISA={probe['onednn_max_cpu_isa']}"
+                            if probe.get("onednn_max_cpu_isa") else "")
+                         + f"), bf16 {'used' if probe['bf16'] else 'not used'}: {probe['why']}" if probe else ""), ""]
         if settings:   # the pre-registered settings this stage ran with (the run config's table)
             lines += [f"Settings: `{json.dumps(settings, sort_keys=True)}`", ""]
         lines += ["| quantity | value |", "|---|---|"]
