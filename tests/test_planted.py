@@ -11,7 +11,8 @@ def test_checks_are_the_preregistered_ones():
     assert planted.GATE_CHECKS == {
         "audit_max_auroc": 0.55, "audit_min_interaction_auroc": 0.95, "behaviour_min_accuracy": 0.95,
         "probe_distilled_min": 0.90, "probe_base_max": 0.60, "probe_gap_ci_low_min": 0.25,
-        "control_probe_max": 0.60, "shared_probe_min": 0.90}
+        "control_probe_max": 0.60, "shared_probe_min": 0.90, "layer_cv_min": 0.90}
+    assert planted.LAYER_CV_FOLDS == 5
     assert world.GATE_SCORED_FAMILIES == ("arith", "word", "compare")
 
 
@@ -128,6 +129,28 @@ def test_gap_ci_separates_a_real_gap_from_none():
     assert lo > 0.25 and lo <= gap <= hi
     gap, lo, hi = planted.gap_ci(y, noise, rng.normal(0, 1, 600), unit, n_boot=300)
     assert lo < 0 < hi
+
+
+@pytest.mark.parametrize("cv, want", [([0.5, 0.6, 0.95, 0.99], 3), ([0.91, 0.5, 0.5], 1), ([0.5, 0.89, 0.6], None)])
+def test_analysis_layer_is_the_shallowest_that_reads_the_bit_in_training(cv, want):
+    assert planted.analysis_layer(cv) == want
+
+
+def test_layer_probes_cross_validate_within_training_problems():
+    """A layer that carries the label scores high in training CV and on held-out data; a noise layer near 0.5;
+    the CV never sees the held-out problems (its folds are whole problems)."""
+    rng = np.random.default_rng(0)
+
+    def split(n_docs):
+        doc = np.repeat(np.arange(n_docs), 3)
+        y = rng.random(len(doc)) < 0.5
+        signal = y[:, None] * 2.0 + rng.normal(0, 1, (len(doc), 4))
+        return {"acts": np.stack([rng.normal(0, 1, (len(doc), 4)), signal]), "y": y, "doc": doc}
+
+    out = planted.layer_probes(split(120), split(60))
+    assert out["cv_auroc"].shape == out["auroc"].shape == (2,) and out["scores"].shape == (2, 180)
+    assert abs(out["cv_auroc"][0] - 0.5) < 0.1 and out["cv_auroc"][1] > 0.9 and out["auroc"][1] > 0.9
+    assert planted.analysis_layer(out["cv_auroc"]) == 2
 
 
 def test_model_measurements_have_the_stated_shapes():

@@ -9,12 +9,17 @@ model". Five checks, fixed here before any model was trained on it, say whether 
     predict the bit (held-out AUROC <= ``audit_max_auroc``), and the same model given the parity interaction
     can (>= ``audit_min_interaction_auroc``), so the audit is able to see a giveaway;
 (b) ``behaviour_verdict`` -- the distilled model predicts the connective teacher-forced on held-out traces;
-(c) ``probe_gap_verdict`` -- a dense probe reads the bit from the distilled model at the hook layer, not from
+(c) ``probe_gap_verdict`` -- a dense probe reads the bit from the distilled model at the analysis layer, not from
     the base at any layer, with a bootstrap CI (over problems) on the gap;
 (d) ``control_verdict`` -- a model fine-tuned on the same traces with the connective drawn by a coin does not
     represent the bit (the representation follows the need, not SFT on traces as such);
 (e) ``shared_verdict`` -- the parity of the result, on the result's own token (where both models hold the number),
     is read by both probes: a shared quantity at the same steps, for the crosscoder to place in the shared band.
+
+Where in depth the distilled model computes the bit is not known in advance (on organism M it appears in the
+last block only), so (c)-(e) and the crosscoder's test are judged at one *analysis layer* chosen on training
+problems alone (``analysis_layer``: the shallowest layer whose cross-validated training probe reaches
+``layer_cv_min``), then scored on held-out problems. The run's hook layer is reported beside it.
 """
 from __future__ import annotations
 
@@ -29,12 +34,14 @@ GATE_CHECKS = {
     "audit_max_auroc": 0.55,               # (a) visible features alone
     "audit_min_interaction_auroc": 0.95,   # (a) with the parity interaction added: the audit can see a giveaway
     "behaviour_min_accuracy": 0.95,        # (b) teacher-forced connective accuracy of the distilled model
-    "probe_distilled_min": 0.90,           # (c) distilled dense probe AUROC at the hook layer
-    "probe_base_max": 0.60,                # (c) base dense probe AUROC at the hook layer and every other layer
-    "probe_gap_ci_low_min": 0.25,          # (c) lower end of the 95 % CI of distilled - base at the hook layer
-    "control_probe_max": 0.60,             # (d) coin-flip control's probe AUROC at the hook layer
+    "probe_distilled_min": 0.90,           # (c) distilled dense probe AUROC at the analysis layer
+    "probe_base_max": 0.60,                # (c) base dense probe AUROC at the analysis layer and every other layer
+    "probe_gap_ci_low_min": 0.25,          # (c) lower end of the 95 % CI of distilled - base at the analysis layer
+    "control_probe_max": 0.60,             # (d) coin-flip control's probe AUROC at the analysis layer
     "shared_probe_min": 0.90,              # (e) both models' probes of the result's parity (on the result token)
+    "layer_cv_min": 0.90,                  # the analysis layer: shallowest whose distilled *training* CV AUROC >= this
 }
+LAYER_CV_FOLDS = 5                         # folds (grouped by problem) of the training-split probe that picks the layer
 AUDIT_PROBLEMS = {"train": 4000, "eval": 500}  # problems the audit is fitted / scored on
 
 
@@ -203,21 +210,36 @@ def connective_accuracy(model, tokenizer, docs, batch: int = 16) -> dict:
 def layer_probes(train: dict, test: dict) -> dict:
     """Dense logistic probes of the label ``y``, one per layer, fitted on ``train`` and scored on ``test``
     (``gate_activations`` outputs of different problems). Returns ``auroc`` [n_layers] and ``scores``
-    [n_layers, n_test] (the held-out decision values, for ``gap_ci``)."""
+    [n_layers, n_test] (the held-out decision values, for ``gap_ci``), and ``cv_auroc`` [n_layers]: the same
+    probe's AUROC cross-validated within ``train`` (``LAYER_CV_FOLDS`` folds grouped by problem), which sees
+    no held-out problem and so may choose the analysis layer (``analysis_layer``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y_tr, y_te = train["y"].astype(bool), test["y"].astype(bool)
-    auroc, scores = [], []
+    folds = GroupKFold(n_splits=min(LAYER_CV_FOLDS, len(np.unique(train["doc"]))))
+    auroc, scores, cv = [], [], []
     for layer in range(train["acts"].shape[0]):
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        cv.append(float(np.mean(cross_val_score(clf, train["acts"][layer], y_tr, groups=train["doc"], cv=folds,
+                                                scoring="roc_auc"))))
         clf.fit(train["acts"][layer], y_tr)
         sc = clf.decision_function(test["acts"][layer])
         scores.append(sc)
         auroc.append(float(roc_auc_score(y_te, sc)))
-    return {"auroc": np.array(auroc), "scores": np.array(scores)}
+    return {"auroc": np.array(auroc), "scores": np.array(scores), "cv_auroc": np.array(cv)}
+
+
+def analysis_layer(cv_auroc, rules: dict | None = None) -> int | None:
+    """The layer (1..n_layers, resid_pre of that block) where the gate is analysed: the shallowest whose
+    distilled probe's training CV AUROC (``layer_probes``' ``cv_auroc``, index L-1) reaches ``layer_cv_min``.
+    None when no layer does (then (c) says "not represented" at every layer)."""
+    r = {**GATE_CHECKS, **(rules or {})}
+    ok = np.nonzero(np.asarray(cv_auroc, float) >= r["layer_cv_min"])[0]
+    return int(ok[0]) + 1 if len(ok) else None
 
 
 def gap_ci(y, score_a, score_b, unit, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -253,19 +275,19 @@ def behaviour_verdict(accuracy: float, n: int, tested: bool = True, rules: dict 
                       f"on {n} held-out steps"}
 
 
-def probe_gap_verdict(distilled_hook: float, base_layers, gap_low: float, tested: bool = True,
+def probe_gap_verdict(distilled_at: float, base_layers, gap_low: float, tested: bool = True,
                       rules: dict | None = None) -> dict:
-    """(c): "distilled-only" when the distilled probe at the hook layer >= ``probe_distilled_min``, the base probe
-    <= ``probe_base_max`` at *every* layer (``base_layers``), and the CI of the gap at the hook starts at or above
+    """(c): "distilled-only" when the distilled probe at the analysis layer >= ``probe_distilled_min``, the base probe
+    <= ``probe_base_max`` at *every* layer (``base_layers``), and the CI of the gap there starts at or above
     ``probe_gap_ci_low_min``; "shared" when the base reads it above that bar at some layer; "not represented" when
     the distilled probe falls short; "not distilled-only" when only the CI fails."""
     r = {**GATE_CHECKS, **(rules or {})}
     if not tested:
         return {"verdict": "not tested", "reason": "smoke run"}
     base_max = float(np.max(base_layers))
-    if distilled_hook < r["probe_distilled_min"]:
+    if distilled_at < r["probe_distilled_min"]:
         return {"verdict": "not represented",
-                "reason": f"distilled probe {distilled_hook:.3f} < {r['probe_distilled_min']} at the hook layer"}
+                "reason": f"distilled probe {distilled_at:.3f} < {r['probe_distilled_min']} at the analysis layer"}
     if base_max > r["probe_base_max"]:
         layer = int(np.argmax(base_layers)) + 1
         return {"verdict": "shared", "reason": f"base probe {base_max:.3f} > {r['probe_base_max']} at layer {layer}"}
@@ -273,30 +295,30 @@ def probe_gap_verdict(distilled_hook: float, base_layers, gap_low: float, tested
         return {"verdict": "not distilled-only",
                 "reason": f"gap CI low end {gap_low:.3f} < {r['probe_gap_ci_low_min']}"}
     return {"verdict": "distilled-only",
-            "reason": f"distilled {distilled_hook:.3f} >= {r['probe_distilled_min']}, base <= {base_max:.3f} at every "
+            "reason": f"distilled {distilled_at:.3f} >= {r['probe_distilled_min']}, base <= {base_max:.3f} at every "
                       f"layer, gap CI low end {gap_low:.3f} >= {r['probe_gap_ci_low_min']}"}
 
 
-def control_verdict(control_hook: float, tested: bool = True, rules: dict | None = None) -> dict:
-    """(d): "follows the need" when the coin-flip control's probe at the hook layer <= ``control_probe_max``;
+def control_verdict(control_at: float, tested: bool = True, rules: dict | None = None) -> dict:
+    """(d): "follows the need" when the coin-flip control's probe at the analysis layer <= ``control_probe_max``;
     "follows the traces" otherwise (fine-tuning on traces alone made the representation)."""
     r = {**GATE_CHECKS, **(rules or {})}
     if not tested:
         return {"verdict": "not tested", "reason": "smoke run"}
-    ok = control_hook <= r["control_probe_max"]
+    ok = control_at <= r["control_probe_max"]
     return {"verdict": "follows the need" if ok else "follows the traces",
-            "reason": f"coin-flip control probe {control_hook:.3f} {'<=' if ok else '>'} {r['control_probe_max']}"}
+            "reason": f"coin-flip control probe {control_at:.3f} {'<=' if ok else '>'} {r['control_probe_max']}"}
 
 
-def shared_verdict(base_hook: float, distilled_hook: float, tested: bool = True, rules: dict | None = None) -> dict:
-    """(e): "read by both" when both models' parity probes at the hook layer >= ``shared_probe_min``; else
+def shared_verdict(base_at: float, distilled_at: float, tested: bool = True, rules: dict | None = None) -> dict:
+    """(e): "read by both" when both models' parity probes at the analysis layer >= ``shared_probe_min``; else
     "not read by both" (the positive control failed, so a missing gate latent says nothing)."""
     r = {**GATE_CHECKS, **(rules or {})}
     if not tested:
         return {"verdict": "not tested", "reason": "smoke run"}
-    ok = min(base_hook, distilled_hook) >= r["shared_probe_min"]
+    ok = min(base_at, distilled_at) >= r["shared_probe_min"]
     return {"verdict": "read by both" if ok else "not read by both",
-            "reason": f"parity probes base {base_hook:.3f} / distilled {distilled_hook:.3f} "
+            "reason": f"parity probes base {base_at:.3f} / distilled {distilled_at:.3f} "
                       f"{'>=' if ok else 'not both >='} {r['shared_probe_min']}"}
 
 

@@ -265,12 +265,17 @@ ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth p
 #   earlier connectives, position) must not predict the bit (held-out AUROC ≤ 0.55), and must once it is given
 #   the parity interaction (≥ 0.95), so the audit could have seen a giveaway;
 # - **(b) behaviour:** the distilled model picks the right connective (teacher-forced, held-out problems, ≥ 0.95);
-# - **(c) probe gap:** a dense probe reads the bit from the distilled model at the hook layer (≥ 0.90), from the
-#   base at *no* layer (≤ 0.60), and the gap's 95 % CI (bootstrap over problems) starts at ≥ 0.25;
+# - **(c) probe gap:** a dense probe reads the bit from the distilled model at the analysis layer (≥ 0.90), from
+#   the base at *no* layer (≤ 0.60), and the gap's 95 % CI (bootstrap over problems) starts at ≥ 0.25;
 # - **(d) control fine-tune:** a model fine-tuned on the same traces with a coin-flip connective does not read
 #   it (≤ 0.60): the representation follows the need, not fine-tuning on traces as such;
 # - **(e) shared control:** the parity of the result, read on the result's own token, where both models hold
 #   the number, is read by both (≥ 0.90).
+#
+# Where in depth the distilled model computes the bit is not known in advance, so the **analysis layer** is chosen
+# on training problems alone: the shallowest layer whose cross-validated training probe reaches 0.90
+# (`planted.analysis_layer`). (c)-(e) are then scored there on held-out problems, and the run's hook layer is shown
+# beside it.
 
 # %%
 GATE_TRAIN, GATE_EVAL = L["gate_problems"]
@@ -290,19 +295,24 @@ if LABELS:
     gate_acts = {(m, t): (planted.gate_activations(model, gate_tr, f), planted.gate_activations(model, gate_ev, f))
                  for m, model in gate_models.items() for t, f in (("bit", "gate"), ("parity", "parity"))}
     gate_probe = {k: planted.layer_probes(*a) for k, a in gate_acts.items()}
-    hook = pair.layer - 1                              # index of resid_pre of block `layer` in the per-layer arrays
+    # chosen on training problems only; no layer reaching the bar: judged at the hook, where (c) then fails
+    gate_layer = planted.analysis_layer(gate_probe["distilled", "bit"]["cv_auroc"]) or pair.layer
+    at = gate_layer - 1                                # index of resid_pre of block `gate_layer` in the per-layer arrays
     y_ev, unit_ev = gate_acts["distilled", "bit"][1]["y"], gate_acts["distilled", "bit"][1]["doc"]
-    gap = planted.gap_ci(y_ev, gate_probe["distilled", "bit"]["scores"][hook], gate_probe["base", "bit"]["scores"][hook],
+    gap = planted.gap_ci(y_ev, gate_probe["distilled", "bit"]["scores"][at], gate_probe["base", "bit"]["scores"][at],
                          unit_ev)
-    gate_checks["(c) probe gap"] = planted.probe_gap_verdict(gate_probe["distilled", "bit"]["auroc"][hook],
+    gate_checks["(c) probe gap"] = planted.probe_gap_verdict(gate_probe["distilled", "bit"]["auroc"][at],
                                                              gate_probe["base", "bit"]["auroc"], gap[1], run.tested)
-    gate_checks["(d) control fine-tune"] = planted.control_verdict(gate_probe["coin-flip control", "bit"]["auroc"][hook],
+    gate_checks["(d) control fine-tune"] = planted.control_verdict(gate_probe["coin-flip control", "bit"]["auroc"][at],
                                                                    run.tested)
-    gate_checks["(e) shared control"] = planted.shared_verdict(gate_probe["base", "parity"]["auroc"][hook],
-                                                               gate_probe["distilled", "parity"]["auroc"][hook], run.tested)
+    gate_checks["(e) shared control"] = planted.shared_verdict(gate_probe["base", "parity"]["auroc"][at],
+                                                               gate_probe["distilled", "parity"]["auroc"][at], run.tested)
     print(f"connective accuracy (teacher-forced, {behaviour['n']} held-out steps): {behaviour['accuracy']:.3f} "
-          f"(between the two connectives: {behaviour['choice_accuracy']:.3f}); probe gap at the hook "
-          f"{gap[0]:.3f}, 95% CI [{gap[1]:.3f}, {gap[2]:.3f}]")
+          f"(between the two connectives: {behaviour['choice_accuracy']:.3f})")
+    print(f"analysis layer {gate_layer} (training CV AUROC of the distilled probe per layer: "
+          f"{np.round(gate_probe['distilled', 'bit']['cv_auroc'], 3).tolist()}); the run's hook layer is {pair.layer}, "
+          f"where the distilled probe reads {gate_probe['distilled', 'bit']['auroc'][pair.layer - 1]:.3f} held-out")
+    print(f"probe gap at layer {gate_layer}: {gap[0]:.3f}, 95% CI [{gap[1]:.3f}, {gap[2]:.3f}]")
     display(pd.DataFrame(gate_checks).T)
 else:
     print("no planted labels: this run has no gated connective to check")
@@ -322,19 +332,21 @@ if LABELS:
                 continue
             ax.plot(layers, gate_probe[m, t]["auroc"], marker="o", label=m)
         ax.axvline(pair.layer, color="grey", ls=":", lw=1)
+        ax.axvline(gate_layer, color="tab:green", ls="--", lw=1)
         ax.axhline(0.5, color="grey", lw=0.6)
         ax.set(xlabel="resid_pre of block", ylabel="held-out probe AUROC", title=title, ylim=(0.4, 1.02))
         ax.legend(fontsize=8)
     axes[0].axhline(planted.GATE_CHECKS["probe_base_max"], color="tab:red", ls="--", lw=0.8)
-    fig.suptitle(f"Dense probes per layer on held-out problems ({RUN}; dotted: the hook layer)")
+    fig.suptitle(f"Dense probes per layer on held-out problems ({RUN}; dotted: hook layer, dashed: analysis layer)")
     fig.tight_layout()
     figures.save(fig, "03_gate_probes")
     plt.show()
 
 # %% [markdown]
-# **Does the crosscoder find it?** On the store's tokens (the gate is scored at the "." of scored steps), the
-# distilled-specific latent (relative norm ≥ 0.9) with the best *training* AUROC for the bit is scored on held-out
-# tokens; then it is removed from the distilled model's residual stream at the hook (its contribution
+# **Does the crosscoder find it?** The run's crosscoders, trained exactly as configured, but on a store harvested
+# at the analysis layer (the same run when that is the hook layer). On the store's tokens (the gate is scored at
+# the "." of scored steps), the distilled-specific latent (relative norm ≥ 0.9) with the best *training* AUROC for
+# the bit is scored on held-out tokens; then it is removed from the distilled model's residual stream there (its contribution
 # `f_j · W_dec[j, distilled]`) on held-out problems, and the share of connective choices that flip is compared with
 # matched random latents (same firing frequency and decoder norm), CI over problems. The shared control's best
 # latent should sit in the shared band.
@@ -342,28 +354,34 @@ if LABELS:
 # %%
 gate_found = {}
 if LABELS:
-    gate_y = organism.step_end_labels(docs, meta, field="gate")
-    parity_y = organism.step_end_labels(docs, meta, field="parity")
+    gate_run = run if gate_layer == pair.layer else pipeline.load_run(RUN, overrides={"harvest.layer": gate_layer})
+    g_meta, g_docs = gate_run.store.meta, gate_run.documents()
+    g_ccs = gate_run.crosscoders
+    g_acts = {s: gate_run.codes(s) for s in SCHEMES}
+    g_nrn = {s: gate_run.relative_norms(s) for s in SCHEMES}
+    gate_y = organism.step_end_labels(g_docs, g_meta, field="gate")
+    parity_y = organism.step_end_labels(g_docs, g_meta, field="parity")
     gate_targets = {"connective gate": np.where(gate_y >= 0, gate_y == 1, np.nan),
                     "result parity": np.where(parity_y >= 0, parity_y == 1, np.nan)}
     for s in SCHEMES:
-        rec = probes.latent_recovery(acts[s], meta["split"], gate_targets, nrn[s], ks=(1,))
+        rec = probes.latent_recovery(g_acts[s], g_meta["split"], gate_targets, g_nrn[s], ks=(1,))
         g = rec.loc["connective gate"]
         j = g.get("best_specific_latent", np.nan)
         effect = None
         if np.isfinite(j):
             j = int(j)
             rng = np.random.default_rng(0)
-            dec_norm = ccs[s].W_dec.detach()[:, 1].norm(dim=-1).numpy()
+            dec_norm = g_ccs[s].W_dec.detach()[:, 1].norm(dim=-1).numpy()
             controls = [np.array([c]) for c in
-                        planted.matched_latents(acts[s].frequency(), dec_norm, j, L["gate_random"], rng)]
-            margins = planted.connective_margins(pair.base, pair.distilled, ccs[s], pair.layer, gate_ev,
+                        planted.matched_latents(g_acts[s].frequency(), dec_norm, j, L["gate_random"], rng)]
+            margins = planted.connective_margins(pair.base, pair.distilled, g_ccs[s], gate_layer, gate_ev,
                                                  [np.array([j])] + controls, tok)
             effect = planted.ablation_effect(margins, L["gate_random"], gate_acts["distilled", "bit"][1]["doc"])
-        spec_norm = float(nrn[s][j]) if np.isfinite(j) else np.nan
+        spec_norm = float(g_nrn[s][j]) if np.isfinite(j) else np.nan
         verdict = planted.finding_verdict(spec_norm, g.get("specific_auroc", np.nan), effect, run.tested)
         p = rec.loc["result parity"]
-        gate_found[s] = {"latent": j, "relative norm": spec_norm, "held-out AUROC": g.get("specific_auroc", np.nan),
+        gate_found[s] = {"layer": gate_layer, "latent": j, "relative norm": spec_norm,
+                         "held-out AUROC": g.get("specific_auroc", np.nan),
                          "flip rate": effect["target_flip_rate"] if effect else np.nan,
                          "matched random flip rate": effect["random_flip_rate"] if effect else np.nan,
                          "difference CI": tuple(round(v, 3) for v in effect["ci"]) if effect else None,
@@ -545,9 +563,14 @@ for s in SCHEMES:
             [n["distilled_only"], n["distilled_only_genuine"], n["base_only"]] for n in null_counts[s]]
 for k, v in gate_checks.items():
     numbers[f"gated connective {k}"] = [v["verdict"], v["reason"]]
+if gate_checks:
+    numbers["gated connective analysis layer (chosen on training problems) / hook layer"] = [gate_layer, pair.layer]
+    numbers["gated connective distilled probe training CV AUROC per layer"] = np.round(
+        gate_probe["distilled", "bit"]["cv_auroc"], 3).tolist()
 for s, g in gate_found.items():
-    numbers[f"{s} gated connective latent (id / relative norm / held-out AUROC / verdict)"] = [
-        g["latent"], round(float(g["relative norm"]), 3), round(float(g["held-out AUROC"]), 4), g["verdict"]]
+    numbers[f"{s} gated connective latent (layer / id / relative norm / held-out AUROC / verdict)"] = [
+        g["layer"], g["latent"], round(float(g["relative norm"]), 3), round(float(g["held-out AUROC"]), 4),
+        g["verdict"]]
 for name, r in ceiling.iterrows():
     numbers[f"probe ceiling {name} (base / distilled)"] = [round(float(r.base), 4), round(float(r.distilled), 4)]
 for s in verdicts:
