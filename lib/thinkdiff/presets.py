@@ -171,11 +171,13 @@ def load_pair(preset: str | Preset, layer: int | None = None, model_dtype: str =
     from .hf import load_hf_pair
     from .qwen import tiny_qwen_pair
 
-    base, distilled = p.base, p.distilled
+    base, distilled, control_dir = p.base, p.distilled, None
     if "smollm2" in p.extra:
+        from .smollm2 import control_dir as _control_dir
         from .smollm2 import pair_dirs
 
         base, distilled = (str(d) for d in pair_dirs(**p.extra["smollm2"]))
+        control_dir = _control_dir()
     if "tiny" in p.extra:
         tiny = tiny_qwen_pair(**p.extra["tiny"])
         base, distilled = str(tiny.base_path), str(tiny.distilled_path)
@@ -185,5 +187,11 @@ def load_pair(preset: str | Preset, layer: int | None = None, model_dtype: str =
     # "base": the paper fed both models the base tokenizer's ids, no template (the harvest then skips the
     # pairing check: one tokenizer object); "own": the harvest compares the two on every document.
     tok_d = hf.base_tokenizer if p.tokenizer == "base" else hf.distilled_tokenizer
+    control = None
+    if control_dir is not None:   # the same architecture and dtype as the base, placed with it
+        from transformers import AutoModelForCausalLM
+
+        control = AutoModelForCausalLM.from_pretrained(control_dir, dtype=getattr(torch, prec["dtype"])).eval()
+        control.to(hf.base.device)
     return ModelPair(hf.base, hf.distilled, hf.base_tokenizer, tok_d, lay, p,
-                     own_tokenizers=(hf.base_tokenizer, hf.distilled_tokenizer), precision=prec)
+                     own_tokenizers=(hf.base_tokenizer, hf.distilled_tokenizer), precision=prec, control=control)
