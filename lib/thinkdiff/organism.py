@@ -71,6 +71,9 @@ class SizeConfig:
 
 
 SIZES = {
+    # XS: a fourth size, so that a trend across sizes (claim 8) has four points (about 3x parameters per step)
+    "XS": SizeConfig(hidden=32, layers=4, heads=4, kv_heads=2, intermediate=96, pretrain_steps=3000, sft_steps=4000,
+                     sft_lr=1e-3),
     "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=3000, sft_steps=4000,
                     sft_lr=1e-3),
     "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=3000, sft_steps=4000,

@@ -53,7 +53,7 @@ def register(p: Preset) -> Preset:
     return p
 
 
-for _size in ("S", "M", "L"):
+for _size in ("XS", "S", "M", "L"):
     register(Preset(name=f"organism-{_size.lower()}", kind="organism", base=_size, distilled=_size,
                     notes=f"distillation model organism, size {_size}"))
 # The embedded default every notebook runs on.

@@ -39,7 +39,7 @@ CORPUS_KEYS = ("n_docs", "teacher_fraction", "seed", "corpus")
 ANALYSIS_DEFAULTS: dict[str, dict] = {
     # 00: the pair's own evaluation. Organism runs: the world's held-out problems for each listed size;
     # hf runs: a math set scored with math-verify (``math_files``: local json/jsonl/parquet, works offline).
-    "evaluate": {"sizes": ["S", "M", "L"], "n_eval": 200, "max_new_tokens": 200, "math_set": "math500",
+    "evaluate": {"sizes": ["XS", "S", "M", "L"], "n_eval": 200, "max_new_tokens": 200, "math_set": "math500",
                  "math_files": "", "seed": 0},
     # 03: labelling, latent scaling, ablation, ground truth.
     "label": {"n_scaling": 100, "reasonscore_alpha": 0.7, "window": [1, 2], "n_occurrences": 50,
@@ -52,8 +52,8 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
               "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": DISTILLED_SPECIFIC,
               "seed": 0},
     # 05: geometry across sizes: the runs compared (smallest first); each pair's performance is its [evaluate].
-    "geometry": {"runs": ["organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20], "claim_dim": 2,
-                 "top_k": 6, "seed": 0},
+    "geometry": {"runs": ["organism-xs", "organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20],
+                 "claim_dim": 2, "top_k": 6, "seed": 0},
 }
 TOP_KEYS = ("preset", "extends", "smoke", "description", "model_dtype", "harvest", "train", *ANALYSIS_DEFAULTS)
 
