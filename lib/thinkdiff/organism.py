@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import math
 import random
 import shutil
@@ -350,10 +351,18 @@ def _document_batches(tokenizer, texts, seq_len: int, batch: int, seed: int):
             yield ids, labels
 
 
-def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_after: int | None = None) -> list[float]:
+LM_CHECKPOINT_EVERY = 250   # optimiser steps between the resumable checkpoints of an organism build
+
+
+def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_after: int | None = None,
+             ckpt_dir: Path | None = None) -> list[float]:
     """AdamW with linear warm-up and cosine decay over ``steps``; returns the loss per step.
 
-    ``stop_after``: run only the first steps of that schedule (a reproducibility check rebuilds a prefix)."""
+    ``stop_after``: run only the first steps of that schedule (a reproducibility check rebuilds a prefix).
+    ``ckpt_dir``: every ``LM_CHECKPOINT_EVERY`` steps the model, optimiser, schedule and losses are saved there
+    (``lm_checkpoint.pt``, with its sha256 beside it), and a run that finds one resumes from it: the batches
+    already trained on are drawn again and skipped, so a resumed build ends with the weights of an
+    uninterrupted one (one thread). A checkpoint that fails its checksum is ignored (training starts over)."""
     torch.manual_seed(seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -361,7 +370,24 @@ def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_a
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     losses = []
-    bar = tqdm(range(steps if stop_after is None else min(stop_after, steps)), desc=desc, leave=False)
+    ckpt = None if ckpt_dir is None else Path(ckpt_dir) / "lm_checkpoint.pt"
+    if ckpt is not None and ckpt.exists():
+        side = ckpt.with_suffix(".sha256")
+        if side.exists() and side.read_text().strip() == paths.sha256_file(ckpt):
+            state = torch.load(ckpt, weights_only=False)
+            if state["steps"] == steps and state["lr"] == lr and state["seed"] == seed:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["opt"])
+                sched.load_state_dict(state["sched"])
+                torch.set_rng_state(state["rng"])
+                losses = list(state["losses"])
+                for _ in range(len(losses)):          # the batches already trained on
+                    next(batches)
+                print(f"{desc}: resuming at step {len(losses)} from {ckpt}", flush=True)
+        else:
+            print(f"{desc}: {ckpt} fails its checksum; training from the start", flush=True)
+    total = steps if stop_after is None else min(stop_after, steps)
+    bar = tqdm(range(len(losses), total), desc=desc, leave=False, initial=len(losses), total=total)
     for _ in bar:
         x = next(batches)
         x, labels = x if isinstance(x, tuple) else (x, x)
@@ -375,6 +401,14 @@ def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_a
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if ckpt is not None and len(losses) % LM_CHECKPOINT_EVERY == 0 and len(losses) < steps:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_name(f".{ckpt.name}.tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "rng": torch.get_rng_state(), "losses": losses, "steps": steps, "lr": lr, "seed": seed}, tmp)
+            digest = paths.sha256_file(tmp)
+            os.replace(tmp, ckpt)
+            ckpt.with_suffix(".sha256").write_text(digest + "\n")
     model.eval()
     return losses
 
@@ -573,14 +607,14 @@ def _pretrain_tokens(arch: dict, corpus: CorpusConfig, tok) -> torch.Tensor:
 
 
 def _pretrain(size: str, arch: dict, corpus: CorpusConfig, tok, stop_after: int | None = None,
-              data: torch.Tensor | None = None):
+              data: torch.Tensor | None = None, ckpt_dir: Path | None = None):
     """(base model, losses): the base pretraining schedule of ``arch`` (optionally only its first steps;
     ``data``: its ``_pretrain_tokens``, when already at hand)."""
     data = _pretrain_tokens(arch, corpus, tok) if data is None else data
     base = build_model(arch, len(tok), seed=corpus.seed)
     losses = train_lm(base, _packed_batches(tok, None, arch["seq_len"], arch["batch"], corpus.seed, data=data),
                       arch["pretrain_steps"], arch["pretrain_lr"], f"organism {size}: pretrain base", corpus.seed,
-                      stop_after=stop_after)
+                      stop_after=stop_after, ckpt_dir=ckpt_dir)
     return base, losses
 
 
@@ -640,13 +674,15 @@ def get_base(size: str, corpus: CorpusConfig | None, tok, use_shipped: bool = Tr
             summary = json.loads((folder / "pretrain.json").read_text())
             return Qwen2ForCausalLM.from_pretrained(folder, dtype=torch.float32), summary
         t0 = time.time()
+        work = folder.with_name(folder.name + ".partial")   # resumable checkpoints of an interrupted build
         base, losses = _pretrain(size, organism_config(size, corpus, **overrides)["arch"], corpus or CorpusConfig(),
-                                 tok)
+                                 tok, ckpt_dir=work)
         summary = {"seconds": round(time.time() - t0, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
                    "prefix_losses": losses[:PREFIX_STEPS], "config": key}
         with paths.atomic_dir(folder) as tmp:
             base.save_pretrained(tmp)
             (tmp / "pretrain.json").write_text(json.dumps(summary))
+        shutil.rmtree(work, ignore_errors=True)
     return base, summary
 
 
@@ -682,12 +718,15 @@ def get_finetune(size: str, role: str, cfg: dict, base, tok, rebuild: bool = Fal
             texts = corpus_texts(replace(corpus, teacher=replace(corpus.teacher, gate=gate)), "teacher", n_teacher)
         model = build_model(arch, len(tok), seed=corpus.seed)
         model.load_state_dict(base.state_dict())
+        work = folder.with_name(folder.name + ".partial")   # resumable checkpoints of an interrupted build
         losses = train_lm(model, _document_batches(tok, texts, arch["seq_len"], arch["batch"], corpus.seed + 1),
-                          arch["sft_steps"], arch["sft_lr"], f"organism {size}: {SFT_DESC[role]}", corpus.seed + 1)
+                          arch["sft_steps"], arch["sft_lr"], f"organism {size}: {SFT_DESC[role]}", corpus.seed + 1,
+                          ckpt_dir=work)
         summary = {"seconds": round(time.time() - t0, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]), "config": key}
         with paths.atomic_dir(folder) as tmp:
             model.save_pretrained(tmp)
             (tmp / "sft.json").write_text(json.dumps(summary))
+        shutil.rmtree(work, ignore_errors=True)
     return model, summary
 
 
