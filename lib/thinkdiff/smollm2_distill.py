@@ -70,16 +70,22 @@ def sft_examples(tokenizer, cfg: DistillConfig) -> list[tuple[list[int], int]]:
 
 
 def control_examples(tokenizer, cfg: DistillConfig) -> list[tuple[list[int], int]]:
-    """The control's examples, index by index matched to ``sft_examples``: a CHAMP text (drawn in a seeded order,
-    cycling) cut to that example's length, ending in EOS, with the loss on its last ``len - n_prompt`` tokens. A
-    CHAMP text shorter than the example is used whole (the loss then covers its last part, as long as possible)."""
+    """The control's examples, index by index matched to ``sft_examples``: CHAMP text (texts drawn in a seeded
+    order, cycling, joined by blank lines where one is shorter than the example: many CHAMP problem statements
+    are) cut to that example's length, ending in EOS, with the loss on its last ``len - n_prompt`` tokens, so
+    both adapters see the same tokens and loss tokens per step."""
     texts = list(smollm2_corpus.champ_texts())
     random.Random(f"smollm2-control-{cfg.seed}").shuffle(texts)
-    out = []
-    for i, (ids, n_prompt) in enumerate(sft_examples(tokenizer, cfg)):
-        text_ids = tokenizer(texts[i % len(texts)], add_special_tokens=False)["input_ids"][:len(ids) - 1]
-        seq = text_ids + [tokenizer.eos_token_id]
-        out.append((seq, max(0, len(seq) - (len(ids) - n_prompt))))
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    out, j = [], 0
+    for ids, n_prompt in sft_examples(tokenizer, cfg):
+        text_ids: list[int] = []
+        while len(text_ids) < len(ids) - 1:
+            text_ids += (sep if text_ids else []) + encoded[j % len(encoded)]
+            j += 1
+        seq = text_ids[:len(ids) - 1] + [tokenizer.eos_token_id]
+        out.append((seq, len(seq) - (len(ids) - n_prompt)))
     return out
 
 
