@@ -38,7 +38,8 @@ organism: venv
 
 # Rebuild the SmolLM2-135M distillation adapter under data/smollm2/ (LoRA SFT, seeded, one thread, ~15 min).
 distill-smollm2: venv
-	$(PY) -m thinkdiff.smollm2_distill
+	$(PY) -m thinkdiff.smollm2_distill --role distilled
+	$(PY) -m thinkdiff.smollm2_distill --role control
 
 # Every speed and memory ratio, measured in one run (one thread each: steady on a shared machine).
 bench: venv

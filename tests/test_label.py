@@ -650,6 +650,16 @@ def test_lexical_profile_and_claim_verdicts():
     assert v == "contradicts" and "50 live latents" in e
     with pytest.raises(ValueError, match="null"):
         claims.claim1_verdict(nrn, freq, [])
+    # with latent scaling: 30 distilled-only latents, but only 5 survive it; the null's survivors set the bar
+    genuine = np.zeros(100, bool)
+    genuine[:5] = True
+    few = [{**n, "distilled_only_genuine": g} for n, g in zip(quiet, (1, 2))]      # bar 3 < 5
+    v, e = claims.claim1_verdict(nrn, freq, few, genuine=genuine)
+    assert v == "supports" and "5 distilled-only surviving latent scaling (null [1, 2], bar 3)" in e
+    many = [{**n, "distilled_only_genuine": g} for n, g in zip(quiet, (3, 4))]     # bar 5, not exceeded
+    assert claims.claim1_verdict(nrn, freq, many, genuine=genuine)[0] == "mixed"
+    with pytest.raises(ValueError, match="distilled_only_genuine"):
+        claims.claim1_verdict(nrn, freq, quiet, genuine=genuine)
 
 
 def test_claim3_needs_markers_more_shared_than_latents_in_general():

@@ -133,3 +133,34 @@ def test_accuracy_is_reported_with_and_without_malformed_outputs(monkeypatch):
     out = organism.evaluate(None, organism.get_tokenizer(), problems, sample_seed=None)
     assert [world.parse_output(t)["well_formed"] for t in texts] == [True, False, True]
     assert out["accuracy"] == 2 / 3 and out["accuracy_well_formed"] == 1 / 3
+
+
+def test_an_interrupted_organism_build_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """train_lm checkpoints every LM_CHECKPOINT_EVERY steps; a run stopped after 12 of 20 steps and started again
+    ends with the weights and losses of an uninterrupted run (one thread), skipping the batches it trained on."""
+    import torch
+
+    from thinkdiff import organism
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(organism, "LM_CHECKPOINT_EVERY", 5)
+    tok = organism.get_tokenizer()
+    arch = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
+    texts = organism.corpus_texts(organism.CorpusConfig(), "base", 200)
+
+    def run(ckpt_dir=None, stop_after=None):
+        model = organism.build_model(arch, len(tok), seed=0)
+        losses = organism.train_lm(model, organism._document_batches(tok, texts, 64, 4, 1), 20, 1e-3, "t", 1,
+                                   stop_after=stop_after, ckpt_dir=ckpt_dir)
+        return model, losses
+
+    whole, whole_losses = run()
+    run(tmp_path, stop_after=12)                    # "killed" after step 12: checkpoints at 5 and 10
+    assert (tmp_path / "lm_checkpoint.pt").exists()
+    resumed, losses = run(tmp_path)
+    assert losses == whole_losses
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    (tmp_path / "lm_checkpoint.sha256").write_text("0" * 64)   # a checkpoint failing its checksum is not used
+    again, losses = run(tmp_path)
+    assert losses == whole_losses

@@ -242,3 +242,11 @@ def test_gpu_check_smoke(tiny_tokenizer):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="--smoke"):
             gpu_check.run(gpu_check.parse_args([]))
+
+
+def test_claim1_null_needs_a_control_fine_tune(run):
+    """A pair without a control model has no null for claim 1: the base paired with itself cannot show an exclusive
+    latent, so it is no test, and asking for it says why."""
+    assert run.pair.control is None and not run.has_null
+    with pytest.raises(ValueError, match="no control model"):
+        run.null_store

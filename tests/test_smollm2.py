@@ -81,6 +81,42 @@ def test_conversion_is_exact_and_the_rebuild_matches_the_manifest(rebuilt):
     assert len(m["losses"]) == m["config"]["steps"] and m["losses"][-1] < m["losses"][0] / 2
 
 
+def test_control_adapter_sees_the_distillations_tokens_on_champ_text(rebuilt):
+    """Claim 1's null partner: index by index, the control's example is CHAMP text exactly as long as the
+    distillation's, ends in EOS and carries as many loss tokens; it shares no example with the traces."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(rebuilt[0])
+    cfg = smollm2_distill.DistillConfig(steps=6, batch=4)
+    sft, ctl = smollm2_distill.sft_examples(tok, cfg), smollm2_distill.control_examples(tok, cfg)
+    assert len(sft) == len(ctl) == 24
+    champ = set(smollm2_corpus.champ_texts())
+    for (ids, n_prompt), (cids, c_prompt) in zip(sft, ctl):
+        assert cids[-1] == tok.eos_token_id and len(cids) == len(ids)
+        assert len(cids) - c_prompt == len(ids) - n_prompt
+        assert ids != cids
+    assert all(any(t.startswith(tok.decode(c[:20])) for t in champ) for c, _ in ctl[:3])  # CHAMP text, from its start
+    with pytest.raises(ValueError, match="unknown adapter role"):
+        smollm2_distill.build(cfg, role="teacher")
+
+
+def test_the_control_rebuild_matches_its_manifest(rebuilt):
+    """The shipped control adapter (``smollm2_distill --role control``) merges into the model its manifest names."""
+    folder = smollm2.control_dir()
+    assert folder is not None, "no control adapter in data/smollm2/control: claim 1 has no null for smollm2-135m"
+    m = json.loads(smollm2.CONTROL_MANIFEST.read_text())
+    check = smollm2.check_rebuild(folder, smollm2.CONTROL_MANIFEST)
+    assert check["probe_close"], check
+    if m["cpu"] == smollm2.cpu_model():
+        assert check["bitwise_equal"], check
+    d = smollm2_eval.distill_manifest()
+    assert m["role"] == "control" and m["teacher"] is None
+    same = ("steps", "batch", "lr", "warmup", "rank", "alpha", "seed")
+    assert {k: m["config"][k] for k in same} == {k: d["config"][k] for k in same}
+    assert m["merged_sha256"] != d["merged_sha256"] and m["adapter_sha256"] == smollm2.adapter_sha256(
+        smollm2.CONTROL_ADAPTER_DIR)
+
+
 @pytest.fixture(scope="module")
 def smoke_run(rebuilt):
     with pytest.MonkeyPatch.context() as mp:
@@ -109,6 +145,7 @@ def test_smoke_run_harvests_labelled_store_and_trains(smoke_run):
     assert set(np.unique(step_end)) == {-1, 0, 1}
     cc = run.crosscoder("relu")
     assert (cc.n_latents, cc.d_model) == (256, 576)
+    assert run.has_null and pair.control.dtype == want    # the LoRA control: claim 1's null partner
     gt = run.ground_truth("relu")
     assert len(gt.best) == 4 and gt.best["auroc"].between(0, 1).all()
 

@@ -36,30 +36,51 @@ def verdict(holds) -> str:
     return "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
 
 
-def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC) -> dict:
-    """Latents firing on at least ``MIN_FREQUENCY`` of tokens with relative norm >= ``hi`` / <= ``lo``."""
+def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC,
+                     genuine=None) -> dict:
+    """Latents firing on at least ``MIN_FREQUENCY`` of tokens with relative norm >= ``hi`` / <= ``lo``.
+
+    ``genuine`` [F] bool (optional): True where a latent survives latent scaling (``label.latent_scaling`` flag
+    "genuine"; latents not checked are False). Then ``distilled_only_genuine`` counts the distilled-only latents
+    that also survive it (latent scaling tests the distilled side only)."""
     nrn, freq = np.asarray(nrn, float), np.asarray(frequency, float)
-    v = nrn[(freq >= MIN_FREQUENCY) & np.isfinite(nrn)]
-    return {"live": int(len(v)), "distilled_only": int((v >= hi).sum()), "base_only": int((v <= lo).sum()),
-            "mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
+    keep = (freq >= MIN_FREQUENCY) & np.isfinite(nrn)
+    v = nrn[keep]
+    out = {"live": int(len(v)), "distilled_only": int((v >= hi).sum()), "base_only": int((v <= lo).sum()),
+           "mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
+    if genuine is not None:
+        genuine = np.asarray(genuine, bool)
+        if genuine.shape != nrn.shape:
+            raise ValueError(f"genuine must be one bool per latent [{len(nrn)}], got shape {genuine.shape}")
+        out["distilled_only_genuine"] = int((keep & (nrn >= hi) & genuine).sum())
+    return out
 
 
-def claim1_verdict(nrn, frequency, null: list, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC) -> tuple[str, str]:
+def claim1_verdict(nrn, frequency, null: list, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC,
+                   genuine=None) -> tuple[str, str]:
     """Claim 1: exclusive latents exist, beyond what a pair without distillation gives.
 
     ``nrn``, ``frequency`` [F] of the real crosscoder; ``null``: ``exclusive_counts`` of null crosscoders (the
-    same training on the base model paired with itself), one per seed. A side (distilled-only, base-only) counts
-    as shown when the real count exceeds the null's largest count plus its seed-to-seed spread (max - min).
-    supports: both sides; contradicts: neither; mixed otherwise."""
+    same training on the base paired with its control fine-tune: the same recipe on base text, no distillation),
+    one per seed. A side (distilled-only, base-only) counts as shown when the real count exceeds the null's
+    largest count plus its seed-to-seed spread (max - min). With ``genuine`` (``exclusive_counts``), the
+    distilled side counts only latents that survive latent scaling, on the real pair and on the null alike
+    (the null's counts must then carry ``distilled_only_genuine``). supports: both sides; contradicts: neither;
+    mixed otherwise."""
     if not null:
-        raise ValueError("claim 1 needs at least one null crosscoder (the base model paired with itself)")
-    real = exclusive_counts(nrn, frequency, lo, hi)
+        raise ValueError("claim 1 needs at least one null crosscoder (the base paired with its control fine-tune)")
+    real = exclusive_counts(nrn, frequency, lo, hi, genuine)
+    sides = ("distilled_only_genuine" if genuine is not None else "distilled_only", "base_only")
+    if genuine is not None and any("distilled_only_genuine" not in n for n in null):
+        raise ValueError("claim 1 with latent scaling: the null's counts lack distilled_only_genuine; measure latent "
+                         "scaling on the null crosscoders the same way")
     holds, parts = [], []
-    for side in ("distilled_only", "base_only"):
+    for side in sides:
         vals = [n[side] for n in null]
         bar = max(vals) + (max(vals) - min(vals))
         holds.append(real[side] > bar)
-        parts.append(f"{real[side]} {side.replace('_', '-')} (null {vals}, bar {bar})")
+        name = {"distilled_only_genuine": "distilled-only surviving latent scaling"}.get(side, side.replace("_", "-"))
+        parts.append(f"{real[side]} {name} (null {vals}, bar {bar})")
     return verdict(holds), (f"{real['live']} live latents (frequency >= {MIN_FREQUENCY}): " + ", ".join(parts)
                             + f" at relative norm >= {hi} / <= {lo}; mean {real['mean']:.3f}, std {real['std']:.3f} "
                             f"(paper 1.5B/7B/14B means 0.504/0.492/0.540)")

@@ -4,6 +4,12 @@ Base = ``Qwen2ForCausalLM`` trained from scratch on the base corpus (terse answe
 sentences). Distilled = the base fine-tuned (SFT) on the programmatic teacher's traces, the way
 DeepSeek distilled R1 into Qwen. Three sizes S < M < L (width and depth both grow).
 
+Beside each pair, two controls with the distillation's exact SFT recipe and budget (steps, learning rate,
+batch, window): ``control`` is the base fine-tuned on new base-corpus text (no traces): any fine-tuning,
+without distillation; (base, control) is the null pair that "distilled-only" latents must beat.
+``coin_control`` is the base fine-tuned on the same traces with the connective drawn by a coin
+(``world.TeacherConfig.gate``): it sees the traces but never needs the gate bit.
+
 ``get_organism(size)`` returns a pair, loading it from ``data/organism/<size>`` (weights shipped in
 the repository) when the manifest's config hash matches, else from the ``runs/`` cache, else
 building it (``make organism`` rebuilds the shipped copies deterministically).
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import math
 import random
 import shutil
@@ -65,11 +72,14 @@ class SizeConfig:
 
 
 SIZES = {
-    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=3000, sft_steps=2000,
+    # XS: a fourth size, so that a trend across sizes (claim 8) has four points (about 3x parameters per step)
+    "XS": SizeConfig(hidden=32, layers=4, heads=4, kv_heads=2, intermediate=96, pretrain_steps=3000, sft_steps=4000,
+                     sft_lr=1e-3),
+    "S": SizeConfig(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=192, pretrain_steps=3000, sft_steps=4000,
                     sft_lr=1e-3),
-    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=3000, sft_steps=2000,
+    "M": SizeConfig(hidden=96, layers=6, heads=6, kv_heads=2, intermediate=288, pretrain_steps=3000, sft_steps=4000,
                     sft_lr=1e-3),
-    "L": SizeConfig(hidden=128, layers=6, heads=8, kv_heads=2, intermediate=384, pretrain_steps=3000, sft_steps=2000,
+    "L": SizeConfig(hidden=128, layers=6, heads=8, kv_heads=2, intermediate=384, pretrain_steps=3000, sft_steps=4000,
                     pretrain_lr=2e-3, sft_lr=1e-3),
 }
 
@@ -98,7 +108,14 @@ def organism_config(size: str, corpus: CorpusConfig | None = None, **overrides) 
     sc = replace(SIZES[size], **overrides) if overrides else SIZES[size]
     sc.check(size)
     corpus = corpus or CorpusConfig()
-    return {"size": size, "arch": asdict(sc), "corpus": asdict(corpus), "version": 3}
+    return {"size": size, "arch": asdict(sc), "corpus": asdict(corpus), "version": 4}
+
+
+# What decides a base model, versioned apart from the distillation: version 4 (the gated connective and the
+# controls) changed only what happens after pretraining, so the version-3 bases are still the bases.
+BASE_VERSION = 3
+# The models of one organism folder: the pair, then the two controls (module docstring).
+ROLES = ("base", "distilled", "control", "coin_control")
 
 
 # ----------------------------------------------------------------------------- documents
@@ -112,6 +129,8 @@ class Document:
     marker: list
     kind: str  # "teacher" or "base"
     step_end: list = field(default_factory=list)  # per token: 1 last operation's end, 0 another's, -1 none
+    gate: list = field(default_factory=list)      # per token: the gate bit at a scored operation's end, -1 none
+    parity: list = field(default_factory=list)    # per token: a scored operation's result parity on its result, -1
     group: str = ""  # documents sharing a group (e.g. one problem's computation) share a store split; "" = own
 
 
@@ -156,21 +175,29 @@ def tokenize_spans(tokenizer, spans) -> Document:
         spans = [world.Span(spans)]
     text = world.spans_text(spans)
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    char_label, marker_starts, step_ends, pos = [0] * len(text), set(), {}, 0
+    char_label, marker_starts, pos = [0] * len(text), set(), 0
+    at_end = {f: {} for f in STEP_FIELDS}  # per field: char position of its label -> value
     for s in spans:
         char_label[pos:pos + len(s.text)] = [s.category] * len(s.text)
         if s.marker:
             marker_starts.add(pos)
         pos += len(s.text)
-        if s.step_end is not None:
-            step_ends[pos - 1] = s.step_end  # the closing "." of a written operation
-    labels, marker, step_end = [], [], []
+        for f, back in STEP_FIELDS.items():
+            if getattr(s, f) is not None:
+                at_end[f][pos - back] = getattr(s, f)
+    labels, marker, per_token = [], [], {f: [] for f in STEP_FIELDS}
     for start, end in enc["offset_mapping"]:
         labels.append(char_label[start] if start < len(text) else 0)
         marker.append(start in marker_starts)
-        step_end.append(next((v for c, v in step_ends.items() if start <= c < end), -1))
+        for f in STEP_FIELDS:
+            per_token[f].append(next((v for c, v in at_end[f].items() if start <= c < end), -1))
     kind = "teacher" if any(s.category for s in spans) or THINK_OPEN in text else "base"
-    return Document(text, list(enc["input_ids"]), labels, marker, kind, step_end)
+    return Document(text, list(enc["input_ids"]), labels, marker, kind, **per_token)
+
+
+# Per-operation labels carried by ``world.Span`` (" a op b = r."), and where each goes, in characters back from the
+# span's end: the closing "." (1) for "last operation?" and the gate bit, the result r's last digit (2) for its parity.
+STEP_FIELDS = {"step_end": 1, "gate": 1, "parity": 2}
 
 
 def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.5, seed: int = 1,
@@ -207,16 +234,19 @@ def harvest_documents(tokenizer, n_docs: int = 600, teacher_fraction: float = 0.
     return docs
 
 
-def step_end_labels(docs: list[Document], meta: dict) -> np.ndarray:
-    """The planted "last operation" quantity per store token: 1 at the end of a trace's last operation, 0 at
-    the end of any other operation, -1 elsewhere. ``meta``: the store's ``doc_id`` and ``pos`` arrays [n]."""
+def step_end_labels(docs: list[Document], meta: dict, field: str = "step_end") -> np.ndarray:
+    """A per-operation planted quantity per store token [n], -1 where none. ``field`` (one of ``STEP_FIELDS``):
+    "step_end" 1 at the end of a trace's last operation, 0 at any other's; "gate" the gate bit at a scored
+    operation's end; "parity" that operation's result parity on the result's token. ``meta``: the store's ``doc_id`` and ``pos`` arrays [n]."""
+    if field not in STEP_FIELDS:
+        raise ValueError(f"unknown per-operation label {field!r}; known: {STEP_FIELDS}")
     doc_id, pos = np.asarray(meta["doc_id"]), np.asarray(meta["pos"])
     if len(doc_id) and doc_id.max() >= len(docs):
         raise ValueError(f"store tokens name document {doc_id.max()} but only {len(docs)} documents were given")
     lengths = np.array([len(d.step_end) for d in docs])
     if (pos >= lengths[doc_id]).any():
         raise ValueError("store token positions run past their documents: these are not the store's documents")
-    flat = np.concatenate([np.asarray(d.step_end, np.int8) for d in docs])
+    flat = np.concatenate([np.asarray(getattr(d, field), np.int8) for d in docs])
     offset = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     return flat[offset[doc_id] + pos]
 
@@ -240,6 +270,7 @@ def train_tokenizer(cfg: CorpusConfig):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    cfg = replace(cfg, teacher=replace(cfg.teacher, gate="none"))  # tokenizer_key: trained without the connective
     texts = [t if isinstance(t, str) else world.spans_text(t)
              for kind in ("base", "teacher") for t in corpus_texts(cfg, kind, 3000, seed_offset=99)]
     tok = Tokenizer(models.BPE())
@@ -320,10 +351,18 @@ def _document_batches(tokenizer, texts, seq_len: int, batch: int, seed: int):
             yield ids, labels
 
 
-def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_after: int | None = None) -> list[float]:
+LM_CHECKPOINT_EVERY = 250   # optimiser steps between the resumable checkpoints of an organism build
+
+
+def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_after: int | None = None,
+             ckpt_dir: Path | None = None) -> list[float]:
     """AdamW with linear warm-up and cosine decay over ``steps``; returns the loss per step.
 
-    ``stop_after``: run only the first steps of that schedule (a reproducibility check rebuilds a prefix)."""
+    ``stop_after``: run only the first steps of that schedule (a reproducibility check rebuilds a prefix).
+    ``ckpt_dir``: every ``LM_CHECKPOINT_EVERY`` steps the model, optimiser, schedule and losses are saved there
+    (``lm_checkpoint.pt``, with its sha256 beside it), and a run that finds one resumes from it: the batches
+    already trained on are drawn again and skipped, so a resumed build ends with the weights of an
+    uninterrupted one (one thread). A checkpoint that fails its checksum is ignored (training starts over)."""
     torch.manual_seed(seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -331,7 +370,24 @@ def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_a
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     losses = []
-    bar = tqdm(range(steps if stop_after is None else min(stop_after, steps)), desc=desc, leave=False)
+    ckpt = None if ckpt_dir is None else Path(ckpt_dir) / "lm_checkpoint.pt"
+    if ckpt is not None and ckpt.exists():
+        side = ckpt.with_suffix(".sha256")
+        if side.exists() and side.read_text().strip() == paths.sha256_file(ckpt):
+            state = torch.load(ckpt, weights_only=False)
+            if state["steps"] == steps and state["lr"] == lr and state["seed"] == seed:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["opt"])
+                sched.load_state_dict(state["sched"])
+                torch.set_rng_state(state["rng"])
+                losses = list(state["losses"])
+                for _ in range(len(losses)):          # the batches already trained on
+                    next(batches)
+                print(f"{desc}: resuming at step {len(losses)} from {ckpt}", flush=True)
+        else:
+            print(f"{desc}: {ckpt} fails its checksum; training from the start", flush=True)
+    total = steps if stop_after is None else min(stop_after, steps)
+    bar = tqdm(range(len(losses), total), desc=desc, leave=False, initial=len(losses), total=total)
     for _ in bar:
         x = next(batches)
         x, labels = x if isinstance(x, tuple) else (x, x)
@@ -345,6 +401,14 @@ def train_lm(model, batches, steps: int, lr: float, desc: str, seed: int, stop_a
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if ckpt is not None and len(losses) % LM_CHECKPOINT_EVERY == 0 and len(losses) < steps:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_name(f".{ckpt.name}.tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "rng": torch.get_rng_state(), "losses": losses, "steps": steps, "lr": lr, "seed": seed}, tmp)
+            digest = paths.sha256_file(tmp)
+            os.replace(tmp, ckpt)
+            ckpt.with_suffix(".sha256").write_text(digest + "\n")
     model.eval()
     return losses
 
@@ -493,6 +557,8 @@ class OrganismPair:
     tokenizer: object
     path: Path
     manifest: dict
+    control: object = None       # the base fine-tuned on base text with the same recipe (the null pair's partner)
+    coin_control: object = None  # the base fine-tuned on traces whose connective is a coin flip
 
 
 def _tokenizer_dir(root: Path) -> Path:
@@ -500,8 +566,11 @@ def _tokenizer_dir(root: Path) -> Path:
 
 
 def tokenizer_key(corpus: CorpusConfig) -> dict:
-    """What the tokenizer is trained on (the organism's base and teacher corpora)."""
-    return {"tokenizer": asdict(corpus), "version": 1}
+    """What the tokenizer is trained on: the organism's base and teacher corpora *without* the connective, so the
+    gate leaves the tokenizer (and with it the base) as it was; the connectives are spelled with its merges."""
+    d = asdict(corpus)
+    d["teacher"] = {k: v for k, v in d["teacher"].items() if k not in ("gate", "coin_seed")}
+    return {"tokenizer": d, "version": 1}
 
 
 def get_tokenizer(corpus: CorpusConfig | None = None):
@@ -538,14 +607,14 @@ def _pretrain_tokens(arch: dict, corpus: CorpusConfig, tok) -> torch.Tensor:
 
 
 def _pretrain(size: str, arch: dict, corpus: CorpusConfig, tok, stop_after: int | None = None,
-              data: torch.Tensor | None = None):
+              data: torch.Tensor | None = None, ckpt_dir: Path | None = None):
     """(base model, losses): the base pretraining schedule of ``arch`` (optionally only its first steps;
     ``data``: its ``_pretrain_tokens``, when already at hand)."""
     data = _pretrain_tokens(arch, corpus, tok) if data is None else data
     base = build_model(arch, len(tok), seed=corpus.seed)
     losses = train_lm(base, _packed_batches(tok, None, arch["seq_len"], arch["batch"], corpus.seed, data=data),
                       arch["pretrain_steps"], arch["pretrain_lr"], f"organism {size}: pretrain base", corpus.seed,
-                      stop_after=stop_after)
+                      stop_after=stop_after, ckpt_dir=ckpt_dir)
     return base, losses
 
 
@@ -570,39 +639,106 @@ def pretrain_prefix(size: str, steps: int = PREFIX_STEPS, threads: int = 1) -> l
         torch.set_num_threads(old)
 
 
-def base_config(size: str, corpus: CorpusConfig | None = None, **overrides) -> dict:
-    """The part of an organism's config that decides its base model (architecture, pretraining, base corpus)."""
-    cfg = organism_config(size, corpus, **overrides)
+def base_part(cfg: dict) -> dict:
+    """The part of an organism config (``organism_config``'s dict) that decides its base model: architecture,
+    pretraining, base corpus and the tokenizer it was trained with."""
     arch = {k: v for k, v in cfg["arch"].items() if not k.startswith("sft_")}
     corp = {k: v for k, v in cfg["corpus"].items() if not k.startswith("sft_") and k != "teacher"}
-    return {"arch": arch, "corpus": corp, "version": cfg["version"]}
+    teacher = {k: v for k, v in cfg["corpus"]["teacher"].items() if k not in ("gate", "coin_seed")}
+    tok = paths.config_hash({"tokenizer": {**cfg["corpus"], "teacher": teacher}, "version": 1})
+    return {"arch": arch, "corpus": corp, "tokenizer": tok, "version": BASE_VERSION}
 
 
-def get_base(size: str, corpus: CorpusConfig | None, tok, **overrides):
+def base_config(size: str, corpus: CorpusConfig | None = None, **overrides) -> dict:
+    """The part of an organism's config that decides its base model (``base_part``)."""
+    return base_part(organism_config(size, corpus, **overrides))
+
+
+def get_base(size: str, corpus: CorpusConfig | None, tok, use_shipped: bool = True, **overrides):
     """(base model, pretraining summary): cached by ``base_config``, so a change to the distillation alone does
     not retrain the base. The summary holds ``seconds``, ``final_loss`` (mean of the last 20 steps) and
     ``prefix_losses`` (the first ``PREFIX_STEPS``). Built single-threaded by the caller."""
     from transformers import Qwen2ForCausalLM
 
     key = base_config(size, corpus, **overrides)
+    shipped = SHIPPED_DIR / size / "manifest.json"
+    if use_shipped and shipped.exists():  # the shipped pair's base is this base when its config says so (a distillation-only change)
+        man = json.loads(shipped.read_text())
+        if base_part(man["config"]) == key:
+            summary = {"seconds": man["train_seconds"]["pretrain"], "final_loss": man["final_loss"]["pretrain"],
+                       "prefix_losses": man["prefix_losses"], "config": key, "from": str(shipped.parent / "base")}
+            return Qwen2ForCausalLM.from_pretrained(shipped.parent / "base", dtype=torch.float32), summary
     folder = paths.artifact_dir("organism-base", key)
     with paths.writer_lock(folder):
         if (folder / "pretrain.json").exists():
             summary = json.loads((folder / "pretrain.json").read_text())
             return Qwen2ForCausalLM.from_pretrained(folder, dtype=torch.float32), summary
         t0 = time.time()
+        work = folder.with_name(folder.name + ".partial")   # resumable checkpoints of an interrupted build
         base, losses = _pretrain(size, organism_config(size, corpus, **overrides)["arch"], corpus or CorpusConfig(),
-                                 tok)
+                                 tok, ckpt_dir=work)
         summary = {"seconds": round(time.time() - t0, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
                    "prefix_losses": losses[:PREFIX_STEPS], "config": key}
         with paths.atomic_dir(folder) as tmp:
             base.save_pretrained(tmp)
             (tmp / "pretrain.json").write_text(json.dumps(summary))
+        shutil.rmtree(work, ignore_errors=True)
     return base, summary
 
 
-def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **overrides) -> dict:
-    """Train the base and distilled models of ``size`` and save them (plus a manifest) into ``out``."""
+SFT_DESC = {"distilled": "distil (SFT)", "coin_control": "coin-flip control (SFT)",
+            "control": "fine-tune control (base text)"}
+
+
+def get_finetune(size: str, role: str, cfg: dict, base, tok, rebuild: bool = False):
+    """(model, summary) of one fine-tune of ``base`` (``role`` in ``SFT_DESC``), cached on its own, so an
+    interrupted build keeps the fine-tunes it finished. One recipe for all three (seed, steps, lr, batch, window);
+    only the documents differ: the teacher's traces, the same traces with a coin-flip connective, or new
+    base-corpus samples (another seed offset than pretraining's; base documents are shorter, so as many more as
+    pretraining draws per token)."""
+    from transformers import Qwen2ForCausalLM
+
+    arch, corpus = cfg["arch"], _corpus_from(cfg["corpus"])
+    key = {"base": base_part(cfg), "role": role, "corpus": cfg["corpus"],
+           "sft": {k: arch[k] for k in ("sft_steps", "sft_lr", "batch", "seq_len")}, "version": cfg["version"]}
+    folder = paths.artifact_dir("organism-sft", key)
+    with paths.writer_lock(folder):
+        if rebuild and folder.exists():
+            shutil.rmtree(folder)
+        if (folder / "sft.json").exists():
+            return (Qwen2ForCausalLM.from_pretrained(folder, dtype=torch.float32),
+                    json.loads((folder / "sft.json").read_text()))
+        t0 = time.time()
+        n_teacher = arch["sft_steps"] * arch["batch"] * arch["seq_len"] // 60 + 2000
+        if role == "control":
+            texts = corpus_texts(corpus, "base", arch["sft_steps"] * arch["batch"] * arch["seq_len"] // 20 + 2000,
+                                 seed_offset=1)
+        else:
+            gate = "coin" if role == "coin_control" else corpus.teacher.gate
+            texts = corpus_texts(replace(corpus, teacher=replace(corpus.teacher, gate=gate)), "teacher", n_teacher)
+        model = build_model(arch, len(tok), seed=corpus.seed)
+        model.load_state_dict(base.state_dict())
+        work = folder.with_name(folder.name + ".partial")   # resumable checkpoints of an interrupted build
+        losses = train_lm(model, _document_batches(tok, texts, arch["seq_len"], arch["batch"], corpus.seed + 1),
+                          arch["sft_steps"], arch["sft_lr"], f"organism {size}: {SFT_DESC[role]}", corpus.seed + 1,
+                          ckpt_dir=work)
+        summary = {"seconds": round(time.time() - t0, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]), "config": key}
+        with paths.atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp)
+            (tmp / "sft.json").write_text(json.dumps(summary))
+        shutil.rmtree(work, ignore_errors=True)
+    return model, summary
+
+
+def _corpus_from(d: dict) -> CorpusConfig:
+    return CorpusConfig(**{**d, "teacher": world.TeacherConfig(**d["teacher"])})
+
+
+def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, keep_base: bool = False,
+                   rebuild_base: bool = False, **overrides) -> dict:
+    """Train the base, the distilled model and the two controls of ``size`` and save them (plus a manifest) into
+    ``out``. ``keep_base``: start from the shipped base where its config matches (only the fine-tunes are
+    trained); ``rebuild_base``: retrain the base and the fine-tunes even where a cached build exists."""
     cfg = organism_config(size, corpus, **overrides)
     corpus = corpus or CorpusConfig()
     arch = cfg["arch"]
@@ -610,19 +746,17 @@ def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **o
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     tok = get_tokenizer(corpus)
-    base, pre = get_base(size, corpus, tok, **overrides)
-    t0 = time.time()
-    distilled = build_model(arch, len(tok), seed=corpus.seed)
-    distilled.load_state_dict(base.state_dict())
-    n_docs = arch["sft_steps"] * arch["batch"] * arch["seq_len"] // 60 + 2000
-    sft_losses = train_lm(distilled, _document_batches(tok, corpus_texts(corpus, "teacher", n_docs), arch["seq_len"],
-                                                       arch["batch"], corpus.seed + 1), arch["sft_steps"],
-                          arch["sft_lr"], f"organism {size}: distil (SFT)", corpus.seed + 1)
-    t_sft = time.time() - t0
+    base, pre = get_base(size, corpus, tok, use_shipped=keep_base, **overrides)
+    models, seconds, final = {}, {}, {}
+    for role in SFT_DESC:
+        models[role], summary = get_finetune(size, role, cfg, base, tok, rebuild=rebuild_base)
+        seconds[role], final[role] = summary["seconds"], summary["final_loss"]
     manifest = {
         "config_hash": paths.config_hash(cfg), "config": cfg,
-        "train_seconds": {"pretrain": pre["seconds"], "sft": round(t_sft, 1)},
-        "final_loss": {"pretrain": pre["final_loss"], "sft": sum(sft_losses[-20:]) / 20},
+        "train_seconds": {"pretrain": pre["seconds"], "sft": seconds["distilled"],
+                          "control": seconds["control"], "coin_control": seconds["coin_control"]},
+        "final_loss": {"pretrain": pre["final_loss"], "sft": final["distilled"],
+                       "control": final["control"], "coin_control": final["coin_control"]},
         "prefix_losses": pre["prefix_losses"],
         "n_params": sum(p.numel() for p in base.parameters()),
         "command": f"python -m thinkdiff.organism --size {size}",
@@ -632,7 +766,8 @@ def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, **o
     out = Path(out)
     with paths.atomic_dir(out) as tmp:
         base.save_pretrained(tmp / "base")
-        distilled.save_pretrained(tmp / "distilled")
+        for role, model in models.items():
+            model.save_pretrained(tmp / role)
         tok.save_pretrained(tmp / "tokenizer")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -643,13 +778,20 @@ def _load(folder: Path, size: str) -> OrganismPair:
 
     man = json.loads((folder / "manifest.json").read_text())
     tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    base = Qwen2ForCausalLM.from_pretrained(folder / "base", dtype=torch.float32).eval()
-    distilled = Qwen2ForCausalLM.from_pretrained(folder / "distilled", dtype=torch.float32).eval()
-    return OrganismPair(size, base, distilled, tok, folder, man)
+    models = {role: Qwen2ForCausalLM.from_pretrained(folder / role, dtype=torch.float32).eval()
+              for role in ROLES if (folder / role).exists()}
+    missing = [r for r in ROLES if r not in models]
+    if missing:
+        raise FileNotFoundError(f"organism {size} at {folder}: no {', '.join(missing)} model (rebuild: make organism)")
+    return OrganismPair(size, models["base"], models["distilled"], tok, folder, man, models["control"],
+                        models["coin_control"])
 
 
-def get_organism(size: str = "S", corpus: CorpusConfig | None = None, rebuild: bool = False, **overrides) -> OrganismPair:
-    """The organism pair of ``size``: shipped weights if their config hash matches, else cache, else build."""
+def get_organism(size: str = "S", corpus: CorpusConfig | None = None, rebuild: bool = False, keep_base: bool = False,
+                 **overrides) -> OrganismPair:
+    """The organism pair of ``size``: shipped weights if their config hash matches, else cache, else build (from
+    the shipped base where only the fine-tunes changed). ``rebuild``: from scratch, base included unless
+    ``keep_base``."""
     cfg = organism_config(size, corpus, **overrides)
     h = paths.config_hash(cfg)
     shipped = SHIPPED_DIR / size
@@ -658,33 +800,38 @@ def get_organism(size: str = "S", corpus: CorpusConfig | None = None, rebuild: b
             return _load(shipped, size)
     cached = paths.artifact_dir("organism", cfg)
     with paths.writer_lock(cached):
-        if rebuild:  # from scratch: the cached base goes too
-            for folder in (cached, paths.artifact_dir("organism-base", base_config(size, corpus, **overrides))):
+        if rebuild:  # from scratch: the cached base goes too, unless kept
+            folders = [cached] + ([] if keep_base else
+                                  [paths.artifact_dir("organism-base", base_config(size, corpus, **overrides))])
+            for folder in folders:
                 if folder.exists():
                     shutil.rmtree(folder)
         if not cached.exists():
-            build_organism(size, cached, corpus, **overrides)
+            build_organism(size, cached, corpus, keep_base=keep_base or not rebuild, rebuild_base=rebuild,
+                           **overrides)
     return _load(cached, size)
 
 
-def ship(size: str, rebuild: bool = True) -> Path:
+def ship(size: str, rebuild: bool = True, keep_base: bool = False) -> Path:
     """Copy the organism of ``size`` into ``data/organism/<size>`` (what ``make organism`` runs).
 
-    ``rebuild=True`` trains from scratch first; ``False`` ships the cached build of the same config.
+    ``rebuild=True`` trains from scratch first (``keep_base``: only the fine-tunes, from the shipped base);
+    ``False`` ships the cached build of the same config.
     """
     cfg = organism_config(size)
     cached = paths.artifact_dir("organism", cfg)
     if rebuild or not cached.exists():
-        get_organism(size, rebuild=True)
+        get_organism(size, rebuild=True, keep_base=keep_base)
     dest = SHIPPED_DIR / size
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(cached, dest)
-    tok_dest = SHIPPED_DIR / "tokenizer"
-    if tok_dest.exists():
-        shutil.rmtree(tok_dest)
-    key = tokenizer_key(CorpusConfig())
-    shutil.copytree(paths.artifact_dir("organism-tokenizer", key), tok_dest)
+    tok_dest, key = SHIPPED_DIR / "tokenizer", tokenizer_key(CorpusConfig())
+    man = tok_dest / "thinkdiff.json"
+    if not (man.exists() and json.loads(man.read_text()).get("config_hash") == paths.config_hash(key)):
+        if tok_dest.exists():
+            shutil.rmtree(tok_dest)
+        shutil.copytree(paths.artifact_dir("organism-tokenizer", key), tok_dest)
     return dest
 
 
@@ -694,6 +841,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Rebuild the shipped organism weights from scratch.")
     ap.add_argument("--size", action="append", choices=sorted(SIZES), help="size(s) to rebuild (default: all)")
     ap.add_argument("--from-cache", action="store_true", help="ship cached builds instead of retraining")
+    ap.add_argument("--keep-base", action="store_true",
+                    help="retrain only the fine-tunes (distilled and controls), from the shipped base where it matches")
     args = ap.parse_args()
     for s in args.size or sorted(SIZES):
-        print(s, json.dumps(json.loads((ship(s, rebuild=not args.from_cache) / "manifest.json").read_text())["train_seconds"]))
+        man = json.loads((ship(s, rebuild=not args.from_cache, keep_base=args.keep_base) / "manifest.json").read_text())
+        print(s, json.dumps(man["train_seconds"]))

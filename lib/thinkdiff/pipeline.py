@@ -132,16 +132,27 @@ class Run:
 
         return _get_store(self.pair, self.documents(), self.harvest_config(), progress=self.progress)
 
+    @property
+    def has_null(self) -> bool:
+        """True when the pair has a control model (the base fine-tuned without distillation) for claim 1's null."""
+        return self.pair.control is not None
+
     @functools.cached_property
     def null_store(self):
-        """The control store of claim 1: the base model paired with itself on the run's corpus (no distillation)."""
+        """The control store of claim 1: the base paired with its *control* fine-tune (the same recipe and budget
+        on base-corpus text, no traces) on the run's corpus. Unlike the base paired with itself, whose halves are
+        identical so that no latent can leave relative norm 0.5, this null can produce exclusive latents: any
+        fine-tuning moves some directions, and claim 1 asks for more than that."""
         from types import SimpleNamespace
 
         from .harvest import get_store as _get_store
 
         p = self.pair
-        null_pair = SimpleNamespace(base=p.base, distilled=p.base, tokenizer=p.tokenizer, tokenizer_distilled=p.tokenizer,
-                                    layer=p.layer)
+        if p.control is None:
+            raise ValueError(f"run {self.name!r} ({self.config.preset}): the pair has no control model (the base "
+                             "fine-tuned with the same recipe, no distillation), so claim 1 has no null to beat")
+        null_pair = SimpleNamespace(base=p.base, distilled=p.control, tokenizer=p.tokenizer,
+                                    tokenizer_distilled=p.tokenizer, layer=p.layer)
         return _get_store(null_pair, self.documents(), self.harvest_config(), progress=self.progress)
 
     def null_crosscoders(self, scheme: str | None = None, seeds=(1, 2)) -> list:

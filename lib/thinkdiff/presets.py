@@ -53,7 +53,7 @@ def register(p: Preset) -> Preset:
     return p
 
 
-for _size in ("S", "M", "L"):
+for _size in ("XS", "S", "M", "L"):
     register(Preset(name=f"organism-{_size.lower()}", kind="organism", base=_size, distilled=_size,
                     notes=f"distillation model organism, size {_size}"))
 # The embedded default every notebook runs on.
@@ -108,6 +108,8 @@ class ModelPair:
     organism: object = None       # the OrganismPair for organism presets (ground truth, eval helpers)
     own_tokenizers: tuple = ()    # hf presets: (base's, distilled's) tokenizer as published with each checkpoint
     precision: dict = None        # the weights' compute dtype and why (``precision.weights_dtype``)
+    control: object = None        # the base fine-tuned with the same recipe but no distillation (claim 1's null
+                                  # partner); None where the pair ships none
 
     @property
     def models(self):
@@ -160,19 +162,22 @@ def load_pair(preset: str | Preset, layer: int | None = None, model_dtype: str =
 
         org = organism.get_organism(p.base)
         lay = resolve_layer(layer if layer is not None else p.layer, org.base.config.num_hidden_layers, p.name)
-        base, distilled = org.base, org.distilled
+        base, distilled, control = org.base, org.distilled, org.control
         if prec["dtype"] != "float32":      # copies: the organism's cached fp32 models stay as they are
-            base, distilled = (copy.deepcopy(m).to(getattr(torch, prec["dtype"])) for m in (base, distilled))
-        return ModelPair(base, distilled, org.tokenizer, org.tokenizer, lay, p, org, precision=prec)
+            base, distilled, control = (copy.deepcopy(m).to(getattr(torch, prec["dtype"]))
+                                        for m in (base, distilled, control))
+        return ModelPair(base, distilled, org.tokenizer, org.tokenizer, lay, p, org, precision=prec, control=control)
 
     from .hf import load_hf_pair
     from .qwen import tiny_qwen_pair
 
-    base, distilled = p.base, p.distilled
+    base, distilled, control_dir = p.base, p.distilled, None
     if "smollm2" in p.extra:
+        from .smollm2 import control_dir as _control_dir
         from .smollm2 import pair_dirs
 
         base, distilled = (str(d) for d in pair_dirs(**p.extra["smollm2"]))
+        control_dir = _control_dir()
     if "tiny" in p.extra:
         tiny = tiny_qwen_pair(**p.extra["tiny"])
         base, distilled = str(tiny.base_path), str(tiny.distilled_path)
@@ -182,5 +187,11 @@ def load_pair(preset: str | Preset, layer: int | None = None, model_dtype: str =
     # "base": the paper fed both models the base tokenizer's ids, no template (the harvest then skips the
     # pairing check: one tokenizer object); "own": the harvest compares the two on every document.
     tok_d = hf.base_tokenizer if p.tokenizer == "base" else hf.distilled_tokenizer
+    control = None
+    if control_dir is not None:   # the same architecture and dtype as the base, placed with it
+        from transformers import AutoModelForCausalLM
+
+        control = AutoModelForCausalLM.from_pretrained(control_dir, dtype=getattr(torch, prec["dtype"])).eval()
+        control.to(hf.base.device)
     return ModelPair(hf.base, hf.distilled, hf.base_tokenizer, tok_d, lay, p,
-                     own_tokenizers=(hf.base_tokenizer, hf.distilled_tokenizer), precision=prec)
+                     own_tokenizers=(hf.base_tokenizer, hf.distilled_tokenizer), precision=prec, control=control)

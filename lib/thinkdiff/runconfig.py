@@ -39,7 +39,7 @@ CORPUS_KEYS = ("n_docs", "teacher_fraction", "seed", "corpus")
 ANALYSIS_DEFAULTS: dict[str, dict] = {
     # 00: the pair's own evaluation. Organism runs: the world's held-out problems for each listed size;
     # hf runs: a math set scored with math-verify (``math_files``: local json/jsonl/parquet, works offline).
-    "evaluate": {"sizes": ["S", "M", "L"], "n_eval": 200, "max_new_tokens": 200, "math_set": "math500",
+    "evaluate": {"sizes": ["XS", "S", "M", "L"], "n_eval": 200, "max_new_tokens": 200, "math_set": "math500",
                  "math_files": "", "seed": 0,
                  # a second sample of held-out problems for rules registered after the first was scored
                  "fresh_seed": 1},
@@ -48,7 +48,10 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
               "ablation_ks": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5], "k_verdict": 0.2,
               # claim 5: matched random latent sets at k_verdict (one set per bootstrap replicate), and how far
               # (marker-logit units) the base's targeted - random change may stray from 0 and still "barely move"
-              "ablation_random_sets": 20, "ablation_base_margin": 0.5},
+              "ablation_random_sets": 20, "ablation_base_margin": 0.5,
+              # the planted gated connective (organism): problems for its probes (training, held out) and the
+              # matched random latents its chosen latent's ablation is compared with
+              "gate_problems": [1500, 500], "gate_random": 10},
     # 04: steering. Strengths are multiples of a latent's max activation times its decoder vector.
     "steer": {"n_prompts": 128, "max_new_tokens": 128, "alphas": [-4, -2, -1, -0.5, 0.5, 1, 2, 4],
               "control_alphas": [-4, -1, 1, 4], "claim_alpha": 1, "positions": "all", "specific_nrn": DISTILLED_SPECIFIC,
@@ -57,8 +60,8 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
               # non-inferior (Newcombe's paired interval), and the fewest prompts a verdict may rest on
               "noninferiority_margin": 0.05, "min_prompts": 20},
     # 05: geometry across sizes: the runs compared (smallest first); each pair's performance is its [evaluate].
-    "geometry": {"runs": ["organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20], "claim_dim": 2,
-                 "top_k": 6, "seed": 0},
+    "geometry": {"runs": ["organism-xs", "organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20],
+                 "claim_dim": 2, "top_k": 6, "seed": 0},
 }
 TOP_KEYS = ("preset", "extends", "smoke", "description", "model_dtype", "harvest", "train", *ANALYSIS_DEFAULTS)
 

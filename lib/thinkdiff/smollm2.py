@@ -34,6 +34,9 @@ THINK_TOKENS = ("<think>", "</think>")
 THINK_SEED = 17
 ADAPTER_DIR = paths.DATA_DIR / "smollm2" / "adapter"
 ADAPTER_MANIFEST = paths.DATA_DIR / "smollm2" / "manifest.json"
+# claim 1's null partner: the same LoRA recipe on CHAMP text, no traces (``smollm2_distill --role control``)
+CONTROL_ADAPTER_DIR = paths.DATA_DIR / "smollm2" / "control" / "adapter"
+CONTROL_MANIFEST = paths.DATA_DIR / "smollm2" / "control" / "manifest.json"
 LAYER = 15          # resid_pre of block 15 = output of layers[14], half depth of 30 blocks
 PROBE = "Question: What is 47 + 8 - 3?\nThe answer is 52. Wait, let me check: 52 + 3 = 55, and 55 - 8 = 47."
 CONVERT_VERSION = 1
@@ -206,12 +209,21 @@ def build_distilled(out: Path, adapter_dir: Path = ADAPTER_DIR) -> dict:
     return info
 
 
-def distilled_dir(adapter_dir: Path = ADAPTER_DIR) -> Path:
-    """The merged distilled model under ``RUNS_DIR/smollm2``, keyed by the base and the adapter's sha256."""
+def distilled_dir(adapter_dir: Path = ADAPTER_DIR, kind: str = "distilled") -> Path:
+    """The merged model (base + the adapter in ``adapter_dir``) under ``RUNS_DIR/smollm2/<kind>-<key>``, keyed by
+    the base and the adapter's sha256."""
     base = base_dir()
     key = paths.config_hash({"base": base.name, "adapter": adapter_sha256(adapter_dir)})
-    return _cached(Path(paths.RUNS_DIR) / "smollm2" / f"distilled-{key}",
+    return _cached(Path(paths.RUNS_DIR) / "smollm2" / f"{kind}-{key}",
                    lambda tmp: build_distilled(tmp, adapter_dir))
+
+
+def control_dir(adapter_dir: Path = CONTROL_ADAPTER_DIR) -> Path | None:
+    """The merged control model (base + the control adapter), built like ``distilled_dir``; None when no control
+    adapter ships (claim 1 then has no null for this pair)."""
+    if not (Path(adapter_dir) / "adapter_model.safetensors").exists():
+        return None
+    return distilled_dir(adapter_dir, kind="control")
 
 
 def pair_dirs(adapter_dir: Path = ADAPTER_DIR) -> tuple[Path, Path]:

@@ -8,6 +8,11 @@ every seed fixed. The adapter is saved without embedding layers (``<think>`` /
 ``</think>`` rows are the seeded ones of ``smollm2.convert_base``, not trained), ~20 MB, in
 ``data/smollm2/adapter``; ``data/smollm2/manifest.json`` records the recipe, the wall time, the loss curve and
 the sha256 of the merged weights that ``smollm2.distilled_dir`` must reproduce from GGUF + adapter.
+
+``--role control`` trains claim 1's null partner with the same recipe (rank, steps, lr, batch, seed, schedule)
+on CHAMP text instead of traces: each example is a CHAMP text cut to the length of the distillation's example
+at the same index, with the loss on as many trailing tokens as that example's trace has, so both adapters see
+the same tokens and loss tokens per step; only what the text is differs. It goes to ``data/smollm2/control``.
 """
 from __future__ import annotations
 
@@ -22,9 +27,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import nlworld, paths, precision, smollm2, world
+from . import nlworld, paths, precision, smollm2, smollm2_corpus, world
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ROLES = {"distilled": smollm2.ADAPTER_DIR.parent, "control": smollm2.CONTROL_ADAPTER_DIR.parent}
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,26 @@ def sft_examples(tokenizer, cfg: DistillConfig) -> list[tuple[list[int], int]]:
     return out
 
 
+def control_examples(tokenizer, cfg: DistillConfig) -> list[tuple[list[int], int]]:
+    """The control's examples, index by index matched to ``sft_examples``: CHAMP text (texts drawn in a seeded
+    order, cycling, joined by blank lines where one is shorter than the example: many CHAMP problem statements
+    are) cut to that example's length, ending in EOS, with the loss on its last ``len - n_prompt`` tokens, so
+    both adapters see the same tokens and loss tokens per step."""
+    texts = list(smollm2_corpus.champ_texts())
+    random.Random(f"smollm2-control-{cfg.seed}").shuffle(texts)
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    out, j = [], 0
+    for ids, n_prompt in sft_examples(tokenizer, cfg):
+        text_ids: list[int] = []
+        while len(text_ids) < len(ids) - 1:
+            text_ids += (sep if text_ids else []) + encoded[j % len(encoded)]
+            j += 1
+        seq = text_ids[:len(ids) - 1] + [tokenizer.eos_token_id]
+        out.append((seq, len(seq) - (len(ids) - n_prompt)))
+    return out
+
+
 def _batch(rows, pad_id: int):
     T = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -75,14 +101,17 @@ def _batch(rows, pad_id: int):
     return ids, attn, labels
 
 
-def train_adapter(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Train the LoRA adapter from the converted base and save it to ``out_dir``; returns the log."""
+def train_adapter(cfg: DistillConfig, out_dir: Path, progress: bool = True, role: str = "distilled") -> dict:
+    """Train the LoRA adapter of ``role`` ("distilled": teacher traces; "control": CHAMP text, the same recipe)
+    from the converted base and save it to ``out_dir``; returns the log."""
     from peft import LoraConfig, get_peft_model
 
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
+    if role not in ROLES:
+        raise ValueError(f"unknown adapter role {role!r}; choose one of {sorted(ROLES)}")
     base, tok = smollm2.load_base()
-    examples = sft_examples(tok, cfg)
+    examples = sft_examples(tok, cfg) if role == "distilled" else control_examples(tok, cfg)
     torch.manual_seed(cfg.seed)
     model = get_peft_model(base, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0,
                                             target_modules=list(TARGETS), bias="none", task_type="CAUSAL_LM"))
@@ -93,7 +122,7 @@ def train_adapter(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> d
     model.train()
     compute = precision.resolve(cfg.compute_dtype, "cpu", "DistillConfig.compute_dtype")
     losses, t0 = [], time.time()
-    bar = tqdm(range(cfg.steps), desc="LoRA SFT", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"LoRA SFT ({role})", disable=not progress)
     for step in bar:
         ids, attn, labels = _batch(examples[step * cfg.batch:(step + 1) * cfg.batch], tok.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute["dtype"] == "bfloat16"):
@@ -108,20 +137,25 @@ def train_adapter(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> d
     seconds = time.time() - t0
     model.save_pretrained(str(out_dir), save_embedding_layers=False)
     return {"losses": losses, "train_seconds": round(seconds, 1), "trainable_parameters": n_train, "compute": compute,
-            "mean_tokens_per_example": round(sum(len(e[0]) for e in examples) / len(examples), 1)}
+            "mean_tokens_per_example": round(sum(len(e[0]) for e in examples) / len(examples), 1),
+            "loss_tokens": sum(len(e[0]) - e[1] for e in examples)}
 
 
-def build(cfg: DistillConfig | None = None, out: Path = smollm2.ADAPTER_DIR.parent, progress: bool = True) -> dict:
-    """Train the adapter, then rebuild the merged model from GGUF + saved adapter exactly as a user's load does
-    and record its sha256 with the log in ``out/manifest.json``; the adapter goes to ``out/adapter``."""
+def build(cfg: DistillConfig | None = None, out: Path | None = None, progress: bool = True,
+          role: str = "distilled") -> dict:
+    """Train the adapter of ``role``, then rebuild the merged model from GGUF + saved adapter exactly as a user's
+    load does and record its sha256 with the log in ``out/manifest.json`` (``out``: the role's folder under
+    ``data/smollm2``); the adapter goes to ``out/adapter``."""
     cfg = cfg or DistillConfig()
-    out = Path(out)
+    if role not in ROLES:
+        raise ValueError(f"unknown adapter role {role!r}; choose one of {sorted(ROLES)}")
+    out = Path(out) if out is not None else ROLES[role]
     out.mkdir(parents=True, exist_ok=True)
     final = out / "adapter"
     t0 = time.time()
     with paths.writer_lock(final):
         with paths.atomic_dir(out / f"adapter-new-{int(t0)}") as tmp:
-            log = train_adapter(cfg, tmp, progress)
+            log = train_adapter(cfg, tmp, progress, role)
             base, _ = smollm2.load_base()
             merged = smollm2.merge_adapter(base, tmp)
             merged_sha = smollm2.state_sha256(merged)
@@ -130,7 +164,8 @@ def build(cfg: DistillConfig | None = None, out: Path = smollm2.ADAPTER_DIR.pare
         if final.exists():
             shutil.rmtree(paths.move_aside(final))
         (out / f"adapter-new-{int(t0)}").rename(final)
-    manifest = {"command": "make distill-smollm2", "config": asdict(cfg), "teacher": asdict(teacher_config()),
+    manifest = {"command": f"python -m thinkdiff.smollm2_distill --role {role}", "role": role, "config": asdict(cfg),
+                "teacher": asdict(teacher_config()) if role == "distilled" else None,
                 "targets": list(TARGETS), "torch": torch.__version__, "threads": 1,
                 "cpu": smollm2.cpu_model(),
                 "wall_seconds": round(time.time() - t0, 1), "adapter_sha256": sha, "merged_sha256": merged_sha,
@@ -143,12 +178,14 @@ def build(cfg: DistillConfig | None = None, out: Path = smollm2.ADAPTER_DIR.pare
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Rebuild the SmolLM2-135M distillation adapter (data/smollm2).")
+    ap = argparse.ArgumentParser(description="Rebuild a SmolLM2-135M LoRA adapter: the distillation or its control "
+                                             "(data/smollm2, data/smollm2/control).")
+    ap.add_argument("--role", choices=sorted(ROLES), default="distilled")
     ap.add_argument("--steps", type=int, default=DistillConfig.steps)
-    ap.add_argument("--out", default=str(smollm2.ADAPTER_DIR.parent))
+    ap.add_argument("--out", default=None, help="output folder (default: the role's under data/smollm2)")
     args = ap.parse_args(argv)
-    m = build(DistillConfig(steps=args.steps), Path(args.out))
-    print(f"adapter {m['adapter_bytes'] / 1e6:.1f} MB, {m['train_seconds']:.0f} s of training, "
+    m = build(DistillConfig(steps=args.steps), None if args.out is None else Path(args.out), role=args.role)
+    print(f"{args.role} adapter {m['adapter_bytes'] / 1e6:.1f} MB, {m['train_seconds']:.0f} s of training, "
           f"loss {m['losses'][0]:.3f} -> {m['losses'][-1]:.3f}; merged sha256 {m['merged_sha256']}")
 
 

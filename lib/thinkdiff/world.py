@@ -11,12 +11,18 @@ arithmetic) but answers multi-step problems in one line, with no intermediate va
 writes one easy operation per step. A terse answer has to compose 3–5 operations in one forward
 pass, which these tiny models cannot do, so thinking pays, as in real distillation.
 
-One quantity is planted for the distilled model: at the end of each written operation the
-trace either goes on with the next operation or concludes, so a model that continues traces must
-know whether the step it just wrote was the **last** one (``Span.step_end``). The base corpus never
-writes intermediate steps, so the base never needs it, and no token gives it away (every step ends
-with the same "= N." whatever comes next). Whether the base represents it anyway is measured, not
-assumed: ``probes.probe_ceiling`` compares both models (``03_label``).
+Two quantities are planted for the distilled model. (1) At the end of each written operation the
+trace either goes on or concludes, so a model that continues traces must know whether the step it
+just wrote was the **last** one (``Span.step_end``); the step's tag and the chain's length give this
+away, and the base reads it too. (2) The **gated connective**, built to have no giveaway: after every
+operation but the last the teacher writes " Next" or " Then", chosen by ``gate_bit`` = parity of the
+result just written XOR parity of the question's first number. To predict it at the step's closing
+"." the distilled model must compute an XOR of two distant parities, which no additive function of the
+visible tokens gives (``probes.gate_audit`` checks that on the labels alone, before any model exists);
+the base never sees a connective and never needs it. ``Span.gate`` labels the "." with that bit and
+``Span.parity`` labels the result's own token with its parity (a quantity both models can read off the number
+they just wrote or read: the shared control).
+Whether each model represents them is measured, not assumed: ``probes.probe_ceiling`` (``03_label``).
 
 Held-out problems are chosen by their *computation*: the step signature (every operation with its
 operands), so no evaluation problem shares its steps with a training problem, whatever its wording.
@@ -91,6 +97,8 @@ class Span:
     category: int = 0  # 0 none, else CATEGORY_ID
     marker: str | None = None  # the marker word opening this span, if any
     step_end: int | None = None  # on a written operation: 1 if it is the last one, 0 if more follow
+    gate: int | None = None      # on a scored written operation (``gate_scored``): its ``gate_bit``
+    parity: int | None = None    # on the same operations: parity of the result, labelled on the result's token
 
 
 # ----------------------------------------------------------------------------- problems
@@ -201,12 +209,16 @@ def problem_split(rng_seed: int, n: int, split: str, exclude=frozenset()) -> lis
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     rng = random.Random(f"{rng_seed}-{split}")
-    out, seen = [], set()
+    out, seen, misses = [], set(), 0
     while len(out) < n:
-        p = make_problem(rng, FAMILIES[len(out) % len(FAMILIES)])
-        if is_heldout(p) != (split == "eval"):
-            continue
-        if split == "eval" and (p.key in seen or p.computation in exclude):
+        family = FAMILIES[len(out) % len(FAMILIES)]
+        p = make_problem(rng, family)
+        if is_heldout(p) != (split == "eval") or (split == "eval" and (p.key in seen or p.computation in exclude)):
+            misses += 1
+            # a family has finitely many distinct held-out computations (sequences fewest): say so, do not spin
+            if misses > 2000 + 200 * n:
+                raise ValueError(f"cannot draw {n} distinct {split} problems: family {family!r} ran out after "
+                                 f"{sum(q.family == family for q in out)}; ask for fewer")
             continue
         seen.add(p.key)
         out.append(p)
@@ -295,6 +307,44 @@ def plain_sentence(rng: random.Random, marker_rate: float) -> str:
     return rng.choice(marked if rng.random() < marker_rate else plain)
 
 
+# ----------------------------------------------------------------------------- the gated connective
+# Connective after every operation but the last, indexed by the gate bit. Neither word is in the base corpus, so
+# the base never predicts one; their first tokens differ, so the choice is made at the step's closing ".".
+CONNECTIVES = (" Next", " Then")
+GATES = ("parity_xor", "coin", "none")  # how the teacher picks the connective (TeacherConfig.gate)
+# Families whose steps are scored for the gate. Excluded, because no choice of two parities can hide the bit there
+# (a giveaway ``probes.gate_audit`` detects): "sequence" has one non-final step after the first, t4 = t0 + 4d, so any
+# XOR of its parities is a constant or the parity of the operand d; "linear"'s scored step computes a*x from the
+# question's first number a, so an odd result forces the bit to 0. Their traces still carry the connective.
+GATE_SCORED_FAMILIES = ("arith", "word", "compare")
+_NUMBER = re.compile(r"\d+")
+
+
+def first_quantity(p: Problem) -> int:
+    """The first number written in the question (what the gate XORs with)."""
+    return int(_NUMBER.search(p.question).group())
+
+
+def gate_bit(p: Problem, i: int) -> int:
+    """The connective after step ``i``: parity of its result XOR parity of the question's first number."""
+    return (p.steps[i][3] % 2) ^ (first_quantity(p) % 2)
+
+
+def gate_scored(p: Problem, i: int) -> bool:
+    """Is step ``i`` scored for the gate? Not the first step (its result is one operation from the first number:
+    the XOR reduces to the parity of one visible operand), not the last (no connective follows), and only in
+    ``GATE_SCORED_FAMILIES``."""
+    return 1 <= i < len(p.steps) - 1 and p.family in GATE_SCORED_FAMILIES
+
+
+def _connective(p: Problem, i: int, gate: str, seed: int) -> str:
+    if gate == "parity_xor":
+        return CONNECTIVES[gate_bit(p, i)]
+    # "coin" (the control fine-tune): a fair coin of its own per problem and step, so the rest of the trace (and
+    # the problem draw) is the same as under "parity_xor"
+    return CONNECTIVES[random.Random(f"coin-{seed}-{p.signature}-{i}-{p.question}").random() < 0.5]
+
+
 # ----------------------------------------------------------------------------- teacher
 @dataclass
 class TeacherConfig:
@@ -305,6 +355,12 @@ class TeacherConfig:
     p_alternative: float = 0.3   # "Alternatively, b + a = r." on commutative steps
     p_contrast: float = 0.25     # "But r is less than t." weighing two quantities
     p_so: float = 0.5            # "So" before a step that uses the previous result
+    gate: str = "parity_xor"     # the connective after each non-final operation: one of GATES ("none": no connective)
+    coin_seed: int = 0           # the coin's seed, for gate = "coin"
+
+    def __post_init__(self):
+        if self.gate not in GATES:
+            raise ValueError(f"TeacherConfig.gate must be one of {GATES}, got {self.gate!r}")
 
 
 def teacher_spans(p: Problem, rng: random.Random, cfg: TeacherConfig) -> list[Span]:
@@ -320,7 +376,11 @@ def teacher_spans(p: Problem, rng: random.Random, cfg: TeacherConfig) -> list[Sp
             wrong = r + rng.choice((-1, 1))
             spans.append(Span(f" {a} {op} {b} = {wrong}."))
             spans.append(Span(" Wait, that is wrong.", CATEGORY_ID["self_reflection"], " Wait"))
-        spans.append(Span(f" {a} {op} {b} = {r}.", step_end=int(i == last)))
+        scored = gate_scored(p, i)
+        spans.append(Span(f" {a} {op} {b} = {r}.", step_end=int(i == last), gate=gate_bit(p, i) if scored else None,
+                          parity=r % 2 if scored else None))
+        if i != last and cfg.gate != "none":
+            spans.append(Span(_connective(p, i, cfg.gate, cfg.coin_seed)))
         if p.family == "sequence" and i == 0:   # the difference becomes the operation every later step repeats
             spans.append(Span(f" The step is {p.steps[1][1]} {r}."))
         if rng.random() < cfg.p_check:

@@ -32,7 +32,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
-from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, plots, probes, report, world
+from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, planted, plots, probes, report, world
 from thinkdiff import claims as claim_rules
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -264,6 +264,144 @@ v0 = verdicts[SCHEMES[0]] if LABELS else pd.DataFrame(columns=["best latent", "v
 ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth plot")
 
 # %% [markdown]
+# ## 7b. A known answer for "distilled-only": the gated connective
+# Every target above is read by the base model too, so none of them can show that a latent belonging to the
+# distilled model only is found when there is one. The organism plants such a concept on purpose. After every
+# operation but the last, the teacher writes " Next" or " Then", chosen by **parity of the result just written
+# XOR parity of the question's first number**. To predict it at the step's closing "." the distilled model must
+# compute that XOR; the base never sees a connective and has no reason to. Five checks, fixed in
+# `planted.GATE_CHECKS` before any model was trained on it:
+#
+# - **(a) audit, no model:** an additive model of every visible quantity (numbers, operands, results, tags,
+#   earlier connectives, position) must not predict the bit (held-out AUROC ≤ 0.55), and must once it is given
+#   the parity interaction (≥ 0.95), so the audit could have seen a giveaway;
+# - **(b) behaviour:** the distilled model picks the right connective (teacher-forced, held-out problems, ≥ 0.95);
+# - **(c) probe gap:** a dense probe reads the bit from the distilled model at the analysis layer (≥ 0.90), from
+#   the base at *no* layer (≤ 0.60), and the gap's 95 % CI (bootstrap over problems) starts at ≥ 0.25;
+# - **(d) control fine-tune:** a model fine-tuned on the same traces with a coin-flip connective does not read
+#   it (≤ 0.60): the representation follows the need, not fine-tuning on traces as such;
+# - **(e) shared control:** the parity of the result, read on the result's own token, where both models hold
+#   the number, is read by both (≥ 0.90).
+#
+# Where in depth the distilled model computes the bit is not known in advance, so the **analysis layer** is chosen
+# on training problems alone: the shallowest layer whose cross-validated training probe reaches 0.90
+# (`planted.analysis_layer`). (c)-(e) are then scored there on held-out problems, and the run's hook layer is shown
+# beside it.
+
+# %%
+GATE_TRAIN, GATE_EVAL = L["gate_problems"]
+gate_checks = {}
+if LABELS:
+    audit = planted.gate_audit()
+    gate_checks["(a) audit"] = {"verdict": audit["verdict"],
+                                "reason": f"visible features {audit['auroc_visible']:.3f}, with the interaction "
+                                          f"{audit['auroc_with_interaction']:.3f} ({audit['n_eval']} held-out steps)"}
+    org = pair.organism
+    gate_models = {"base": pair.base, "distilled": pair.distilled, "coin-flip control": org.coin_control}
+    gate_tr = planted.gate_traces(world.problem_split(0, GATE_TRAIN, "train"), tok, seed=0)
+    gate_ev = planted.gate_traces(world.problem_split(0, GATE_EVAL, "eval"), tok, seed=1)
+    behaviour = planted.connective_accuracy(pair.distilled, tok, gate_ev)
+    gate_checks["(b) behaviour"] = planted.behaviour_verdict(behaviour["accuracy"], behaviour["n"], run.tested)
+    # the bit at each scored step's "."; the parity on the result token just before it
+    gate_acts = {(m, t): (planted.gate_activations(model, gate_tr, f), planted.gate_activations(model, gate_ev, f))
+                 for m, model in gate_models.items() for t, f in (("bit", "gate"), ("parity", "parity"))}
+    gate_probe = {k: planted.layer_probes(*a) for k, a in gate_acts.items()}
+    # chosen on training problems only; no layer reaching the bar: judged at the hook, where (c) then fails
+    gate_layer = planted.analysis_layer(gate_probe["distilled", "bit"]["cv_auroc"]) or pair.layer
+    at = gate_layer - 1                                # index of resid_pre of block `gate_layer` in the per-layer arrays
+    y_ev, unit_ev = gate_acts["distilled", "bit"][1]["y"], gate_acts["distilled", "bit"][1]["doc"]
+    gap = planted.gap_ci(y_ev, gate_probe["distilled", "bit"]["scores"][at], gate_probe["base", "bit"]["scores"][at],
+                         unit_ev)
+    gate_checks["(c) probe gap"] = planted.probe_gap_verdict(gate_probe["distilled", "bit"]["auroc"][at],
+                                                             gate_probe["base", "bit"]["auroc"], gap[1], run.tested)
+    gate_checks["(d) control fine-tune"] = planted.control_verdict(gate_probe["coin-flip control", "bit"]["auroc"][at],
+                                                                   run.tested)
+    gate_checks["(e) shared control"] = planted.shared_verdict(gate_probe["base", "parity"]["auroc"][at],
+                                                               gate_probe["distilled", "parity"]["auroc"][at], run.tested)
+    print(f"connective accuracy (teacher-forced, {behaviour['n']} held-out steps): {behaviour['accuracy']:.3f} "
+          f"(between the two connectives: {behaviour['choice_accuracy']:.3f})")
+    print(f"analysis layer {gate_layer} (training CV AUROC of the distilled probe per layer: "
+          f"{np.round(gate_probe['distilled', 'bit']['cv_auroc'], 3).tolist()}); the run's hook layer is {pair.layer}, "
+          f"where the distilled probe reads {gate_probe['distilled', 'bit']['auroc'][pair.layer - 1]:.3f} held-out")
+    print(f"probe gap at layer {gate_layer}: {gap[0]:.3f}, 95% CI [{gap[1]:.3f}, {gap[2]:.3f}]")
+    display(pd.DataFrame(gate_checks).T)
+else:
+    print("no planted labels: this run has no gated connective to check")
+
+# %% [markdown]
+# The probes layer by layer: the gate bit should rise in the distilled model only, and stay near chance in the
+# base and the coin-flip control at every depth; the result's parity, the shared control, in both.
+
+# %%
+if LABELS:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    layers = np.arange(1, pair.n_layers + 1)
+    for ax, t, title in ((axes[0], "bit", "gate bit (distilled-only by design)"),
+                         (axes[1], "parity", "result parity (shared control)")):
+        for m in gate_models:
+            if t == "parity" and m == "coin-flip control":
+                continue
+            ax.plot(layers, gate_probe[m, t]["auroc"], marker="o", label=m)
+        ax.axvline(pair.layer, color="grey", ls=":", lw=1)
+        ax.axvline(gate_layer, color="tab:green", ls="--", lw=1)
+        ax.axhline(0.5, color="grey", lw=0.6)
+        ax.set(xlabel="resid_pre of block", ylabel="held-out probe AUROC", title=title, ylim=(0.4, 1.02))
+        ax.legend(fontsize=8)
+    axes[0].axhline(planted.GATE_CHECKS["probe_base_max"], color="tab:red", ls="--", lw=0.8)
+    fig.suptitle(f"Dense probes per layer on held-out problems ({RUN}; dotted: hook layer, dashed: analysis layer)")
+    fig.tight_layout()
+    figures.save(fig, "03_gate_probes")
+    plt.show()
+
+# %% [markdown]
+# **Does the crosscoder find it?** The run's crosscoders, trained exactly as configured, but on a store harvested
+# at the analysis layer (the same run when that is the hook layer). On the store's tokens (the gate is scored at
+# the "." of scored steps), the distilled-specific latent (relative norm ≥ 0.9) with the best *training* AUROC for
+# the bit is scored on held-out tokens; then it is removed from the distilled model's residual stream there (its contribution
+# `f_j · W_dec[j, distilled]`) on held-out problems, and the share of connective choices that flip is compared with
+# matched random latents (same firing frequency and decoder norm), CI over problems. The shared control's best
+# latent should sit in the shared band.
+
+# %%
+gate_found = {}
+if LABELS:
+    gate_run = run if gate_layer == pair.layer else pipeline.load_run(RUN, overrides={"harvest.layer": gate_layer})
+    g_meta, g_docs = gate_run.store.meta, gate_run.documents()
+    g_ccs = gate_run.crosscoders
+    g_acts = {s: gate_run.codes(s) for s in SCHEMES}
+    g_nrn = {s: gate_run.relative_norms(s) for s in SCHEMES}
+    gate_y = organism.step_end_labels(g_docs, g_meta, field="gate")
+    parity_y = organism.step_end_labels(g_docs, g_meta, field="parity")
+    gate_targets = {"connective gate": np.where(gate_y >= 0, gate_y == 1, np.nan),
+                    "result parity": np.where(parity_y >= 0, parity_y == 1, np.nan)}
+    for s in SCHEMES:
+        rec = probes.latent_recovery(g_acts[s], g_meta["split"], gate_targets, g_nrn[s], ks=(1,))
+        g = rec.loc["connective gate"]
+        j = g.get("best_specific_latent", np.nan)
+        effect = None
+        if np.isfinite(j):
+            j = int(j)
+            rng = np.random.default_rng(0)
+            dec_norm = g_ccs[s].W_dec.detach()[:, 1].norm(dim=-1).numpy()
+            controls = [np.array([c]) for c in
+                        planted.matched_latents(g_acts[s].frequency(), dec_norm, j, L["gate_random"], rng)]
+            margins = planted.connective_margins(pair.base, pair.distilled, g_ccs[s], gate_layer, gate_ev,
+                                                 [np.array([j])] + controls, tok)
+            effect = planted.ablation_effect(margins, L["gate_random"], gate_acts["distilled", "bit"][1]["doc"])
+        spec_norm = float(g_nrn[s][j]) if np.isfinite(j) else np.nan
+        verdict = planted.finding_verdict(spec_norm, g.get("specific_auroc", np.nan), effect, run.tested)
+        p = rec.loc["result parity"]
+        gate_found[s] = {"layer": gate_layer, "latent": j, "relative norm": spec_norm,
+                         "held-out AUROC": g.get("specific_auroc", np.nan),
+                         "flip rate": effect["target_flip_rate"] if effect else np.nan,
+                         "matched random flip rate": effect["random_flip_rate"] if effect else np.nan,
+                         "difference CI": tuple(round(v, 3) for v in effect["ci"]) if effect else None,
+                         "verdict": verdict["verdict"], "reason": verdict["reason"],
+                         "parity latent": p.get("best_latent", np.nan), "parity latent relative norm":
+                             p.get("relative_norm", np.nan), "parity latent AUROC": p.get("auroc", np.nan)}
+    display(pd.DataFrame(gate_found).T)
+
+# %% [markdown]
 # The per-latent AUROC of every latent on held-out tokens (the features table's columns, and the feature
 # cards' "ground truth" labels) for spans and marker tokens.
 
@@ -331,15 +469,57 @@ table[alive[SCHEMES[0]]].sort_values("relative_norm", ascending=False)[cols].hea
 # reports "not tested".
 
 # %%
-# Claim 1's control: each scheme trained the same way, twice, on the base model paired with itself (no
-# distillation). Exclusive latents count only beyond what that null gives, seed to seed.
-null_counts = {}
-for s in SCHEMES:
-    null_counts[s] = [claim_rules.exclusive_counts(norms.relative_norm(c), codes.encode_store(c, run.null_store).frequency())
-                      for c in run.null_crosscoders(s)]
-print({s: [(n["distilled_only"], n["base_only"]) for n in v] for s, v in null_counts.items()},
-      "(distilled-only, base-only) live latents per null seed")
-v1, e1 = claim_rules.claim1_verdict(NRN, A.frequency(), null_counts[SCHEMES[0]])
+# Claim 1's control: each scheme trained the same way, twice, on the base paired with its *control* fine-tune
+# (the distillation's recipe and budget on base text, no traces). Any fine-tuning moves some directions, so this
+# null can show exclusive latents too; claim 1 needs more of them than it shows, seed to seed. A distilled-only
+# latent counts only if it also survives latent scaling (held-out tokens), measured the same way on the null.
+def genuine_mask(cc, nrn_s, freq, st):
+    """[F] True where a live distilled-only latent survives latent scaling on ``st``'s held-out tokens."""
+    cand = np.nonzero((nrn_s >= norms.DISTILLED_SPECIFIC) & (freq >= claim_rules.MIN_FREQUENCY))[0]
+    out = np.zeros(len(nrn_s), bool)
+    if len(cand):
+        sc = label.latent_scaling(cc, st, cand, mask=st.meta["split"] == 1)
+        out[sc.latent[sc.flag == "genuine"].to_numpy()] = True
+    return out
+
+
+null_counts, null_nrn, real_genuine = {}, {}, {}
+if run.has_null:
+    for s in SCHEMES:
+        null_counts[s], null_nrn[s] = [], []
+        for c in run.null_crosscoders(s):
+            r, f = norms.relative_norm(c), codes.encode_store(c, run.null_store).frequency()
+            null_counts[s].append(claim_rules.exclusive_counts(r, f, genuine=genuine_mask(c, r, f, run.null_store)))
+            null_nrn[s].append(r[f >= claim_rules.MIN_FREQUENCY])
+        real_genuine[s] = genuine_mask(ccs[s], nrn[s], acts[s].frequency(), store)
+    print({s: [(n["distilled_only"], n["distilled_only_genuine"], n["base_only"]) for n in v]
+           for s, v in null_counts.items()},
+          "(distilled-only, of them surviving latent scaling, base-only) live latents per null seed")
+    v1, e1 = claim_rules.claim1_verdict(NRN, A.frequency(), null_counts[SCHEMES[0]], genuine=real_genuine[SCHEMES[0]])
+else:
+    v1, e1 = "not tested", (f"{run.config.preset} has no control model (the base fine-tuned the same way without "
+                            "distillation), so no null could show what fine-tuning alone gives")
+
+# %% [markdown]
+# The null's relative norms beside the real pair's: a pair that was only fine-tuned, without distillation, spreads
+# its latents this far from 0.5; the real pair's exclusive tails must stand out beyond that.
+
+# %%
+if run.has_null:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bins = np.linspace(0, 1, 41)
+    real_live = NRN[A.frequency() >= claim_rules.MIN_FREQUENCY]
+    ax.hist(real_live, bins=bins, alpha=0.6, density=True, label=f"base vs distilled ({len(real_live)} live)")
+    for k, r in enumerate(null_nrn[SCHEMES[0]]):
+        ax.hist(r, bins=bins, histtype="step", lw=1.5, density=True, label=f"base vs control, seed {k + 1} ({len(r)} live)")
+    ax.set_yscale("log")
+    ax.set(xlabel="relative decoder norm (0 base-only, 1 distilled-only)", ylabel="density of live latents",
+           title=f"Claim 1's null: relative norms, real pair vs fine-tuned control ({SCHEMES[0]})")
+    ax.legend(fontsize=8)
+    figures.save(fig, "03_claim1_null")
+    plt.show()
+
+# %%
 # Claim 2: is a reasoning feature among the top distilled-specific latents more often than among random live
 # latents? With planted labels a latent is a reasoning feature of a category when its held-out top firings lie
 # inside that category's moves (precision >= 0.9, category chosen on training tokens) and it is not merely a
@@ -380,7 +560,8 @@ if len(SCHEMES) > 1:   # claim 10: each substantive finding measured again under
 
     properties = {
         "exclusive latents exist (claim 1)": {
-            s: claim_rules.claim1_verdict(nrn[s], acts[s].frequency(), null_counts[s])[0] == "supports" for s in SCHEMES},
+            s: None if not run.has_null else {"supports": True, "not tested": None}.get(claim_rules.claim1_verdict(
+                nrn[s], acts[s].frequency(), null_counts[s], genuine=real_genuine[s])[0], False) for s in SCHEMES},
         "marker latents are mostly shared (claim 3)": {
             s: {"supports": True, "not tested": None}.get(claim_rules.claim3_verdict(
                 label.category_latents(label.marker_counts(acts[s], masks), nrn[s]), nrn[s], acts[s].frequency(),
@@ -404,6 +585,23 @@ if LABELS:
     numbers["distilled-only latents (live): reasoning features / others / others firing on base documents"] = [
         int(d_only.reasoning.sum()), int((~d_only.reasoning).sum()),
         int(((~d_only.reasoning) & (d_only.base_doc_share > 0.1)).sum())]
+for s in SCHEMES:
+    real = claim_rules.exclusive_counts(nrn[s], acts[s].frequency(), genuine=real_genuine.get(s))
+    numbers[f"{s} claim 1 real pair (distilled-only / surviving latent scaling / base-only)"] = [
+        real["distilled_only"], real.get("distilled_only_genuine"), real["base_only"]]
+    if run.has_null:
+        numbers[f"{s} claim 1 null, base vs control, per seed (distilled-only / surviving / base-only)"] = [
+            [n["distilled_only"], n["distilled_only_genuine"], n["base_only"]] for n in null_counts[s]]
+for k, v in gate_checks.items():
+    numbers[f"gated connective {k}"] = [v["verdict"], v["reason"]]
+if gate_checks:
+    numbers["gated connective analysis layer (chosen on training problems) / hook layer"] = [gate_layer, pair.layer]
+    numbers["gated connective distilled probe training CV AUROC per layer"] = np.round(
+        gate_probe["distilled", "bit"]["cv_auroc"], 3).tolist()
+for s, g in gate_found.items():
+    numbers[f"{s} gated connective latent (layer / id / relative norm / held-out AUROC / verdict)"] = [
+        g["layer"], g["latent"], round(float(g["relative norm"]), 3), round(float(g["held-out AUROC"]), 4),
+        g["verdict"]]
 for name, r in ceiling.iterrows():
     numbers[f"probe ceiling {name} (base / distilled / pair)"] = [round(float(r.base), 4), round(float(r.distilled), 4),
                                                                   round(float(r.pair), 4)]
