@@ -474,7 +474,8 @@ def plot_ecdf_grid(results: dict, dim: int = 2, basis: str = PER_MODEL, show_nul
 
 def plot_delta_vs_performance(table: pd.DataFrame, title: str = "Geometry vs distillation performance",
                               xlabel: str = "distillation performance (accuracy gain, distilled - base)", ax=None):
-    """Delta loss (base - distilled, 95% CI) against distillation performance (95% CI), one point per size and
+    """Delta loss (base - distilled, 95% CI) against a per-size x value (a ``size_table``'s ``perf_gain``:
+    distillation performance with its 95% CI, or log10 parameters without one), one point per size and
     relation; the pooled row in black with its sizes annotated. Draws on ``ax`` when given."""
     import matplotlib.pyplot as plt
 

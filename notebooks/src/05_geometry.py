@@ -29,6 +29,7 @@ QWEN_RELATIONS = True        # count single-token survivors of data/relations un
 THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
+import math
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from thinkdiff.notebooks import refuse_unknown_parameters
@@ -177,18 +178,21 @@ perf = pd.DataFrame(perf_rows).set_index("size")
 perf.round(3)
 
 # %% [markdown]
-# ## 5. Δ (base − distilled) against distillation performance
+# ## 5. Δ (base − distilled) against size and distillation performance
 # One point per size and relation, and the size's pooled mean over relations (black squares; its CI pools
-# the relations' bootstrap draws).
+# the relations' bootstrap draws): against log10 parameters (the axis claim 8 is judged on), and against the
+# measured distillation gain.
 
 # %%
+size_params = geo.size_table(results, {s: math.log10(n) for s, n in n_params.items()}, dim=CLAIM_DIM)
 size_acc = geo.size_table(results, perf_acc, dim=CLAIM_DIM)
 size_ce = geo.size_table(results, perf_ce, dim=CLAIM_DIM) if ORGANISM else None
-panels = [(size_acc, "accuracy gain (distilled - base)")] + ([(size_ce, "CE reduction (base - distilled, nats/token)")] if ORGANISM else [])
+panels = ([(size_params, "parameters (log10)"), (size_acc, "accuracy gain (distilled - base)")]
+          + ([(size_ce, "CE reduction (base - distilled, nats/token)")] if ORGANISM else []))
 fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
 for ax, (tab, what) in zip(axes[0], panels):
     geo.plot_delta_vs_performance(tab, title=f"vs {what.split(' (')[0]}, PCA {CLAIM_DIM}", xlabel=what, ax=ax)
-fig.suptitle("Geometry vs distillation performance across sizes (95% CIs)")
+fig.suptitle("Geometry across sizes: vs model size and vs distillation performance (95% CIs)")
 fig.tight_layout(); plots.savefig(fig, "05_delta_vs_performance"); plt.show()
 
 # %% [markdown]
