@@ -6,15 +6,14 @@ import math
 import numpy as np
 
 
-def wilson_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion (well behaved at 0 and 1)."""
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (well behaved at 0 and 1; ``scipy.stats.binomtest``)."""
+    from scipy.stats import binomtest
+
     if n <= 0:
         raise ValueError("wilson_ci needs n > 0")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(int(successes), int(n)).proportion_ci(level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def paired_proportion_diff_ci(x, y, level: float = 0.95) -> tuple[float, float, float]:
@@ -25,8 +24,6 @@ def paired_proportion_diff_ci(x, y, level: float = 0.95) -> tuple[float, float, 
 
     Unlike a percentile bootstrap, which gives [0, 0] when no pair is discordant, its width reflects n: with every
     pair concordant it is about +-1.96 / sqrt(n) wide at n = 20 (ask a non-inferiority rule for a minimum n too)."""
-    from scipy.stats import binomtest
-
     x, y = np.asarray(x), np.asarray(y)
     if x.shape != y.shape or x.ndim != 1 or x.size == 0:
         raise ValueError(f"paired_proportion_diff_ci needs two equal-length non-empty 1-d arrays, got {x.shape}, {y.shape}")
@@ -35,8 +32,8 @@ def paired_proportion_diff_ci(x, y, level: float = 0.95) -> tuple[float, float, 
     x, y, n = x.astype(bool), y.astype(bool), x.size
     a, b, c, d = (int(np.sum(x & y)), int(np.sum(x & ~y)), int(np.sum(~x & y)), int(np.sum(~x & ~y)))
     p1, p2 = (a + b) / n, (a + c) / n
-    l1, u1 = binomtest(a + b, n).proportion_ci(level, method="wilson")
-    l2, u2 = binomtest(a + c, n).proportion_ci(level, method="wilson")
+    l1, u1 = wilson_ci(a + b, n, level)
+    l2, u2 = wilson_ci(a + c, n, level)
     # phi: the correlation of the pairs, continuity-corrected as Newcombe has it (0 for 0 <= ad - bc <= n / 2)
     denom, cross = (a + b) * (c + d) * (a + c) * (b + d), a * d - b * c
     phi = 0.0 if denom == 0 else (cross - n / 2 if cross > n / 2 else min(cross, 0)) / math.sqrt(denom)
