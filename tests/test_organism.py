@@ -103,6 +103,23 @@ def test_build_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert diff > 0
 
 
+def test_the_coin_flip_control_ships_only_where_its_check_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path)
+    kw = dict(pretrain_steps=2, sft_steps=2, batch=2, seq_len=32)
+    assert "XS" not in organism.COIN_CONTROL_SIZES and "M" in organism.COIN_CONTROL_SIZES
+    man = organism.build_organism("XS", tmp_path / "xs", **kw)
+    assert sorted(p.name for p in (tmp_path / "xs").iterdir() if p.is_dir()) == ["base", "control", "distilled",
+                                                                                 "tokenizer"]
+    assert set(man["train_seconds"]) == {"pretrain", "sft", "control"}
+    pair = organism.get_organism("XS", **kw)
+    assert pair.coin_control is None and pair.control is not None
+    # a folder that lacks a model its size ships is refused, naming the model
+    import shutil
+    shutil.rmtree(pair.path / "control")
+    with pytest.raises(FileNotFoundError, match="no control model"):
+        organism.get_organism("XS", **kw)
+
+
 @pytest.mark.slow
 def test_pretraining_prefix_reproduces_the_shipped_manifest():
     """Same machine: two rebuilds of the start of S's schedule are bitwise equal. Any machine of this kind:

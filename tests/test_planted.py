@@ -110,7 +110,8 @@ def test_probe_gap_rule(distilled, base, low, want):
         assert "layer 2" in v["reason"]
 
 
-@pytest.mark.parametrize("control, want", [(0.55, "follows the need"), (0.75, "follows the traces")])
+@pytest.mark.parametrize("control, want", [(0.55, "follows the need"), (0.75, "follows the traces"),
+                                           (None, "not tested")])
 def test_control_rule(control, want):
     assert planted.control_verdict(control)["verdict"] == want
 

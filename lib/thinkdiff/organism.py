@@ -8,7 +8,8 @@ Beside each pair, two controls with the distillation's exact SFT recipe and budg
 batch, window): ``control`` is the base fine-tuned on new base-corpus text (no traces): any fine-tuning,
 without distillation; (base, control) is the null pair that "distilled-only" latents must beat.
 ``coin_control`` is the base fine-tuned on the same traces with the connective drawn by a coin
-(``world.TeacherConfig.gate``): it sees the traces but never needs the gate bit.
+(``world.TeacherConfig.gate``): it sees the traces but never needs the gate bit. It is built for the sizes in
+``COIN_CONTROL_SIZES`` only (its check, (d) in ``03_label``, reads one size; elsewhere it says "not tested").
 
 ``get_organism(size)`` returns a pair, loading it from ``data/organism/<size>`` (weights shipped in
 the repository) when the manifest's config hash matches, else from the ``runs/`` cache, else
@@ -116,6 +117,14 @@ def organism_config(size: str, corpus: CorpusConfig | None = None, **overrides) 
 BASE_VERSION = 3
 # The models of one organism folder: the pair, then the two controls (module docstring).
 ROLES = ("base", "distilled", "control", "coin_control")
+# Sizes that ship the coin-flip control: S and M, the sizes whose 03_label runs show the gate's checks; XS and L
+# (points of the size trend) would each cost another fine-tune (L: 45 minutes of one core) for a check nobody reads.
+COIN_CONTROL_SIZES = ("S", "M")
+
+
+def roles_of(size: str) -> tuple[str, ...]:
+    """The models an organism folder of ``size`` holds (``ROLES`` less the coin-flip control where not built)."""
+    return tuple(r for r in ROLES if r != "coin_control" or size in COIN_CONTROL_SIZES)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -748,15 +757,13 @@ def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, kee
     tok = get_tokenizer(corpus)
     base, pre = get_base(size, corpus, tok, use_shipped=keep_base, **overrides)
     models, seconds, final = {}, {}, {}
-    for role in SFT_DESC:
+    for role in (r for r in SFT_DESC if r in roles_of(size)):
         models[role], summary = get_finetune(size, role, cfg, base, tok, rebuild=rebuild_base)
         seconds[role], final[role] = summary["seconds"], summary["final_loss"]
     manifest = {
         "config_hash": paths.config_hash(cfg), "config": cfg,
-        "train_seconds": {"pretrain": pre["seconds"], "sft": seconds["distilled"],
-                          "control": seconds["control"], "coin_control": seconds["coin_control"]},
-        "final_loss": {"pretrain": pre["final_loss"], "sft": final["distilled"],
-                       "control": final["control"], "coin_control": final["coin_control"]},
+        "train_seconds": {"pretrain": pre["seconds"], "sft": seconds.pop("distilled"), **seconds},
+        "final_loss": {"pretrain": pre["final_loss"], "sft": final.pop("distilled"), **final},
         "prefix_losses": pre["prefix_losses"],
         "n_params": sum(p.numel() for p in base.parameters()),
         "command": f"python -m thinkdiff.organism --size {size}",
@@ -779,12 +786,12 @@ def _load(folder: Path, size: str) -> OrganismPair:
     man = json.loads((folder / "manifest.json").read_text())
     tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
     models = {role: Qwen2ForCausalLM.from_pretrained(folder / role, dtype=torch.float32).eval()
-              for role in ROLES if (folder / role).exists()}
-    missing = [r for r in ROLES if r not in models]
+              for role in roles_of(size) if (folder / role).exists()}
+    missing = [r for r in roles_of(size) if r not in models]
     if missing:
         raise FileNotFoundError(f"organism {size} at {folder}: no {', '.join(missing)} model (rebuild: make organism)")
     return OrganismPair(size, models["base"], models["distilled"], tok, folder, man, models["control"],
-                        models["coin_control"])
+                        models.get("coin_control"))
 
 
 def get_organism(size: str = "S", corpus: CorpusConfig | None = None, rebuild: bool = False, keep_base: bool = False,

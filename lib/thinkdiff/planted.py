@@ -299,12 +299,15 @@ def probe_gap_verdict(distilled_at: float, base_layers, gap_low: float, tested: 
                       f"layer, gap CI low end {gap_low:.3f} >= {r['probe_gap_ci_low_min']}"}
 
 
-def control_verdict(control_at: float, tested: bool = True, rules: dict | None = None) -> dict:
+def control_verdict(control_at: float | None, tested: bool = True, rules: dict | None = None) -> dict:
     """(d): "follows the need" when the coin-flip control's probe at the analysis layer <= ``control_probe_max``;
-    "follows the traces" otherwise (fine-tuning on traces alone made the representation)."""
+    "follows the traces" otherwise (fine-tuning on traces alone made the representation); "not tested" when the
+    pair has no coin-flip control (``control_at`` None: ``organism.COIN_CONTROL_SIZES``)."""
     r = {**GATE_CHECKS, **(rules or {})}
     if not tested:
         return {"verdict": "not tested", "reason": "smoke run"}
+    if control_at is None:
+        return {"verdict": "not tested", "reason": "this organism size ships no coin-flip control"}
     ok = control_at <= r["control_probe_max"]
     return {"verdict": "follows the need" if ok else "follows the traces",
             "reason": f"coin-flip control probe {control_at:.3f} {'<=' if ok else '>'} {r['control_probe_max']}"}

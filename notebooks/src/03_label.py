@@ -297,7 +297,9 @@ if LABELS:
                                 "reason": f"visible features {audit['auroc_visible']:.3f}, with the interaction "
                                           f"{audit['auroc_with_interaction']:.3f} ({audit['n_eval']} held-out steps)"}
     org = pair.organism
-    gate_models = {"base": pair.base, "distilled": pair.distilled, "coin-flip control": org.coin_control}
+    gate_models = {"base": pair.base, "distilled": pair.distilled}
+    if org.coin_control is not None:   # shipped for organism.COIN_CONTROL_SIZES only
+        gate_models["coin-flip control"] = org.coin_control
     gate_tr = planted.gate_traces(world.problem_split(0, GATE_TRAIN, "train"), tok, seed=0)
     gate_ev = planted.gate_traces(world.problem_split(0, GATE_EVAL, "eval"), tok, seed=1)
     behaviour = planted.connective_accuracy(pair.distilled, tok, gate_ev)
@@ -314,8 +316,8 @@ if LABELS:
                          unit_ev)
     gate_checks["(c) probe gap"] = planted.probe_gap_verdict(gate_probe["distilled", "bit"]["auroc"][at],
                                                              gate_probe["base", "bit"]["auroc"], gap[1], run.tested)
-    gate_checks["(d) control fine-tune"] = planted.control_verdict(gate_probe["coin-flip control", "bit"]["auroc"][at],
-                                                                   run.tested)
+    coin_at = gate_probe["coin-flip control", "bit"]["auroc"][at] if "coin-flip control" in gate_models else None
+    gate_checks["(d) control fine-tune"] = planted.control_verdict(coin_at, run.tested)
     gate_checks["(e) shared control"] = planted.shared_verdict(gate_probe["base", "parity"]["auroc"][at],
                                                                gate_probe["distilled", "parity"]["auroc"][at], run.tested)
     print(f"connective accuracy (teacher-forced, {behaviour['n']} held-out steps): {behaviour['accuracy']:.3f} "
