@@ -120,6 +120,29 @@ def test_the_coin_flip_control_ships_only_where_its_check_is_read(tmp_path, monk
         organism.get_organism("XS", **kw)
 
 
+def test_shipping_from_cache_assembles_the_cached_builds_and_deletes_none(tmp_path, monkeypatch):
+    """``python -m thinkdiff.organism --from-cache`` ships the base and fine-tunes already built, one role at a
+    time; it must never retrain or remove them (hours of CPU each at full size)."""
+    from dataclasses import replace
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(organism, "SHIPPED_DIR", tmp_path / "data")
+    monkeypatch.setitem(organism.SIZES, "XS", replace(organism.SIZES["XS"], pretrain_steps=2, sft_steps=2, batch=2,
+                                                      seq_len=32))
+    cfg, tok = organism.organism_config("XS"), organism.get_tokenizer()
+    base, _ = organism.get_base("XS", None, tok, use_shipped=False)
+    built = {}
+    for role in ("distilled", "control"):
+        organism.get_finetune("XS", role, cfg, base, tok)
+        built[role] = next(f for f in (tmp_path / "runs" / "organism-sft").iterdir()
+                           if json.loads((f / "sft.json").read_text())["config"]["role"] == role)
+    stamps = {r: (f / "sft.json").stat().st_mtime_ns for r, f in built.items()}
+    dest = organism.ship("XS", rebuild=False)
+    assert {r: (f / "sft.json").stat().st_mtime_ns for r, f in built.items()} == stamps
+    assert (dest / "distilled" / "model.safetensors").read_bytes() == \
+        (built["distilled"] / "model.safetensors").read_bytes()
+    assert organism.get_organism("XS").path == dest
+
+
 @pytest.mark.slow
 def test_pretraining_prefix_reproduces_the_shipped_manifest():
     """Same machine: two rebuilds of the start of S's schedule are bitwise equal. Any machine of this kind:

@@ -827,8 +827,10 @@ def ship(size: str, rebuild: bool = True, keep_base: bool = False) -> Path:
     """
     cfg = organism_config(size)
     cached = paths.artifact_dir("organism", cfg)
-    if rebuild or not cached.exists():
+    if rebuild:
         get_organism(size, rebuild=True, keep_base=keep_base)
+    elif not cached.exists():  # assembled from the cached base and fine-tunes; a missing one is built, none deleted
+        get_organism(size, keep_base=True)
     dest = SHIPPED_DIR / size
     if dest.exists():
         shutil.rmtree(dest)
