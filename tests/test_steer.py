@@ -422,4 +422,4 @@ def test_matched_control_latent_is_live_near_in_norm_and_scale_and_seeded():
         steer.matched_control_latent(30, alone, max_act, live)
     from thinkdiff import codes as C
     acts = C.SparseActs.from_dense(np.array([[0.0, 2.0], [3.0, 1.0]]))
-    assert steer.max_activations(acts).tolist() == [3.0, 2.0]
+    assert acts.max_activation().tolist() == [3.0, 2.0]

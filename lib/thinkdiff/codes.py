@@ -138,6 +138,12 @@ class SparseActs:
         """[F] fraction of evaluated tokens on which each latent fires."""
         return np.bincount(self.cols, minlength=self.n_latents) / max(self.n_tokens, 1)
 
+    def max_activation(self) -> np.ndarray:
+        """[F] each latent's largest activation over the evaluated tokens (0 where it never fires)."""
+        out = np.zeros(self.n_latents, np.float64)
+        np.maximum.at(out, self.cols, self.vals)
+        return out
+
     def column(self, j: int) -> np.ndarray:
         """[N] dense activations of latent ``j``."""
         out = np.zeros(self.n_tokens, dtype=np.float32)

@@ -426,12 +426,10 @@ def features_table(W_dec, acts: SparseActs | None = None, scaling: pd.DataFrame 
             raise ValueError("acts and W_dec disagree on the number of latents")
         cnt = np.bincount(acts.cols, minlength=F)
         tot = np.bincount(acts.cols, weights=acts.vals, minlength=F)
-        mx = np.zeros(F)
-        np.maximum.at(mx, acts.cols, acts.vals)
         df["frequency"] = cnt / max(acts.n_tokens, 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             df["mean_active"] = np.where(cnt > 0, tot / cnt, np.nan)
-        df["max_activation"] = mx
+        df["max_activation"] = acts.max_activation()
     if scaling is not None:
         s = scaling.set_index("latent")[["nu_error", "nu_reconstruction", "flag"]].rename(columns={"flag": "scaling_flag"})
         df = df.join(s, on="latent")

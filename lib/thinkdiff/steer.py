@@ -144,13 +144,6 @@ def random_direction(vector: torch.Tensor, seed: int) -> torch.Tensor:
     return (r / r.norm() * v.double().norm()).float()
 
 
-def max_activations(codes) -> np.ndarray:
-    """[F] each latent's largest activation over the encoded tokens (``codes.SparseActs``; 0 where it never fires)."""
-    out = np.zeros(codes.n_latents, np.float64)
-    np.maximum.at(out, codes.cols, codes.vals)
-    return out
-
-
 def matched_control_latent(target: int, nrn, max_act, live, exclude=(), seed: int = 0, pool: int = 10,
                            band: float = 0.1) -> int:
     """A control for steering with latent ``target``: another live latent's decoder direction, on the data

@@ -134,7 +134,7 @@ SR, DED = role_name.get("self_reflection"), role_name.get("deductive")   # None:
 # Two controls per steered category: an isotropic Gaussian of the same norm (off the data manifold, so any
 # decoder direction beats it), and the claims' control: another live latent's decoder direction with a similar
 # relative norm and max activation, pushed the same way (alpha x its max activation x its decoder row).
-max_act = steer.max_activations(codes)
+max_act = codes.max_activation()
 live = codes.frequency() > 0
 controls = {}
 for role, name, seed in (("self_reflection", SR, SEED), ("deductive", DED, SEED + 1)):
