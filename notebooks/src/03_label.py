@@ -290,8 +290,11 @@ ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth p
 
 # %%
 GATE_TRAIN, GATE_EVAL = L["gate_problems"]
+# The gated connective is planted by the organism's teacher only; other labelled pairs (smollm2-135m's natural-
+# English teacher picks its connectives freely) have no gate to check.
+GATE = LABELS and pair.organism is not None
 gate_checks = {}
-if LABELS:
+if GATE:
     audit = planted.gate_audit()
     gate_checks["(a) audit"] = {"verdict": audit["verdict"],
                                 "reason": f"visible features {audit['auroc_visible']:.3f}, with the interaction "
@@ -328,14 +331,14 @@ if LABELS:
     print(f"probe gap at layer {gate_layer}: {gap[0]:.3f}, 95% CI [{gap[1]:.3f}, {gap[2]:.3f}]")
     display(pd.DataFrame(gate_checks).T)
 else:
-    print("no planted labels: this run has no gated connective to check")
+    print(f"{RUN}: no gated connective is planted in this pair's teacher traces, so there is none to check")
 
 # %% [markdown]
 # The probes layer by layer: the gate bit should rise in the distilled model only, and stay near chance in the
 # base and the coin-flip control at every depth; the result's parity, the shared control, in both.
 
 # %%
-if LABELS:
+if GATE:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     layers = np.arange(1, pair.n_layers + 1)
     for ax, t, title in ((axes[0], "bit", "gate bit (distilled-only by design)"),
@@ -366,7 +369,7 @@ if LABELS:
 
 # %%
 gate_found = {}
-if LABELS:
+if GATE:
     gate_run = run if gate_layer == pair.layer else pipeline.load_run(RUN, overrides={"harvest.layer": gate_layer})
     g_meta, g_docs = gate_run.store.meta, gate_run.documents()
     g_ccs = gate_run.crosscoders
