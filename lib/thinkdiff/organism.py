@@ -745,12 +745,11 @@ def _corpus_from(d: dict) -> CorpusConfig:
 
 def build_organism(size: str, out: Path, corpus: CorpusConfig | None = None, keep_base: bool = False,
                    rebuild_base: bool = False, **overrides) -> dict:
-    """Train the base, the distilled model and the two controls of ``size`` and save them (plus a manifest) into
+    """Train the base, the distilled model and its controls (``roles_of(size)``) and save them (plus a manifest) into
     ``out``. ``keep_base``: start from the shipped base where its config matches (only the fine-tunes are
     trained); ``rebuild_base``: retrain the base and the fine-tunes even where a cached build exists."""
     cfg = organism_config(size, corpus, **overrides)
     corpus = corpus or CorpusConfig()
-    arch = cfg["arch"]
     # One thread: bitwise-identical weights on any machine, whatever its core count.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
