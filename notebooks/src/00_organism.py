@@ -28,10 +28,13 @@
 #   distilled R1 into Qwen.
 #
 # Two kinds of ground truth are planted. The move categories are labelled token by token. And one
-# quantity only the distilled model needs: at the end of each written operation, a trace either goes on
-# or concludes, so a model that writes traces must know **whether the step it just wrote was the last
-# one**. The base never writes intermediate steps and never needs it. Every later notebook checks its
-# findings against these labels.
+# quantity only the distilled model needs: after each operation but the last, the teacher writes " Next" or
+# " Then", chosen by **the parity of the result just written XOR the parity of the question's first number**,
+# so a model that writes traces must compute that bit at the operation's closing "." to pick the word. The
+# base never sees either word and never needs it (`03_label` checks both, against a coin-flip control). Beside
+# each pair ships a **control**: the base fine-tuned the same way on plain base-corpus text, the null partner
+# claim 1's "distilled-only" latents are judged against. Every later notebook checks its findings against
+# these labels.
 
 # %% [parameters]
 RUN = "organism-m"          # the run config: configs/<RUN>.toml ([evaluate]: sizes, problems, generation cap)
@@ -64,8 +67,8 @@ print(run, "| evaluation settings:", E)
 # %% [markdown]
 # ## 1. The world and the teacher
 # One problem from each family, with the terse base-corpus answer and the teacher's trace. Each coloured
-# span is one planted reasoning move; the underlined "." closes an operation, bold when it is the last one
-# (the distilled-only quantity). `03_label` tries to recover all of this from the models' activations.
+# span is one planted reasoning move; the underlined "." closes an operation, bold when it is the last one.
+# `03_label` tries to recover all of this from the models' activations.
 
 # %%
 import random

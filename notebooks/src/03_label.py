@@ -193,9 +193,9 @@ cat_lat.groupby("category")["relative_norm"].describe().round(3)
 # %% [markdown]
 # ## 7. Ground truth, scored honestly
 # The organism planted three kinds of truth: every token of a reasoning **move** carries its category
-# (spans), the move's **marker** word opens it, and one quantity only the distilled model needs: at the
-# closing "." of each written operation, **is this the last operation?** (`00_organism`). Two questions per
-# target:
+# (spans), the move's **marker** word opens it, and at the closing "." of each written operation, **is this the
+# last operation?** (`00_organism`; the base reads this one too, from the question's tags: the distilled-only
+# concept is the gated connective of §7b). Two questions per target:
 #
 # 1. **Is it there?** A logistic-regression probe on each model's raw activations at the hook layer, and one
 #    on both models' activations together (what a crosscoder latent reads), fit on the store's training
