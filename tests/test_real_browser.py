@@ -193,7 +193,7 @@ def test_notebook_runs_in_jupyterlab_and_shows_a_card_by_default(lab):
     assert lab.console_errors() == []
     card = lab.card_id()
     assert card is not None and lab.listed() and lab.listed()[0].split()[0] == str(card)
-    assert re.search(r"\d+ of \d+ latents match", lab.count_text())
+    assert re.search(r"\d[\d,]* of \d[\d,]* latents match", lab.count_text())   # counts print with thousands separators
     pane = lab.card_pane_text()
     for section in ("WHERE IT SITS", "ACTIVITY", "WHAT IT MEANS", "TOP ACTIVATING CONTEXTS", "RELATED LATENTS"):
         assert section in pane.upper()
