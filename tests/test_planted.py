@@ -215,3 +215,88 @@ def test_connective_margins_remove_exactly_the_latents_contribution():
     assert m.shape[0] == 3
     assert np.allclose(m[0], m[1], atol=1e-5)
     assert not np.allclose(m[0], m[2], atol=1e-3)
+
+
+def test_causal_control_rule_and_a_blind_ablation():
+    """The positive control decides whether a latent's failed ablation means "not causal" or "the metric is
+    blind"; each outcome from constructed margins."""
+    rng = np.random.default_rng(0)
+    clean = rng.normal(3, 1, 300)
+    unit = np.repeat(np.arange(100), 3)
+    sees = planted.ablation_effect(np.stack([clean, -clean] + [clean] * 5), 5, unit, n_boot=300)
+    blind = planted.ablation_effect(np.stack([clean] * 7), 5, unit, n_boot=300)
+    assert planted.causal_control_verdict(sees)["verdict"] == "sees a cause"
+    assert planted.causal_control_verdict(blind)["verdict"] == "blind"
+    assert planted.causal_control_verdict(None)["verdict"] == "not tested"
+    assert planted.causal_control_verdict(sees, tested=False)["verdict"] == "not tested"
+    ctl_sees, ctl_blind = planted.causal_control_verdict(sees), planted.causal_control_verdict(blind)
+    assert planted.finding_verdict(0.97, 0.95, blind, control=ctl_sees)["verdict"] == "found, not causal"
+    assert planted.finding_verdict(0.97, 0.95, blind, control=ctl_blind)["verdict"] == "found, ablation blind"
+    assert planted.finding_verdict(0.97, 0.95, sees, control=ctl_blind)["verdict"] == "found"
+
+
+def test_mean_difference_direction_recovers_the_planted_direction_in_raw_units():
+    """Labels written along one raw direction, dimensions of very different scale: the direction found is that
+    one, not one dominated by noise in a low-variance dimension."""
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0, 10.0, 0.1, 3.0])
+    u = np.array([0.0, 1.0, 0.0, 0.0])
+    X = rng.normal(0, 1, (2000, 4)) * scale
+    y = (X @ u + rng.normal(0, 1, 2000)) > 0
+    w = planted.mean_difference_direction({"acts": X[None], "y": y, "doc": np.arange(2000)}, 1)
+    assert np.isclose(np.linalg.norm(w), 1) and abs(w @ u) > 0.98
+    r = planted.random_directions(4, 6, seed=1)
+    assert r.shape == (6, 4) and np.allclose(np.linalg.norm(r, axis=1), 1)
+
+
+def test_direction_margins_project_out_exactly_the_direction():
+    """Projecting out a direction the stream never has changes nothing; projecting out a quarter of the
+    coordinates changes the margins (the hook is live)."""
+    import torch
+
+    from thinkdiff.hooks import resid_hook
+
+    tok = organism.get_tokenizer()
+    arch = {"hidden": 256, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
+    model = organism.build_model(arch, len(tok), seed=0).eval()
+    docs = planted.gate_traces(world.problem_split(0, 10, "train"), tok)
+    doc = min((d for d in docs if max(d.gate) >= 0), key=lambda d: len(d.input_ids))
+    assert len(doc.input_ids) < 256          # fewer positions than dimensions: the stream leaves a null space
+    seen = {}
+    with torch.no_grad(), resid_hook(model, 1, lambda h: seen.__setitem__("h", h) or None):
+        model(input_ids=torch.tensor([doc.input_ids]))
+    null = np.linalg.svd(seen["h"][0].double().numpy(), full_matrices=True)[2][-1]   # orthogonal to every position
+    m = planted.direction_margins(model, 1, [doc], np.stack([null, np.eye(256)[0]]), tok)
+    assert m.shape[0] == 3
+    assert np.allclose(m[0], m[1], atol=1e-4) and not np.allclose(m[0], m[2], atol=1e-4)   # e_0: the hook is live
+    quarter = planted._margins(model, 1, [doc], tok, [lambda h, _: torch.cat([h[..., :192], 0 * h[..., 192:]], -1)])
+    assert not np.allclose(quarter[0], quarter[1], atol=1e-3)
+
+
+def test_crosscoder_finding_picks_the_training_latent_and_ablates_it():
+    """The distilled-specific latent that tracks the bit on training tokens is chosen and scored on held-out ones,
+    and its ablation is measured against matched latents; with no latent past the relative-norm bar: "missed"."""
+    from thinkdiff import codes
+    from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
+
+    rng = np.random.default_rng(0)
+    n, F = 400, 64
+    gate_y = rng.integers(-1, 2, n)                       # -1 unscored, else the bit
+    split = (np.arange(n) % 4 == 0).astype(int)           # a quarter held out
+    f = rng.random((n, F)) * (rng.random((n, F)) < 0.3)
+    f[:, 5] = np.where(gate_y == 1, 2.0, 0.0)             # latent 5 reads the bit
+    acts = codes.SparseActs.from_dense(f)
+    nrn = np.full(F, 0.5)
+    nrn[[5, 9]] = 0.95
+    tok = organism.get_tokenizer()
+    arch = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
+    base, distilled = (organism.build_model(arch, len(tok), seed=s).eval() for s in (0, 1))
+    cc = CrossCoder(CrossCoderConfig(d_model=32, n_latents=F), seed=0)
+    docs = planted.gate_traces(world.problem_split(0, 8, "train"), tok)
+    unit = planted._scored_positions(docs)[0]
+    got = planted.crosscoder_finding(acts, nrn, split, gate_y, cc, base, distilled, 1, docs, tok, 4, unit)
+    assert got["latent"] == 5 and got["heldout_auroc"] == 1.0 and got["relative_norm"] == 0.95
+    assert got["margins"].shape == (6, len(unit)) and got["effect"]["n"] == len(unit)
+    assert got["verdict"]["verdict"] in ("found", "found, not causal")
+    missed = planted.crosscoder_finding(acts, np.full(F, 0.5), split, gate_y, cc, base, distilled, 1, docs, tok, 4, unit)
+    assert missed["effect"] is None and missed["verdict"]["verdict"] == "missed"

@@ -339,35 +339,27 @@ def matched_latents(frequency, decoder_norm, target: int, n: int, rng, pool: int
     return rng.choice(near, size=n, replace=False)
 
 
-def connective_margins(base, distilled, cc, layer: int, docs, ablate: list, tokenizer, batch: int = 16) -> np.ndarray:
-    """The distilled model's connective choice at each scored "." of ``docs``: logit(right connective's first
-    token) - logit(the other's), clean and with each latent set of ``ablate`` removed from its residual stream at
-    the hook (at every position: the crosscoder encodes both models' resid_pre of block ``layer`` and the set's
-    contribution ``sum_j f_j W_dec[j, distilled]`` is subtracted; raw units). Returns [1 + len(ablate), n_scored]
-    (row 0 clean)."""
+def _margins(model, layer: int, docs, tokenizer, edits: list, batch: int = 16, context=None) -> np.ndarray:
+    """The model's connective choice at each scored "." of ``docs`` -- logit(right connective's first token) -
+    logit(the other's) -- clean (row 0) and with each edit of ``edits`` applied to the resid_pre of block ``layer``
+    at every position (row 1 + i). An edit maps (h [B, T, d], ctx) to the edited h; ``context(ids, mask)`` computes
+    ``ctx`` once per batch. Returns [1 + len(edits), n_scored]."""
     import torch
 
     from .hooks import resid_hook
 
     first = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in world.CONNECTIVES]
     doc, pos, bit = _scored_positions(docs)
-    out = np.zeros((1 + len(ablate), len(doc)))
-    W = cc.W_dec.detach()
+    out = np.zeros((1 + len(edits), len(doc)))
     with torch.no_grad():
         for ks, ids, mask in _batches(docs, sorted(set(doc.tolist())), batch):
-            seen = {}
-            with resid_hook(base, layer, lambda h: seen.__setitem__("base", h.detach()) or None):
-                base(input_ids=ids, attention_mask=mask)
-            for a, latents in enumerate([None] + list(ablate)):
-                def remove(h, latents=latents):
-                    if latents is None:
-                        return None
-                    x = torch.stack([seen["base"], h], dim=2).float()          # [B, T, 2, d]
-                    f = cc.encode(x.reshape(-1, 2, x.shape[-1]))[:, latents]   # [B*T, J]
-                    delta = (f @ W[latents, 1].float()).reshape(h.shape)
-                    return h - delta.to(h.dtype)
-                with resid_hook(distilled, layer, remove):
-                    logits = distilled(input_ids=ids, attention_mask=mask).logits
+            ctx = context(ids, mask) if context else None
+            for a, edit in enumerate([None] + list(edits)):
+                if edit is None:
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                else:
+                    with resid_hook(model, layer, lambda h, edit=edit: edit(h, ctx)):
+                        logits = model(input_ids=ids, attention_mask=mask).logits
                 for r, k in enumerate(ks):
                     rows = np.nonzero(doc == k)[0]
                     lg = logits[r, pos[rows]].float()
@@ -375,6 +367,63 @@ def connective_margins(base, distilled, cc, layer: int, docs, ablate: list, toke
                     other = torch.tensor([first[1 - b] for b in bit[rows]])
                     out[a, rows] = (lg.gather(1, want[:, None]) - lg.gather(1, other[:, None]))[:, 0].numpy()
     return out
+
+
+def connective_margins(base, distilled, cc, layer: int, docs, ablate: list, tokenizer, batch: int = 16) -> np.ndarray:
+    """The distilled model's connective choice at each scored "." of ``docs`` (``_margins``), clean and with each
+    latent set of ``ablate`` removed from its residual stream at the hook (at every position: the crosscoder
+    encodes both models' resid_pre of block ``layer`` and the set's contribution ``sum_j f_j W_dec[j, distilled]``
+    is subtracted; raw units). Returns [1 + len(ablate), n_scored] (row 0 clean)."""
+    import torch
+
+    from .hooks import resid_hook
+
+    W = cc.W_dec.detach()
+
+    def base_resid(ids, mask):
+        seen = {}
+        with resid_hook(base, layer, lambda h: seen.__setitem__("base", h.detach()) or None):
+            base(input_ids=ids, attention_mask=mask)
+        return seen["base"]
+
+    def remover(latents):
+        def remove(h, base_h):
+            x = torch.stack([base_h, h], dim=2).float()                  # [B, T, 2, d]
+            f = cc.encode(x.reshape(-1, 2, x.shape[-1]))[:, latents]      # [B*T, J]
+            return h - (f @ W[latents, 1].float()).reshape(h.shape).to(h.dtype)
+        return remove
+
+    return _margins(distilled, layer, docs, tokenizer, [remover(np.asarray(j)) for j in ablate], batch, base_resid)
+
+
+def mean_difference_direction(train: dict, layer: int) -> np.ndarray:
+    """The unit direction [d_model] (raw residual units) from the mean activation of bit-0 steps to that of bit-1
+    steps at resid_pre of block ``layer``, on training problems (``train``: a ``gate_activations`` output): the
+    direction along which the stream's two classes differ, the usual choice for directional ablation. A
+    classifier's weight vector is not: it leans on low-variance dimensions, and projecting it out removes
+    little of what the model reads."""
+    X, y = train["acts"][layer - 1], train["y"].astype(bool)
+    w = X[y].mean(0) - X[~y].mean(0)
+    return w / np.linalg.norm(w)
+
+
+def random_directions(d_model: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` Gaussian unit directions [n, d_model]: the controls of ``direction_margins``."""
+    g = np.random.default_rng(seed).normal(size=(n, d_model))
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def direction_margins(model, layer: int, docs, directions, tokenizer, batch: int = 16) -> np.ndarray:
+    """The ablation's positive control: the model's connective margins (``_margins``) clean and with each unit
+    direction of ``directions`` [n, d_model] projected out of its resid_pre of block ``layer`` at every position
+    (h - (h . u) u). Returns [1 + n, n_scored]."""
+    import torch
+
+    def projector(u):
+        u = torch.tensor(u, dtype=torch.float32)
+        return lambda h, _: (h.float() - (h.float() @ u)[..., None] * u).to(h.dtype)
+
+    return _margins(model, layer, docs, tokenizer, [projector(u) for u in np.atleast_2d(directions)], batch)
 
 
 def ablation_effect(margins: np.ndarray, n_random: int, unit, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -392,12 +441,53 @@ def ablation_effect(margins: np.ndarray, n_random: int, unit, n_boot: int = 2000
             "difference": mean, "ci": (lo, hi), "n": int(margins.shape[1])}
 
 
+def crosscoder_finding(codes, relative_norms, split, gate_y, cc, base, distilled, layer: int, eval_docs, tokenizer,
+                       n_random: int, unit, control: dict | None = None, tested: bool = True, seed: int = 0) -> dict:
+    """Item 2 for one crosscoder trained on a store harvested at ``layer``: the distilled-specific latent
+    (relative norm >= 0.9) with the best *training* AUROC for the gate bit on the store's tokens (``gate_y``
+    [n_tokens], -1 where unscored; ``split`` [n_tokens] 0 train / 1 held out), its held-out AUROC, and the
+    effect of removing it from the distilled model on ``eval_docs`` against ``n_random`` latents matched on
+    firing frequency and decoder norm (``ablation_effect``, CI over ``unit``), judged by ``finding_verdict``."""
+    from .probes import latent_recovery
+
+    gate_y = np.asarray(gate_y)
+    rec = latent_recovery(codes, split, {"gate": np.where(gate_y >= 0, gate_y == 1, np.nan)}, relative_norms, ks=(1,))
+    g = rec.loc["gate"]
+    j, effect, margins = g.get("best_specific_latent", np.nan), None, None
+    if np.isfinite(j):
+        j = int(j)
+        dec_norm = cc.W_dec.detach()[:, 1].norm(dim=-1).numpy()
+        controls = matched_latents(codes.frequency(), dec_norm, j, n_random, np.random.default_rng(seed))
+        margins = connective_margins(base, distilled, cc, layer, eval_docs, [np.array([j])] +
+                                     [np.array([c]) for c in controls], tokenizer)
+        effect = ablation_effect(margins, n_random, unit)
+    nrn = float(np.asarray(relative_norms)[j]) if np.isfinite(j) else np.nan
+    auroc = float(g.get("specific_auroc", np.nan))
+    return {"latent": j, "relative_norm": nrn, "heldout_auroc": auroc, "effect": effect, "margins": margins,
+            "verdict": finding_verdict(nrn, auroc, effect, tested, control=control)}
+
+
+def causal_control_verdict(effect: dict | None, tested: bool = True) -> dict:
+    """Can the ablation metric see a cause at all? Projecting the training probe's direction out of the distilled
+    model (``direction_margins``) must flip more connective choices than random directions do (CI of the
+    difference above 0), else a latent's "not causal" says nothing about the latent."""
+    if not tested:
+        return {"verdict": "not tested", "reason": "smoke run"}
+    if effect is None:
+        return {"verdict": "not tested", "reason": "no direction was measured"}
+    lo, hi = effect["ci"]
+    what = (f"projecting out the mean-difference direction flips {effect['target_flip_rate']:.1%} of choices vs "
+            f"{effect['random_flip_rate']:.1%} for random directions (difference CI [{lo:.3f}, {hi:.3f}])")
+    return {"verdict": "sees a cause" if lo > 0 else "blind", "reason": what}
+
+
 def finding_verdict(relative_norm: float, heldout_auroc: float, effect: dict | None, tested: bool = True,
-                    rules: dict | None = None) -> dict:
+                    rules: dict | None = None, control: dict | None = None) -> dict:
     """Item 2: "found" when the latent chosen on training tokens has relative norm >= ``concept_nrn`` (0.9) and
     held-out AUROC >= ``concept_auroc`` (0.90), and removing it flips the distilled model's connective more often
-    than matched random latents (CI of the difference above 0); "found, not causal" when only the ablation fails;
-    "missed" otherwise."""
+    than matched random latents (CI of the difference above 0); "found, not causal" when only the ablation fails
+    and the positive control (``causal_control_verdict``, given as ``control``) shows the metric can see a cause;
+    "found, ablation blind" when it cannot; "missed" otherwise."""
     from .probes import TARGETS
 
     r = {**TARGETS, **(rules or {})}
@@ -411,6 +501,9 @@ def finding_verdict(relative_norm: float, heldout_auroc: float, effect: dict | N
         return {"verdict": "missed", "reason": f"{what} (needs >= {r['concept_nrn']} and >= {r['concept_auroc']})"}
     if effect is None or not effect["ci"][0] > 0:
         ci = "no ablation" if effect is None else f"flip difference CI [{effect['ci'][0]:.3f}, {effect['ci'][1]:.3f}]"
+        if control is not None and control["verdict"] == "blind":
+            return {"verdict": "found, ablation blind",
+                    "reason": f"{what}; {ci}, but the positive control is blind too ({control['reason']})"}
         return {"verdict": "found, not causal", "reason": f"{what}; {ci} does not exceed matched random latents"}
     return {"verdict": "found", "reason": f"{what}; removing it flips {effect['target_flip_rate']:.1%} of choices vs "
                                           f"{effect['random_flip_rate']:.1%} for matched random latents (difference "

@@ -359,52 +359,85 @@ if GATE:
     plt.show()
 
 # %% [markdown]
+# **Can the ablation see a cause at all?** Before asking whether removing a latent changes the distilled
+# model's choice, a positive control: project the direction along which the two classes differ (the mean
+# activation of bit-1 steps minus that of bit-0 steps, on *training* problems, at the analysis layer) out of the
+# distilled model's residual stream at every position, on held-out problems, and count the connective choices
+# that flip, against as many random directions. The metric and its comparison are the latent's below; if this
+# flips nothing, a latent that flips nothing says nothing (`planted.causal_control_verdict`).
+
+# %%
+causal_control = None
+if GATE:
+    direction = planted.mean_difference_direction(gate_acts["distilled", "bit"][0], gate_layer)
+    randoms = planted.random_directions(len(direction), L["gate_random"], seed=0)
+    dir_margins = planted.direction_margins(pair.distilled, gate_layer, gate_ev, np.vstack([direction, randoms]), tok)
+    dir_effect = planted.ablation_effect(dir_margins, L["gate_random"], unit_ev)
+    causal_control = planted.causal_control_verdict(dir_effect, run.tested)
+    gate_checks["positive control of the ablation"] = causal_control
+    print(f"{causal_control['verdict']}: {causal_control['reason']}")
+    print(f"mean connective margin (logit right - wrong), {dir_margins.shape[1]} held-out steps: clean "
+          f"{dir_margins[0].mean():.2f}, mean-difference direction out {dir_margins[1].mean():.2f}, random "
+          f"directions out {dir_margins[2:].mean():.2f}")
+
+# %% [markdown]
 # **Does the crosscoder find it?** The run's crosscoders, trained exactly as configured, but on a store harvested
 # at the analysis layer (the same run when that is the hook layer). On the store's tokens (the gate is scored at
 # the "." of scored steps), the distilled-specific latent (relative norm ≥ 0.9) with the best *training* AUROC for
-# the bit is scored on held-out tokens; then it is removed from the distilled model's residual stream there (its contribution
-# `f_j · W_dec[j, distilled]`) on held-out problems, and the share of connective choices that flip is compared with
-# matched random latents (same firing frequency and decoder norm), CI over problems. The shared control's best
-# latent should sit in the shared band.
+# the bit is scored on held-out tokens; then it is removed from the distilled model's residual stream there (its
+# contribution `f_j · W_dec[j, distilled]`) on held-out problems, and the share of connective choices that flip is
+# compared with matched random latents (same firing frequency and decoder norm), CI over problems
+# (`planted.crosscoder_finding`). The shared control's best latent should sit in the shared band.
 
 # %%
-gate_found = {}
+gate_found, gate_margins = {}, {}
 if GATE:
     gate_run = run if gate_layer == pair.layer else pipeline.load_run(RUN, overrides={"harvest.layer": gate_layer})
     g_meta, g_docs = gate_run.store.meta, gate_run.documents()
-    g_ccs = gate_run.crosscoders
-    g_acts = {s: gate_run.codes(s) for s in SCHEMES}
-    g_nrn = {s: gate_run.relative_norms(s) for s in SCHEMES}
     gate_y = organism.step_end_labels(g_docs, g_meta, field="gate")
     parity_y = organism.step_end_labels(g_docs, g_meta, field="parity")
-    gate_targets = {"connective gate": np.where(gate_y >= 0, gate_y == 1, np.nan),
-                    "result parity": np.where(parity_y >= 0, parity_y == 1, np.nan)}
     for s in SCHEMES:
-        rec = probes.latent_recovery(g_acts[s], g_meta["split"], gate_targets, g_nrn[s], ks=(1,))
-        g = rec.loc["connective gate"]
-        j = g.get("best_specific_latent", np.nan)
-        effect = None
-        if np.isfinite(j):
-            j = int(j)
-            rng = np.random.default_rng(0)
-            dec_norm = g_ccs[s].W_dec.detach()[:, 1].norm(dim=-1).numpy()
-            controls = [np.array([c]) for c in
-                        planted.matched_latents(g_acts[s].frequency(), dec_norm, j, L["gate_random"], rng)]
-            margins = planted.connective_margins(pair.base, pair.distilled, g_ccs[s], gate_layer, gate_ev,
-                                                 [np.array([j])] + controls, tok)
-            effect = planted.ablation_effect(margins, L["gate_random"], gate_acts["distilled", "bit"][1]["doc"])
-        spec_norm = float(g_nrn[s][j]) if np.isfinite(j) else np.nan
-        verdict = planted.finding_verdict(spec_norm, g.get("specific_auroc", np.nan), effect, run.tested)
-        p = rec.loc["result parity"]
-        gate_found[s] = {"layer": gate_layer, "latent": j, "relative norm": spec_norm,
-                         "held-out AUROC": g.get("specific_auroc", np.nan),
-                         "flip rate": effect["target_flip_rate"] if effect else np.nan,
-                         "matched random flip rate": effect["random_flip_rate"] if effect else np.nan,
-                         "difference CI": tuple(round(v, 3) for v in effect["ci"]) if effect else None,
-                         "verdict": verdict["verdict"], "reason": verdict["reason"],
+        g_codes, g_nrn = gate_run.codes(s), gate_run.relative_norms(s)
+        f = planted.crosscoder_finding(g_codes, g_nrn, g_meta["split"], gate_y, gate_run.crosscoders[s], pair.base,
+                                       pair.distilled, gate_layer, gate_ev, tok, L["gate_random"], unit_ev,
+                                       causal_control, run.tested)
+        p = probes.latent_recovery(g_codes, g_meta["split"], {"parity": np.where(parity_y >= 0, parity_y == 1, np.nan)},
+                                   g_nrn, ks=(1,)).loc["parity"]
+        e = f["effect"]
+        gate_margins[s] = f["margins"]
+        gate_found[s] = {"layer": gate_layer, "latent": f["latent"], "relative norm": f["relative_norm"],
+                         "held-out AUROC": f["heldout_auroc"],
+                         "flip rate": e["target_flip_rate"] if e else np.nan,
+                         "matched random flip rate": e["random_flip_rate"] if e else np.nan,
+                         "difference CI": tuple(round(v, 3) for v in e["ci"]) if e else None,
+                         "mean margin clean / latent out": (round(f["margins"][0].mean(), 2),
+                                                            round(f["margins"][1].mean(), 2)) if e else None,
+                         "verdict": f["verdict"]["verdict"], "reason": f["verdict"]["reason"],
                          "parity latent": p.get("best_latent", np.nan), "parity latent relative norm":
                              p.get("relative_norm", np.nan), "parity latent AUROC": p.get("auroc", np.nan)}
     display(pd.DataFrame(gate_found).T)
+
+# %% [markdown]
+# The same comparison as a picture: the share of held-out connective choices that flip when each thing is
+# removed from the distilled model at the analysis layer. The mean-difference direction is the positive control;
+# each scheme's latent should stand above its matched random latents as the direction stands above random ones.
+
+# %%
+if GATE:
+    bars = {"mean-difference direction": np.mean(np.sign(dir_margins[1]) != np.sign(dir_margins[0])),
+            "random directions": np.mean(np.sign(dir_margins[2:]) != np.sign(dir_margins[0]))}
+    for s, m in gate_margins.items():
+        if m is not None:
+            bars[f"{s} latent #{gate_found[s]['latent']}"] = np.mean(np.sign(m[1]) != np.sign(m[0]))
+            bars[f"{s} matched random latents"] = np.mean(np.sign(m[2:]) != np.sign(m[0]))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.barh(list(bars), list(bars.values()), color=["tab:green", "grey"] + ["tab:blue", "lightgrey"] * len(gate_margins))
+    ax.invert_yaxis()
+    ax.set(xlabel="share of held-out connective choices that flip", ylabel="removed from the distilled model",
+           title=f"Ablations at resid_pre of block {gate_layer} ({RUN})")
+    fig.tight_layout()
+    figures.save(fig, "03_gate_ablation")
+    plt.show()
 
 # %% [markdown]
 # The per-latent AUROC of every latent on held-out tokens (the features table's columns, and the feature
@@ -604,8 +637,10 @@ if gate_checks:
     numbers["gated connective distilled probe training CV AUROC per layer"] = np.round(
         gate_probe["distilled", "bit"]["cv_auroc"], 3).tolist()
 for s, g in gate_found.items():
-    numbers[f"{s} gated connective latent (layer / id / relative norm / held-out AUROC / verdict)"] = [
+    numbers[f"{s} gated connective latent (layer / id / relative norm / held-out AUROC / flip rate / matched random "
+            f"flip rate / difference CI / verdict)"] = [
         g["layer"], g["latent"], round(float(g["relative norm"]), 3), round(float(g["held-out AUROC"]), 4),
+        round(float(g["flip rate"]), 4), round(float(g["matched random flip rate"]), 4), g["difference CI"],
         g["verdict"]]
 for name, r in ceiling.iterrows():
     numbers[f"probe ceiling {name} (base / distilled / pair)"] = [round(float(r.base), 4), round(float(r.distilled), 4),
