@@ -6,12 +6,11 @@ Dead = never active on the held-out tokens (what ``02_train`` reports). The knob
 must be silent before the auxiliary loss trains it), ``auxk_alpha`` (that loss's weight), ``k_aux`` (latents per
 token it may use) and the step budget. Every crosscoder is cached by its key (``runs/``).
 """
-import argparse
 import time
 
 import pandas as pd
-import torch
 
+from sweeps import arguments, markdown
 from thinkdiff import metrics, pipeline
 
 # One knob at a time against the run's BatchTopK, then the promising pair together.
@@ -22,21 +21,8 @@ VARIANTS = [
 ]
 
 
-def markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="organism-m", help="a run config (configs/<run>.toml)")
-    ap.add_argument("--scheme", default="batchtopk")
-    ap.add_argument("--out", default="docs/dead-latent-sweep.md")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = arguments(__doc__, "docs/dead-latent-sweep.md", "a run config (configs/<run>.toml)", scheme="batchtopk")
     rows = []
     for over in VARIANTS:
         t0 = time.time()

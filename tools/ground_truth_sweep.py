@@ -5,12 +5,11 @@ Usage: python tools/ground_truth_sweep.py [--run organism-m] [--out docs/ground-
 Each variant is the run with one training setting overridden (``pipeline.load_run(run, overrides)``); every
 crosscoder is cached by its key (``runs/``), so a rerun only trains what is new.
 """
-import argparse
 import time
 
 import pandas as pd
-import torch
 
+from sweeps import arguments, markdown
 from thinkdiff import organism, pipeline, probes
 from thinkdiff.lexicon import CATEGORIES
 
@@ -21,21 +20,8 @@ VARIANTS = [
 ]
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """A pipe table (pandas' to_markdown needs an extra package)."""
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="organism-m", help="a run config (configs/<run>.toml) on an organism preset")
-    ap.add_argument("--out", default="docs/ground-truth-sweep.md")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = arguments(__doc__, "docs/ground-truth-sweep.md", "a run config (configs/<run>.toml) on an organism preset")
     base = pipeline.load_run(args.run)
     store, docs = base.store, base.documents()
     targets = probes.organism_targets(store.meta, organism.step_end_labels(docs, store.meta), CATEGORIES)
