@@ -1,11 +1,11 @@
 """GPU check of a real Qwen pair's shapes: random weights, paired harvest, paper-sized crosscoder training.
 
     python benchmarks/gpu_check.py                      # qwen-1.5b on one GPU, no downloads (est. < 5 min)
-    python benchmarks/gpu_check.py --preset qwen-7b     # any preset of qwen.QWEN_PAIRS that fits the card
+    python benchmarks/gpu_check.py --preset qwen-7b     # any pair of configs/pairs/ with published architectures
     python benchmarks/gpu_check.py --smoke              # tiny shapes on the CPU, seconds: the code path only
 
 What it does, with the functions a real run uses:
-1. builds base and distilled ``Qwen2ForCausalLM`` from the preset's published configs (``qwen.QWEN_PAIRS``;
+1. builds base and distilled ``Qwen2ForCausalLM`` from the pair's published configs (``[base_arch]`` / ``[distilled_arch]`` of ``configs/pairs/<preset>.toml``;
    real width, depth, heads, vocabulary, tied/untied head) with random weights, straight on the device in
    ``--model-dtype`` (bf16 by default): nothing is downloaded, the device machine has no hub;
 2. harvests ``--harvest-tokens`` tokens of random-id documents of ``--seq-len`` tokens from both models at the
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))   # runs fr
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from thinkdiff import qwen  # noqa: E402
+from thinkdiff import pairs, qwen  # noqa: E402
 from thinkdiff.harvest import HarvestConfig, harvest_pair  # noqa: E402
 from thinkdiff.train import PAPER, Trainer, train  # noqa: E402
 
@@ -139,13 +139,15 @@ def timed_steps(trainer: Trainer, x: torch.Tensor, reps: int, device) -> float:
 
 def run(args, tokenizer=None) -> dict:
     """The whole check; returns the measured numbers (also printed)."""
-    if args.preset not in qwen.QWEN_PAIRS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(qwen.QWEN_PAIRS)}")
+    known = sorted(n for n, p in pairs.PAIRS.items() if "base_arch" in p.options and "distilled_arch" in p.options)
+    if args.preset not in known:
+        raise ValueError(f"unknown preset {args.preset!r}; choose a pair with published architectures: {known}")
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("no CUDA GPU is visible; run with --smoke for the CPU code path")
     dtype = getattr(torch, args.model_dtype)
-    spec = qwen.QWEN_PAIRS[args.preset]
+    pair_spec = pairs.get(args.preset)
+    spec = {**pair_spec.options, "layer": pair_spec.layer}
     shape = SMOKE if args.smoke else {}
     harvest_tokens = shape.get("harvest_tokens", args.harvest_tokens)
     seq_len = shape.get("seq_len", args.seq_len)
@@ -270,7 +272,7 @@ def run(args, tokenizer=None) -> dict:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="qwen-1.5b", help="a key of qwen.QWEN_PAIRS")
+    ap.add_argument("--preset", default="qwen-1.5b", help="a pair of configs/pairs/ with [base_arch] and [distilled_arch]")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (the code path, in seconds)")
     ap.add_argument("--model-dtype", default=None, choices=["bfloat16", "float16", "float32"],
                     help="model weights (default bfloat16 on the GPU, float32 under --smoke)")

@@ -34,3 +34,13 @@ def write_corpus(folder: Path, n: int = 40) -> dict:
     files["general_files"].write_text("".join(json.dumps(r) + "\n" for r in GENERAL[:n]))
     files["math_files"].write_text("".join(json.dumps(math500_row(i)) + "\n" for i in range(n)))
     return files
+
+
+def tiny_qwen_pair(hidden: int = 64, layers: int = 4, **kw):
+    """The tiny random stand-in of qwen-1.5b (its published architectures from configs/pairs/qwen-1.5b.toml scaled
+    down; ``qwen.tiny_qwen_pair``), built once and cached."""
+    from thinkdiff import pairs, qwen
+
+    real = pairs.get("qwen-1.5b")
+    return qwen.tiny_qwen_pair(real.name, real.options["base_arch"], real.options["distilled_arch"], hidden=hidden,
+                               layers=layers, **kw)

@@ -111,11 +111,11 @@ def test_acceptance_by_family_splits_problems():
 
 def test_pair_evaluation_is_computed_once_and_read_by_every_stage(tmp_path, monkeypatch):
     """00 and 05 read one evaluation per pair and settings: the second call is served from the cache."""
-    from thinkdiff import evaluate, organism, paths
+    from thinkdiff import organism, paths, pipeline
 
     monkeypatch.setattr(paths, "RUNS_DIR", tmp_path)
     settings = {"n_eval": 5, "max_new_tokens": 8, "seed": 0, "sizes": ["S"]}
-    first = evaluate.pair_evaluation("organism-s", settings)
+    first = pipeline.pair_evaluation("organism-s", settings)
     assert set(first) == {"base", "distilled"}
     for role in first:
         r = first[role]
@@ -126,7 +126,7 @@ def test_pair_evaluation_is_computed_once_and_read_by_every_stage(tmp_path, monk
         raise AssertionError("evaluated twice")
 
     monkeypatch.setattr(organism, "evaluate", no_more)
-    again = evaluate.pair_evaluation("organism-s", {**settings, "sizes": ["S", "M"]})   # sizes do not matter
+    again = pipeline.pair_evaluation("organism-s", {**settings, "sizes": ["S", "M"]})   # sizes do not matter
     assert again["distilled"]["correct"] == first["distilled"]["correct"]
     with pytest.raises(AssertionError, match="twice"):
-        evaluate.pair_evaluation("organism-s", {**settings, "n_eval": 6})
+        pipeline.pair_evaluation("organism-s", {**settings, "n_eval": 6})

@@ -280,10 +280,10 @@ def test_dense_reference_step_is_the_fast_step():
 def test_every_scheme_is_one_module_with_the_whole_interface():
     """Adding a scheme touches one file and one registry line: the crosscoder, the trainer and the run configs
     read every scheme from trainers.SCHEMES."""
-    from thinkdiff import pipeline, trainers
-    from thinkdiff.train import TrainConfig
+    from thinkdiff import trainers
+    from thinkdiff.train import ORGANISM, TrainConfig
 
-    assert set(trainers.SCHEMES) == set(pipeline.SCHEMES) == {"relu", "batchtopk"}
+    assert set(trainers.SCHEMES) == set(ORGANISM) == {"relu", "batchtopk"}
     for name, mod in trainers.SCHEMES.items():
         assert mod.NAME == name
         for attr in ("USES_K", "check_config", "encode", "loss", "reference_loss"):

@@ -50,7 +50,7 @@ def _finite(v) -> bool:
     return v is None or isinstance(v, bool) or math.isfinite(v)
 
 
-def check_record(runs_dir, run_name: str, stage: str) -> None:
+def check_record(runs_dir, run_name: str, stage: str) -> dict:
     """The stage wrote its report record: headline numbers present and finite, every claim with its evidence
     and rule, and (smoke runs) no claim judged."""
     rec = json.loads((runs_dir / "report" / run_name / f"{stage}.json").read_text())
@@ -61,6 +61,7 @@ def check_record(runs_dir, run_name: str, stage: str) -> None:
     for k, c in rec["claims"].items():
         assert c["evidence"] and c["rule"], (stage, k)
         assert c["verdict"] == "not tested", f"{stage}: a smoke run judged claim {k}: {c['verdict']}"
+    return rec
 
 
 @pytest.mark.slow
@@ -91,14 +92,29 @@ def test_the_saved_browser_notebook_carries_a_static_card(test_runs):
 
 @pytest.fixture(scope="module")
 def tiny_qwen_run(test_runs):
-    """The committed tiny-qwen run with local stand-in corpora and math set (offline): a real-pair run."""
+    """A pair of your own, added with no Python: one TOML file for a new Hugging Face pair (the tiny random Qwen2
+    models, saved to local folders, under another name) in the pairs/ folder beside a run config that names it.
+    The run takes the committed tiny-qwen run's settings with local stand-in corpora and math set (offline)."""
     import standins
 
     folder = test_runs / "tiny-qwen-data"
-    folder.mkdir(exist_ok=True)
+    (folder / "pairs").mkdir(parents=True, exist_ok=True)
     files = standins.write_corpus(folder)
+    tiny = standins.tiny_qwen_pair(hidden=64, layers=4)
+    (folder / "pairs" / "my-tiny-pair.toml").write_text(f'''# two local checkpoints written by save_pretrained
+kind = "hf"
+base = "{tiny.base_path}"
+distilled = "{tiny.distilled_path}"
+layer = 2
+task = "math"
+corpus = "openthoughts"
+train_config = "paper"
+''')
     cfg = folder / "tiny-qwen-offline.toml"
     cfg.write_text(f'''extends = "tiny-qwen"
+preset = "my-tiny-pair"
+[geometry]
+runs = []
 [harvest.corpus]
 openthoughts_files = "{files['openthoughts_files']}"
 general_files = "{files['general_files']}"
@@ -111,14 +127,15 @@ math_files = "{files['math_files']}"
 @pytest.mark.slow
 @pytest.mark.parametrize("name", notebooks.NOTEBOOKS)
 def test_notebook_executes_on_a_real_pair_stand_in(name, test_runs, tiny_qwen_run):
-    """Every notebook also runs on the real-pair code path (tiny random Qwen2 models, real tokenizers): no
-    organism-only call without a guard."""
+    """Every notebook also runs on a pair defined by one TOML file in a folder of the user's own (tiny random
+    Qwen2 models, real tokenizers): the real-pair code path, with no Python change."""
     # Owned settings sized to the stand-in: its 151,936-token vocabulary makes every logit pass costly.
     own = {"02_train": {"N_SPLICE_DOCS": 4}, "03b_ablation": {"N_BOOT": 50}, "03c_browser": {"N_CARDS": 2},
            "04_steer": {"N_BOOT": 50, "BENCH_TOKENS": 4}, "05_geometry": {"N_BOOT": 50, "N_PERM": 20}}
     out = notebooks.run(name, test_runs / "executed-tiny-qwen", parameters={"RUN": tiny_qwen_run, **own.get(name, {})})
     assert out.exists()
-    check_record(test_runs / "runs", "tiny-qwen-offline", name)
+    record = check_record(test_runs / "runs", "tiny-qwen-offline", name)
+    assert record["provenance"]["preset"] == "my-tiny-pair", record["provenance"]
 
 
 @pytest.mark.slow

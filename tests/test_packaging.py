@@ -3,7 +3,7 @@ import tomllib
 
 import pytest
 
-from thinkdiff import paths, presets
+from thinkdiff import pairs, paths
 
 
 def _pip_section(text: str) -> list[str]:
@@ -27,16 +27,18 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_unknown_preset_and_bad_layer_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown preset 'nope'.*organism-m"):
-        presets.get_preset("nope")
+    with pytest.raises(ValueError, match="unknown pair 'nope'.*organism-m"):
+        pairs.get("nope")
     with pytest.raises(ValueError, match="out of range"):
-        presets.resolve_layer(9, 4, "organism-s")
-    assert presets.resolve_layer(None, 28) == 14
+        pairs.resolve_layer(9, 4, "organism-s")
+    assert pairs.resolve_layer(None, 28) == 14
     with pytest.raises(ValueError, match="kind"):
-        presets.register(presets.Preset(name="x", kind="gguf", base="a", distilled="b"))
+        pairs.register(pairs.PairSpec(name="x", kind="gguf", base="a", distilled="b"))
+    with pytest.raises(ValueError, match="task"):
+        pairs.register(pairs.PairSpec(name="x", kind="hf", base="a", distilled="b", task="chess"))
 
 
 def test_qwen_presets_registered_with_paper_layers():
     for name, layer in {"qwen-1.5b": 14, "qwen-7b": 14, "qwen-14b": 24, "qwen-32b": 32}.items():
-        p = presets.get_preset(name)
+        p = pairs.get(name)
         assert p.kind == "hf" and p.layer == layer and p.train_config == "paper"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinkdiff import precision, presets, train
+from thinkdiff import pairs, precision, train
 from thinkdiff.train import TensorStore, TrainConfig
 
 
@@ -55,15 +55,15 @@ def test_stored_bf16_weights_are_upcast_only_where_bf16_is_slow(probe_answer):
     assert ("upcast" in w["why"]) is (not probe_answer)
     assert precision.weights_dtype("float32")["dtype"] == "float32"          # never downcast by "auto"
     assert precision.weights_dtype("float32", "bfloat16")["dtype"] == "bfloat16"
-    assert presets.weights_precision("smollm2-135m")["dtype"] == w["dtype"]
-    assert presets.weights_precision("organism-m")["dtype"] == "float32"
+    assert pairs.weights_precision("smollm2-135m")["dtype"] == w["dtype"]
+    assert pairs.weights_precision("organism-m")["dtype"] == "float32"
 
 
 def test_tiny_stand_in_pair_loads_and_records_its_precision(probe_answer):
-    pair = presets.load_pair("organism-s", model_dtype="bfloat16")
+    pair = pairs.load("organism-s", model_dtype="bfloat16")
     assert pair.base.dtype == torch.bfloat16 and pair.precision["dtype"] == "bfloat16"
     assert pair.organism.base.dtype == torch.float32                       # the cached fp32 organism is untouched
-    assert presets.load_pair("organism-s").precision["dtype"] == "float32"
+    assert pairs.load("organism-s").precision["dtype"] == "float32"
 
 
 def test_trainer_autocast_follows_the_resolved_dtype_and_records_it(probe_answer, tmp_path, monkeypatch):

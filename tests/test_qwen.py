@@ -1,4 +1,4 @@
-"""The real-pair building blocks: presets table, real Qwen2 tokenizers, tiny stand-ins, offline loading."""
+"""The real-pair building blocks: the pairs table, real Qwen2 tokenizers, tiny stand-ins, offline loading."""
 from __future__ import annotations
 
 import time
@@ -6,7 +6,8 @@ import time
 import pytest
 import torch
 
-from thinkdiff import hf, qwen
+from standins import tiny_qwen_pair
+from thinkdiff import hf, pairs, qwen, train
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +21,23 @@ def r1_tok():
 
 
 def test_pairs_table_matches_paper():
-    assert set(qwen.QWEN_PAIRS) == {"qwen-1.5b", "qwen-7b", "qwen-14b", "qwen-32b"}
+    """configs/pairs/qwen-*.toml: the paper's four pairs, half-depth hooks, base and distilled of one shape."""
+    assert {n for n, p in pairs.PAIRS.items() if p.in_paper} == {"qwen-1.5b", "qwen-7b", "qwen-14b", "qwen-32b"}
     expect = {"qwen-1.5b": (28, 1536, 14), "qwen-7b": (28, 3584, 14), "qwen-14b": (48, 5120, 24),
               "qwen-32b": (64, 5120, 32)}
     for name, (n_layers, d_model, layer) in expect.items():
-        p = qwen.QWEN_PAIRS[name]
-        assert (p["n_layers"], p["d_model"], p["layer"]) == (n_layers, d_model, layer)
-        assert p["dtype"] == "bfloat16" and p["placement"] in qwen.PLACEMENTS
-    assert qwen.QWEN_PAIRS["qwen-14b"]["base"] == "Qwen/Qwen2.5-14B"          # not a Math model at 14B
-    assert qwen.QWEN_PAIRS["qwen-1.5b"]["base_arch"]["tie_word_embeddings"] is True
-    assert qwen.QWEN_PAIRS["qwen-1.5b"]["distilled_arch"]["tie_word_embeddings"] is False
-    cc = qwen.PAPER_CROSSCODER
-    assert (cc["n_latents"], cc["l1_coeff"], cc["lr"], cc["batch_size"], cc["n_tokens"]) == (32768, 2.0, 5e-5, 1024, 400_000_000)
+        p = pairs.get(name)
+        arch = p.options["base_arch"]
+        assert (arch["n_layers"], arch["d_model"], p.layer) == (n_layers, d_model, layer)
+        assert p.layer == arch["n_layers"] // 2                                  # the paper's half-depth hook
+        for k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size"):
+            assert arch[k] == p.options["distilled_arch"][k], (name, k)
+        assert p.dtype == "bfloat16" and p.placement in pairs.spec.PLACEMENTS
+    assert pairs.get("qwen-14b").base == "Qwen/Qwen2.5-14B"          # not a Math model at 14B
+    assert pairs.get("qwen-1.5b").options["base_arch"]["tie_word_embeddings"] is True
+    assert pairs.get("qwen-1.5b").options["distilled_arch"]["tie_word_embeddings"] is False
+    cc = train.PAPER
+    assert (cc.n_latents, cc.l1_coeff, cc.lr, cc.batch_size, cc.n_steps * cc.batch_size) == (32768, 2.0, 5e-5, 1024, 400_000_000)
 
 
 def test_regular_bpe_reproduces_public_ids(math_tok, r1_tok):
@@ -87,7 +93,7 @@ def test_tokenizer_differences_catch_bos_and_specials(math_tok, r1_tok):
 
 def test_tiny_pair_saves_and_loads_offline():
     torch.set_num_threads(1)
-    pair = qwen.tiny_qwen_pair("qwen-1.5b", hidden=64, layers=4)
+    pair = tiny_qwen_pair(hidden=64, layers=4)
     assert pair.layer == 2 and (pair.base_path / "config.json").exists()
     t0 = time.time()
     hp = hf.load_hf_pair(pair.base_path, pair.distilled_path, dtype="float32", device_map="cpu")
@@ -107,11 +113,11 @@ def test_tiny_pair_saves_and_loads_offline():
     assert ob.logits.shape == (1, ids.shape[1], 151936)
     assert ob.hidden_states[pair.layer].shape == (1, ids.shape[1], 64)
     assert not torch.allclose(ob.hidden_states[pair.layer], od.hidden_states[pair.layer])
-    assert qwen.tiny_qwen_pair("qwen-1.5b", hidden=64, layers=4).base_path == pair.base_path   # cached
+    assert tiny_qwen_pair(hidden=64, layers=4).base_path == pair.base_path   # cached
     with pytest.raises(ValueError, match="vocab"):
-        qwen.tiny_qwen_pair("qwen-1.5b", vocab=10)
-    with pytest.raises(ValueError, match="unknown Qwen pair"):
-        qwen.tiny_qwen_pair("qwen-3b")
+        tiny_qwen_pair(vocab=10)
+    with pytest.raises(ValueError, match="lacks"):
+        qwen.tiny_qwen_pair("qwen-3b", {"n_layers": 28}, {"n_layers": 28})
 
 
 def test_hub_ids_fail_fast_offline(monkeypatch, tmp_path):

@@ -1,8 +1,8 @@
 """The full code path of a Qwen preset on tiny random stand-ins: only the weights differ from a real run.
 
 Two tiny random-weight ``Qwen2ForCausalLM`` (the qwen-1.5b config scaled to width 64 and 4 blocks, the real
-151,936-row embedding; ``qwen.tiny_qwen_pair``) are registered as a custom hf preset from their local folders
-and go through the functions a real run calls: ``presets.load_pair`` / ``pipeline.load_run`` (realdata corpus
+151,936-row embedding; ``qwen.tiny_qwen_pair``) are registered as a custom hf pair from their local folders
+and go through the functions a real run calls: ``pairs.load`` / ``pipeline.load_run`` (realdata corpus
 from local OpenThoughts-format and general-text files, harvest with pairing check), ``Run.crosscoder``
 (the paper's config scaled down), labelling with the real-tokenizer lexicon matcher, relative norms and
 ReasonScore, a steered generation along a decoder direction, and the geometry relation filter on
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from standins import GENERAL, openthoughts_row as _ot_row
-from thinkdiff import (codes, geometry, harvest, hf, label, lexicon, norms, paths, pipeline, presets, qwen, realdata,
+from standins import GENERAL, openthoughts_row as _ot_row, tiny_qwen_pair
+from thinkdiff import (codes, geometry, harvest, hf, label, lexicon, norms, paths, pairs, pipeline, qwen, realdata,
                        relations, runconfig, steer, train)
 
 PRESET = "test-tiny-qwen-1.5b"
@@ -28,20 +28,20 @@ PRESET = "test-tiny-qwen-1.5b"
 @pytest.fixture(scope="module")
 def tiny():
     torch.set_num_threads(1)
-    return qwen.tiny_qwen_pair("qwen-1.5b", hidden=64, layers=4)      # the config test_qwen.py builds: cached
+    return tiny_qwen_pair(hidden=64, layers=4)      # the config test_qwen.py builds: cached
 
 
 @pytest.fixture(scope="module")
 def pair(tiny, tmp_path_factory):
     """The tiny pair as a custom hf preset from local folders; stores and crosscoders go to a temporary RUNS_DIR
     (the tokenizers and tiny models above stay cached in the real one)."""
-    p = presets.register(presets.Preset(
+    p = pairs.register(pairs.PairSpec(
         name=PRESET, kind="hf", base=str(tiny.base_path), distilled=str(tiny.distilled_path), layer=tiny.layer,
         dtype="float32", train_config="paper", corpus="openthoughts", notes="tiny random qwen-1.5b stand-in"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(paths, "RUNS_DIR", tmp_path_factory.mktemp("runs"))
         yield pipeline.load_pair(p.name)
-    presets.PRESETS.pop(PRESET, None)
+    pairs.PAIRS.pop(PRESET, None)
     pipeline._PAIRS.pop((PRESET, None, "auto"), None)
 
 
@@ -76,11 +76,11 @@ def store(run):
 def test_presets_table_and_custom_preset(pair, tiny):
     for name, (layer, n_layers) in {"qwen-1.5b": (14, 28), "qwen-7b": (14, 28), "qwen-14b": (24, 48),
                                     "qwen-32b": (32, 64)}.items():
-        p = presets.get_preset(name)
-        assert (p.kind, p.layer, p.dtype, p.train_config, p.corpus, p.tokenizer) == (
-            "hf", layer, "bfloat16", "paper", "openthoughts", "base")
-        assert p.extra["n_layers"] == n_layers and p.base == qwen.QWEN_PAIRS[name]["base"]
-    assert presets.get_preset("qwen-32b").placement == "split"
+        p = pairs.get(name)
+        assert (p.kind, p.layer, p.dtype, p.train_config, p.corpus, p.tokenizer, p.task) == (
+            "hf", layer, "bfloat16", "paper", "openthoughts", "base", "math")
+        assert p.options["base_arch"]["n_layers"] == n_layers and p.in_paper
+    assert pairs.get("qwen-32b").placement == "split"
     # The custom preset loads offline from local folders with the real architecture and tokenizers.
     assert type(pair.base).__name__ == type(pair.distilled).__name__ == "Qwen2ForCausalLM"
     assert (pair.layer, pair.d_model, pair.n_layers) == (tiny.layer, 64, 4) == (2, 64, 4)
@@ -91,10 +91,10 @@ def test_presets_table_and_custom_preset(pair, tiny):
     assert math_own is pair.tokenizer and r1_own.bos_token_id == 151646
     assert r1_own.chat_template == qwen.R1_CHAT_TEMPLATE
     with pytest.raises(ValueError, match="tokenizer must be one of"):
-        presets.register(presets.Preset(name="bad", kind="hf", base="a/b", distilled="c/d", tokenizer="mine"))
-    assert "bad" not in presets.PRESETS
-    with pytest.raises(ValueError, match="apply to real-data"):
-        pipeline.documents(presets.ModelPair(None, None, None, None, 1, presets.get_preset("organism-s")), 2,
+        pairs.register(pairs.PairSpec(name="bad", kind="hf", base="a/b", distilled="c/d", tokenizer="mine"))
+    assert "bad" not in pairs.PAIRS
+    with pytest.raises(ValueError, match="do not apply to organism-s"):
+        pipeline.documents(pairs.ModelPair(None, None, None, None, 1, pairs.get("organism-s")), 2, 0.5, 1,
                            openthoughts_files="x.jsonl")
 
 
@@ -114,8 +114,8 @@ def test_pairing_check_on_the_real_vocabulary(pair, tmp_path, monkeypatch):
     # the check refuses at token 0 of the first document, before any store folder exists.
     loaded = hf.HFPair(pair.base, pair.distilled, *pair.own_tokenizers)
     monkeypatch.setattr(hf, "load_hf_pair", lambda *a, **k: loaded)
-    own = presets.load_pair(presets.Preset(name="own-tokenizers", kind="hf", base=pair.preset.base,
-                                           distilled=pair.preset.distilled, layer=pair.layer, tokenizer="own"))
+    own = pairs.load(pairs.PairSpec(name="own-tokenizers", kind="hf", base=pair.spec.base,
+                                    distilled=pair.spec.distilled, layer=pair.layer, tokenizer="own"))
     assert own.tokenizer_distilled is pair.own_tokenizers[1] and own.tokenizer is pair.tokenizer
     out = tmp_path / "store"
     with pytest.raises(ValueError, match="token pairing failed") as err:
@@ -208,10 +208,10 @@ def test_steered_generation_along_a_decoder_direction(pair, store, crosscoder):
 
 def test_geometry_relation_filter_on_the_real_tokenizer(pair):
     rels = {name: relations.load_relation(name) for name in relations.RELATIONS}
-    for name, pairs in rels.items():
-        kept, dropped = geometry.filter_single_token(pairs, pair.tokenizer)
-        n_tok = {w: len(pair.tokenizer(w, add_special_tokens=False)["input_ids"]) for p in pairs for w in p}
-        assert kept == [p for p in pairs if n_tok[p[0]] == n_tok[p[1]] == 1] and len(kept) + dropped == len(pairs)
+    for name, word_pairs in rels.items():
+        kept, dropped = geometry.filter_single_token(word_pairs, pair.tokenizer)
+        n_tok = {w: len(pair.tokenizer(w, add_special_tokens=False)["input_ids"]) for p in word_pairs for w in p}
+        assert kept == [p for p in word_pairs if n_tok[p[0]] == n_tok[p[1]] == 1] and len(kept) + dropped == len(word_pairs)
         assert len(kept) >= 10, (name, len(kept))
     assert ("cat", "cats") in geometry.filter_single_token(rels["singular-plural"], pair.tokenizer)[0]
     small = {name: pairs[:12] for name, pairs in rels.items()}

@@ -28,8 +28,8 @@ def test_default_run_is_the_organism_default_the_demo_always_ran():
     assert run.config.preset == "organism-m" and run.tested
     assert run.train_config("relu") == train.ORGANISM["relu"]
     assert run.train_config("batchtopk") == train.ORGANISM["batchtopk"]
-    assert run.config.harvest["n_docs"] == pipeline.ORGANISM_CORPUS["n_docs"]
-    assert run.config.harvest["teacher_fraction"] == pipeline.ORGANISM_CORPUS["teacher_fraction"]
+    assert run.config.harvest["n_docs"] == runconfig.CORPUS_DEFAULTS["n_docs"]
+    assert run.config.harvest["teacher_fraction"] == runconfig.CORPUS_DEFAULTS["teacher_fraction"]
 
 
 def test_smoke_run_is_not_tested_and_only_smaller():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from thinkdiff import (evaluate, harvest, nlworld, organism, paths, pipeline, precision, presets, smollm2,
+from thinkdiff import (harvest, nlworld, organism, paths, pairs, pipeline, precision, smollm2,
                        smollm2_corpus, smollm2_distill, smollm2_eval, world)
 
 
@@ -155,7 +155,7 @@ def test_bf16_and_float32_compute_agree_within_the_stated_tolerance(smoke_run):
     at the hook, the smoke crosscoder's codes and greedy tokens (where float32's top two are not near-tied) agree
     within ``precision.AGREEMENT``. Small on purpose: bf16 is emulated, ~50x slower, on some CPUs."""
     tol = precision.AGREEMENT
-    pairs = {dt: presets.load_pair("smollm2-135m", model_dtype=dt) for dt in ("float32", "bfloat16")}
+    pairs = {dt: pairs.load("smollm2-135m", model_dtype=dt) for dt in ("float32", "bfloat16")}
     assert pairs["float32"].base.dtype == torch.float32 and pairs["bfloat16"].base.dtype == torch.bfloat16
     tok = pairs["float32"].tokenizer
     docs = [d for d in smoke_run.documents() if d.kind == "teacher"][:1]
@@ -182,7 +182,7 @@ def test_bf16_and_float32_compute_agree_within_the_stated_tolerance(smoke_run):
 
 
 def test_smoke_evaluation_is_not_judged(smoke_run):
-    ev = evaluate.pair_evaluation("smollm2-135m", smoke_run.config.evaluate, progress=False)
+    ev = pipeline.pair_evaluation("smollm2-135m", smoke_run.config.evaluate, progress=False)
     probs = smollm2_eval.eval_problems(4)
     rates = smollm2_eval.teacher_marker_rates(smoke_run.pair.tokenizer, probs)
     acc = smollm2_eval.acceptance(ev["base"], ev["distilled"], rates)
@@ -190,7 +190,7 @@ def test_smoke_evaluation_is_not_judged(smoke_run):
     for role in ("base", "distilled"):
         assert len(ev[role]["texts"]) == 4 and np.isfinite(ev[role]["ce"])
     assert ev["distilled"]["ce"] < ev["base"]["ce"]                  # the distilled model fits the teacher better
-    assert presets.get_preset("smollm2-135m").corpus == "smollm2"
+    assert pairs.get("smollm2-135m").corpus == "smollm2"
 
 
 def test_corpus_rejects_foreign_options(smoke_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from . import pairs
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC, SHARED_BAND
 
 MIN_FREQUENCY = 1e-4        # a latent counts only if it fires on at least this share of store tokens
@@ -181,15 +182,15 @@ CLAIM9_EV_MIN = 0.895 - 0.02
 
 def paper_settings(train_config, preset: str) -> tuple[bool, str]:
     """(True, "") when ``train_config`` is the paper's (``train.PAPER``: scheme, width, L1, lr, batch, steps) and
-    ``preset`` one of the paper's pairs (``qwen.QWEN_PAIRS``); else (False, what differs)."""
-    from .qwen import QWEN_PAIRS
+    ``preset`` one of the paper's pairs (``PairSpec.in_paper``); else (False, what differs)."""
     from .train import PAPER
 
     fields = ("activation", "n_latents", "l1_coeff", "lr", "batch_size", "n_steps")
     diff = [f"{f} {getattr(train_config, f)!r} (paper {getattr(PAPER, f)!r})" for f in fields
             if getattr(train_config, f) != getattr(PAPER, f)]
-    if preset not in QWEN_PAIRS:
-        diff.insert(0, f"pair {preset!r} is not one of the paper's ({', '.join(sorted(QWEN_PAIRS))})")
+    if not pairs.get(preset).in_paper:
+        paper = sorted(name for name, spec in pairs.PAIRS.items() if spec.in_paper)
+        diff.insert(0, f"pair {preset!r} is not one of the paper's ({', '.join(paper)})")
     return not diff, "; ".join(diff)
 
 

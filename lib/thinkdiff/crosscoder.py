@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import trainers
 from .paths import sha256_file
 
 CONFIG_NAME = "config.json"
@@ -81,8 +82,6 @@ class CrossCoderConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"crosscoder {name} must be a positive integer, got {v!r}")
-        from . import trainers
-
         if self.activation not in trainers.SCHEMES:
             raise ValueError(f"crosscoder activation must be one of {sorted(trainers.SCHEMES)}, got {self.activation!r}")
         trainers.get(self.activation).check_config(self.k, self.n_latents, "crosscoder")
@@ -190,8 +189,6 @@ class CrossCoder(nn.Module):
         BatchTopK: in training mode (or before a threshold exists) the batch-level top ``k*B``;
         in eval mode the fixed threshold.
         """
-        from . import trainers
-
         return trainers.get(self.config.activation).encode(self, self.pre_acts(x), x.shape[0])
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:

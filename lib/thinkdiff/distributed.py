@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from . import harvest as H
-from . import train as T
-from .store import MANIFEST, ActivationStore, StoreWriter, canonical_key, key_differences, part_bounds
+from . import harvest as H, train as T
+from .hf import resolve_checkpoint
+from .store import ActivationStore, MANIFEST, StoreWriter, canonical_key, key_differences, part_bounds
 
 PLACEMENTS = ("same", "split")
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
@@ -169,12 +169,10 @@ def rank_devices(world: World) -> tuple[torch.device, torch.device]:
 def load_hf_pair(base_id_or_path, distilled_id_or_path, world: World, dtype: str = "bfloat16"):
     """Load a real (base, distilled) pair straight onto this rank's devices (see ``rank_devices``).
 
-    ``presets.load_pair`` puts models on cuda:0/cuda:1 of the process, which under torchrun would stack
+    ``pairs.load`` puts models on cuda:0/cuda:1 of the process, which under torchrun would stack
     every rank on the first GPUs; this loads each model with ``device_map={"": device}``. Returns
     ``(base, distilled, base_tokenizer, distilled_tokenizer)``, models in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .hf import resolve_checkpoint
 
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")

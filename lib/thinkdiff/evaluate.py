@@ -1,8 +1,8 @@
 """How well each model of a pair solves held-out problems: generation and scoring for any causal LM.
 
-Organism runs are scored on the world's held-out problems (``organism.evaluate``, exact integer answers);
-real (hf) pairs on a math set scored with math-verify (``math_accuracy``). Both return the same fields, so a
-notebook compares base and distilled the same way whatever the pair: ``accuracy``, ``correct`` [n] bool,
+Each pair's task (``thinkdiff.tasks``) scores it with these: the organism's world with exact integer answers,
+a public math set with math-verify (``math_accuracy``). Every task returns the same fields, so a notebook
+compares base and distilled the same way whatever the pair: ``accuracy``, ``correct`` [n] bool,
 ``texts``, ``think_rate`` and ``tokens_per_generation``. Distillation performance across sizes is measured
 as ``accuracy_gain`` and, where a teacher's traces exist, ``ce_reduction`` (both paired over the same items).
 """
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .stats import bootstrap_mean_ci
+from . import realdata
+from .stats import bootstrap_mean_ci, bootstrap_ratio_ci, mcnemar
 
 THINK_OPEN = "<think>"
 
@@ -51,8 +52,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 200, ba
 def math_problems(evaluate_settings: dict) -> list:
     """The held-out math problems of a run's ``[evaluate]`` settings (``math_set``, ``n_eval``, ``seed``,
     ``math_files``: a local json/jsonl/parquet file in the dataset's format, which works offline)."""
-    from . import realdata
-
     sets = {"math500": realdata.MATH500, "gsm8k": realdata.GSM8K}
     name = evaluate_settings["math_set"]
     if name not in sets:
@@ -66,11 +65,9 @@ def math_problems(evaluate_settings: dict) -> list:
 def math_accuracy(model, tokenizer, problems, max_new_tokens: int = 1024, batch_size: int = 8,
                   prompt_style: str = "boxed", progress: bool = True) -> dict:
     """Greedy generations on ``realdata.MathProblem``s, each scored with math-verify against the gold answer."""
-    from .realdata import check_answer
-
     texts = generate(model, tokenizer, [p.prompt(prompt_style) for p in problems], max_new_tokens, batch_size,
                      progress=progress)
-    correct = [check_answer(t, p.answer) for t, p in zip(texts, problems)]
+    correct = [realdata.check_answer(t, p.answer) for t, p in zip(texts, problems)]
     n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     return {"accuracy": sum(correct) / len(problems), "correct": correct, "texts": texts,
             "think_rate": sum(THINK_OPEN in t for t in texts) / len(problems),
@@ -79,8 +76,6 @@ def math_accuracy(model, tokenizer, problems, max_new_tokens: int = 1024, batch_
 
 def paired_gain(base: dict, distilled: dict) -> dict:
     """Accuracy gain (distilled - base) with the exact McNemar test on the same problems."""
-    from .stats import mcnemar
-
     test = mcnemar(base["correct"], distilled["correct"])
     return {"n": len(base["correct"]), "base accuracy": base["accuracy"], "distilled accuracy": distilled["accuracy"],
             "gain": distilled["accuracy"] - base["accuracy"], "McNemar p": test["p"],
@@ -153,65 +148,6 @@ def ce_reduction(nll_base, nll_distilled, n_tokens, n_boot: int = 2000, seed: in
     """Distillation performance as CE reduction on the same texts: (sum of base minus distilled nats) / (sum of
     tokens), i.e. the drop in token-weighted teacher-forced CE (positive = the distilled model fits the teacher
     better), with a paired bootstrap CI over texts. Same keys as ``accuracy_gain``."""
-    from .stats import bootstrap_ratio_ci
-
     diff = np.asarray(nll_base, float) - np.asarray(nll_distilled, float)
     gain, lo, hi = bootstrap_ratio_ci(diff, n_tokens, n_boot, seed, ci)
     return dict(gain=gain, lo=lo, hi=hi, n=len(diff))
-
-
-EVALUATE_KEYS = ("n_eval", "max_new_tokens", "seed", "math_set", "math_files")
-
-
-def pair_evaluation(preset: str, settings: dict, progress: bool = True) -> dict:
-    """Both models of ``preset`` on the held-out problems of an ``[evaluate]`` table, computed once and cached.
-
-    One accuracy number per model and size: ``00`` and ``05`` read the same evaluation. The cache key holds the
-    models' identities (weight hashes) and the settings that decide the result (``EVALUATE_KEYS``), under
-    ``runs/evaluate/<hash>/evaluation.json``. Returns ``{"base": result, "distilled": result}``: organism
-    presets give ``organism.evaluate``'s fields plus the teacher-forced ``ce`` (nats per token over held-out
-    teacher traces) and its per-trace ``ce_nll`` / ``ce_tokens``; the smollm2-135m pair the same on the
-    natural-English world (``smollm2_eval``); other real pairs give ``math_accuracy``'s fields."""
-    import json
-
-    from . import paths, presets
-    from .harvest import model_identity
-    from .pipeline import load_pair
-
-    pair = load_pair(preset)
-    kept = {k: settings[k] for k in EVALUATE_KEYS if k in settings}
-    key = {"preset": presets.get_preset(preset).name, "models": [model_identity(m) for m in pair.models],
-           "settings": kept, "version": 3}   # 2: smollm2 generations drop finished rows; 3: accuracy_well_formed
-    folder = paths.artifact_dir("evaluate", key)
-    with paths.writer_lock(folder):   # one process evaluates; a second waits and reads its result
-        if (folder / "evaluation.json").exists():
-            return json.loads((folder / "evaluation.json").read_text())
-        out = _evaluate_pair(pair, kept, settings, progress)
-        with paths.atomic_dir(folder) as tmp:
-            (tmp / "evaluation.json").write_text(json.dumps({**out, "key": key}, default=float))
-    return out
-
-
-def _evaluate_pair(pair, kept: dict, settings: dict, progress: bool) -> dict:
-    """The uncached body of ``pair_evaluation``."""
-    from . import organism, world
-
-    out = {}
-    if pair.organism is not None:
-        problems = organism.eval_problems(kept["n_eval"], seed=kept["seed"])
-        traces = [world.spans_text(t) for t in organism.teacher_traces(problems)]
-        for role, model in zip(("base", "distilled"), pair.models):
-            res = organism.evaluate(model, pair.tokenizer, problems, kept["max_new_tokens"])
-            nll, n_tok = teacher_forced_nll(model, pair.tokenizer, [p.prompt for p in problems],
-                                            [t[len(p.prompt):] for t, p in zip(traces, problems)])
-            res.update(ce=float(nll.sum() / n_tok.sum()), ce_nll=nll.tolist(), ce_tokens=n_tok.tolist())
-            out[role] = res
-    elif pair.preset.corpus == "smollm2":
-        from . import smollm2_eval
-
-        out = smollm2_eval.evaluate_pair(pair, kept, progress)
-    else:
-        problems = math_problems(settings)
-        for role, model in zip(("base", "distilled"), pair.models):
-            out[role] = math_accuracy(model, pair.tokenizer, problems, kept["max_new_tokens"], progress=progress)
-    return out

@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import paths
+from . import paths, runconfig
 
 NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
 NOTEBOOKS = ("00_organism", "01_harvest", "02_train", "03_label", "03b_ablation", "03c_browser", "04_steer",
@@ -94,8 +94,6 @@ def main(argv=None) -> None:
             raise SystemExit(f"missing notebooks: {missing}")
     params = {}
     if args.run is not None:
-        from . import runconfig
-
         runconfig.load(args.run)          # a bad run name or file fails here, before any notebook starts
         params["RUN"] = args.run
     for name in names:

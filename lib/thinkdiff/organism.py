@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import paths, world
 from .evaluate import generate  # noqa: F401  (organism.generate: one generation helper for every pair)
+from .stats import bootstrap_mean_ci, mcnemar
 from .world import CATEGORIES, CATEGORY_ID, EOS, MARKERS, THINK_CLOSE, THINK_OPEN  # noqa: F401
 
 SHIPPED_DIR = paths.DATA_DIR / "organism"
@@ -491,8 +492,6 @@ def acceptance(base: dict, distilled: dict, teacher_rates: dict, rules: dict | N
     of the teacher's. ``verdict`` is "accepted" / "rejected", or "not tested" on fewer than ``min_eval``
     problems (a smoke run).
     """
-    from .stats import mcnemar
-
     r = {**ACCEPTANCE, **(rules or {})}
     n = len(base["correct"])
     if n != len(distilled["correct"]):
@@ -518,8 +517,6 @@ def acceptance_by_family(problems, base: dict, distilled: dict) -> "pd.DataFrame
     """Per family: base and distilled accuracy, gain and exact McNemar p on that family's problems."""
     import pandas as pd
 
-    from .stats import mcnemar
-
     fam = np.array([p.family for p in problems])
     b, d = np.asarray(base["correct"], bool), np.asarray(distilled["correct"], bool)
     rows = []
@@ -540,8 +537,6 @@ def gain_trend(results: dict, sizes, n_boot: int = 2000, seed: int = 0, min_eval
     and the gains never fall from one size to the next), "shrinks" (CI below 0), "does not differ" (CI spans
     0), or "not tested" on fewer than ``min_eval`` problems or a single size.
     """
-    from .stats import bootstrap_mean_ci
-
     min_eval = ACCEPTANCE["min_eval"] if min_eval is None else min_eval
     per = {s: np.asarray(results[(s, "distilled")]["correct"], float) - np.asarray(results[(s, "base")]["correct"], float)
            for s in sizes}

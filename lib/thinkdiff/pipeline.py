@@ -1,6 +1,6 @@
 """Glue between stages: every notebook gets its upstream artifacts from here, built and cached by config.
 
-``load_run("organism-m")`` reads the run config (``configs/organism-m.toml``, see ``runconfig``) and returns a
+``load_run(name)`` reads the run config (``configs/<name>.toml``, see ``runconfig``) and returns a
 ``Run``: the pair, its activation store, one crosscoder per sparsity scheme, their encoded codes, relative norms
 and (where the store has planted labels) ground truth, each built on first use or loaded from the cache. So any
 notebook can be opened first, and every notebook of a run sees the same artifacts.
@@ -12,54 +12,58 @@ crosscoders' keys and the stage's settings. A changed setting rebuilds what depe
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
+from types import SimpleNamespace
 
-from . import presets as _presets
-from .harvest import HarvestConfig
-from .train import ORGANISM, TrainConfig
+import numpy as np
 
-# Harvest corpus of the organism: documents, share that are teacher traces, seed (not the training seed).
-ORGANISM_CORPUS = {"n_docs": 3000, "teacher_fraction": 0.5, "seed": 1}
-SCHEMES = ORGANISM   # the organism's training config of every sparsity scheme (trainers.SCHEMES)
+from . import label, lexicon, pairs, paths, runconfig
+from .codes import encode_store
+from .harvest import HarvestConfig, get_store, model_identity
+from .norms import relative_norm
+from .train import TrainConfig, cache_key, get_crosscoder, store_hash
 
 _PAIRS: dict = {}
 
 
-def load_pair(preset: str = _presets.DEFAULT_PRESET, layer: int | None = None, model_dtype: str = "auto"):
-    """The model pair of ``preset`` (hooked at ``layer``, None: the preset's; weights computing in ``model_dtype``,
-    see ``presets.load_pair``), loaded once per process."""
-    p = _presets.get_preset(preset)
-    if (p.name, layer, model_dtype) not in _PAIRS:
-        _PAIRS[(p.name, layer, model_dtype)] = _presets.load_pair(p, layer, model_dtype)
-    return _PAIRS[(p.name, layer, model_dtype)]
+def load_pair(name: str, layer: int | None = None, model_dtype: str = "auto"):
+    """The model pair ``name`` (hooked at ``layer``, None: the pair's; weights computing in ``model_dtype``, see
+    ``pairs.load``), loaded once per process."""
+    spec = pairs.get(name)
+    if (spec.name, layer, model_dtype) not in _PAIRS:
+        _PAIRS[(spec.name, layer, model_dtype)] = pairs.load(spec, layer, model_dtype)
+    return _PAIRS[(spec.name, layer, model_dtype)]
 
 
-def documents(pair, n_docs: int | None = None, teacher_fraction: float | None = None, seed: int | None = None,
-              **corpus):
-    """The harvest corpus of ``pair``: the organism's labelled documents, or streamed real data (hf presets).
+def documents(pair, n_docs: int, teacher_fraction: float, seed: int, **corpus):
+    """The harvest corpus of ``pair`` (its kind's ``documents``): ``n_docs`` documents, ``teacher_fraction`` of
+    them reasoning traces, drawn with ``seed``; ``corpus`` holds the kind's own options (``[harvest.corpus]``)."""
+    return pair.spec.kind_plugin.documents(pair, n_docs, teacher_fraction, seed, **corpus)
 
-    ``corpus`` (hf presets only) goes to ``realdata.harvest_corpus``: ``max_tokens``, ``min_tokens``, ``corpus``,
-    ``shuffle_buffer``, and ``openthoughts_files`` / ``general_files`` (local json/jsonl/parquet files with the
-    datasets' columns, which work offline)."""
-    n_docs = ORGANISM_CORPUS["n_docs"] if n_docs is None else n_docs
-    teacher_fraction = ORGANISM_CORPUS["teacher_fraction"] if teacher_fraction is None else teacher_fraction
-    seed = ORGANISM_CORPUS["seed"] if seed is None else seed
-    if pair.preset.kind == "organism":
-        if corpus:
-            raise ValueError(f"corpus options {sorted(corpus)} apply to real-data (hf) presets, not to the organism")
-        from . import organism
 
-        return organism.harvest_documents(pair.tokenizer, n_docs, teacher_fraction, seed)
-    if pair.preset.corpus == "smollm2":
-        from . import smollm2_corpus
+EVALUATE_KEYS = ("n_eval", "max_new_tokens", "seed", "math_set", "math_files")
 
-        bad = sorted(set(corpus) - {"max_tokens"})
-        if bad:
-            raise ValueError(f"corpus options {bad} do not apply to {pair.preset.name} (labelled teacher traces + "
-                             "CHAMP text, all offline); it takes only max_tokens")
-        return smollm2_corpus.harvest_documents(pair.tokenizer, n_docs, teacher_fraction, seed, **corpus)
-    from . import realdata
 
-    return realdata.harvest_corpus(pair.tokenizer, n_docs, teacher_fraction=teacher_fraction, seed=seed, **corpus)
+def pair_evaluation(name: str, settings: dict, progress: bool = True) -> dict:
+    """Both models of the pair ``name`` on the held-out problems of an ``[evaluate]`` table (its task's
+    ``evaluate_pair``), computed once and cached.
+
+    One accuracy number per model and size: ``00`` and ``05`` read the same evaluation. The cache key holds the
+    models' identities (weight hashes) and the settings that decide the result (``EVALUATE_KEYS``), under
+    ``runs/evaluate/<hash>/evaluation.json``. Returns ``{"base": result, "distilled": result}``."""
+    pair = load_pair(name)
+    kept = {k: settings[k] for k in EVALUATE_KEYS if k in settings}
+    key = {"preset": pair.spec.name, "models": [model_identity(m) for m in pair.models],
+           "settings": kept, "version": 3}   # 2: smollm2 generations drop finished rows; 3: accuracy_well_formed
+    folder = paths.artifact_dir("evaluate", key)
+    with paths.writer_lock(folder):   # one process evaluates; a second waits and reads its result
+        if (folder / "evaluation.json").exists():
+            return json.loads((folder / "evaluation.json").read_text())
+        out = pair.task.evaluate_pair(pair, {**settings, **kept}, progress)
+        with paths.atomic_dir(folder) as tmp:
+            (tmp / "evaluation.json").write_text(json.dumps({**out, "key": key}, default=float))
+    return out
 
 
 STAGES = ("evaluate", "harvest", "train", "label", "steer", "geometry")
@@ -87,12 +91,14 @@ class Run:
         return self.config.name
 
     @property
-    def preset(self):
-        return _presets.get_preset(self.config.preset)
+    def pair_spec(self):
+        """The pair as data (``pairs.PairSpec``): no model is loaded."""
+        return pairs.get(self.config.preset)
 
     @property
-    def is_organism(self) -> bool:
-        return self.preset.kind == "organism"
+    def task(self):
+        """What the pair is evaluated on (``tasks.Task``)."""
+        return self.pair_spec.task_plugin
 
     @property
     def tested(self) -> bool:
@@ -119,8 +125,6 @@ class Run:
     def heldout_documents(self, n_docs: int | None = None) -> list:
         """The first ``n_docs`` (default all) documents of the store's held-out split, in corpus order: text the
         crosscoders never trained on."""
-        import numpy as np
-
         meta = self.store.meta
         held = np.unique(meta["doc_id"][meta["split"] == 1])
         docs = self.documents()
@@ -128,9 +132,7 @@ class Run:
 
     @functools.cached_property
     def store(self):
-        from .harvest import get_store as _get_store
-
-        return _get_store(self.pair, self.documents(), self.harvest_config(), progress=self.progress)
+        return get_store(self.pair, self.documents(), self.harvest_config(), progress=self.progress)
 
     @property
     def has_null(self) -> bool:
@@ -143,25 +145,26 @@ class Run:
         on base-corpus text, no traces) on the run's corpus. Unlike the base paired with itself, whose halves are
         identical so that no latent can leave relative norm 0.5, this null can produce exclusive latents: any
         fine-tuning moves some directions, and claim 1 asks for more than that."""
-        from types import SimpleNamespace
-
-        from .harvest import get_store as _get_store
-
         p = self.pair
         if p.control is None:
             raise ValueError(f"run {self.name!r} ({self.config.preset}): the pair has no control model (the base "
                              "fine-tuned with the same recipe, no distillation), so claim 1 has no null to beat")
         null_pair = SimpleNamespace(base=p.base, distilled=p.control, tokenizer=p.tokenizer,
                                     tokenizer_distilled=p.tokenizer, layer=p.layer)
-        return _get_store(null_pair, self.documents(), self.harvest_config(), progress=self.progress)
+        return get_store(null_pair, self.documents(), self.harvest_config(), progress=self.progress)
 
     def null_crosscoders(self, scheme: str | None = None, seeds=(1, 2)) -> list:
         """Crosscoders trained exactly like ``scheme``'s but on ``null_store`` with other seeds: what a pair with no
         distillation gives (relative norms, exclusive latents) and how much that varies from seed to seed."""
-        from .train import get_crosscoder as _get_crosscoder
-
         cfg = self.train_config(scheme)
-        return [_get_crosscoder(self.null_store, cfg.replace(seed=cfg.seed + s), progress=self.progress) for s in seeds]
+        return [get_crosscoder(self.null_store, cfg.replace(seed=cfg.seed + s), progress=self.progress) for s in seeds]
+
+    def sibling(self, name: str) -> "Run":
+        """The run ``name`` as this run's config resolves names (its own folder first, then ``configs/``)."""
+        if name == self.name:
+            return self
+        folder = Path(self.config.source).parent if self.config.source.endswith(".toml") else None
+        return load_run(runconfig.config_path(name, folder), progress=self.progress)
 
     def train_config(self, scheme: str | None = None) -> TrainConfig:
         scheme = scheme or self.config.schemes[0]
@@ -173,11 +176,9 @@ class Run:
 
     def crosscoder(self, scheme: str | None = None):
         """The crosscoder of ``scheme`` (default: the main one), trained on first use and cached by key."""
-        from .train import get_crosscoder as _get_crosscoder
-
         scheme = scheme or self.config.schemes[0]
         if scheme not in self._crosscoders:
-            self._crosscoders[scheme] = _get_crosscoder(self.store, self.train_config(scheme), progress=self.progress)
+            self._crosscoders[scheme] = get_crosscoder(self.store, self.train_config(scheme), progress=self.progress)
         return self._crosscoders[scheme]
 
     @property
@@ -186,14 +187,10 @@ class Run:
 
     def crosscoder_key(self, scheme: str | None = None) -> str:
         """The cache key of ``scheme``'s crosscoder (store hash + training config); needs no training."""
-        from .train import cache_key
-
         return cache_key(self.store, self.train_config(scheme))
 
     def codes(self, scheme: str | None = None):
         """The crosscoder's activations over every store token, kept sparse (``codes.SparseActs``)."""
-        from .codes import encode_store
-
         scheme = scheme or self.config.schemes[0]
         if scheme not in self._codes:
             self._codes[scheme] = encode_store(self.crosscoder(scheme), self.store)
@@ -201,15 +198,7 @@ class Run:
 
     def relative_norms(self, scheme: str | None = None, p: float = 2):
         """[n_latents] ``||d_distilled|| / (||d_base|| + ||d_distilled||)`` of ``scheme``'s decoder."""
-        from .norms import relative_norm
-
         return relative_norm(self.crosscoder(scheme), p=p)
-
-    @property
-    def nl_world(self) -> bool:
-        """True for a real pair distilled on ``nlworld``'s teacher (smollm2-135m): held-out problems, answers and
-        marker rates come from that world, as for the organism, in natural English."""
-        return self.preset.corpus == "smollm2"
 
     @property
     def has_labels(self) -> bool:
@@ -219,8 +208,6 @@ class Run:
 
     def ground_truth(self, scheme: str | None = None):
         """``label.GroundTruth`` of ``scheme`` against the planted labels; a clear error where there are none."""
-        from . import label
-
         if not self.has_labels:
             raise ValueError(f"run {self.name!r} ({self.config.preset}) has no planted labels: ground truth exists "
                              "only for the organism")
@@ -230,8 +217,6 @@ class Run:
         """(scores [n_latents x 4 categories], what they are): each latent's held-out-free score per reasoning
         category. Planted labels give the ground-truth AUROC; without them, the ReasonScore over the lexicon
         with the run's ``[label]`` settings (the paper's kind of evidence)."""
-        from . import label, lexicon
-
         if self.has_labels:
             return self.ground_truth(scheme).auroc, "ground-truth AUROC"
         L = self.config.label
@@ -245,13 +230,11 @@ class Run:
 
         ``evaluate`` (00) depends on the pair alone; ``harvest`` on the store; ``train``, ``label``, ``steer`` and
         ``geometry`` on the store and every crosscoder. Hash it (``key_hash``) for a cache folder or a report record."""
-        from .train import store_hash
-
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
         out = {"stage": stage, "preset": self.config.preset, "layer": self.config.harvest["layer"],
                "settings": getattr(self.config, stage, None),
-               "model_dtype": _presets.weights_precision(self.config.preset, self.config.model_dtype)["dtype"]}
+               "model_dtype": pairs.weights_precision(self.config.preset, self.config.model_dtype)["dtype"]}
         if stage != "evaluate":
             out["store"] = store_hash(self.store)
         if stage not in ("evaluate", "harvest"):
@@ -261,16 +244,12 @@ class Run:
         return out
 
     def key_hash(self, stage: str) -> str:
-        from . import paths
-
         return paths.config_hash(self.key(stage))
 
 
-def load_run(run="organism-m", overrides: dict | None = None, progress: bool = True) -> Run:
+def load_run(run=runconfig.DEFAULT_RUN, overrides: dict | None = None, progress: bool = True) -> Run:
     """The run named ``run`` (``configs/<run>.toml``, a ``.toml`` path, or a ``RunConfig``), validated up front.
 
     Nothing is built until asked for: ``run.store`` harvests, ``run.crosscoder()`` trains, each only if not
     cached. ``overrides`` (``{"train.relu.n_steps": 500}``) make a visibly different run (see ``runconfig.load``)."""
-    from . import runconfig
-
     return Run(runconfig.load(run, overrides), progress=progress)

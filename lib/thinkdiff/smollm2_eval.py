@@ -20,7 +20,7 @@ import random
 import numpy as np
 
 from . import nlworld, organism, smollm2, world
-from .evaluate import teacher_forced_nll
+from .steer import generate_steered
 
 N_TRAIN_PROBLEMS = nlworld.N_TRAIN_PROBLEMS
 ACCEPTANCE = {"min_gain": 0.0, "max_p": 0.01, "min_well_formed": 0.90, "marker_tolerance": 0.30, "min_eval": 100}
@@ -64,8 +64,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, sample_s
     with row i seeded ``sample_seed + i``. ``steer.generate_steered`` with no vector: the decoding of
     ``transformers``' ``generate``, but finished rows leave the batch, which on a CPU makes a pass over traces
     of very unequal length several times cheaper."""
-    from .steer import generate_steered
-
     g = generate_steered(model, tokenizer, prompts, None, max_new_tokens=max_new_tokens, do_sample=sample_seed is not None,
                          seed=0 if sample_seed is None else sample_seed, batch_size=64, progress=progress)
     return g.texts
@@ -92,21 +90,6 @@ def evaluate_nl(model, tokenizer, problems, max_new_tokens: int = 200, sample_se
         out["sampled_marker_rate_per_1k"] = organism._marker_rates(tokenizer, sampled)
         out["sampled_think_rate"] = sum(world.THINK_OPEN in t for t in sampled) / len(problems)
         out["sampled_texts"] = sampled
-    return out
-
-
-def evaluate_pair(pair, settings: dict, progress: bool = True) -> dict:
-    """Both models on ``settings["n_eval"]`` held-out problems: ``evaluate_nl`` plus the teacher-forced CE of
-    held-out teacher traces (``ce`` nats/token, per-trace ``ce_nll`` / ``ce_tokens``)."""
-    problems = eval_problems(settings["n_eval"], settings["seed"])
-    traces = teacher_traces(problems)
-    out = {}
-    for role, model in zip(("base", "distilled"), pair.models):
-        res = evaluate_nl(model, pair.tokenizer, problems, settings["max_new_tokens"], progress=progress)
-        nll, n_tok = teacher_forced_nll(model, pair.tokenizer, [nlworld.prompt(p) for p in problems],
-                                        [nlworld.completion(t, p) for t, p in zip(traces, problems)])
-        res.update(ce=float(nll.sum() / n_tok.sum()), ce_nll=nll.tolist(), ce_tokens=n_tok.tolist())
-        out[role] = res
     return out
 
 

@@ -148,7 +148,7 @@ PAPER = TrainConfig(activation="relu", n_latents=32_768, l1_coeff=2.0, lr=5e-5, 
                     n_steps=390_625, lr_warmup_frac=0.0, lr_decay_frac=0.2, l1_warmup_frac=0.05,
                     grad_clip=1.0, dec_init_norm=0.08, seed=49, checkpoint_every=30_000,
                     dead_tokens=10_000_000, compute_dtype="auto")   # bf16 on the paper's GPUs
-# Organism defaults of every sparsity scheme (TrainConfig field defaults; pipeline.SCHEMES refers to these).
+# Organism defaults of every sparsity scheme (TrainConfig field defaults; runconfig starts organism runs from these).
 ORGANISM = {name: TrainConfig(activation=name) for name in trainers.SCHEMES}   # every scheme at the defaults, except:
 # BatchTopK's dead-latent revival, stronger (auxk_alpha 1) and earlier (after 20,000 silent tokens): with the long-run
 # defaults a 1,000-step organism run left 52 % of its latents dead, with these 7.6 % (docs/dead-latent-sweep.md)

@@ -50,19 +50,21 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
-from thinkdiff import evaluate, nlworld, organism, paths, pipeline, plots, report, smollm2_eval, world
+from thinkdiff import organism, paths, pipeline, plots, report, world
 from thinkdiff.stats import wilson_ci
+from thinkdiff.tasks.task import evaluation_numbers
 import torch
 if THREADS:
     torch.set_num_threads(THREADS)
 
 run = pipeline.load_run(RUN)
-ORGANISM = run.is_organism
-WORLD = ORGANISM or run.nl_world     # a programmatic teacher and held-out problems of its world
+task = run.task                      # what the pair is evaluated on (thinkdiff.tasks)
+WORLD = task.has_teacher             # a programmatic teacher and held-out problems of its world
 E = run.config.evaluate
-# The organism family is evaluated size by size; a real pair is one "size", itself.
-SIZES = list(E["sizes"]) if ORGANISM else [run.config.preset]
-print(run, "| evaluation settings:", E)
+# The pairs evaluated side by side: the organism's sizes, or the run's pair alone (label -> pair name).
+MEMBERS = dict(run.pair_spec.kind_plugin.members(run.pair_spec, E))
+SIZES = list(MEMBERS)
+print(run, "| task:", task.name, "| pairs:", MEMBERS, "| evaluation settings:", E)
 
 # %% [markdown]
 # ## 1. The world and the teacher
@@ -74,11 +76,8 @@ print(run, "| evaluation settings:", E)
 import random
 rng = random.Random(0)
 if not WORLD:
-    print(f"{RUN} is a real pair: there is no planted world here; sections 1, the split check and the "
-          "organism-only checks below are skipped.")
-elif not ORGANISM:
-    print(f"{RUN} was distilled on the same world in natural English: the teacher below writes sentences, "
-          "with several phrasings per move and checks that recompute the step.")
+    print(f"{RUN} is evaluated on {task.name!r}, which has no planted world: section 1, the split check and the "
+          "teacher-only checks below are skipped.")
 COLOURS = {0: "transparent", 1: "#ffd6d6", 2: "#d6e4ff", 3: "#d9f7d6", 4: "#fff1c2"}
 
 def span_html(s):
@@ -89,16 +88,12 @@ def span_html(s):
     return f'<span style="background:{COLOURS[s.category]}">{text}</span>'
 
 rows = []
-for fam in world.FAMILIES if WORLD else ():
-    p = world.make_problem(rng, fam)
-    teacher = world.teacher_document if ORGANISM else nlworld.teacher_document
-    spans = teacher(p, rng, world.TeacherConfig())
-    plain = world.base_solution(p) if ORGANISM else nlworld.prompt(p)
+for fam, plain, spans in task.examples(rng):
     rows.append(f"<tr><td>{fam}</td><td style='text-align:left'>{plain}</td>"
                 f"<td style='text-align:left;font-family:monospace'>{''.join(span_html(s) for s in spans)}</td></tr>")
 legend = " ".join(f'<span style="background:{COLOURS[i+1]}">{c}</span>' for i, c in enumerate(world.CATEGORIES))
 if WORLD:
-    display(HTML(f"<p>{legend}</p><table><tr><th>family</th><th>{'base corpus' if ORGANISM else 'question'}</th><th>teacher trace</th></tr>{''.join(rows)}</table>"))
+    display(HTML(f"<p>{legend}</p><table><tr><th>family</th><th>base corpus / question</th><th>teacher trace</th></tr>{''.join(rows)}</table>"))
 
 # %% [markdown]
 # **An honest held-out split.** Problems are held out by their *computation*: the step signature (every
@@ -107,24 +102,15 @@ if WORLD:
 # memorised an answer. The check below runs on the very sets used here.
 
 # %%
-if ORGANISM:
-    corpus_cfg = organism.CorpusConfig()
-    train_sigs = {p.signature for p in world.problem_split(corpus_cfg.seed, corpus_cfg.n_train_problems, "train")}
-    problems = organism.eval_problems(E["n_eval"], seed=E["seed"])
-    shared = train_sigs & {p.signature for p in problems}
-    assert not shared, f"{len(shared)} held-out problems share a training computation"
-    print(f"{len(train_sigs)} distinct training computations, {len(problems)} held-out problems, none shared;")
-    print("held-out problems per family:", pd.Series([p.family for p in problems]).value_counts().to_dict())
-elif run.nl_world:   # the distillation and the harvest draw from the same training problems
-    train_sigs = {p.signature for p in nlworld.problems(smollm2_eval.N_TRAIN_PROBLEMS, "train")}
-    problems = smollm2_eval.eval_problems(E["n_eval"], seed=E["seed"])
+problems = task.problems(E)
+train_sigs = task.training_signatures()
+if train_sigs is not None:
     shared = train_sigs & {p.signature for p in problems}
     assert not shared, f"{len(shared)} held-out problems share a training computation"
     print(f"{len(train_sigs)} distinct training computations, {len(problems)} held-out problems, none shared;")
     print("held-out problems per family:", pd.Series([p.family for p in problems]).value_counts().to_dict())
 else:
-    problems = evaluate.math_problems(E)
-    print(f"{len(problems)} problems from {E['math_set']} (seed {E['seed']}), scored with math-verify")
+    print(f"{len(problems)} held-out problems ({task.name}, seed {E['seed']})")
 
 # %% [markdown]
 # The tokenizer is a byte-level BPE trained on this corpus with Qwen2's pre-tokenisation, except that a
@@ -132,7 +118,7 @@ else:
 # must each be one token, as `" Wait"` is in the real Qwen vocabulary.
 
 # %%
-tok = organism.get_tokenizer() if ORGANISM else run.pair.tokenizer
+tok = run.pair.tokenizer
 marker_ids = {w: tok(w, add_special_tokens=False)["input_ids"] for ws in world.MARKERS.values() for w in ws}
 print("vocabulary size:", len(tok))
 print(marker_ids)
@@ -145,23 +131,11 @@ assert all(len(v) == 1 for v in marker_ids.values()), "every marker word is a si
 
 # %%
 pairs, build_rows = {}, []
-for size in SIZES:
+for size, name in MEMBERS.items():
     t0 = time.time()
-    if not ORGANISM:
-        pairs[size] = run.pair
-        build_rows.append({"size": size, "parameters": sum(p.numel() for p in run.pair.base.parameters()),
-                           "layers": run.pair.n_layers, "d_model": run.pair.d_model, "load s": round(time.time() - t0, 1)})
-        if run.nl_world:   # the LoRA distillation's own record (data/smollm2/manifest.json)
-            m = smollm2_eval.distill_manifest()
-            build_rows[-1].update({"LoRA SFT s": m["train_seconds"], "SFT steps": len(m["losses"]),
-                                   "first SFT loss": m["losses"][0], "last SFT loss": m["losses"][-1]})
-        continue
-    pairs[size] = organism.get_organism(size)
-    m = pairs[size].manifest
-    build_rows.append({"size": size, "parameters": m["n_params"], "layers": m["config"]["arch"]["layers"],
-                       "d_model": m["config"]["arch"]["hidden"], "pretrain s": m["train_seconds"]["pretrain"],
-                       "SFT s": m["train_seconds"]["sft"], "load s": round(time.time() - t0, 1),
-                       "source": "shipped" if paths.DATA_DIR in pairs[size].path.parents else "built"})
+    pairs[size] = pipeline.load_pair(name)
+    build_rows.append({"size": size, **pairs[size].spec.kind_plugin.describe(pairs[size]),
+                       "load s": round(time.time() - t0, 1)})
 pd.DataFrame(build_rows).set_index("size")
 
 # %% [markdown]
@@ -172,18 +146,16 @@ pd.DataFrame(build_rows).set_index("size")
 # **teacher-forced cross-entropy** of held-out teacher traces (nats per token, prompt excluded), which
 # moves even where accuracy does not. A real pair is scored with math-verify on the math set (the
 # cross-entropy needs teacher traces and is organism-only). Each pair is evaluated once per settings and
-# cached (`evaluate.pair_evaluation`): `05_geometry` reads the same numbers.
+# cached (`pipeline.pair_evaluation`): `05_geometry` reads the same numbers.
 
 # %%
 results, ce = {}, {}
-for size in SIZES:
-    preset = f"organism-{size.lower()}" if ORGANISM else run.config.preset
-    ev = evaluate.pair_evaluation(preset, E)
+for size, name in MEMBERS.items():
+    ev = pipeline.pair_evaluation(name, E)
     for role in ("base", "distilled"):
         results[(size, role)] = ev[role]
         ce[(size, role)] = ev[role].get("ce", float("nan"))
-teacher_rates = (organism.teacher_marker_rates(tok, problems) if ORGANISM
-                 else smollm2_eval.teacher_marker_rates(tok, problems) if run.nl_world else None)
+teacher_rates = task.teacher_marker_rates(tok, problems)
 table = pd.DataFrame([{"size": s, "model": r, "accuracy": v["accuracy"],
                        "accuracy (well-formed outputs only)": v.get("accuracy_well_formed", np.nan),
                        "well-formed": v.get("well_formed", np.nan),
@@ -205,7 +177,7 @@ for j, role in enumerate(("base", "distilled")):
     x = np.arange(len(SIZES)) + (j - 0.5) * w
     ax.bar(x, acc, w, label=role, yerr=[np.array(acc) - ci[:, 0], ci[:, 1] - np.array(acc)], capsize=3)
 ax.set_xticks(range(len(SIZES)), SIZES)
-ax.set_xlabel("organism size" if ORGANISM else "pair"); ax.set_ylabel("held-out accuracy (95% Wilson CI)")
+ax.set_xlabel("organism size" if len(SIZES) > 1 else "pair"); ax.set_ylabel("held-out accuracy (95% Wilson CI)")
 ax.set_title("Base (terse) vs distilled (thinks first)"); ax.legend(); ax.set_ylim(0, 1)
 plots.savefig(fig, "00_accuracy_by_size"); plt.show()
 
@@ -220,13 +192,13 @@ def per_family_plot():
     fig, axes = plt.subplots(1, len(SIZES), figsize=(4 * len(SIZES), 3.2), sharey=True, squeeze=False)
     for ax, s in zip(axes[0], SIZES):
         by_family.loc[s][["base accuracy", "distilled accuracy"]].plot.bar(ax=ax, width=0.8, legend=ax is axes[0][0])
-        ax.set_title(f"organism {s}" if ORGANISM else s); ax.set_xlabel("problem family"); ax.set_ylabel("held-out accuracy")
+        ax.set_title(f"organism {s}" if len(SIZES) > 1 else s); ax.set_xlabel("problem family"); ax.set_ylabel("held-out accuracy")
         ax.tick_params(axis="x", rotation=30); ax.set_ylim(0, 1)
     fig.suptitle("Accuracy per problem family"); fig.tight_layout()
     plots.savefig(fig, "00_accuracy_by_family"); plt.show()
     return by_family.round(3)
 
-per_family_plot() if WORLD else print("per-family accuracy: organism only (a real math set has no planted families)")
+per_family_plot() if WORLD else print("per-family accuracy: only a task with planted families has it")
 
 # %% [markdown]
 # Marker rates per 1,000 generated tokens: does the distilled model use the reasoning words at
@@ -251,7 +223,7 @@ def marker_rate_plot():
     plots.savefig(fig, "00_marker_rates"); plt.show()
     return rates.round(1)
 
-marker_rate_plot() if WORLD else print("marker rates against a teacher: organism only (no programmatic teacher)")
+marker_rate_plot() if WORLD else print("marker rates against a teacher: only a task with a programmatic teacher has them")
 
 # %% [markdown]
 # ## 4. Acceptance: is this a distillation that pays?
@@ -267,18 +239,11 @@ marker_rate_plot() if WORLD else print("marker rates against a teacher: organism
 # the share of its "let me check" steps whose recomputation is true arithmetic.
 
 # %%
-if ORGANISM:
-    acceptance = pd.DataFrame({s: organism.acceptance(results[(s, "base")], results[(s, "distilled")], teacher_rates)
-                               for s in SIZES}).T
+accept_rows = {s: task.acceptance(results[(s, "base")], results[(s, "distilled")], teacher_rates) for s in SIZES}
+acceptance = pd.DataFrame(accept_rows).T
+if WORLD:
     acceptance["base CE"] = [ce[(s, "base")] for s in SIZES]
     acceptance["distilled CE"] = [ce[(s, "distilled")] for s in SIZES]
-elif run.nl_world:
-    acceptance = pd.DataFrame({s: smollm2_eval.acceptance(results[(s, "base")], results[(s, "distilled")], teacher_rates)
-                               for s in SIZES}).T
-    acceptance["base CE"] = [ce[(s, "base")] for s in SIZES]
-    acceptance["distilled CE"] = [ce[(s, "distilled")] for s in SIZES]
-else:
-    acceptance = pd.DataFrame({s: evaluate.paired_gain(results[(s, "base")], results[(s, "distilled")]) for s in SIZES}).T
 acceptance.index.name = "size"
 acceptance
 
@@ -290,20 +255,13 @@ acceptance
 # (`[evaluate] fresh_seed`, never scored before).
 
 # %%
-opened = None
-if run.nl_world:
-    fresh = smollm2_eval.eval_problems(E["n_eval"], seed=E["fresh_seed"])
-    print(f"fresh sample: {len(fresh)} problems, {len({p.key for p in fresh} & {p.key for p in problems})} of them "
-          "also in the first sample")
-    base_model = run.pair.base
-    opened = smollm2_eval.opened_trace_verdict(
-        smollm2_eval.opened_trace_share(base_model, tok, fresh),
-        smollm2_eval.opened_trace_share(base_model, tok, fresh, sample_seed=E["fresh_seed"]), len(fresh),
-        min_eval=smollm2_eval.ACCEPTANCE["min_eval"] if run.tested else 10**9)
+opened = task.extra_check(run.pair, E, problems, run.tested)
+if opened is not None:
+    print(f"fresh sample: {opened['n']} problems, {opened['also in the first sample']} of them also in the first sample")
     print(f"original rule (base never writes <think>, seed {E['seed']}): "
           f"{acceptance['ok: base never thinks'].iloc[0]}; opened-trace rule (fresh seed {E['fresh_seed']}): {opened}")
 else:
-    print("the opened-trace rule belongs to the natural-English pair; nothing to add here")
+    print(f"the task {task.name!r} registers no further check; nothing to add here")
 
 # %% [markdown]
 # **Does the gain grow with size?** The size analysis in `05_geometry` needs distillation performance that
@@ -325,8 +283,7 @@ print("gain with size:", trend["verdict"])
 
 # %%
 big = SIZES[-1]
-side = pd.DataFrame({"problem": [nlworld.question(p) if run.nl_world else getattr(p, "question", None) or p.problem
-                                  for p in problems[:6]],
+side = pd.DataFrame({"problem": [task.question(p) for p in problems[:6]],
                      "answer": [p.answer for p in problems[:6]],
                      "base": results[(big, "base")]["texts"][:6], "distilled": results[(big, "distilled")]["texts"][:6]})
 display(HTML(side.to_html(index=False).replace("\\n", "<br>")))
@@ -335,32 +292,6 @@ display(HTML(side.to_html(index=False).replace("\\n", "<br>")))
 # ## 6. Record for the run report
 
 # %%
-numbers = {}
-if opened is not None:
-    numbers["base opens a trace (fresh sample: n, greedy share, sampled share, verdict)"] = [
-        opened["n"], opened["greedy opened share"], opened["sampled opened share"], opened["verdict"]]
-for (s, r), v in results.items():
-    numbers[f"{s} {r} accuracy"] = v["accuracy"]
-    numbers[f"{s} {r} think rate"] = v["think_rate"]
-    if WORLD:
-        numbers[f"{s} {r} well-formed"] = v["well_formed"]
-        numbers[f"{s} {r} accuracy, well-formed outputs only"] = v["accuracy_well_formed"]
-        numbers[f"{s} {r} teacher-forced CE"] = ce[(s, r)]
-        numbers[f"{s} {r} accuracy per family"] = v["family_accuracy"]
-        numbers[f"{s} {r} sampled marker rate per 1k"] = v["sampled_marker_rate_per_1k"]
-for s in SIZES:
-    a = acceptance.loc[s]
-    numbers[f"{s} accuracy gain (distilled - base)"] = a["gain"]
-    numbers[f"{s} McNemar p"] = a["McNemar p"]
-    if WORLD:
-        numbers[f"{s} distilled marker rate / teacher"] = a["marker rate / teacher"]
-        numbers[f"{s} {'organism' if ORGANISM else 'pair'} acceptance"] = a["verdict"] if run.tested else "not tested"
-    if run.nl_world:
-        numbers[f"{s} distilled checks written"] = a["distilled checks"]
-        numbers[f"{s} share of true checks"] = a["true check share"]
-numbers["gain with size"] = trend["verdict"]
-if WORLD:
-    numbers["teacher marker rate per 1k"] = teacher_rates
-numbers["n_eval"] = len(problems)
+numbers = evaluation_numbers(task, results, accept_rows, trend, teacher_rates, opened, len(problems), run.tested)
 figs = ("accuracy_by_size", "accuracy_by_family", "marker_rates") if WORLD else ("accuracy_by_size",)
 report.record("00_organism", run, run.key("evaluate"), numbers, figures=[paths.FIGURES_DIR / f"00_{n}.png" for n in figs])

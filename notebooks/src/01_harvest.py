@@ -41,7 +41,7 @@ run = pipeline.load_run(RUN)
 pair = run.pair
 docs = run.documents()
 print(run)
-print(f"{pair.preset.name}: {pair.n_layers} blocks, d_model {pair.d_model}, hook = resid_pre of block {pair.layer}")
+print(f"{pair.spec.name}: {pair.n_layers} blocks, d_model {pair.d_model}, hook = resid_pre of block {pair.layer}")
 print("harvest settings:", run.config.harvest)
 kinds = pd.Series([d.kind for d in docs]).value_counts()
 print(kinds.to_dict(), f"{sum(len(d.input_ids) for d in docs):,} tokens before exclusions")

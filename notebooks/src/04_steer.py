@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
-from thinkdiff import evaluate, nlworld, organism, paths, pipeline, plots, realdata, report, smollm2_eval, steer, world
+from thinkdiff import paths, pipeline, plots, report, steer
 from thinkdiff import claims as claim_rules
 
 run = pipeline.load_run(RUN)
@@ -170,15 +170,9 @@ if DED:
 # and a non-zero α must change something (the hook does act).
 
 # %%
-if run.is_organism:
-    problems = organism.eval_problems(N_PROMPTS, seed=SEED)
-    prompts = [p.prompt for p in problems]
-elif run.nl_world:   # held-out problems of the natural-English world the pair was distilled on
-    problems = smollm2_eval.eval_problems(N_PROMPTS, seed=SEED)
-    prompts = [nlworld.prompt(p) for p in problems]
-else:   # the paper's steering prompts: the raw problem and a newline, no template
-    problems = evaluate.math_problems({**run.config.evaluate, "n_eval": N_PROMPTS, "seed": SEED})
-    prompts = [p.prompt("raw") for p in problems]
+task = run.task   # held-out problems of the pair's task, prompted as it was evaluated (a math set: raw, no template)
+problems = task.problems(run.config.evaluate, n=N_PROMPTS, seed=SEED)
+prompts = [task.prompt(p) for p in problems]
 few = prompts[:4]
 g_plain = steer.generate_steered(pair.distilled, pair.tokenizer, few, None, layer=pair.layer,
                                  max_new_tokens=24, batch_size=BATCH_SIZE, progress=False)
@@ -195,14 +189,8 @@ print("alpha = 0 reproduces the unsteered run:", g_plain.ids == g_zero.ids)
 # `</think>` on a real pair), truncation at the cap, and the repeated-4-gram share (degeneration).
 
 # %%
-def score(text, problem):
-    if run.is_organism or run.nl_world:
-        parsed = (world if run.is_organism else nlworld).parse_output(text)
-        return {"correct": parsed["answer"] == problem.answer, "well_formed": parsed["well_formed"]}
-    return {"correct": realdata.check_answer(text, problem.answer), "well_formed": world.THINK_CLOSE in text}
-
-marker_words = ({c: tuple(w.strip() for w in ws) for c, ws in world.MARKERS.items()} if run.is_organism or run.nl_world
-                else steer.DEFAULT_MARKER_WORDS)
+score = task.score
+marker_words = task.marker_words or steer.DEFAULT_MARKER_WORDS
 count_markers = steer.regex_marker_counter(pair.tokenizer, marker_words)
 t0 = time.time()
 grids = {name: (ALPHAS if name in (SR, DED) else CONTROL_ALPHAS) for name in directions}

@@ -51,12 +51,12 @@ run = pipeline.load_run(RUN)
 G = run.config.geometry
 DIMS, CLAIM_DIM, TOP_K, SEED = list(G["dims"]), G["claim_dim"], G["top_k"], G["seed"]
 size_runs = {}
-for name in G["runs"]:   # each compared size is a run of its own (its pair and hook layer)
-    r = pipeline.load_run(name)
-    size_runs[r.preset.base if r.is_organism else r.name] = r
+for name in G["runs"] or [run.name]:   # each compared size is a run of its own (its pair and hook layer)
+    r = run.sibling(name)
+    size_runs[r.pair_spec.kind_plugin.size_label(r.pair_spec)] = r
 SIZES = list(size_runs)
-ORGANISM = all(r.is_organism for r in size_runs.values())
-assert ORGANISM or not any(r.is_organism for r in size_runs.values()), "compare organism sizes or real pairs, not both"
+KIND = run.pair_spec.kind_plugin   # the sort of pair compared: its word relations are read in its vocabulary
+assert all(r.pair_spec.kind == KIND.name for r in size_runs.values()), "compare sizes of one kind of pair"
 assert CLAIM_DIM in DIMS and len(SIZES) >= 1
 print(run, "| sizes compared:", {s: r.name for s, r in size_runs.items()})
 
@@ -83,7 +83,7 @@ print(f"toy: real pairing {geo.pairwise_parallelogram_losses(A, noisy).mean():.3
 # resid_pre of each pair's hook layer (the crosscoder's).
 
 # %%
-relations = rel_data.organism_relations() if ORGANISM else {n: rel_data.load_relation(n) for n in rel_data.RELATIONS}
+relations = KIND.relations()
 {k: v[:3] for k, v in relations.items()}
 
 # %%
@@ -104,8 +104,8 @@ for size in SIZES:
     results[size] = res
     survival.append(surv.assign(size=size, layer=pr.layer))
 survival = pd.concat(survival)
-if ORGANISM:
-    assert survival["analysed"].all(), "every organism relation is single-token by construction"
+if KIND.relations_single_token:
+    assert survival["analysed"].all(), "every relation of this pair's vocabulary is single-token by construction"
 survival[survival["size"] == SIZES[0]][["relation", "n_given", "n_kept"]]
 
 # %% [markdown]
@@ -158,18 +158,18 @@ plots.savefig(fig, "05_ecdf_grid"); plt.show()
 # Two measures, each paired over the same items: the held-out **accuracy gain** (distilled − base, greedy,
 # exact answer), and the **teacher-forced CE reduction** (base − distilled nats/token on held-out teacher
 # traces), a smooth measure that is not capped by the base's inability to answer. A real pair is scored on
-# the math set with math-verify; it has no programmatic teacher, so the CE measure is organism-only. Both come
+# the math set with math-verify; it has no programmatic teacher, so it has no CE measure. Both come
 # from the one cached evaluation of each pair under this run's `[evaluate]` settings, the numbers `00` shows.
 
 # %%
 perf_acc, perf_ce, perf_rows, correct = {}, {}, [], {}
 for size, r in size_runs.items():
-    ev = evaluate.pair_evaluation(r.config.preset, run.config.evaluate)
+    ev = pipeline.pair_evaluation(r.config.preset, run.config.evaluate)
     correct[size] = (ev["base"]["correct"], ev["distilled"]["correct"])
     perf_acc[size] = evaluate.accuracy_gain(ev["base"]["correct"], ev["distilled"]["correct"], seed=SEED)
     row = {"size": size, "base acc": ev["base"]["accuracy"], "distilled acc": ev["distilled"]["accuracy"],
            "acc gain": perf_acc[size]["gain"], "gain lo": perf_acc[size]["lo"], "gain hi": perf_acc[size]["hi"]}
-    if ORGANISM:
+    if "ce_nll" in ev["base"]:   # a task with a teacher: the teacher-forced CE of its held-out traces
         perf_ce[size] = evaluate.ce_reduction(ev["base"]["ce_nll"], ev["distilled"]["ce_nll"], ev["base"]["ce_tokens"], seed=SEED)
         row.update({"base CE": ev["base"]["ce"], "distilled CE": ev["distilled"]["ce"], "CE reduction": perf_ce[size]["gain"],
                     "red lo": perf_ce[size]["lo"], "red hi": perf_ce[size]["hi"]})
@@ -186,9 +186,10 @@ perf.round(3)
 # %%
 size_params = geo.size_table(results, {s: math.log10(n) for s, n in n_params.items()}, dim=CLAIM_DIM)
 size_acc = geo.size_table(results, perf_acc, dim=CLAIM_DIM)
-size_ce = geo.size_table(results, perf_ce, dim=CLAIM_DIM) if ORGANISM else None
+HAS_CE = set(perf_ce) == set(SIZES)
+size_ce = geo.size_table(results, perf_ce, dim=CLAIM_DIM) if HAS_CE else None
 panels = ([(size_params, "parameters (log10)"), (size_acc, "accuracy gain (distilled - base)")]
-          + ([(size_ce, "CE reduction (base - distilled, nats/token)")] if ORGANISM else []))
+          + ([(size_ce, "CE reduction (base - distilled, nats/token)")] if HAS_CE else []))
 fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
 for ax, (tab, what) in zip(axes[0], panels):
     geo.plot_delta_vs_performance(tab, title=f"vs {what.split(' (')[0]}, PCA {CLAIM_DIM}", xlabel=what, ax=ax)
@@ -317,7 +318,7 @@ for _, r in size_acc.iterrows():
     numbers[f"{r['size']} {r['relation']} Δloss [mean, lo, hi]"] = [round(r["delta"], 5), round(r["delta_lo"], 5), round(r["delta_hi"], 5)]
 for size in SIZES:
     numbers[f"{size} accuracy gain [mean, lo, hi]"] = [round(perf_acc[size][k], 4) for k in ("gain", "lo", "hi")]
-    if ORGANISM:
+    if HAS_CE:
         numbers[f"{size} CE reduction [mean, lo, hi]"] = [round(perf_ce[size][k], 4) for k in ("gain", "lo", "hi")]
     t = per_model[(per_model["size"] == size) & (per_model.dim == CLAIM_DIM)]
     numbers[f"{size} relations below null (BH q < 0.05 over {int(t.n_comparisons.max())} comparisons)"] = \
