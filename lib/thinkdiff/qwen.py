@@ -34,7 +34,7 @@ from . import paths
 from .hf import PLACEMENTS  # noqa: F401  (re-exported: the placements a preset may name)
 
 # ---------------------------------------------------------------------------------------------
-# The paper's pairs (paper-notes §1; hook = resid_pre of block n_layers // 2).
+# The paper's pairs (docs/paper-notes.md §1; hook = resid_pre of block n_layers // 2).
 # ---------------------------------------------------------------------------------------------
 
 def _arch(n_layers, d_model, n_heads, n_kv_heads, d_mlp, vocab, rope_theta, rms_eps, max_pos, tied):
@@ -93,7 +93,7 @@ for _name, _p in QWEN_PAIRS.items():
         assert _p["base_arch"][_k] == _p["distilled_arch"][_k], (_name, _k)
 
 
-# The paper's crosscoder settings (paper-notes §3-4, from the authors' final training config).
+# The paper's crosscoder settings (docs/paper-notes.md §3-4, from the authors' final training config).
 PAPER_CROSSCODER: dict = dict(
     n_latents=32_768, l1_coeff=2.0, l1_warmup_frac=0.05, lr=5e-5, betas=(0.9, 0.999),
     lr_decay_start_frac=0.8, grad_clip=1.0, batch_size=1024, n_tokens=400_000_000, steps=390_625,
