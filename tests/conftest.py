@@ -26,9 +26,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 # Tests that share a module- or session-scoped fixture run on one worker (xdist --dist loadgroup): each module is
-# a group, and the notebook and real-browser tests share one, since the browser reuses the executed notebooks.
+# a group, and the notebook, real-browser and README-quickstart tests share one, since the browser reuses the executed
+# notebooks and the quickstart the smoke run's crosscoder.
 # The notebooks on the real-pair stand-in build a run of their own, so they form a group apart.
-SHARED_GROUPS = {"test_notebooks": "notebooks", "test_real_browser": "notebooks"}
+SHARED_GROUPS = {"test_notebooks": "notebooks", "test_real_browser": "notebooks", "test_readme_quickstart": "notebooks"}
 OWN_GROUPS = {"test_notebook_executes_on_a_real_pair_stand_in": "notebooks-real-pair"}
 
 TINY_TEXT = [

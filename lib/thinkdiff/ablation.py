@@ -1,4 +1,4 @@
-"""The paper's causal check (paper-notes §8): zero marker-active distilled-leaning latents in the
+"""The paper's causal check (docs/paper-notes.md §8): zero marker-active distilled-leaning latents in the
 crosscoder reconstruction spliced in at the hook layer, and measure the marker token's logit change.
 
 For each category, the latents active at the category's marker tokens (``label.marker_counts``) are ranked by

@@ -173,7 +173,7 @@ def claim10_verdict(properties: dict) -> tuple[str, str]:
                                       f"scheme (" + "; ".join(parts) + ")")
 
 
-# The paper's training fit (paper-notes §4, final logged batch of its three crosscoders): explained variance
+# The paper's training fit (docs/paper-notes.md §4, final logged batch of its three crosscoders): explained variance
 # 0.895-0.926 per model at L0 608-877. A crosscoder at the paper's settings "fits about as well" when both
 # models' held-out explained variance reaches the lowest logged value less 0.02 (a final training batch is not
 # held-out data).

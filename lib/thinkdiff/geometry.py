@@ -1,6 +1,6 @@
 """Representation geometry: the parallelogram test across sizes, and decoder-direction geometry.
 
-Parallelogram loss (paper-notes §10; Baek & Tegmark, and "Harmonic Loss" arXiv 2502.01628). For word
+Parallelogram loss (docs/paper-notes.md §10; Baek & Tegmark, and "Harmonic Loss" arXiv 2502.01628). For word
 pairs (a_i -> b_i), (a_j -> b_j) of one relation, in a PCA space fitted per model and relation:
 
     loss_ij = ||a_i - b_i - a_j + b_j|| / sqrt(||a_i||^2 + ||b_i||^2 + ||a_j||^2 + ||b_j||^2)

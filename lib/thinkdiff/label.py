@@ -535,7 +535,7 @@ def save_features_table(df: pd.DataFrame, folder, name: str = "features", fmt: s
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Lexical detectors and the paper's claims 1-4 as verdicts computed from the numbers (paper-notes §11)
+# Lexical detectors and the paper's claims 1-4 as verdicts computed from the numbers (docs/paper-notes.md §11)
 # ---------------------------------------------------------------------------------------------------------
 def lexical_profile(acts: SparseActs, meta, latents, token_ids, category: str) -> pd.DataFrame:
     """Is each latent a token detector or a reasoning-move detector? (claim 4)

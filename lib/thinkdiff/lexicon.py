@@ -57,7 +57,7 @@ LEXICON: dict[str, dict[str, tuple[str, ...]]] = {
 }
 DEFAULT_TIERS = ("core", "ours")
 
-# The paper's single-token markers (paper-notes.md §6), matched with a leading space.
+# The paper's single-token markers (docs/paper-notes.md §6), matched with a leading space.
 PAPER_MARKERS: dict[str, tuple[str, ...]] = {
     "self_reflection": (" Wait",), "deductive": (" Therefore", " Thus"),
     "alternative": (" Alternatively",), "contrastive": (" However", " But"),

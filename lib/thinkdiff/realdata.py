@@ -1,6 +1,6 @@
 """Real data for the real pairs: the harvest corpus, math eval prompts with answer checking, word relations.
 
-Harvest corpus (paper-notes §2): OpenThoughts-114k rows become ``question + "\\n" + trace`` with the
+Harvest corpus (docs/paper-notes.md §2): OpenThoughts-114k rows become ``question + "\\n" + trace`` with the
 begin/end-of-thought markers turned into ``<think>`` / ``</think>`` and the begin/end-of-solution markers
 deleted; no chat template, no system prompt. They are mixed with a general-text corpus at a configurable
 ratio, truncated to a configurable token length and shuffled deterministically (seeded buffer shuffle).
@@ -102,7 +102,7 @@ def stream_general(corpus=GENERAL_CORPUS, split: str = "train", data_files=None)
 # ---------------------------------------------------------------------------------------------
 
 def replace_markers(trace: str) -> str:
-    """Thought markers -> ``<think>``/``</think>``; solution markers deleted (paper-notes §2)."""
+    """Thought markers -> ``<think>``/``</think>``; solution markers deleted (docs/paper-notes.md §2)."""
     for marker, new in THOUGHT_MARKERS.items():
         trace = trace.replace(marker, new)
     return trace

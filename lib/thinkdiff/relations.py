@@ -11,7 +11,7 @@ from . import paths, world
 
 RELATIONS = ("english-spanish", "english-german", "english-french", "present-past", "singular-plural")
 PAPER_KEPT = {"english-spanish": 179, "english-german": 266, "english-french": 250, "present-past": 103,
-              "singular-plural": 32}   # pairs the paper kept after its single-token filter (paper-notes §10)
+              "singular-plural": 32}   # pairs the paper kept after its single-token filter (docs/paper-notes.md §10)
 
 
 def load_relation(name: str) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ A record is ``RUNS_DIR/report/<run>/<stage>.json`` (``run``: the run config's na
      "links": {"feature cards": "runs/label/<hash>/cards/feature_cards.html", ...},   # pages to open
      "claims": {"6": {"verdict": "supports", "evidence": "...", "rule": "thinkdiff.claims.claim6_verdict"}}}
 
-Claims are numbered as in ``shared/docs/paper-notes.md`` §11. A verdict is one of
+Claims are numbered as in ``docs/paper-notes.md`` §11. A verdict is one of
 ``supports``, ``contradicts``, ``mixed`` or ``not tested``.
 """
 from __future__ import annotations
@@ -187,7 +187,7 @@ def write_report(run: str, out: Path | None = None) -> Path:
     lines = [f"# thinkdiff run report: run `{run}`", "",
              f"Written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. "
              "Every number below was computed by the run that wrote it; the claims table compares them "
-             "with Baek & Tegmark (arXiv 2503.03730) as summarised in `paper-notes.md` §11.", ""]
+             "with Baek & Tegmark (arXiv 2503.03730) as summarised in `docs/paper-notes.md` §11.", ""]
     verdicts: dict[int, list[tuple[str, dict]]] = {k: [] for k in CLAIMS}
     rules: dict[str, int] = {}
     for rec in recs:

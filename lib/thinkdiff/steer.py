@@ -1,9 +1,9 @@
 """Steered generation: add ``alpha * v`` to the residual stream at resid_pre of block ``layer``.
 
 The mechanism is a plain torch forward hook on ``model.model.layers[layer - 1]`` (whose output is
-resid_pre of block ``layer``; a plain tensor under transformers 5). environment.md §4 checked that
-this gives token-identical output to the nnsight ``tracer.iter`` pattern; the hook is simpler to
-batch and lets us decide per sequence and per step which positions are steered.
+resid_pre of block ``layer``; a plain tensor under transformers 5). It gives token-identical output to the
+nnsight ``tracer.iter`` pattern (checked on a tiny Qwen2: docs/install.md, "nnsight 0.8.1 with transformers 5");
+the hook is simpler to batch and lets us decide per sequence and per step which positions are steered.
 
 Generation is our own short KV-cached loop (greedy or sampled) over left-padded batches. Each row
 gets its own seeded ``torch.Generator``, so a prompt's sample does not depend on which batch it

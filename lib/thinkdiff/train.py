@@ -143,7 +143,7 @@ class TrainConfig:
         return self
 
 
-# The paper's final runs (paper-notes §4): ReLU + L1, 32,768 latents, 390,625 steps x 1024 = 400M tokens.
+# The paper's final runs (docs/paper-notes.md §4): ReLU + L1, 32,768 latents, 390,625 steps x 1024 = 400M tokens.
 PAPER = TrainConfig(activation="relu", n_latents=32_768, l1_coeff=2.0, lr=5e-5, batch_size=1024,
                     n_steps=390_625, lr_warmup_frac=0.0, lr_decay_frac=0.2, l1_warmup_frac=0.05,
                     grad_clip=1.0, dec_init_norm=0.08, seed=49, checkpoint_every=30_000,

@@ -5,7 +5,7 @@
 # direction to the distilled model's residual stream and it **over-thinks** (longer traces, more
 # "Wait"); add a **deductive** feature and it thinks **incisively** (shorter, same answer). Its protocol
 # was one sampled generation per condition at coefficient 1 with no control, so the effect cannot be
-# told from sampling noise (paper-notes §9).
+# told from sampling noise ([paper-notes §9](../docs/paper-notes.md#9-steering-protocol-and-example-numbers-15b)).
 #
 # Here the same intervention becomes a measurement:
 #

@@ -18,7 +18,7 @@ NAME = "relu"
 USES_K = False
 L0_ROWS = 512   # dense path: the logged training L0 counts nonzeros over this many rows of each batch
 # Above this share of non-zero code entries the dense fused kernel is faster than the sparse one (measured by
-# benchmarks/bench_train.py --crossover on this 2-core machine; see the README's speed table).
+# benchmarks/bench_train.py --crossover on this 2-core machine; see docs/speed-and-precision.md, `make bench`).
 SPARSE_MAX_DENSITY = 0.05
 
 
