@@ -429,48 +429,57 @@ def marker_counts(text: str) -> dict:
     return {c: sum(text.count(w) for w in MARKERS[c]) for c in CATEGORIES}
 
 
-def _marker_rates(tokenizer, texts) -> dict:
+def marker_rates(tokenizer, texts) -> dict:
+    """Marker words per category per 1,000 tokens of ``texts``."""
     n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     return {c: 1000 * sum(marker_counts(t)[c] for t in texts) / max(n_tok, 1) for c in CATEGORIES}
 
 
-def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed: int | None = 0) -> dict:
-    """Held-out metrics of one model.
-
-    Greedy decoding gives accuracy, well-formedness, ``<think>`` rate and ``marker_rate_per_1k``
-    (per category, per 1,000 generated tokens). With ``sample_seed`` set, a second, sampled pass
-    (temperature 1) gives ``sampled_marker_rate_per_1k`` and ``sampled_think_rate``: the rates to
-    compare with the teacher's, since a perfect imitator matches them only when sampling.
-    """
-    texts = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens)
-    parsed = [world.parse_output(t) for t in texts]
+def generation_metrics(tokenizer, texts: list[str], problems, parse) -> dict:
+    """Held-out metrics of greedy generations ``texts`` on world ``problems`` (``parse``: the world's output
+    parser, giving ``answer``, ``well_formed``, ``has_think``): accuracy, well-formedness, ``<think>`` rate,
+    ``marker_rate_per_1k`` (per category, per 1,000 generated tokens), per-family accuracy."""
+    parsed = [parse(t) for t in texts]
+    correct = [p["answer"] == q.answer for p, q in zip(parsed, problems)]
     n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    out = {
-        "accuracy": sum(p["answer"] == q.answer for p, q in zip(parsed, problems)) / len(problems),
+    return {
+        "accuracy": sum(correct) / len(problems),
         "well_formed": sum(p["well_formed"] for p in parsed) / len(problems),
         "think_rate": sum(p["has_think"] for p in parsed) / len(problems),
         "tokens_per_generation": n_tok / len(problems),
-        "marker_rate_per_1k": _marker_rates(tokenizer, texts),
-        "correct": [p["answer"] == q.answer for p, q in zip(parsed, problems)],
+        "marker_rate_per_1k": marker_rates(tokenizer, texts),
+        "correct": correct,
         # the same, counting only well-formed outputs (a trace closed by </think>, then the answer line)
-        "accuracy_well_formed": sum(p["answer"] == q.answer and p["well_formed"]
-                                    for p, q in zip(parsed, problems)) / len(problems),
+        "accuracy_well_formed": sum(c and p["well_formed"] for c, p in zip(correct, parsed)) / len(problems),
         "texts": texts,
+        "family_accuracy": {f: sum(c for c, q in zip(correct, problems) if q.family == f)
+                            / max(1, sum(q.family == f for q in problems)) for f in world.FAMILIES},
     }
-    out["family_accuracy"] = {f: sum(c for c, q in zip(out["correct"], problems) if q.family == f)
-                              / max(1, sum(q.family == f for q in problems)) for f in world.FAMILIES}
+
+
+def sampled_metrics(tokenizer, sampled: list[str], n: int) -> dict:
+    """The rates to compare with the teacher's, from a sampled pass (temperature 1): a perfect imitator matches
+    them only when sampling."""
+    return {"sampled_marker_rate_per_1k": marker_rates(tokenizer, sampled),
+            "sampled_think_rate": sum(world.THINK_OPEN in t for t in sampled) / n, "sampled_texts": sampled}
+
+
+def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed: int | None = 0) -> dict:
+    """Held-out metrics of one model (``generation_metrics`` of its greedy generations); with ``sample_seed``
+    set, ``sampled_metrics`` of a second, sampled pass."""
+    prompts = [p.prompt for p in problems]
+    out = generation_metrics(tokenizer, generate(model, tokenizer, prompts, max_new_tokens), problems,
+                             world.parse_output)
     if sample_seed is not None:
-        sampled = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens, sample_seed=sample_seed)
-        out["sampled_marker_rate_per_1k"] = _marker_rates(tokenizer, sampled)
-        out["sampled_think_rate"] = sum(world.THINK_OPEN in t for t in sampled) / len(problems)
-        out["sampled_texts"] = sampled
+        out.update(sampled_metrics(tokenizer, generate(model, tokenizer, prompts, max_new_tokens,
+                                                       sample_seed=sample_seed), len(problems)))
     return out
 
 
-def teacher_marker_rates(tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7) -> dict:
+def teachermarker_rates(tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7) -> dict:
     """The teacher's marker rate per 1,000 thinking+answer tokens on ``problems`` (what SFT imitates)."""
     texts = [world.spans_text(t)[len(p.prompt):] for p, t in zip(problems, teacher_traces(problems, cfg, seed))]
-    return _marker_rates(tokenizer, texts)
+    return marker_rates(tokenizer, texts)
 
 
 def teacher_traces(problems, cfg: CorpusConfig | None = None, seed: int = 7) -> list[list]:

@@ -48,7 +48,7 @@ def teacher_traces(problems, seed: int = TEACHER_SEED) -> list[list]:
 def teacher_marker_rates(tokenizer, problems) -> dict:
     """The teacher's marker rate per 1,000 trace tokens on ``problems`` (what the SFT imitated)."""
     texts = [nlworld.completion(t, p) for p, t in zip(problems, teacher_traces(problems))]
-    return organism._marker_rates(tokenizer, texts)
+    return organism.marker_rates(tokenizer, texts)
 
 
 def check_truth(texts) -> dict:
@@ -74,22 +74,10 @@ def evaluate_nl(model, tokenizer, problems, max_new_tokens: int = 200, sample_se
     """``organism.evaluate``'s fields for one model on ``nlworld`` problems, plus ``check_truth``'s."""
     prompts = [nlworld.prompt(p) for p in problems]
     texts = generate(model, tokenizer, prompts, max_new_tokens, progress=progress)
-    parsed = [nlworld.parse_output(t) for t in texts]
-    correct = [q["answer"] == p.answer for q, p in zip(parsed, problems)]
-    n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    out = {"accuracy": sum(correct) / len(problems), "correct": correct, "texts": texts,
-           "accuracy_well_formed": sum(c and q["well_formed"] for c, q in zip(correct, parsed)) / len(problems),
-           "well_formed": sum(q["well_formed"] for q in parsed) / len(problems),
-           "think_rate": sum(q["has_think"] for q in parsed) / len(problems),
-           "tokens_per_generation": n_tok / len(problems),
-           "marker_rate_per_1k": organism._marker_rates(tokenizer, texts), **check_truth(texts)}
-    out["family_accuracy"] = {f: sum(c for c, p in zip(correct, problems) if p.family == f)
-                              / max(1, sum(p.family == f for p in problems)) for f in world.FAMILIES}
+    out = {**organism.generation_metrics(tokenizer, texts, problems, nlworld.parse_output), **check_truth(texts)}
     if sample_seed is not None:
         sampled = generate(model, tokenizer, prompts, max_new_tokens, sample_seed=sample_seed, progress=progress)
-        out["sampled_marker_rate_per_1k"] = organism._marker_rates(tokenizer, sampled)
-        out["sampled_think_rate"] = sum(world.THINK_OPEN in t for t in sampled) / len(problems)
-        out["sampled_texts"] = sampled
+        out.update(organism.sampled_metrics(tokenizer, sampled, len(problems)))
     return out
 
 
