@@ -10,6 +10,7 @@ what they built. Tests marked ``browser`` need Chromium and chromedriver: withou
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,11 +26,19 @@ import torch
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
-# Tests that share a module- or session-scoped fixture run on one worker (xdist --dist loadgroup): each module is
-# a group, and the notebook and real-browser tests share one, since the browser reuses the executed notebooks.
-# The notebooks on the real-pair stand-in build a run of their own, so they form a group apart.
-SHARED_GROUPS = {"test_notebooks": "notebooks", "test_real_browser": "notebooks"}
+# Tests that share a module- or session-scoped fixture run on one worker (xdist --dist loadgroup): each test file
+# is a group, named by its path under tests/ without ".py" (tiers may hold files of the same name), and the
+# notebook and real-browser tests share one, since the browser reuses the executed notebooks. The notebooks on the
+# real-pair stand-in build a run of their own, so they form a group apart.
+TESTS_DIR = Path(__file__).resolve().parent
+SHARED_GROUPS = {"e2e/test_notebooks": "notebooks", "e2e/test_real_browser": "notebooks"}
 OWN_GROUPS = {"test_notebook_executes_on_a_real_pair_stand_in": "notebooks-real-pair"}
+
+
+def xdist_group(item) -> str:
+    """The xdist group of a collected test: its own, its file's shared one, or its file's path under tests/."""
+    module = Path(item.path).resolve().relative_to(TESTS_DIR).with_suffix("").as_posix()
+    return OWN_GROUPS.get(item.originalname, SHARED_GROUPS.get(module, module))
 
 TINY_TEXT = [
     "Ann has 3 apples. Ben gives her 4 more apples. Wait, let me check: 3 + 4 = 7.",
@@ -139,10 +148,11 @@ def _reorder(config, items) -> None:
 # ------------------------------------------------------------------------------------------- real-browser tests
 def pytest_collection_modifyitems(config, items):
     _reorder(config, items)
+    moved = [k for k in SHARED_GROUPS if not (TESTS_DIR / f"{k}.py").is_file()]
+    if moved:   # a renamed file would silently leave its group and lose the fixtures it shares
+        raise pytest.UsageError(f"tests/conftest.py SHARED_GROUPS names missing test files: {moved}")
     for it in items:
-        module = it.module.__name__.rsplit(".", 1)[-1]
-        group = OWN_GROUPS.get(it.originalname, SHARED_GROUPS.get(module, module))
-        it.add_marker(pytest.mark.xdist_group(group))
+        it.add_marker(pytest.mark.xdist_group(xdist_group(it)))
     import realbrowser
     from realbrowser import REPORT as BROWSER_REPORT
 

@@ -11,7 +11,7 @@ import pytest
 
 from thinkdiff import paths
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _python(code: str, env: dict | None = None, **kw) -> subprocess.Popen:
