@@ -2,7 +2,8 @@
 session's runs/ folder.
 
 The tiny models stand in for a model pair wherever a test needs the real architecture but not trained
-weights. Tests that need the trained organism use ``thinkdiff.organism`` directly. ``test_runs`` is one
+weights. Tests that need the trained organism use ``thinkdiff.organism`` directly; the smollm2-135m tests and
+notebooks share one rebuild of that pair per worker (``smollm2_rebuilt``, ``smollm2_smoke_run``). ``test_runs`` is one
 runs/ and figures/ folder for the whole session: the notebook tests fill it and the real-browser tests reuse
 what they built. Tests marked ``browser`` need Chromium and chromedriver: without them they are skipped
 (and the summary says how to enable them), except under ``CI=true``, where they fail.
@@ -28,10 +29,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # Tests that share a module- or session-scoped fixture run on one worker (xdist --dist loadgroup): each test file
 # is a group, named by its path under tests/ without ".py" (tiers may hold files of the same name), and the
-# notebook and real-browser tests share one, since the browser reuses the executed notebooks. The notebooks on the
-# real-pair stand-in build a run of their own, so they form a group apart.
+# notebook and real-browser tests share one, since the browser reuses the executed notebooks, as do the smollm2-135m
+# tests and notebooks, which share its rebuild. The notebooks on the real-pair stand-in build a run of their own, so
+# they form a group apart.
 TESTS_DIR = Path(__file__).resolve().parent
-SHARED_GROUPS = {"e2e/test_notebooks": "notebooks", "e2e/test_real_browser": "notebooks"}
+SHARED_GROUPS = {"e2e/test_notebooks": "notebooks", "e2e/test_real_browser": "notebooks",
+                 "integration/test_smollm2": "smollm2", "e2e/test_smollm2": "smollm2"}
 OWN_GROUPS = {"test_notebook_executes_on_a_real_pair_stand_in": "notebooks-real-pair"}
 
 
@@ -124,6 +127,42 @@ def test_runs(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# ------------------------------------------------------------------------------------------- smollm2-135m
+@pytest.fixture(scope="session")
+def smollm2_runs(tmp_path_factory):
+    """A runs folder holding the smollm2-135m pair rebuilt from the GGUF and the shipped adapter into an empty
+    folder (what a fresh clone does); built once per worker for its integration and notebook tests (one group)."""
+    from thinkdiff import paths, smollm2
+
+    torch.set_num_threads(1)
+    runs = tmp_path_factory.mktemp("smollm2-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "RUNS_DIR", runs)
+        smollm2.pair_dirs()
+    return runs
+
+
+@pytest.fixture(scope="module")
+def smollm2_rebuilt(smollm2_runs):
+    """(base folder, distilled folder) of the rebuilt pair, with ``paths.RUNS_DIR`` on its runs folder for the
+    module (the smoke run's store and crosscoders land there too)."""
+    from thinkdiff import paths, pipeline, smollm2
+
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "RUNS_DIR", smollm2_runs)
+        yield smollm2.pair_dirs()
+        pipeline._PAIRS.pop(("smollm2-135m", None, "auto"), None)
+
+
+@pytest.fixture(scope="module")
+def smollm2_smoke_run(smollm2_rebuilt):
+    """The smollm2-smoke run (configs/smollm2-smoke.toml) on the rebuilt pair."""
+    from thinkdiff import pipeline
+
+    return pipeline.load_run("smollm2-smoke", progress=False)
 
 
 # ------------------------------------------------------------------------------------------- test order
