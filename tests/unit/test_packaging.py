@@ -1,9 +1,14 @@
-"""Packaging and presets: the two dependency lists agree, torch is pinned, bad names fail clearly."""
+"""Packaging and presets: the two dependency lists agree, torch is pinned, the test-only packages are an extra
+that no shipped code imports, bad names fail clearly."""
+import ast
 import tomllib
 
 import pytest
 
 from thinkdiff import paths, presets
+
+# Installed by `pip install -e ".[test]"` (pyproject's [test] extra) only, under their import names.
+TEST_ONLY = {"pytest": "pytest", "pytest-xdist": "xdist", "execnet": "execnet", "nbval": "nbval", "selenium": "selenium"}
 
 
 def _pip_section(text: str) -> list[str]:
@@ -24,6 +29,33 @@ def test_environment_yml_matches_pyproject():
     assert sorted(env) == sorted(deps)
     assert "torch==2.13.0" in deps, "torch must be pinned next to transformers and nnsight (CPU build)"
     assert any(d.startswith("transformers") for d in deps) and any(d.startswith("nnsight") for d in deps)
+
+
+def test_test_only_packages_are_a_pinned_extra():
+    project = tomllib.loads((paths.REPO_ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {d.split("==")[0] for d in project["dependencies"]}
+    assert not runtime & set(TEST_ONLY), "test-only packages belong in the [test] extra"
+    test = project["optional-dependencies"]["test"]
+    assert {d.split("==")[0] for d in test} == set(TEST_ONLY) and all("==" in d for d in test)
+
+
+def _imported_modules(path) -> set[str]:
+    """Top-level names of every module a Python file imports, at any depth (a function's import fails too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_no_shipped_code_imports_a_test_only_package():
+    """The library, notebooks, tools and benchmarks run on `pip install -e .` alone."""
+    files = [f for d in ("lib", "notebooks/src", "tools", "benchmarks") for f in (paths.REPO_ROOT / d).rglob("*.py")]
+    assert any(f.name == "crosscoder.py" for f in files)
+    bad = {str(f.relative_to(paths.REPO_ROOT)): sorted(_imported_modules(f) & set(TEST_ONLY.values())) for f in files}
+    assert not {f: m for f, m in bad.items() if m}
 
 
 def test_unknown_preset_and_bad_layer_are_clear_errors():
