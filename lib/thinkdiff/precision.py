@@ -35,9 +35,10 @@ COMPUTE_CHOICES = ("auto", "float32", "bfloat16")
 BF16_MIN_SPEEDUP = 1.2
 PROBE_SIZE = 256      # the probe multiplies two [PROBE_SIZE, PROBE_SIZE] matrices
 PROBE_REPS = 5        # timed repetitions per precision (best of), after one warm-up
-# How far results computed in bf16 may be from float32's (tests/test_smollm2.py checks them on the SmolLM2 smoke pair;
-# measured there: activations 0.4-0.5 %, codes 0.4 %, 99.9 % of active latents the same). Greedy tokens are compared
-# only where float32's two best logits are more than ``greedy_tie_margin`` apart: a near-tie may go either way.
+# How far results computed in bf16 may be from float32's (tests/integration/test_smollm2.py checks them on the SmolLM2
+# smoke pair; measured there: activations 0.4-0.5 %, codes 0.4 %, 99.9 % of active latents the same). Greedy tokens
+# are compared only where float32's two best logits are more than ``greedy_tie_margin`` apart: a near-tie may go
+# either way.
 AGREEMENT = {"activations_rel_l2": 0.02, "codes_rel_l2": 0.05, "codes_active_agreement": 0.99,
              "greedy_tie_margin": 0.5}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}

@@ -11,7 +11,7 @@ import pytest
 
 from thinkdiff import paths
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _python(code: str, env: dict | None = None, **kw) -> subprocess.Popen:
@@ -254,7 +254,7 @@ def test_an_edited_or_damaged_store_manifest_is_refused_on_open(tmp_path, edit, 
 
     import numpy as np
 
-    from tests.test_store import make_store
+    from unit.test_store import make_store
     from thinkdiff.store import ActivationStore
 
     folder = make_store(tmp_path / "s", [40, 40]).path
@@ -282,7 +282,7 @@ def test_an_edited_or_damaged_store_manifest_is_refused_on_open(tmp_path, edit, 
 
 
 def test_a_crosscoder_is_refused_on_a_store_it_was_not_trained_on(tmp_path):
-    from tests.test_store import make_store
+    from unit.test_store import make_store
     from thinkdiff import codes, label
     from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
 
@@ -346,7 +346,7 @@ def test_unclear_errors_name_their_file_and_leave_nothing_behind(tmp_path, monke
 
     import torch
 
-    from tests.test_store import make_store
+    from unit.test_store import make_store
     from thinkdiff import train as T
     from thinkdiff.store import ActivationStore
 

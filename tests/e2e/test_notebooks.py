@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -155,43 +154,3 @@ def test_deterministic_cells_reproduce_under_nbval(test_runs):
                           "--nbval-current-env", str(executed)], cwd=notebooks.NOTEBOOK_DIR, capture_output=True,
                          text=True, env=os.environ.copy())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-
-
-def test_notebooks_match_their_sources():
-    """Each committed notebook is exactly what tools/mknb.py builds from notebooks/src (reviewable diffs)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mknb", notebooks.paths.REPO_ROOT / "tools" / "mknb.py")
-    mknb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mknb)
-    assert mknb.stale() == []
-
-
-def test_parameters_cells_take_a_run_and_only_owned_settings():
-    """No notebook parameters cell may set an upstream setting (those live in configs/<RUN>.toml)."""
-    import json
-
-    owned = {"RUN", "N_SPLICE_DOCS", "N_BOOT", "N_CARDS", "THREADS", "BATCH_SIZE", "BENCH_TOKENS", "N_PERM",
-             "QWEN_RELATIONS"}
-    for name in notebooks.available():
-        nb = json.loads(notebooks.notebook_path(name).read_text())
-        params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-        assert len(params) == 1, name
-        names = {line.split("=")[0].strip() for line in "".join(params[0]["source"]).splitlines()
-                 if "=" in line and not line.lstrip().startswith("#")}
-        assert "RUN" in names and names <= owned, f"{name}: parameters {sorted(names - owned)} are not the notebook's own"
-
-
-def test_a_parameter_the_notebook_does_not_declare_is_refused():
-    """Before the kernel starts (notebooks.run), and inside the notebook under plain papermill (its first cell
-    reads papermill's injected "# Parameters" cell against the declared one)."""
-    from thinkdiff.notebooks import declared_parameters, refuse_unknown_parameters
-
-    assert "RUN" in declared_parameters("01_harvest")
-    with pytest.raises(ValueError, match=r"01_harvest: unknown parameter\(s\) \['N_DOCS'\]"):
-        notebooks.run("01_harvest", Path("/nonexistent"), parameters={"N_DOCS": 5})
-    declared = 'RUN = "organism-m"   # the run\nTHREADS = None\n'
-    refuse_unknown_parameters({"In": ["", declared, '# Parameters\nRUN = "smoke"\n', "import os"]})
-    with pytest.raises(ValueError, match=r"\['N_DOCS'\] are not this notebook's; it takes \['RUN', 'THREADS'\]"):
-        refuse_unknown_parameters({"In": ["", declared, '# Parameters\nRUN = "smoke"\nN_DOCS = 5\n', "import os"]})
-    refuse_unknown_parameters({})                       # outside a kernel: nothing to check

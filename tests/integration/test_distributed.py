@@ -16,7 +16,7 @@ import torch
 from conftest import tiny_documents
 from thinkdiff import distributed as D
 from thinkdiff.harvest import HarvestConfig, harvest_pair
-from thinkdiff.store import ActivationStore, StoreWriter, part_bounds
+from thinkdiff.store import ActivationStore, StoreWriter
 from thinkdiff.train import TrainConfig, train
 
 HARVEST = dict(layer=2, batch_size=3, shard_tokens=60, heldout_fraction=0.25, outlier_norm_multiple=1.5)
@@ -54,20 +54,6 @@ def assert_same_store(a: ActivationStore, b: ActivationStore):
     for s in (a, b):   # shards never mix splits
         for e in s.shards:
             assert set(s.shard_meta(e["index"])["split"]) == {int(e["split"] == "heldout")}
-
-
-def test_part_bounds_and_rank_devices():
-    for n in (0, 1, 5, 8, 101):
-        for w in (1, 2, 3, 4):
-            parts = [part_bounds(n, r, w) for r in range(w)]
-            assert parts[0][0] == 0 and parts[-1][1] == n
-            assert all(parts[r][1] == parts[r + 1][0] for r in range(w - 1))
-            assert max(h - lo for lo, h in parts) - min(h - lo for lo, h in parts) <= 1
-    with pytest.raises(ValueError, match="rank"):
-        part_bounds(4, 2, 2)
-    assert D.rank_devices(D.World(rank=1, world_size=2, backend="gloo")) == (torch.device("cpu"),) * 2
-    with pytest.raises(ValueError, match="placement"):
-        D.init(placement="diagonal")
 
 
 def test_simulated_ranks_merge_into_the_one_rank_store_and_merge_resumes(saved_pair, tmp_path, monkeypatch):

@@ -461,7 +461,7 @@ def test_export_picks_sections():
 
 # ------------------------------------------------------------------------------------------- ablation
 def ablation_inputs(tiny_tokenizer):
-    from tests.conftest import TINY_TEXT
+    from conftest import TINY_TEXT
 
     seqs = [tiny_tokenizer.encode(t, add_special_tokens=False) for t in TINY_TEXT]
     ids = marker_token_ids(tiny_tokenizer, {"self_reflection": (" Wait",), "contrastive": (" But", " However")})
@@ -589,7 +589,7 @@ def test_marker_occurrences_from_meta():
 # ------------------------------------------------------------------------------------------- real classes
 def test_pipeline_on_real_store_and_crosscoder(tiny_tokenizer, tiny_pair, tmp_path):
     """The project's ActivationStore + folded CrossCoder feed every analysis (API compatibility)."""
-    from tests.conftest import TINY_TEXT
+    from conftest import TINY_TEXT
     from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
     from thinkdiff.harvest import HarvestConfig, harvest_pair
 

@@ -22,7 +22,7 @@ def test_a_missing_browser_is_skipped_with_the_enable_command_or_fails_under_ci(
     env = {**os.environ, "PATH": str(bare), "CI": ci}
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'pt'}",
                           str(HERE / "test_real_browser.py")],
-                         cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=HERE.parents[1], env=env, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
     if ci:
         assert out.returncode != 0 and "CI=true but the real-browser tests cannot run" in text

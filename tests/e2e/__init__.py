@@ -1,0 +1,2 @@
+"""End-to-end tier: every notebook executed by papermill, and the real-browser tests (JupyterLab in headless
+Chromium)."""
