@@ -30,7 +30,7 @@ import torch
 
 from thinkdiff import precision
 from thinkdiff.train import TensorStore, TrainConfig, Trainer
-from thinkdiff.trainers import relu_l1
+from thinkdiff.schemes import relu_l1
 
 
 def sync(device):

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import trainers
+from . import schemes
 from .paths import sha256_file
 
 CONFIG_NAME = "config.json"
@@ -82,9 +82,9 @@ class CrossCoderConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"crosscoder {name} must be a positive integer, got {v!r}")
-        if self.activation not in trainers.SCHEMES:
-            raise ValueError(f"crosscoder activation must be one of {sorted(trainers.SCHEMES)}, got {self.activation!r}")
-        trainers.get(self.activation).check_config(self.k, self.n_latents, "crosscoder")
+        if self.activation not in schemes.SCHEMES:
+            raise ValueError(f"crosscoder activation must be one of {sorted(schemes.SCHEMES)}, got {self.activation!r}")
+        schemes.get(self.activation).check_config(self.k, self.n_latents, "crosscoder")
         if not (self.dec_init_norm > 0 and math.isfinite(self.dec_init_norm)):
             raise ValueError(f"dec_init_norm must be positive and finite, got {self.dec_init_norm!r}")
         if self.norm_scale is not None:
@@ -189,7 +189,7 @@ class CrossCoder(nn.Module):
         BatchTopK: in training mode (or before a threshold exists) the batch-level top ``k*B``;
         in eval mode the fixed threshold.
         """
-        return trainers.get(self.config.activation).encode(self, self.pre_acts(x), x.shape[0])
+        return schemes.get(self.config.activation).encode(self, self.pre_acts(x), x.shape[0])
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Reconstruction [B, n_models, d] of a latent code ``f`` [B, F]."""

@@ -4,7 +4,7 @@ A kept-latent pattern is a CSR matrix [batch, F] with about k*batch entries, so 
 gradients cost O(k*batch*n_models*d) instead of O(batch*F*n_models*d): a BatchTopK step costs little more
 than the dense encoder forward; the ReLU trainer uses the same kernels on the non-zero entries of its code when
 few fire. ``ReluCoder`` fuses the dense ReLU crosscoder's decoder, L1 term and backward.
-Each kernel is checked against the dense reference loss of its scheme (``trainers.<scheme>.reference_loss``)
+Each kernel is checked against the dense reference loss of its scheme (``schemes.<scheme>.reference_loss``)
 in ``tests/unit/test_crosscoder.py``.
 """
 from __future__ import annotations

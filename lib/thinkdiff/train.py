@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import paths, precision, trainers
+from . import paths, precision, schemes
 from .crosscoder import WEIGHTS_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
 from .store import part_bounds
 
@@ -113,9 +113,9 @@ class TrainConfig:
 
         for name in ("n_latents", "batch_size", "n_steps", "buffer_tokens", "dead_tokens"):
             pos_int(name)
-        if self.activation not in trainers.SCHEMES:
-            raise ValueError(f"TrainConfig.activation must be one of {sorted(trainers.SCHEMES)}, got {self.activation!r}")
-        scheme = trainers.get(self.activation)
+        if self.activation not in schemes.SCHEMES:
+            raise ValueError(f"TrainConfig.activation must be one of {sorted(schemes.SCHEMES)}, got {self.activation!r}")
+        scheme = schemes.get(self.activation)
         scheme.check_config(self.k, self.n_latents, "TrainConfig")
         if scheme.USES_K and self.k_aux is not None:
             pos_int("k_aux")
@@ -149,7 +149,7 @@ PAPER = TrainConfig(activation="relu", n_latents=32_768, l1_coeff=2.0, lr=5e-5, 
                     grad_clip=1.0, dec_init_norm=0.08, seed=49, checkpoint_every=30_000,
                     dead_tokens=10_000_000, compute_dtype="auto")   # bf16 on the paper's GPUs
 # Organism defaults of every sparsity scheme (TrainConfig field defaults; runconfig starts organism runs from these).
-ORGANISM = {name: TrainConfig(activation=name) for name in trainers.SCHEMES}   # every scheme at the defaults, except:
+ORGANISM = {name: TrainConfig(activation=name) for name in schemes.SCHEMES}   # every scheme at the defaults, except:
 # BatchTopK's dead-latent revival, stronger (auxk_alpha 1) and earlier (after 20,000 silent tokens): with the long-run
 # defaults a 1,000-step organism run left 52 % of its latents dead, with these 7.6 % (docs/dead-latent-sweep.md)
 ORGANISM["batchtopk"] = TrainConfig(activation="batchtopk", auxk_alpha=1.0, dead_tokens=20_000)
@@ -211,7 +211,7 @@ class Trainer:
         self.device = torch.device(device)
         self.compute = precision.resolve(cfg.compute_dtype, self.device, "TrainConfig.compute_dtype")
         cc_cfg = CrossCoderConfig(d_model=int(store.d_model), n_latents=cfg.n_latents, n_models=int(store.n_models),
-                                  activation=cfg.activation, k=cfg.k if trainers.get(cfg.activation).USES_K else None,
+                                  activation=cfg.activation, k=cfg.k if schemes.get(cfg.activation).USES_K else None,
                                   layer=getattr(store, "layer", None), dec_init_norm=cfg.dec_init_norm,
                                   store_hash=self.store_hash, train_config=cfg.to_dict())
         self.model = CrossCoder(cc_cfg, seed=cfg.seed).to(self.device).train()
@@ -276,7 +276,7 @@ class Trainer:
         """Loss and stats for a batch ``x`` [B, n_models, d] already in training units."""
         if self.world is None:
             self.n_batch = x.shape[0]     # (data parallel: step() sets the global batch size)
-        scheme = trainers.get(self.cfg.activation)
+        scheme = schemes.get(self.cfg.activation)
         return (scheme.dense_loss if self.dense_reference else scheme.loss)(self, x, step)
 
     def _recon(self, x, xhat):

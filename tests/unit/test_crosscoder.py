@@ -9,7 +9,7 @@ from thinkdiff import metrics
 from thinkdiff.hooks import resid_hook
 from thinkdiff.crosscoder import CrossCoder, CrossCoderConfig
 from thinkdiff.kernels import batch_topk_indices
-from thinkdiff.trainers import batchtopk, relu_l1
+from thinkdiff.schemes import batchtopk, relu_l1
 from thinkdiff.train import TensorStore, TrainConfig, Trainer
 
 
@@ -279,15 +279,15 @@ def test_dense_reference_step_is_the_fast_step():
 
 def test_every_scheme_is_one_module_with_the_whole_interface():
     """Adding a scheme touches one file and one registry line: the crosscoder, the trainer and the run configs
-    read every scheme from trainers.SCHEMES."""
-    from thinkdiff import trainers
+    read every scheme from schemes.SCHEMES."""
+    from thinkdiff import schemes
     from thinkdiff.train import ORGANISM, TrainConfig
 
-    assert set(trainers.SCHEMES) == set(ORGANISM) == {"relu", "batchtopk"}
-    for name, mod in trainers.SCHEMES.items():
+    assert set(schemes.SCHEMES) == set(ORGANISM) == {"relu", "batchtopk"}
+    for name, mod in schemes.SCHEMES.items():
         assert mod.NAME == name
         for attr in ("USES_K", "check_config", "encode", "loss", "reference_loss"):
             assert hasattr(mod, attr), (name, attr)
         assert TrainConfig(activation=name).validate().activation == name
     with pytest.raises(ValueError, match="unknown sparsity scheme 'gelu'"):
-        trainers.get("gelu")
+        schemes.get("gelu")

@@ -16,7 +16,7 @@ LIB = Path(__file__).resolve().parents[2] / "lib" / "thinkdiff"
 STAGE = {"pipeline", "runconfig", "report", "notebooks", "claims"}
 PLUGIN_PACKAGES = ("pairs", "tasks")
 # Low-level code: tensors, stores, schemes, kernels, statistics, metrics, probes, the lexicon.
-LOW_LEVEL = {"crosscoder", "trainers", "kernels", "store", "hooks", "codes", "norms", "stats", "metrics", "probes",
+LOW_LEVEL = {"crosscoder", "schemes", "kernels", "store", "hooks", "codes", "norms", "stats", "metrics", "probes",
              "lexicon", "paths", "precision", "hf", "evaluate", "train", "harvest", "steer", "geometry", "label",
              "ablation", "browser", "plots", "relations", "world", "nlworld", "realdata", "qwen"}
 

@@ -225,7 +225,7 @@ def test_fast_kernels_train_as_well_as_the_dense_reference(store, activation, mo
     """Equal tokens, equal held-out FVU: the fast step is the dense reference step computed another way.
     (ReLU: the switch is moved to 40 % density so that this short run starts on the fused dense kernel and
     crosses to the sparse kernels as the L1 bites; both branches and the switch are exercised.)"""
-    from thinkdiff.trainers import relu_l1
+    from thinkdiff.schemes import relu_l1
 
     monkeypatch.setattr(relu_l1, "SPARSE_MAX_DENSITY", 0.4)
     cfg = SMALL.replace(activation=activation, k=6, n_steps=200)
