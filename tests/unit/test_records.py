@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from thinkdiff import ablation, claims, codes, label, metrics, norms, paths, planted, qwen, records, train
+from thinkdiff import ablation, codes, label, metrics, norms, paths, planted, qwen, records, train
 from thinkdiff.lexicon import CATEGORIES
 
 N, D = 400, 4
