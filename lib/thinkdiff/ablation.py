@@ -55,6 +55,20 @@ def marker_occurrences(meta, marker_ids: dict, use_labels: bool = True, split: i
 # ---------------------------------------------------------------------------------------------------------
 # Latent selection, hooked forward, the experiment (pitfalls §12.7: resid_pre hook, raw units)
 # ---------------------------------------------------------------------------------------------------------
+MIN_HELDOUT = 20   # held-out marker occurrences a category needs to be ablated (fewer: not tested)
+
+
+def testable_occurrences(occurrences: dict, n_occurrences: int, categories=CATEGORIES) -> tuple[dict, dict]:
+    """(occurrences of the categories that can be tested, category -> why not for the others). A category needs
+    ``min(n_occurrences, MIN_HELDOUT)`` held-out occurrences (``occurrences``: ``marker_occurrences`` with
+    ``split=1``): its training markers chose the latents, so ablating there would score the selection on its own
+    data."""
+    need = min(n_occurrences, MIN_HELDOUT)
+    untested = {c: f"{len(occurrences[c])} held-out marker occurrences, fewer than {need}" for c in categories
+                if len(occurrences[c]) < need}
+    return {c: occurrences[c] for c in categories if c not in untested}, untested
+
+
 @dataclass
 class AblationConfig:
     ks: tuple = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)

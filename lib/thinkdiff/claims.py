@@ -2,7 +2,8 @@
 steering (claims 6 and 7).
 
 A verdict is "supports", "contradicts" or "mixed", or "not tested" where the data cannot decide (too few
-prompts); a smoke run reports "not tested" instead (the notebooks decide that from the run config).
+prompts); a smoke run reports "not tested" instead (``judged``, which ``recorded`` applies to every claim a
+stage records).
 """
 from __future__ import annotations
 
@@ -26,6 +27,31 @@ def judged(verdicts: dict, tested: bool, run_name: str) -> dict:
     if tested:
         return dict(verdicts)
     return {k: ("not tested", f"smoke run ({run_name}): {e}") for k, (v, e) in verdicts.items()}
+
+
+def rule_name(claim) -> str:
+    """The rule that decides ``claim`` as a record names it (``thinkdiff.claims.claim9_verdict``); an error for a
+    claim this module has no rule for."""
+    name = f"claim{int(claim)}_verdict"
+    if not callable(globals().get(name)):
+        raise ValueError(f"claim {claim!r} has no rule in {__name__} (no function {name})")
+    return f"{__name__}.{name}"
+
+
+def recorded(verdicts: dict, tested: bool, run_name: str, evidence_prefix: str = "") -> dict:
+    """The claims of a stage record (``report.record``): claim -> {"verdict", "evidence", "rule"} from
+    ``verdicts`` (claim -> (verdict, evidence)) as ``judged`` leaves them (a smoke run: "not tested"), each
+    evidence after ``evidence_prefix`` (e.g. the scheme it was measured on) and with the rule that decided it."""
+    return {k: {"verdict": v, "evidence": f"{evidence_prefix}{e}", "rule": rule_name(k)}
+            for k, (v, e) in judged(verdicts, tested, run_name).items()}
+
+
+def finding_holds(verdict_: str) -> bool | None:
+    """A claim's verdict as one finding for claim 10: True for "supports", None for "not tested" (nothing to
+    measure), False otherwise ("mixed" and "contradicts" do not hold)."""
+    if verdict_ not in ("supports", "contradicts", "mixed", "not tested"):
+        raise ValueError(f"unknown verdict {verdict_!r}")
+    return {"supports": True, "not tested": None}.get(verdict_, False)
 
 
 def verdict(holds) -> str:
@@ -57,8 +83,8 @@ def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DIST
     return out
 
 
-def claim1_verdict(nrn, frequency, null: list, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC,
-                   genuine=None) -> tuple[str, str]:
+def claim1_verdict(nrn, frequency, null: list | None, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC,
+                   genuine=None, pair: str = "this pair") -> tuple[str, str]:
     """Claim 1: exclusive latents exist, beyond what a pair without distillation gives.
 
     ``nrn``, ``frequency`` [F] of the real crosscoder; ``null``: ``exclusive_counts`` of null crosscoders (the
@@ -67,7 +93,10 @@ def claim1_verdict(nrn, frequency, null: list, lo: float = BASE_SPECIFIC, hi: fl
     largest count plus its seed-to-seed spread (max - min). With ``genuine`` (``exclusive_counts``), the
     distilled side counts only latents that survive latent scaling, on the real pair and on the null alike
     (the null's counts must then carry ``distilled_only_genuine``). supports: both sides; contradicts: neither;
-    mixed otherwise."""
+    mixed otherwise; not tested when ``null`` is None: ``pair`` (its name) has no control model to train a null on."""
+    if null is None:
+        return "not tested", (f"{pair} has no control model (the base fine-tuned the same way without "
+                              "distillation), so no null could show what fine-tuning alone gives")
     if not null:
         raise ValueError("claim 1 needs at least one null crosscoder (the base paired with its control fine-tune)")
     real = exclusive_counts(nrn, frequency, lo, hi, genuine)
@@ -171,6 +200,30 @@ def claim10_verdict(properties: dict) -> tuple[str, str]:
         return "not tested", "no property could be measured under every scheme (" + "; ".join(parts) + ")"
     return verdict(tested.values()), (f"{sum(tested.values())} of {len(tested)} tested properties hold under every "
                                       f"scheme (" + "; ".join(parts) + ")")
+
+
+MOST = 0.5   # "most" distilled-only latents survive latent scaling: at least this share of those checked
+
+
+def scaling_survives(n_genuine: int, n_checked: int) -> bool | None:
+    """Do most distilled-only latents survive latent scaling? ``n_genuine`` of the ``n_checked`` latents active on
+    held-out tokens (``label.scaling_counts``) are flagged "genuine"; None when none was checked."""
+    if n_checked == 0:
+        return None
+    return bool(n_genuine >= MOST * n_checked)
+
+
+def claim10_properties(claim1: dict, claim3: dict, scaling: dict) -> dict:
+    """The findings claim 10 asks to survive every sparsity scheme (``claim10_verdict``'s ``properties``), from
+    per-scheme results: ``claim1`` and ``claim3`` scheme -> that claim's verdict on the scheme's crosscoder (claim
+    1 "not tested" without a null: not measurable); ``scaling`` scheme -> (genuine, checked) of its top
+    distilled-only latents (``label.scaling_counts``), or None when it has none."""
+    return {
+        "exclusive latents exist (claim 1)": {s: finding_holds(v) for s, v in claim1.items()},
+        "marker latents are mostly shared (claim 3)": {s: finding_holds(v) for s, v in claim3.items()},
+        "most distilled-only latents survive latent scaling": {
+            s: None if c is None else scaling_survives(*c) for s, c in scaling.items()},
+    }
 
 
 # The paper's training fit (docs/paper-notes.md §4, final logged batch of its three crosscoders): explained variance
@@ -397,7 +450,8 @@ def claim8_verdict(deltas: dict, n_params: dict, correct: dict, min_sizes: int =
 
 def claim5_verdict(result, k: float | None = None, base_margin: float = 0.5, untested: dict | None = None,
                    categories=None) -> tuple[str, str]:
-    """Claim 5 at ``k`` (default: the largest k) from an ``ablation.AblationResult``.
+    """Claim 5 at ``k`` (default: the largest k) from an ``ablation.AblationResult``, or None when no category
+    could be ablated (each one's reason in ``untested``): then "not tested".
 
     A category holds when ablating its distilled-leaning marker-active latents lowers the distilled marker logit
     more than (a) matched random latents (CI of targeted - random below 0; each replicate draws one whole random
@@ -409,6 +463,9 @@ def claim5_verdict(result, k: float | None = None, base_margin: float = 0.5, unt
     reason in ``untested`` (e.g. too few held-out markers: training markers are never reused silently); with no
     category tested the verdict is "not tested". supports: every tested category holds; contradicts: none;
     mixed otherwise."""
+    if result is None:
+        return "not tested", "; ".join(f"{c}: not tested ({r})" for c, r in (untested or {}).items()) or (
+            "no category was ablated")
     s = result.summary
     k = float(s["k"].max()) if k is None else k
     at = s[np.isclose(s["k"], k)]

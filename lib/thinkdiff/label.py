@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .codes import (SparseActs, chunk_indices, check_inputs, device_of, eval_mode, global_mask, load_rows,
-                    restrict, restrict_rows)
+from .claims import MIN_FREQUENCY, claim1_verdict, claim3_verdict, claim10_properties, exclusive_counts
+from .codes import (SparseActs, chunk_indices, check_inputs, device_of, encode_store, eval_mode, global_mask,
+                    load_rows, restrict, restrict_rows)
 from .lexicon import CATEGORIES, Lexicon, runs_from_meta
 from .norms import (DISTILLED_SPECIFIC, decoder_cosine, decoder_norms, norm_name, norm_scale_of, relative_norm, top_latents,
                     training_decoder)
@@ -105,6 +106,70 @@ def latent_scaling(cc, store, latents, mask=None, chunk: int = 4096, nu_error_ma
         "beta_rec_base": b_rec[0], "beta_rec_distilled": b_rec[1],
         "nu_error": nu_e, "nu_reconstruction": nu_r, "flag": flag,
     })
+
+
+def scaling_latents(nrn, alive, n: int, min_relative_norm: float | None = None) -> list[int]:
+    """The latents latent scaling checks: the ``n`` most distilled-specific (highest relative norm ``nrn`` [F])
+    among the live ones (``alive`` [F] bool), keeping only those at ``min_relative_norm`` or above when given (the
+    distilled-only ones, for claim 10)."""
+    nrn, alive = np.asarray(nrn, float), np.asarray(alive, bool)
+    return [int(j) for j in top_latents(np.where(alive, nrn, np.nan), n)
+            if alive[j] and (min_relative_norm is None or nrn[j] >= min_relative_norm)]
+
+
+def scaling_counts(scaling: pd.DataFrame) -> tuple[int, int]:
+    """(genuine, checked) of a ``latent_scaling`` table: latents flagged "genuine", of those active on its tokens."""
+    flag = scaling["flag"]
+    return int((flag == "genuine").sum()), int((flag != "inactive").sum())
+
+
+def genuine_mask(cc, store, nrn, frequency, min_frequency: float = MIN_FREQUENCY) -> np.ndarray:
+    """[F] True where a distilled-only latent (relative norm >= ``DISTILLED_SPECIFIC``, firing on at least
+    ``min_frequency`` of the store's tokens) survives latent scaling on ``store``'s held-out tokens (claim 1)."""
+    nrn, frequency = np.asarray(nrn, float), np.asarray(frequency, float)
+    cand = np.nonzero((nrn >= DISTILLED_SPECIFIC) & (frequency >= min_frequency))[0]
+    out = np.zeros(len(nrn), bool)
+    if len(cand):
+        sc = latent_scaling(cc, store, cand, mask=store.meta["split"] == 1)
+        out[sc.latent[sc.flag == "genuine"].to_numpy()] = True
+    return out
+
+
+def claim1_null(run, scheme: str) -> tuple[list[dict], list[np.ndarray]]:
+    """Claim 1's null for ``scheme``: ``claims.exclusive_counts`` (with the distilled-only latents that survive
+    latent scaling) of each of ``run``'s null crosscoders (the base paired with its control fine-tune, one per
+    seed), and each one's live relative norms [n_live] (firing on at least ``MIN_FREQUENCY`` of tokens)."""
+    counts, live = [], []
+    for c in run.null_crosscoders(scheme):
+        r, f = relative_norm(c), encode_store(c, run.null_store).frequency()
+        counts.append(exclusive_counts(r, f, genuine=genuine_mask(c, run.null_store, r, f)))
+        live.append(r[f >= MIN_FREQUENCY])
+    return counts, live
+
+
+def claim10_findings(run, masks: dict, scaling: pd.DataFrame, null_counts: dict, genuine: dict) -> dict:
+    """Claim 10's properties (``claims.claim10_properties``), each measured again under every scheme of ``run``:
+    claim 1 (against ``null_counts`` scheme -> ``claim1_null`` counts; absent: no null) with ``genuine`` scheme ->
+    ``genuine_mask``, claim 3 on the latents firing at ``masks`` (``marker_masks``), and whether most of the
+    scheme's top distilled-only latents (``scaling_latents``, the run's ``[label] n_scaling``) survive latent
+    scaling on held-out tokens. ``scaling``: the main scheme's ``latent_scaling`` of ``scaling_latents`` without
+    the relative-norm bar, reused rather than run again."""
+    schemes, heldout = run.config.schemes, run.store.meta["split"] == 1
+    claim1, claim3, survive = {}, {}, {}
+    for s in schemes:
+        nrn, acts = run.relative_norms(s), run.codes(s)
+        freq = acts.frequency()
+        claim1[s] = claim1_verdict(nrn, freq, null_counts.get(s), genuine=genuine.get(s), pair=run.config.preset)[0]
+        claim3[s] = claim3_verdict(category_latents(marker_counts(acts, masks), nrn), nrn, freq,
+                                   categories=list(CATEGORIES))[0]
+        top = scaling_latents(nrn, freq > 0, run.config.label["n_scaling"], min_relative_norm=DISTILLED_SPECIFIC)
+        if not top:
+            survive[s] = None
+            continue
+        sc = (scaling[scaling.latent.isin(top)] if s == schemes[0]
+              else latent_scaling(run.crosscoder(s), run.store, top, mask=heldout))
+        survive[s] = scaling_counts(sc)
+    return claim10_properties(claim1, claim3, survive)
 
 
 def plot_latent_scaling(scaling: pd.DataFrame, nu_error_max: float = 0.3, nu_reconstruction_max: float = 0.3):
@@ -486,9 +551,8 @@ def label_parts(run, scheme: str | None = None) -> LabelParts:
     cc, acts, nrn = run.crosscoder(scheme), run.codes(scheme), run.relative_norms(scheme)
     store, tok, L = run.store, run.pair.tokenizer, run.config.label
     meta = store.meta
-    alive = acts.frequency() > 0
-    top = [int(j) for j in top_latents(np.where(alive, nrn, np.nan), L["n_scaling"]) if alive[j]]
-    scaling = latent_scaling(cc, store, top, mask=meta["split"] == 1)
+    scaling = latent_scaling(cc, store, scaling_latents(nrn, acts.frequency() > 0, L["n_scaling"]),
+                             mask=meta["split"] == 1)
     scores = reason_scores(acts, Lexicon(tok), meta, alpha=L["reasonscore_alpha"], before=L["window"][0],
                            after=L["window"][1], special_ids=tok.all_special_ids)
     counts = marker_counts(acts, marker_masks(meta, marker_token_ids(tok), use_labels=run.has_labels))
@@ -625,3 +689,45 @@ def move_precision(acts: SparseActs, meta, latents, doc_kind=None, n_top: int = 
             row["reasoning"] = bool(row["precision"] >= MOVE_PRECISION_MIN and row["lexical"] is not True)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+BASE_DOC_SHARE = 0.1   # a latent whose held-out top firings lie on base documents more than this fires on them too
+
+
+def reasoning_features(table: pd.DataFrame, moves: pd.DataFrame | None = None) -> np.ndarray:
+    """[F] bool, claim 2's reasoning features: with planted labels (``moves``, ``move_precision`` rows) the
+    latents whose ``reasoning`` is True; without, the latents the features ``table`` labels by ReasonScore."""
+    if moves is None:
+        return (table["label_score"] != "").to_numpy()
+    out = np.zeros(len(table), bool)
+    out[moves["latent"].to_numpy()] = moves["reasoning"].to_numpy(bool)
+    return out
+
+
+def distilled_only_moves(moves: pd.DataFrame, nrn, tokenizer) -> pd.DataFrame:
+    """The ``move_precision`` rows of the distilled-only latents (relative norm >= ``DISTILLED_SPECIFIC``), with
+    their ``relative_norm`` and the text of the ``token`` each fires on most inside its moves."""
+    nrn = np.asarray(nrn, float)
+    return moves[nrn[moves["latent"]] >= DISTILLED_SPECIFIC].assign(
+        relative_norm=lambda d: nrn[d["latent"]],
+        token=lambda d: [tokenizer.decode([t]) if t >= 0 else "" for t in d["token_id"]])
+
+
+def distilled_only_counts(d_only: pd.DataFrame) -> list[int]:
+    """[reasoning features, others, others firing on base documents too] among ``distilled_only_moves`` rows: what
+    the distilled-only latents are (an "other" fires on base documents when more than ``BASE_DOC_SHARE`` of its
+    held-out top activations lie there)."""
+    reasoning = d_only["reasoning"].to_numpy(bool)
+    on_base = d_only["base_doc_share"].to_numpy(float) > BASE_DOC_SHARE
+    return [int(reasoning.sum()), int((~reasoning).sum()), int((~reasoning & on_base).sum())]
+
+
+def context_latents(verdicts: pd.DataFrame | None, scores: ReasonScores) -> pd.Series:
+    """name -> latent to show with its max-activating contexts: the train-selected best latent of each planted
+    target but the move spans (``verdicts``: ``probes.ground_truth_verdicts``), or without planted labels
+    (``verdicts`` None) the top ReasonScore latent of each category."""
+    if verdicts is None:
+        return pd.Series({f"ReasonScore top: {c}": int(scores.ranked(c, 1)["latent"][0]) for c in scores.score.columns},
+                         dtype=int)
+    best = verdicts["best latent"].dropna()
+    return best[~best.index.astype(str).str.startswith("span: ")].astype(int)

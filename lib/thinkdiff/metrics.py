@@ -19,6 +19,7 @@ The crosscoder is used as given: a folded one (raw units, ``eval()`` mode) as ``
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .hooks import resid_hook, resid_replaced
@@ -107,6 +108,20 @@ def evaluate(crosscoder, store, split: str = "heldout", batch_size: int = 4096, 
     density = (counts.double() / n).numpy()
     return {"n_tokens": n, "fvu": fv.tolist(), "ev": (1 - fv).tolist(), "l0": active_total / n,
             "dead_frac": dead_fraction(counts.numpy()), "density": density}
+
+
+def quality_table(evals: dict) -> pd.DataFrame:
+    """[quantity x scheme] held-out quality of each crosscoder (``evals``: scheme -> ``evaluate``'s result): FVU and
+    EV per model, L0, dead fraction and the number of held-out tokens."""
+    return pd.DataFrame({s: {"FVU base": e["fvu"][0], "FVU distilled": e["fvu"][1], "EV base": e["ev"][0],
+                             "EV distilled": e["ev"][1], "L0": e["l0"], "dead fraction": e["dead_frac"],
+                             "held-out tokens": e["n_tokens"]} for s, e in evals.items()})
+
+
+def spliced_table(results: dict) -> pd.DataFrame:
+    """``spliced_loss``'s results for a dict of crosscoders as one table indexed by (scheme, model)."""
+    rows = [{"scheme": s, "model": m, **v} for s, per_model in results.items() for m, v in per_model.items()]
+    return pd.DataFrame(rows).set_index(["scheme", "model"])
 
 
 def _ce_and_logp(logits, input_ids, valid):

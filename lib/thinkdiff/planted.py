@@ -263,6 +263,14 @@ def gap_ci(y, score_a, score_b, unit, n_boot: int = 2000, seed: int = 0) -> tupl
 
 
 # ----------------------------------------------------------------------------- the rules
+def audit_verdict(audit: dict) -> dict:
+    """(a) as a check: ``gate_audit``'s verdict and the AUROCs it rests on. The audit reads no model, so a smoke run
+    judges it too."""
+    return {"verdict": audit["verdict"],
+            "reason": f"visible features {audit['auroc_visible']:.3f}, with the interaction "
+                      f"{audit['auroc_with_interaction']:.3f} ({audit['n_eval']} held-out steps)"}
+
+
 def behaviour_verdict(accuracy: float, n: int, tested: bool = True, rules: dict | None = None) -> dict:
     """(b): "learned" when the distilled model's teacher-forced connective accuracy >= ``behaviour_min_accuracy``,
     else "not learned" (more SFT or a simpler gate is the next step); "not tested" on a smoke run."""
@@ -465,6 +473,24 @@ def crosscoder_finding(codes, relative_norms, split, gate_y, cc, base, distilled
     auroc = float(g.get("specific_auroc", np.nan))
     return {"latent": j, "relative_norm": nrn, "heldout_auroc": auroc, "effect": effect, "margins": margins,
             "verdict": finding_verdict(nrn, auroc, effect, tested, control=control)}
+
+
+def finding_summary(finding: dict, layer: int, parity) -> dict:
+    """One row of what a crosscoder found for the gate at ``layer``: ``crosscoder_finding``'s latent, held-out
+    AUROC, flip rates against its matched random latents (difference CI rounded to 3 places, mean connective
+    margins clean / latent removed to 2) and verdict, beside ``parity`` (``probes.latent_recovery``'s row for the
+    result's parity, the shared control): its best latent, that latent's relative norm and held-out AUROC."""
+    e, m = finding["effect"], finding["margins"]
+    return {"layer": layer, "latent": finding["latent"], "relative norm": finding["relative_norm"],
+            "held-out AUROC": finding["heldout_auroc"],
+            "flip rate": e["target_flip_rate"] if e else np.nan,
+            "matched random flip rate": e["random_flip_rate"] if e else np.nan,
+            "difference CI": tuple(round(v, 3) for v in e["ci"]) if e else None,
+            "mean margin clean / latent out": (round(m[0].mean(), 2), round(m[1].mean(), 2)) if e else None,
+            "verdict": finding["verdict"]["verdict"], "reason": finding["verdict"]["reason"],
+            "parity latent": parity.get("best_latent", np.nan),
+            "parity latent relative norm": parity.get("relative_norm", np.nan),
+            "parity latent AUROC": parity.get("auroc", np.nan)}
 
 
 def causal_control_verdict(effect: dict | None, tested: bool = True) -> dict:

@@ -484,6 +484,11 @@ class ActivationStore:
         return np.asarray(self.manifest["norm"]["mean_norm"], dtype=np.float64)
 
     @property
+    def disk_bytes(self) -> int:
+        """Bytes the store's shard files take on disk (activations, metadata and statistics), per the manifest."""
+        return sum(e[part]["bytes"] for e in self.shards for part in ("acts", "meta", "stats"))
+
+    @property
     def norm_scale(self) -> np.ndarray:
         """[n_models] the paper's input scale s_m = sqrt(d_model) / mean_norm (mean norm becomes sqrt(d))."""
         return math.sqrt(self.d_model) / self.mean_norm

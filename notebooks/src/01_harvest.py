@@ -26,10 +26,11 @@ refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-from thinkdiff import lexicon, pipeline, paths, plots, report
+from thinkdiff import lexicon, pipeline, plots, records
 import torch
 if THREADS:
     torch.set_num_threads(THREADS)
+figures = plots.Figures()   # every figure this notebook saves, for the run report
 
 # %% [markdown]
 # ## 1. The pair and the corpus
@@ -55,10 +56,9 @@ print(kinds.to_dict(), f"{sum(len(d.input_ids) for d in docs):,} tokens before e
 # %%
 store = run.store
 man = store.manifest
-disk = sum(s[f]["bytes"] for s in man["shards"] for f in ("acts", "meta", "stats"))
 print(store)
 print(f"tokens: {store.n_tokens:,} (train {man['n_tokens_split']['train']:,}, held-out "
-      f"{man['n_tokens_split']['heldout']:,}); disk {disk / 2**20:.1f} MiB in {len(man['shards'])} shards; "
+      f"{man['n_tokens_split']['heldout']:,}); disk {store.disk_bytes / 2**20:.1f} MiB in {len(man['shards'])} shards; "
       f"harvest throughput {man['run']['tokens_per_s']} tokens/s")
 
 # %% [markdown]
@@ -88,7 +88,7 @@ for m, name in enumerate(("base", "distilled")):
 axes[0].set_title("raw residual norms"); axes[1].set_title(f"normalised (mean = √d = {np.sqrt(store.d_model):.1f})")
 for ax in axes:
     ax.set_xlabel("L2 norm"); ax.set_ylabel("tokens"); ax.legend()
-plots.savefig(fig, "01_norms"); plt.show()
+figures.save(fig, "01_norms")
 print("mean raw norm per model:", np.round(store.mean_norm, 3), " scale:", np.round(store.norm_scale, 3))
 assert np.allclose(scaled.mean(0), np.sqrt(store.d_model), rtol=0.05)
 
@@ -105,7 +105,7 @@ by_pos = pd.DataFrame({"pos": np.minimum(pos, 100), "base": norms[:, 0], "distil
 fig, ax = plt.subplots(figsize=(7, 3))
 by_pos.plot(ax=ax)
 ax.set_xlabel("token position (100 = 100 or later)"); ax.set_ylabel("median L2 norm")
-ax.set_title("Residual norm by position"); plots.savefig(fig, "01_norm_by_position"); plt.show()
+ax.set_title("Residual norm by position"); figures.save(fig, "01_norm_by_position")
 ratio = norms.max(1) / np.median(norms, axis=0).max()
 top = np.argsort(-ratio)[:8]
 tok = pair.tokenizer
@@ -147,11 +147,10 @@ n_train = man["n_tokens_split"]["train"]
 print(f"served {counter.served:,} rows, {counter.distinct:,} distinct, train split {n_train:,}")
 assert counter.served == counter.distinct == n_train == n_rows
 
+# %% [markdown]
+# ## 7. Record for the run report
+# The store's size, split, disk use, layer, norms, pairing check, exclusions and throughput, and the distinct
+# tokens one epoch served (`records.harvest_numbers`).
+
 # %%
-report.record("01_harvest", run, run.key("harvest"), {
-    "tokens": store.n_tokens, "train tokens": n_train, "held-out tokens": man["n_tokens_split"]["heldout"],
-    "disk MiB": disk / 2**20, "layer": store.layer, "d_model": store.d_model,
-    "mean raw norm (base, distilled)": list(store.mean_norm), "pairing ids identical": man["pairing"]["ids_identical"],
-    "distinct tokens served per epoch": counter.distinct, "harvest tokens/s": man["run"]["tokens_per_s"],
-    "excluded: first position": man["exclusions"]["n_dropped_first"], "excluded: outliers": man["exclusions"]["n_dropped_outlier"],
-}, figures=[paths.FIGURES_DIR / "01_norms.png", paths.FIGURES_DIR / "01_norm_by_position.png"])
+records.record_harvest(run, store, counter.distinct, figures)

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import torch
 import matplotlib.pyplot as plt
-from thinkdiff import metrics, paths, pipeline, plots, report, train
-from thinkdiff import claims as claim_rules
+from thinkdiff import metrics, pipeline, plots, records, train
 if THREADS:
     torch.set_num_threads(THREADS)
+figures = plots.Figures()   # every figure this notebook saves, for the run report
 
 # %% [markdown]
 # ## 1. The store and the two training configs
@@ -77,7 +77,7 @@ axes[0].set_yscale("log"); axes[0].set_title("training loss"); axes[0].set_xlabe
 axes[1].set_yscale("log"); axes[1].set_title("training FVU per model"); axes[1].set_xlabel("step"); axes[1].set_ylabel("FVU")
 for ax in axes:
     ax.legend(fontsize=8)
-plots.savefig(fig, "02_training_curves"); plt.show()
+figures.save(fig, "02_training_curves")
 
 # %% [markdown]
 # ## 3. Held-out quality
@@ -86,9 +86,7 @@ plots.savefig(fig, "02_training_curves"); plt.show()
 
 # %%
 evals = {s: metrics.evaluate(cc, store, split="heldout") for s, cc in coders.items()}
-quality = pd.DataFrame({s: {"FVU base": e["fvu"][0], "FVU distilled": e["fvu"][1], "EV base": e["ev"][0],
-                            "EV distilled": e["ev"][1], "L0": e["l0"], "dead fraction": e["dead_frac"],
-                            "held-out tokens": e["n_tokens"]} for s, e in evals.items()})
+quality = metrics.quality_table(evals)
 quality
 
 # %% [markdown]
@@ -101,7 +99,7 @@ for s, e in evals.items():
     dens = np.asarray(e["density"], dtype=float)
     ax.hist(np.log10(np.clip(dens, 1e-7, None)), bins=40, alpha=0.55, label=s)
 ax.set_xlabel("log10 firing density (held-out)"); ax.set_ylabel("latents"); ax.set_title("Latent density")
-ax.legend(); plots.savefig(fig, "02_density"); plt.show()
+ax.legend(); figures.save(fig, "02_density")
 
 # %% [markdown]
 # ## 4. Does the reconstruction keep the models working?
@@ -118,35 +116,22 @@ attn = torch.nn.utils.rnn.pad_sequence([torch.ones_like(i) for i in ids], batch_
 splice = attn.clone(); splice[:, 0] = 0          # position 0 stays clean, as in training (excluded there)
 with torch.no_grad():   # every scheme against one clean and one zero-ablated forward per model
     out = metrics.spliced_loss(pair.models, input_ids, attn, coders, store.layer, splice_mask=splice)
-rows = [{"scheme": s, "model": m, **v} for s, per_model in out.items() for m, v in per_model.items()]
-spliced = pd.DataFrame(rows).set_index(["scheme", "model"])
+spliced = metrics.spliced_table(out)
 spliced.round(4)
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.2))
 spliced[["ce_clean", "ce_spliced", "ce_zero"]].plot.bar(ax=ax)
 ax.set_ylabel("next-token CE (nats)"); ax.set_xlabel("scheme, model"); ax.set_title("Spliced-in loss on held-out text")
-ax.tick_params(axis="x", rotation=0); plots.savefig(fig, "02_spliced_loss"); plt.show()
+ax.tick_params(axis="x", rotation=0); figures.save(fig, "02_spliced_loss")
 
 # %% [markdown]
 # ## 5. Record
-# Claim 9 (`claims.claim9_verdict`): the paper's logs show explained variance about 0.90 at L0 600–900 for
+# The run report gets the held-out quality and spliced-in loss of each scheme (`records.train_numbers`) and
+# claim 9 (`claims.claim9_verdict`): the paper's logs show explained variance about 0.90 at L0 600–900 for
 # 32,768-latent crosscoders on the real pairs. It is judged only for a crosscoder at the paper's settings on one
 # of the paper's pairs (`claims.paper_settings`); elsewhere it is "not tested", with our numbers as context.
 
 # %%
-numbers = {}
-for s in SCHEMES:
-    for k, v in quality[s].items():
-        numbers[f"{s} {k}"] = v
-    for m in ("base", "distilled"):
-        numbers[f"{s} CE recovered {m}"] = spliced.loc[(s, m), "ce_recovered"]
-        numbers[f"{s} KL spliced {m}"] = spliced.loc[(s, m), "kl_spliced"]
-main = SCHEMES[0]
-v9, e9 = claim_rules.claim9_verdict(quality[main]["EV base"], quality[main]["EV distilled"], quality[main]["L0"],
-                                    *claim_rules.paper_settings(run.train_config(main), run.config.preset))
-v9, e9 = claim_rules.judged({"9": (v9, e9)}, run.tested, RUN)["9"]
-print(f"claim 9: {v9.upper()} - {e9}")
-report.record("02_train", run, run.key("train"), numbers,
-              figures=[paths.FIGURES_DIR / f"02_{n}.png" for n in ("training_curves", "density", "spliced_loss")],
-              claims={"9": {"verdict": v9, "evidence": f"{main}: {e9}", "rule": "thinkdiff.claims.claim9_verdict"}})
+for k, c in records.record_train(run, quality, spliced, figures).items():
+    print(f"claim {k}: {c['verdict'].upper()} - {c['evidence']}")

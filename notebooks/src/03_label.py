@@ -32,7 +32,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
-from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, planted, plots, probes, report, world
+from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, planted, plots, probes, records, report, world
 from thinkdiff import claims as claim_rules
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -126,14 +126,12 @@ print(f"shared live latents: {shared_sel.sum()}, median decoder cosine {np.nanme
 # `nu_reconstruction` high means other latents rebuild it in the base (**Latent Decoupling**).
 
 # %%
-top_d = [j for j in norms.top_latents(np.where(alive[SCHEMES[0]], NRN, np.nan), N_SCALING) if alive[SCHEMES[0]][j]]
+top_d = label.scaling_latents(NRN, alive[SCHEMES[0]], N_SCALING)
 scaling = label.latent_scaling(cc, store, top_d, mask=heldout)
 fig = label.plot_latent_scaling(scaling)
 figures.save(fig, "03_latent_scaling")
-flags = scaling["flag"].value_counts()
-n_genuine = int(flags.get("genuine", 0))
-n_checked = int((scaling["flag"] != "inactive").sum())
-print(flags.to_string())
+n_genuine, n_checked = label.scaling_counts(scaling)
+print(scaling["flag"].value_counts().to_string())
 print(f"{n_genuine} of the {n_checked} top distilled-only latents active on held-out tokens survive latent scaling "
       f"(relative norms {NRN[top_d].min():.2f}-{NRN[top_d].max():.2f})")
 
@@ -260,7 +258,7 @@ def ground_truth_plot(v0):
         for name, r in verdicts[s].iterrows():
             print(f"  {name}: {r.verdict} ({r.reason})")
 
-v0 = verdicts[SCHEMES[0]] if LABELS else pd.DataFrame(columns=["best latent", "verdict"])
+v0 = verdicts[SCHEMES[0]] if LABELS else None
 ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth plot")
 
 # %% [markdown]
@@ -293,12 +291,9 @@ GATE_TRAIN, GATE_EVAL = L["gate_problems"]
 # The gated connective is planted by the organism's teacher only; other labelled pairs (smollm2-135m's natural-
 # English teacher picks its connectives freely) have no gate to check.
 GATE = LABELS and pair.organism is not None
-gate_checks = {}
+gate_checks, gate_layer, gate_cv_auroc = {}, None, None
 if GATE:
-    audit = planted.gate_audit()
-    gate_checks["(a) audit"] = {"verdict": audit["verdict"],
-                                "reason": f"visible features {audit['auroc_visible']:.3f}, with the interaction "
-                                          f"{audit['auroc_with_interaction']:.3f} ({audit['n_eval']} held-out steps)"}
+    gate_checks["(a) audit"] = planted.audit_verdict(planted.gate_audit())
     org = pair.organism
     gate_models = {"base": pair.base, "distilled": pair.distilled}
     if org.coin_control is not None:   # shipped for organism.COIN_CONTROL_SIZES only
@@ -312,7 +307,8 @@ if GATE:
                  for m, model in gate_models.items() for t, f in (("bit", "gate"), ("parity", "parity"))}
     gate_probe = {k: planted.layer_probes(*a) for k, a in gate_acts.items()}
     # chosen on training problems only; no layer reaching the bar: judged at the hook, where (c) then fails
-    gate_layer = planted.analysis_layer(gate_probe["distilled", "bit"]["cv_auroc"]) or pair.layer
+    gate_cv_auroc = gate_probe["distilled", "bit"]["cv_auroc"]
+    gate_layer = planted.analysis_layer(gate_cv_auroc) or pair.layer
     at = gate_layer - 1                                # index of resid_pre of block `gate_layer` in the per-layer arrays
     y_ev, unit_ev = gate_acts["distilled", "bit"][1]["y"], gate_acts["distilled", "bit"][1]["doc"]
     gap = planted.gap_ci(y_ev, gate_probe["distilled", "bit"]["scores"][at], gate_probe["base", "bit"]["scores"][at],
@@ -403,18 +399,8 @@ if GATE:
                                        causal_control, run.tested)
         p = probes.latent_recovery(g_codes, g_meta["split"], {"parity": np.where(parity_y >= 0, parity_y == 1, np.nan)},
                                    g_nrn, ks=(1,)).loc["parity"]
-        e = f["effect"]
         gate_margins[s] = f["margins"]
-        gate_found[s] = {"layer": gate_layer, "latent": f["latent"], "relative norm": f["relative_norm"],
-                         "held-out AUROC": f["heldout_auroc"],
-                         "flip rate": e["target_flip_rate"] if e else np.nan,
-                         "matched random flip rate": e["random_flip_rate"] if e else np.nan,
-                         "difference CI": tuple(round(v, 3) for v in e["ci"]) if e else None,
-                         "mean margin clean / latent out": (round(f["margins"][0].mean(), 2),
-                                                            round(f["margins"][1].mean(), 2)) if e else None,
-                         "verdict": f["verdict"]["verdict"], "reason": f["verdict"]["reason"],
-                         "parity latent": p.get("best_latent", np.nan), "parity latent relative norm":
-                             p.get("relative_norm", np.nan), "parity latent AUROC": p.get("auroc", np.nan)}
+        gate_found[s] = planted.finding_summary(f, gate_layer, p)
     display(pd.DataFrame(gate_found).T)
 
 # %% [markdown]
@@ -473,16 +459,11 @@ profile.sort_values("relative_norm").round(3)
 
 # %%
 kind = np.array([d.kind for d in docs], dtype=object)[meta["doc_id"]]
-best = v0.dropna(subset=["best latent"])
-best = best[~best.index.astype(str).str.startswith("span: ")]
-if not LABELS:   # no ground truth: the top ReasonScore latent of each category instead
-    best = pd.DataFrame({"best latent": [int(scores.ranked(c, 1)["latent"][0]) for c in CATS]},
-                        index=[f"ReasonScore top: {c}" for c in CATS])
-show = list(dict.fromkeys(int(j) for j in best["best latent"]))
+best = label.context_latents(v0 if LABELS else None, scores)   # no ground truth: the top ReasonScore latents
+show = list(dict.fromkeys(best))
 ctx = browser.max_activating_contexts(cc, store, A, show, k=5, context=15, group=kind)
 assert (ctx.groupby(["latent", "group"])["activation"].apply(lambda a: (np.diff(a.to_numpy()) <= 0).all())).all()
-for name, j in best["best latent"].items():
-    j = int(j)
+for name, j in best.items():
     display(HTML(f"<h4>{name}: latent {j} (relative norm {NRN[j]:.2f})</h4>"
                  + browser.contexts_html(ctx[ctx.latent == j], tok)))
 
@@ -503,40 +484,24 @@ table[alive[SCHEMES[0]]].sort_values("relative_norm", ascending=False)[cols].hea
 
 # %% [markdown]
 # ## 10. The paper's claims on this run
-# Verdicts are computed from the numbers above (rules in `thinkdiff.claims`), never typed in; a smoke run
-# reports "not tested".
+# Verdicts are computed from the numbers above (rules in `thinkdiff.claims`), never typed in, and shown in
+# section 11 as the run report records them (a smoke run: "not tested").
 
 # %%
 # Claim 1's control: each scheme trained the same way, twice, on the base paired with its *control* fine-tune
 # (the distillation's recipe and budget on base text, no traces). Any fine-tuning moves some directions, so this
 # null can show exclusive latents too; claim 1 needs more of them than it shows, seed to seed. A distilled-only
 # latent counts only if it also survives latent scaling (held-out tokens), measured the same way on the null.
-def genuine_mask(cc, nrn_s, freq, st):
-    """[F] True where a live distilled-only latent survives latent scaling on ``st``'s held-out tokens."""
-    cand = np.nonzero((nrn_s >= norms.DISTILLED_SPECIFIC) & (freq >= claim_rules.MIN_FREQUENCY))[0]
-    out = np.zeros(len(nrn_s), bool)
-    if len(cand):
-        sc = label.latent_scaling(cc, st, cand, mask=st.meta["split"] == 1)
-        out[sc.latent[sc.flag == "genuine"].to_numpy()] = True
-    return out
-
-
 null_counts, null_nrn, real_genuine = {}, {}, {}
 if run.has_null:
     for s in SCHEMES:
-        null_counts[s], null_nrn[s] = [], []
-        for c in run.null_crosscoders(s):
-            r, f = norms.relative_norm(c), codes.encode_store(c, run.null_store).frequency()
-            null_counts[s].append(claim_rules.exclusive_counts(r, f, genuine=genuine_mask(c, r, f, run.null_store)))
-            null_nrn[s].append(r[f >= claim_rules.MIN_FREQUENCY])
-        real_genuine[s] = genuine_mask(ccs[s], nrn[s], acts[s].frequency(), store)
+        null_counts[s], null_nrn[s] = label.claim1_null(run, s)
+        real_genuine[s] = label.genuine_mask(ccs[s], store, nrn[s], acts[s].frequency())
     print({s: [(n["distilled_only"], n["distilled_only_genuine"], n["base_only"]) for n in v]
            for s, v in null_counts.items()},
           "(distilled-only, of them surviving latent scaling, base-only) live latents per null seed")
-    v1, e1 = claim_rules.claim1_verdict(NRN, A.frequency(), null_counts[SCHEMES[0]], genuine=real_genuine[SCHEMES[0]])
-else:
-    v1, e1 = "not tested", (f"{run.config.preset} has no control model (the base fine-tuned the same way without "
-                            "distillation), so no null could show what fine-tuning alone gives")
+v1, e1 = claim_rules.claim1_verdict(NRN, A.frequency(), null_counts.get(SCHEMES[0]), genuine=real_genuine.get(SCHEMES[0]),
+                                    pair=run.config.preset)
 
 # %% [markdown]
 # The null's relative norms beside the real pair's: a pair that was only fine-tuned, without distillation, spreads
@@ -564,92 +529,31 @@ if run.has_null:
 # detector of a token that ordinary text uses too (label.move_precision); a phase of a move (the ":" of "Wait,
 # let me check:") counts, a " (" that every trace has does not. Without planted labels only the ReasonScore
 # labels exist, which can give at most "mixed".
-if LABELS:
-    live = np.nonzero(alive[SCHEMES[0]])[0]
-    moves = label.move_precision(A, meta, live, doc_kind=kind)
-    is_reasoning = np.zeros(len(NRN), bool)
-    is_reasoning[moves.latent.to_numpy()] = moves.reasoning.to_numpy(bool)
-else:
-    is_reasoning = (table.label_score != "").to_numpy()
-v2, e2 = claim_rules.claim2_verdict(NRN, table.frequency.to_numpy(), is_reasoning, ground_truth=LABELS)
+moves = label.move_precision(A, meta, np.nonzero(alive[SCHEMES[0]])[0], doc_kind=kind) if LABELS else None
+v2, e2 = claim_rules.claim2_verdict(NRN, table.frequency.to_numpy(), label.reasoning_features(table, moves),
+                                    ground_truth=LABELS)
+d_only = None
 if LABELS:   # what the distilled-only latents are: reasoning phases, trace syntax, or text both models read
-    d_only = moves[NRN[moves.latent] >= norms.DISTILLED_SPECIFIC].assign(
-        relative_norm=lambda d: NRN[d.latent], token=lambda d: [tok.decode([t]) if t >= 0 else "" for t in d.token_id])
+    d_only = label.distilled_only_moves(moves, NRN, tok)
     display(d_only[["latent", "relative_norm", "category", "precision", "token", "lexical", "n_ordinary",
                     "base_doc_share", "reasoning"]].sort_values("relative_norm", ascending=False).round(3))
-    print(f"{len(d_only)} live distilled-only latents: {int(d_only.reasoning.sum())} reasoning features; of the "
-          f"others, {int((d_only.base_doc_share > 0.1).sum())} fire on base documents too (more than 10 % of their "
-          f"top held-out activations)")
+    n_reasoning, n_other, n_other_base = label.distilled_only_counts(d_only)
+    print(f"{len(d_only)} live distilled-only latents: {n_reasoning} reasoning features; of the {n_other} others, "
+          f"{n_other_base} fire on base documents too (more than {label.BASE_DOC_SHARE:.0%} of their top held-out "
+          "activations)")
 v3, e3 = claim_rules.claim3_verdict(cat_lat, NRN, A.frequency(), categories=CATS)
 v4, e4 = claim_rules.claim4_verdict(profile, NRN)
 claims = {"1": (v1, e1), "2": (v2, e2), "3": (v3, e3), "4": (v4, e4)}
 if len(SCHEMES) > 1:   # claim 10: each substantive finding measured again under every scheme
-    def most_survive_scaling(s):
-        """Do most distilled-only latents (relative norm >= 0.9, live, at most N_SCALING) survive latent scaling?
-        None when the scheme has none (or none active on held-out tokens)."""
-        top = [j for j in norms.top_latents(np.where(alive[s], nrn[s], np.nan), N_SCALING)
-               if alive[s][j] and nrn[s][j] >= norms.DISTILLED_SPECIFIC]
-        if not top:
-            return None
-        sc = scaling[scaling.latent.isin(top)] if s == SCHEMES[0] else label.latent_scaling(ccs[s], store, top,
-                                                                                              mask=heldout)
-        checked = int((sc["flag"] != "inactive").sum())
-        return None if checked == 0 else bool((sc["flag"] == "genuine").sum() >= 0.5 * checked)
-
-    properties = {
-        "exclusive latents exist (claim 1)": {
-            s: None if not run.has_null else {"supports": True, "not tested": None}.get(claim_rules.claim1_verdict(
-                nrn[s], acts[s].frequency(), null_counts[s], genuine=real_genuine[s])[0], False) for s in SCHEMES},
-        "marker latents are mostly shared (claim 3)": {
-            s: {"supports": True, "not tested": None}.get(claim_rules.claim3_verdict(
-                label.category_latents(label.marker_counts(acts[s], masks), nrn[s]), nrn[s], acts[s].frequency(),
-                categories=CATS)[0], False) for s in SCHEMES},
-        "most distilled-only latents survive latent scaling": {s: most_survive_scaling(s) for s in SCHEMES},
-    }
-    claims["10"] = claim_rules.claim10_verdict(properties)
-claims = claim_rules.judged(claims, run.tested, RUN)
-for k, (v, e) in claims.items():
-    print(f"claim {k} [{report.CLAIMS[int(k)]}]: {v.upper()}\n    {e}")
+    claims["10"] = claim_rules.claim10_verdict(label.claim10_findings(run, masks, scaling, null_counts, real_genuine))
 
 # %% [markdown]
 # ## 11. Record for the run report
+# The numbers above (`records.label_numbers`) and the claims, as the report records them.
 
 # %%
-numbers = {"live latents": int(alive[SCHEMES[0]].sum()), "mean relative norm L2 (live)": float(np.nanmean(NRN[alive[SCHEMES[0]]])),
-           "mean relative norm L1 (live)": float(np.nanmean(nrn_l1[alive[SCHEMES[0]]])),
-           "latents nrn >= 0.9": int((NRN[alive[SCHEMES[0]]] >= norms.DISTILLED_SPECIFIC).sum()), "latents nrn <= 0.1": int((NRN[alive[SCHEMES[0]]] <= norms.BASE_SPECIFIC).sum()),
-           "latent scaling genuine / checked": [n_genuine, n_checked]}
-if LABELS:
-    numbers["distilled-only latents (live): reasoning features / others / others firing on base documents"] = [
-        int(d_only.reasoning.sum()), int((~d_only.reasoning).sum()),
-        int(((~d_only.reasoning) & (d_only.base_doc_share > 0.1)).sum())]
-for s in SCHEMES:
-    real = claim_rules.exclusive_counts(nrn[s], acts[s].frequency(), genuine=real_genuine.get(s))
-    numbers[f"{s} claim 1 real pair (distilled-only / surviving latent scaling / base-only)"] = [
-        real["distilled_only"], real.get("distilled_only_genuine"), real["base_only"]]
-    if run.has_null:
-        numbers[f"{s} claim 1 null, base vs control, per seed (distilled-only / surviving / base-only)"] = [
-            [n["distilled_only"], n["distilled_only_genuine"], n["base_only"]] for n in null_counts[s]]
-for k, v in gate_checks.items():
-    numbers[f"gated connective {k}"] = [v["verdict"], v["reason"]]
-if gate_checks:
-    numbers["gated connective analysis layer (chosen on training problems) / hook layer"] = [gate_layer, pair.layer]
-    numbers["gated connective distilled probe training CV AUROC per layer"] = np.round(
-        gate_probe["distilled", "bit"]["cv_auroc"], 3).tolist()
-for s, g in gate_found.items():
-    numbers[f"{s} gated connective latent (layer / id / relative norm / held-out AUROC / flip rate / matched random "
-            f"flip rate / difference CI / verdict)"] = [
-        g["layer"], g["latent"], round(float(g["relative norm"]), 3), round(float(g["held-out AUROC"]), 4),
-        round(float(g["flip rate"]), 4), round(float(g["matched random flip rate"]), 4), g["difference CI"],
-        g["verdict"]]
-for name, r in ceiling.iterrows():
-    numbers[f"probe ceiling {name} (base / distilled / pair)"] = [round(float(r.base), 4), round(float(r.distilled), 4),
-                                                                  round(float(r.pair), 4)]
-for s in verdicts:
-    for name, r in verdicts[s].iterrows():
-        numbers[f"{s} {name}: latent AUROC / nrn / 5-sparse / specific AUROC / CI of the judged quantity / verdict"] = [
-            round(float(r["latent AUROC"]), 4), round(float(r["latent relative norm"]), 3),
-            round(float(r["5-sparse probe"]), 4), round(float(r["specific latent AUROC"]), 4),
-            [round(float(r.ci_lo), 4), round(float(r.ci_hi), 4)], r.verdict]
-report.record("03_label", run, run.key("label"), numbers, figures=figures,
-              claims={k: {"verdict": v, "evidence": e, "rule": f"thinkdiff.claims.claim{k}_verdict"} for k, (v, e) in claims.items()})
+recorded = records.record_label(run, claims, figures, scaling=scaling, genuine=real_genuine, null_counts=null_counts,
+                                d_only=d_only, gate_checks=gate_checks, gate_layer=gate_layer,
+                                gate_cv_auroc=gate_cv_auroc, gate_found=gate_found, ceiling=ceiling, ground_truth=verdicts)
+for k, c in recorded.items():
+    print(f"claim {k} [{report.CLAIMS[int(k)]}]: {c['verdict'].upper()}\n    {c['evidence']}")

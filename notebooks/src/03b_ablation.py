@@ -24,9 +24,7 @@ from thinkdiff.notebooks import refuse_unknown_parameters
 refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import torch
 from IPython.display import display
-import pandas as pd
-from thinkdiff import ablation, label, lexicon, pipeline, plots, report
-from thinkdiff import claims as claim_rules
+from thinkdiff import ablation, label, lexicon, pipeline, plots, records
 if THREADS:
     torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
@@ -79,10 +77,7 @@ print("marker tokens per category:", counts.attrs["n_markers"])
 occ_held = ablation.marker_occurrences(meta, marker_ids, use_labels=LABELS, split=1)
 # A category with too few held-out markers is not tested: its training markers chose the latents, so
 # ablating there would score the selection on its own data.
-MIN_HELD = min(N_OCCURRENCES, 20)
-untested = {c: f"{len(occ_held[c])} held-out marker occurrences, fewer than {MIN_HELD}" for c in CATS
-            if len(occ_held[c]) < MIN_HELD}
-occ = {c: occ_held[c] for c in CATS if c not in untested}
+occ, untested = ablation.testable_occurrences(occ_held, N_OCCURRENCES, CATS)
 for c in CATS:
     print(f"{c}: {len(occ_held[c])} held-out occurrences" + (" (not tested: too few)" if c in untested else ""))
 cfg = ablation.AblationConfig(ks=tuple(KS), n_occurrences=N_OCCURRENCES, n_boot=N_BOOT, k_verdict=K_VERDICT,
@@ -111,21 +106,12 @@ if abl is not None:
     print("ablated latents per (category, k):", {f"{c} {k}": len(v) for (c, k), v in abl.latents.items() if k == kmax})
     tmr = sm[sm.arm == "targeted_minus_random"].pivot_table(index=["category", "model"], columns="k", values="mean")
     print("targeted minus random, mean marker-logit change per k:"); display(tmr.round(3))
-    v5, e5 = claim_rules.claim5_verdict(abl, k=kmax, base_margin=L["ablation_base_margin"], untested=untested,
-                                        categories=CATS)
-else:
-    sm = pd.DataFrame(columns=["k", "arm", "category", "model", "mean", "ci_lo", "ci_hi"])
-    v5, e5 = "not tested", "; ".join(f"{c}: not tested ({r})" for c, r in untested.items())
-print("claim 5:", v5, "-", e5)
 
 # %% [markdown]
 # ## 3. Record for the run report
+# Each arm's mean marker-logit change and CI at k = `K_VERDICT` (`records.ablation_numbers`) and claim 5
+# (`claims.claim5_verdict`, the rule above; a smoke run reports "not tested").
 
 # %%
-numbers = {"k judged": kmax, "occurrences per category": {c: len(v) for c, v in occ.items()}}
-for r in sm[(sm.k == kmax) & sm.arm.isin(["targeted", "random", "shared", "targeted_minus_random",
-                                          "targeted_minus_shared", "base_minus_distilled"])].itertuples():
-    numbers[f"ablation k={kmax} {r.category} {r.model} {r.arm}"] = [round(r.mean, 3), round(r.ci_lo, 3), round(r.ci_hi, 3)]
-v5, e5 = claim_rules.judged({"5": (v5, e5)}, run.tested, RUN)["5"]
-report.record("03b_ablation", run, run.key("label"), numbers, figures=figures,
-              claims={"5": {"verdict": v5, "evidence": e5, "rule": "thinkdiff.claims.claim5_verdict"}})
+for k, c in records.record_ablation(run, abl, occ, untested, figures).items():
+    print(f"claim {k}: {c['verdict'].upper()} - {c['evidence']}")

@@ -21,7 +21,7 @@ from thinkdiff.notebooks import refuse_unknown_parameters
 refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
 import numpy as np
 import torch
-from thinkdiff import browser, label, paths, pipeline, report
+from thinkdiff import browser, label, paths, pipeline, records
 if THREADS:
     torch.set_num_threads(THREADS)
 
@@ -70,6 +70,9 @@ assert html_path.exists() and len(cards) == len(pick)
 fb = browser.FeatureBrowser(table[alive], maker, tok)
 fb
 
+# %% [markdown]
+# ## 4. Record for the run report
+# Where the cards and the features table are, and how many cards; the report links the cards.
+
 # %%
-report.record("03c_browser", run, run.key("label"), {"feature cards": str(html_path), "cards": len(cards),
-              "features table": str(table_path)}, links={"feature cards": html_path})
+records.record_browser(run, html_path, table_path, len(cards))

@@ -74,6 +74,12 @@ def test_exactly_once_paired_and_shuffled_random_configs(tmp_path):
             assert not np.array_equal(orders[0], orders[1]), "two epochs gave the same order"
 
 
+def test_disk_bytes_is_what_the_shard_files_take(tmp_path):
+    store = make_store(tmp_path / "s", [30, 12], splits=["train", "heldout"])
+    on_disk = sum(f.stat().st_size for f in store.path.iterdir() if f.name.startswith(("acts_", "meta_", "stats_")))
+    assert store.disk_bytes == on_disk > 30 * 2 * D * 4
+
+
 def test_drop_last_and_determinism(tmp_path):
     store = make_store(tmp_path / "s", [37, 50, 13])
     a = [i for _, i in _epoch(store, batch_size=16, buffer_tokens=40, seed=3, drop_last=True)[1]]
