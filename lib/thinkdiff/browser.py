@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import paths
 from .codes import SparseActs, eval_mode, load_rows
-from .label import MODELS
+from .label import MODELS, save_features_table
 from .lexicon import CATEGORIES, runs_from_meta
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC, SHARED_BAND, training_decoder
 
@@ -924,9 +925,6 @@ def save_label_outputs(folder, table: pd.DataFrame, cards, tokenizer, title: str
     as one unit: built in a temporary sibling and renamed into place (an older copy is replaced), so the
     folder is never half-written. Returns (table path, html path)."""
     import shutil
-
-    from . import paths
-    from .label import save_features_table
 
     folder = Path(folder)
     cards = list(cards)

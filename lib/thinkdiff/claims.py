@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import pairs
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC, SHARED_BAND
+from .stats import bootstrap_mean_ci, paired_proportion_diff_ci
+from .train import PAPER
 
 MIN_FREQUENCY = 1e-4        # a latent counts only if it fires on at least this share of store tokens
 # The version of these rules; the report records it beside every verdict. 2: claims 2, 3, 5-10 as a reviewer
@@ -233,17 +234,15 @@ def claim10_properties(claim1: dict, claim3: dict, scaling: dict) -> dict:
 CLAIM9_EV_MIN = 0.895 - 0.02
 
 
-def paper_settings(train_config, preset: str) -> tuple[bool, str]:
+def paper_settings(train_config, preset: str, paper_pairs) -> tuple[bool, str]:
     """(True, "") when ``train_config`` is the paper's (``train.PAPER``: scheme, width, L1, lr, batch, steps) and
-    ``preset`` one of the paper's pairs (``PairSpec.in_paper``); else (False, what differs)."""
-    from .train import PAPER
-
+    ``preset`` one of ``paper_pairs`` (the names of the paper's pairs: ``PairSpec.in_paper``); else (False, what
+    differs)."""
     fields = ("activation", "n_latents", "l1_coeff", "lr", "batch_size", "n_steps")
     diff = [f"{f} {getattr(train_config, f)!r} (paper {getattr(PAPER, f)!r})" for f in fields
             if getattr(train_config, f) != getattr(PAPER, f)]
-    if not pairs.get(preset).in_paper:
-        paper = sorted(name for name, spec in pairs.PAIRS.items() if spec.in_paper)
-        diff.insert(0, f"pair {preset!r} is not one of the paper's ({', '.join(paper)})")
+    if preset not in paper_pairs:
+        diff.insert(0, f"pair {preset!r} is not one of the paper's ({', '.join(sorted(paper_pairs))})")
     return not diff, "; ".join(diff)
 
 
@@ -323,8 +322,6 @@ def _steering_arms(sweep: pd.DataFrame, arms: dict, cols, baseline: str = "unste
 
 def _over_prompts(diff: pd.Series, n_boot: int, seed: int) -> tuple[float, float, float]:
     """Mean and bootstrap CI of a per-generation difference, averaged per prompt first (prompts are the unit)."""
-    from .stats import bootstrap_mean_ci
-
     return bootstrap_mean_ci(diff.groupby(level="prompt_idx").mean().to_numpy(), n_boot, seed)
 
 
@@ -346,8 +343,6 @@ def claim6_verdict(sweep: pd.DataFrame, self_reflection: str, control: str, alph
     unsteered, below ``margin``), so that loops do not pass as over-thinking. supports: both metrics rise beyond
     both references and the output stays well formed; contradicts: neither metric does; mixed otherwise (one of
     them, or both with broken output); not tested: fewer than ``min_prompts`` prompts."""
-    from .stats import paired_proportion_diff_ci
-
     cols = ["n_tokens", "rate_self_reflection", "well_formed", "rep4"]
     t = _steering_arms(sweep, {"s": (self_reflection, alpha), "c": (control, alpha)}, cols, baseline)
     n = t["s"].index.get_level_values("prompt_idx").nunique()
@@ -380,8 +375,6 @@ def claim7_verdict(sweep: pd.DataFrame, deductive: str, control: str, alpha: flo
     answer" is non-inferiority: Newcombe's paired interval of the accuracy difference (deductive - unsteered) lies
     above -``margin``. supports: shorter than both and non-inferior; mixed: shorter than both, accuracy not shown
     non-inferior; contradicts: not shorter than one of them; not tested: fewer than ``min_prompts`` prompts."""
-    from .stats import paired_proportion_diff_ci
-
     t = _steering_arms(sweep, {"d": (deductive, alpha), "c": (control, alpha)}, ["n_tokens", "correct"], baseline)
     n = t["d"].index.get_level_values("prompt_idx").nunique()
     if n < min_prompts:

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import paths
+from . import paths, precision
 from .hooks import decoder_layers_path
-from .store import (MANIFEST, META_DTYPE, ActivationStore, StoreWriter, canonical_key, check_dtype, key_differences,
+from .store import (ActivationStore, MANIFEST, META_DTYPE, StoreWriter, canonical_key, check_dtype, key_differences,
                     to_storage)
 
 STAGE = "harvest"
@@ -339,8 +339,6 @@ def choose_compute(readers, docs, plan, cfg, pad_id) -> dict:
     activations. "auto" chooses bf16 when it takes at most ``BF16_MAX_TIME_RATIO`` of the float32 time with
     relative error at most ``BF16_TOLERANCE``; "bfloat16" keeps bf16 and warns above the tolerance. Sets the
     readers' autocast flag to the choice."""
-    from . import precision
-
     device = readers[0].device.type
     weights = {"dtype": sorted({str(next(r.model.parameters()).dtype).removeprefix("torch.") for r in readers})}
     probe = precision.cpu_bf16_probe() if device == "cpu" else None

@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .claims import MIN_FREQUENCY, claim1_verdict, claim3_verdict, claim10_properties, exclusive_counts
-from .codes import (SparseActs, chunk_indices, check_inputs, device_of, encode_store, eval_mode, global_mask,
+from . import paths
+from .claims import MIN_FREQUENCY, claim10_properties, claim1_verdict, claim3_verdict, exclusive_counts
+from .codes import (SparseActs, check_inputs, chunk_indices, device_of, encode_store, eval_mode, global_mask,
                     load_rows, restrict, restrict_rows)
-from .lexicon import CATEGORIES, Lexicon, runs_from_meta
-from .norms import (DISTILLED_SPECIFIC, decoder_cosine, decoder_norms, norm_name, norm_scale_of, relative_norm, top_latents,
-                    training_decoder)
+from .lexicon import CATEGORIES, Lexicon, marker_token_ids, runs_from_meta
+from .norms import (DISTILLED_SPECIFIC, decoder_cosine, decoder_norms, norm_name, norm_scale_of, relative_norm,
+                    top_latents, training_decoder)
 
 MODELS = ("base", "distilled")
 
@@ -546,8 +547,6 @@ class LabelParts:
 
 def label_parts(run, scheme: str | None = None) -> LabelParts:
     """The parts of ``run``'s features table for ``scheme`` (default: the main one), from its ``[label]`` settings."""
-    from .lexicon import marker_token_ids
-
     cc, acts, nrn = run.crosscoder(scheme), run.codes(scheme), run.relative_norms(scheme)
     store, tok, L = run.store, run.pair.tokenizer, run.config.label
     meta = store.meta
@@ -567,8 +566,6 @@ def run_features(run, scheme: str | None = None, parts: LabelParts | None = None
     """The features table of ``run``'s crosscoder ``scheme`` (default: the main one), cached next to the run's
     other labelling outputs (``runs/label/<run.key_hash("label")>/features-<scheme>.parquet``): built once, from
     ``parts`` when given (computed with the run's settings, as ``label_parts`` does) or by ``label_parts``."""
-    from . import paths
-
     scheme = scheme or run.config.schemes[0]
     folder = paths.artifact_dir("label", run.key("label"))
     path = folder / f"features-{scheme}.parquet"
@@ -583,8 +580,6 @@ def run_features(run, scheme: str | None = None, parts: LabelParts | None = None
 
 def save_features_table(df: pd.DataFrame, folder, name: str = "features", fmt: str = "parquet") -> Path:
     """Write ``df`` to ``folder/name.parquet`` (or ``.csv``) atomically; returns the path."""
-    from . import paths
-
     if fmt not in ("parquet", "csv"):
         raise ValueError("fmt must be 'parquet' or 'csv'")
     folder = paths.ensure_writable(Path(folder))

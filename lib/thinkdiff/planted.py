@@ -28,6 +28,10 @@ import random
 import numpy as np
 
 from . import world
+from .hooks import resid_hook
+from .organism import tokenize_spans
+from .probes import TARGETS, latent_recovery
+from .stats import cluster_bootstrap_mean_ci
 
 # Pre-registered thresholds (issue 26); tests pin them.
 GATE_CHECKS = {
@@ -129,8 +133,6 @@ def gate_audit(train_problems=None, eval_problems=None, rules: dict | None = Non
 def gate_traces(problems, tokenizer, seed: int = 0, cfg: world.TeacherConfig | None = None):
     """Tokenised teacher traces (``organism.Document``) of ``problems``, one seeded trace each, with the gate
     bit and parity on every scored step's closing "." (``Document.gate`` / ``.parity``)."""
-    from .organism import tokenize_spans
-
     rng = random.Random(f"gate-traces-{seed}")
     return [tokenize_spans(tokenizer, world.teacher_document(p, rng, cfg or world.TeacherConfig())) for p in problems]
 
@@ -354,8 +356,6 @@ def _margins(model, layer: int, docs, tokenizer, edits: list, batch: int = 16, c
     ``ctx`` once per batch. Returns [1 + len(edits), n_scored]."""
     import torch
 
-    from .hooks import resid_hook
-
     first = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in world.CONNECTIVES]
     doc, pos, bit = _scored_positions(docs)
     out = np.zeros((1 + len(edits), len(doc)))
@@ -383,8 +383,6 @@ def connective_margins(base, distilled, cc, layer: int, docs, ablate: list, toke
     encodes both models' resid_pre of block ``layer`` and the set's contribution ``sum_j f_j W_dec[j, distilled]``
     is subtracted; raw units). Returns [1 + len(ablate), n_scored] (row 0 clean)."""
     import torch
-
-    from .hooks import resid_hook
 
     W = cc.W_dec.detach()
 
@@ -439,8 +437,6 @@ def ablation_effect(margins: np.ndarray, n_random: int, unit, n_boot: int = 2000
     connective choice flips (margin changes sign) when the target latent is removed, the same for the random
     sets, and a CI over problems (``unit``) of the difference target - random (``stats.cluster_bootstrap_mean_ci``,
     the random sets redrawn inside the bootstrap)."""
-    from .stats import cluster_bootstrap_mean_ci
-
     clean = np.sign(margins[0])
     flips = np.sign(margins[1:]) != clean          # [1 + n_random, n_scored]
     diff = flips[0][:, None].astype(float) - flips[1:1 + n_random].T.astype(float)   # [n_scored, n_random]
@@ -456,8 +452,6 @@ def crosscoder_finding(codes, relative_norms, split, gate_y, cc, base, distilled
     [n_tokens], -1 where unscored; ``split`` [n_tokens] 0 train / 1 held out), its held-out AUROC, and the
     effect of removing it from the distilled model on ``eval_docs`` against ``n_random`` latents matched on
     firing frequency and decoder norm (``ablation_effect``, CI over ``unit``), judged by ``finding_verdict``."""
-    from .probes import latent_recovery
-
     gate_y = np.asarray(gate_y)
     rec = latent_recovery(codes, split, {"gate": np.where(gate_y >= 0, gate_y == 1, np.nan)}, relative_norms, ks=(1,))
     g = rec.loc["gate"]
@@ -514,8 +508,6 @@ def finding_verdict(relative_norm: float, heldout_auroc: float, effect: dict | N
     than matched random latents (CI of the difference above 0); "found, not causal" when only the ablation fails
     and the positive control (``causal_control_verdict``, given as ``control``) shows the metric can see a cause;
     "found, ablation blind" when it cannot; "missed" otherwise."""
-    from .probes import TARGETS
-
     r = {**TARGETS, **(rules or {})}
     if not tested:
         return {"verdict": "not tested", "reason": "smoke run"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import claims, report
+from . import claims, pairs, report
 from .label import CATEGORIES, distilled_only_counts, scaling_counts
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC
 
@@ -59,7 +59,7 @@ def train_claims(run, quality: pd.DataFrame) -> dict:
     main = run.config.schemes[0]
     q = quality[main]
     v9 = claims.claim9_verdict(q["EV base"], q["EV distilled"], q["L0"],
-                               *claims.paper_settings(run.train_config(main), run.config.preset))
+                               *claims.paper_settings(run.train_config(main), run.config.preset, pairs.paper_pairs()))
     return claims.recorded({"9": v9}, run.tested, run.name, evidence_prefix=f"{main}: ")
 
 

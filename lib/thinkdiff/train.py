@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from . import paths, precision, schemes
-from .crosscoder import WEIGHTS_NAME, CorruptArtifactError, CrossCoder, CrossCoderConfig
+from .crosscoder import CorruptArtifactError, CrossCoder, CrossCoderConfig, WEIGHTS_NAME
+from .metrics import evaluate
 from .store import part_bounds
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -552,8 +553,6 @@ def check_learned(crosscoder, store, work: Path, cfg: TrainConfig) -> dict:
     """Held-out FVU of a freshly trained crosscoder (training split if the store has no held-out tokens);
     raise ``DidNotLearnError`` (and drop the partial folder, whose checkpoint holds the same model) when any
     model's FVU reaches ``MAX_HELDOUT_FVU``: such a crosscoder must not be cached as a result."""
-    from .metrics import evaluate
-
     meta = getattr(store, "meta", None)
     held = int((np.asarray(meta["split"]) == 1).sum()) if meta is not None and "split" in meta else 0
     split = "heldout" if held else "train"

@@ -13,7 +13,7 @@ from thinkdiff import pairs
 
 LIB = Path(__file__).resolve().parents[2] / "lib" / "thinkdiff"
 # Stage code (takes a Run and caches) and the pair / task plug-ins: what low-level code must not import.
-STAGE = {"pipeline", "runconfig", "report", "notebooks", "claims"}
+STAGE = {"pipeline", "runconfig", "report", "notebooks", "records"}
 PLUGIN_PACKAGES = ("pairs", "tasks")
 # Low-level code: tensors, stores, schemes, kernels, statistics, metrics, probes, the lexicon.
 LOW_LEVEL = {"crosscoder", "schemes", "kernels", "store", "hooks", "codes", "norms", "stats", "metrics", "probes",

@@ -10,7 +10,7 @@ import torch
 
 from thinkdiff import ablation as A
 from thinkdiff import label as L
-from thinkdiff import claims, codes, norms
+from thinkdiff import claims, codes, norms, pairs
 from thinkdiff import browser as B
 from thinkdiff.lexicon import CATEGORIES, Lexicon, marker_token_ids
 
@@ -711,9 +711,9 @@ def test_claim10_needs_each_property_under_every_scheme():
 def test_claim9_is_judged_only_at_the_papers_settings():
     from thinkdiff import train
 
-    ok, why = claims.paper_settings(train.PAPER, "qwen-1.5b")
+    ok, why = claims.paper_settings(train.PAPER, "qwen-1.5b", pairs.paper_pairs())
     assert ok and why == ""
-    ok, why = claims.paper_settings(train.ORGANISM["relu"], "organism-m")
+    ok, why = claims.paper_settings(train.ORGANISM["relu"], "organism-m", pairs.paper_pairs())
     assert not ok and "pair 'organism-m' is not one of the paper's" in why and "n_latents" in why
     v, e = claims.claim9_verdict(0.95, 0.95, 40.0, False, why)
     assert v == "not tested" and "not the paper's settings" in e

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from thinkdiff import ablation, codes, label, metrics, norms, paths, planted, qwen, records, train
+from thinkdiff import ablation, codes, label, metrics, norms, pairs, paths, planted, records, train
 from thinkdiff.lexicon import CATEGORIES
 
 N, D = 400, 4
@@ -224,7 +224,7 @@ def test_train_numbers_per_scheme():
 
 def test_train_record_judges_claim9_only_at_the_papers_settings_and_never_on_a_smoke_run(runs_dir):
     quality, spliced = metrics.quality_table(EVALS), metrics.spliced_table(SPLICED)
-    paper = Run({"relu": RELU}, preset=next(iter(qwen.QWEN_PAIRS)), train_config=train.PAPER)
+    paper = Run({"relu": RELU}, preset=pairs.paper_pairs()[0], train_config=train.PAPER)
     got = records.record_train(paper, quality, spliced, [])
     assert got["9"]["verdict"] == "mixed"                                  # EV 0.9 / 0.8 against the bar 0.875
     assert got["9"]["evidence"].startswith("relu: held-out explained variance base 0.900 / distilled 0.800")

@@ -26,7 +26,8 @@ from __future__ import annotations
 from . import hf, organism, smollm2  # noqa: F401  (the built-in kinds, imported for their registrations)
 from .organism import DEFAULT_PAIR  # noqa: F401
 from .spec import (KINDS, PAIR_CONFIG_DIR, PAIRS, ModelPair, PairError, PairKind, PairSpec, get, load,  # noqa: F401
-                   read_toml, register, register_folder, register_kind, resolve_layer, weights_precision)
+                   paper_pairs, read_toml, register, register_folder, register_kind, resolve_layer,
+                   weights_precision)
 
 # The pairs shipped as TOML files (the Qwen pairs, the tiny stand-in).
 register_folder(PAIR_CONFIG_DIR)

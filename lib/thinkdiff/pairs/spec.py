@@ -210,6 +210,11 @@ def get(name: str | PairSpec) -> PairSpec:
     return PAIRS[name]
 
 
+def paper_pairs() -> list[str]:
+    """The names of the paper's pairs (``PairSpec.in_paper``)."""
+    return sorted(name for name, spec in PAIRS.items() if spec.in_paper)
+
+
 def resolve_layer(layer: int | None, n_layers: int, what: str = "model") -> int:
     """Default half depth; a clear error for a layer outside 1..n_layers."""
     if layer is None:
