@@ -39,11 +39,12 @@ def rule_name(claim) -> str:
     return f"{__name__}.{name}"
 
 
-def recorded(verdicts: dict, tested: bool, run_name: str, evidence_prefix: str = "") -> dict:
+def recorded(verdicts: dict, tested: bool, run_name: str, evidence_prefix: str = "", rule_detail: str = "") -> dict:
     """The claims of a stage record (``report.record``): claim -> {"verdict", "evidence", "rule"} from
     ``verdicts`` (claim -> (verdict, evidence)) as ``judged`` leaves them (a smoke run: "not tested"), each
-    evidence after ``evidence_prefix`` (e.g. the scheme it was measured on) and with the rule that decided it."""
-    return {k: {"verdict": v, "evidence": f"{evidence_prefix}{e}", "rule": rule_name(k)}
+    evidence after ``evidence_prefix`` (e.g. the scheme it was measured on) and with the rule that decided it
+    (followed by ``rule_detail``, e.g. the strength it was judged at)."""
+    return {k: {"verdict": v, "evidence": f"{evidence_prefix}{e}", "rule": rule_name(k) + rule_detail}
             for k, (v, e) in judged(verdicts, tested, run_name).items()}
 
 

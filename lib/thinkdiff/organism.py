@@ -476,7 +476,7 @@ def evaluate(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed:
     return out
 
 
-def teachermarker_rates(tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7) -> dict:
+def teacher_marker_rates(tokenizer, problems, cfg: CorpusConfig | None = None, seed: int = 7) -> dict:
     """The teacher's marker rate per 1,000 thinking+answer tokens on ``problems`` (what SFT imitates)."""
     texts = [world.spans_text(t)[len(p.prompt):] for p, t in zip(problems, teacher_traces(problems, cfg, seed))]
     return marker_rates(tokenizer, texts)

@@ -18,6 +18,50 @@ from .label import CATEGORIES, distilled_only_counts, scaling_counts
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC
 
 
+# ----------------------------------------------------------------------------------------------- 00_organism
+
+def evaluation_numbers(task, results: dict, acceptance: dict, trend: dict, teacher_rates: dict | None,
+                       extra: dict | None, n_eval: int, tested: bool) -> dict:
+    """The run report's record of ``00``: per (label, role) in ``results`` its accuracy and think rate (and, with a
+    teacher, well-formedness, teacher-forced CE, per-family accuracy and sampled marker rates); per label in
+    ``acceptance`` (label -> the task's acceptance row) the gain and McNemar p (and, with a teacher, the marker
+    ratio and the verdict, "not tested" on a smoke run); the gain trend; the extra check."""
+    numbers = {}
+    if extra is not None:
+        numbers["base opens a trace (fresh sample: n, greedy share, sampled share, verdict)"] = [
+            extra["n"], extra["greedy opened share"], extra["sampled opened share"], extra["verdict"]]
+    for (s, r), v in results.items():
+        numbers[f"{s} {r} accuracy"] = v["accuracy"]
+        numbers[f"{s} {r} think rate"] = v["think_rate"]
+        if task.has_teacher:
+            numbers[f"{s} {r} well-formed"] = v["well_formed"]
+            numbers[f"{s} {r} accuracy, well-formed outputs only"] = v["accuracy_well_formed"]
+            numbers[f"{s} {r} teacher-forced CE"] = v.get("ce", float("nan"))
+            numbers[f"{s} {r} accuracy per family"] = v["family_accuracy"]
+            numbers[f"{s} {r} sampled marker rate per 1k"] = v["sampled_marker_rate_per_1k"]
+    for s, a in acceptance.items():
+        numbers[f"{s} accuracy gain (distilled - base)"] = a["gain"]
+        numbers[f"{s} McNemar p"] = a["McNemar p"]
+        if task.has_teacher:
+            numbers[f"{s} distilled marker rate / teacher"] = a["marker rate / teacher"]
+            numbers[f"{s} {task.acceptance_label}"] = a["verdict"] if tested else "not tested"
+        if "distilled checks" in a:
+            numbers[f"{s} distilled checks written"] = a["distilled checks"]
+            numbers[f"{s} share of true checks"] = a["true check share"]
+    numbers["gain with size"] = trend["verdict"]
+    if task.has_teacher:
+        numbers["teacher marker rate per 1k"] = teacher_rates
+    numbers["n_eval"] = n_eval
+    return numbers
+
+
+def record_evaluation(run, results: dict, acceptance: dict, trend: dict, teacher_rates: dict | None,
+                      extra: dict | None, n_eval: int, figures) -> Path:
+    """Write 00's record (``evaluation_numbers`` for the run's task); returns its path."""
+    numbers = evaluation_numbers(run.task, results, acceptance, trend, teacher_rates, extra, n_eval, run.tested)
+    return report.record("00_organism", run, run.key("evaluate"), numbers, figures=figures)
+
+
 # ----------------------------------------------------------------------------------------------- 01_harvest
 def harvest_numbers(store, distinct_served: int) -> dict:
     """The harvest's numbers: the store's size and split, disk use (MiB), layer, width, mean raw norm per model,
@@ -187,3 +231,111 @@ def record_browser(run, cards_path, table_path, n_cards: int) -> Path:
     """Write 03c_browser's record (``browser_numbers``), linking the static feature cards; returns its path."""
     return report.record("03c_browser", run, run.key("label"), browser_numbers(cards_path, table_path, n_cards),
                          links={"feature cards": cards_path})
+
+
+# ----------------------------------------------------------------------------------------------- 04_steer
+def steer_claims(run, sweep: pd.DataFrame, steered: dict, untested: dict, n_boot: int) -> tuple[dict, pd.DataFrame]:
+    """Claims 6 and 7 as 04_steer records them, and the verdict at every strength run for all directions.
+
+    ``steered``: claim -> (the steered latent's condition, its matched control's condition) for each claim whose
+    latent was found (``steer.CLAIM_ROLES``); ``untested``: claim -> (verdict, evidence) for the others. Each rule
+    (``claims.claim6_verdict`` / ``claim7_verdict``) runs at every strength common to ``[steer] alphas`` and
+    ``control_alphas`` with the run's non-inferiority margin and minimum prompts; the recorded verdict is the one
+    at ``claim_alpha``, its evidence followed by the verdict at each strength. Returns (claims as recorded,
+    per-strength verdicts [claim x alpha])."""
+    S = run.config.steer
+    rules = {"6": claims.claim6_verdict, "7": claims.claim7_verdict}
+
+    def verdict_at(k, alpha):
+        latent, control = steered[k]
+        return rules[k](sweep, latent, control, alpha, margin=S["noninferiority_margin"],
+                        min_prompts=S["min_prompts"], n_boot=n_boot, seed=S["seed"])
+
+    common = [a for a in S["alphas"] if a in S["control_alphas"]]
+    per_alpha = pd.DataFrame({a: {f"claim {k}": verdict_at(k, a)[0] for k in steered} for a in common})
+    verdicts = {}
+    for k in steered:
+        v, e = verdict_at(k, S["claim_alpha"])
+        verdicts[k] = (v, e + "; verdict by alpha: " + ", ".join(f"{a:+g}: {per_alpha.loc[f'claim {k}', a]}"
+                                                                  for a in common))
+    verdicts = dict(sorted({**verdicts, **untested}.items()))
+    return claims.recorded(verdicts, run.tested, run.name, rule_detail=f" at alpha = {S['claim_alpha']}"), per_alpha
+
+
+def steer_numbers(run, summary: pd.DataFrame, chosen: pd.DataFrame, candidates: pd.DataFrame, score_name: str,
+                  bench: dict, sweep_seconds: float, per_alpha: pd.DataFrame, grids: dict) -> dict:
+    """04_steer's numbers: the settings, the steered latents (relative norm, score), the unsteered baseline, the
+    hook's overhead and throughput (tokens/s), the verdict per strength (a smoke run: "not tested"), and per
+    steered condition and strength the change in tokens, self-reflection rate and accuracy against the unsteered
+    run ([mean, lo, hi], BH-adjusted CIs from ``steer.summarize``)."""
+    S = run.config.steer
+
+    def cell(cond, alpha, metric):
+        r = summary[(summary.condition == cond) & np.isclose(summary.alpha, alpha) & (summary.metric == metric)].iloc[0]
+        return [round(float(r["diff"]), 4), round(float(r["diff_lo"]), 4), round(float(r["diff_hi"]), 4)]
+
+    unst = summary[(summary.condition == "unsteered")].set_index("metric")["mean"]
+    common = list(per_alpha.columns)
+    numbers = {"n_prompts": S["n_prompts"], "max_new_tokens": S["max_new_tokens"], "positions": S["positions"],
+               "unit": "alpha x max activation x decoder row (raw units)",
+               "latents": {r["role"]: int(r["latent"]) for _, r in chosen.iterrows()},
+               "latent relative norms": {r["role"]: round(r["relative_norm"], 3) for _, r in chosen.iterrows()},
+               f"latent {score_name}s": {r["role"]: round(r["score"], 3) for _, r in chosen.iterrows()},
+               "unsteered tokens": float(unst["n_tokens"]), "unsteered accuracy": float(unst["correct"]),
+               "unsteered self-reflection rate/1k": float(unst["rate_self_reflection"]),
+               "hook overhead": bench["overhead"], "unsteered tok/s": bench["unsteered_tok_s"],
+               "steered tok/s": bench["steered_tok_s"], "sweep seconds": sweep_seconds, "claim alpha": S["claim_alpha"],
+               "latents not found": {r["role"]: r["missing"] for _, r in candidates[~candidates.found].iterrows()},
+               "verdicts by alpha": ({f"{a:+g}": {row.split()[1]: per_alpha.loc[row, a] for row in per_alpha.index}
+                                      for a in common} if run.tested else "not tested (smoke run)"),
+               "comparisons behind the claims (BH over steered conditions x strengths)":
+                   int(summary[summary.metric == "n_tokens"].n_comparisons.max())}
+    for cond, grid in grids.items():
+        for a in grid:
+            for m in ("n_tokens", "rate_self_reflection", "correct"):
+                numbers[f"Δ{m} {cond} α={a:+g} [mean, lo, hi]"] = cell(cond, a, m)
+    return numbers
+
+
+def record_steer(run, numbers: dict, recorded: dict, figures) -> Path:
+    """Write 04_steer's record (``steer_numbers``, claims 6 and 7 as ``steer_claims`` recorded them)."""
+    return report.record("04_steer", run, run.key("steer"), numbers, figures=figures, claims=recorded)
+
+
+# ----------------------------------------------------------------------------------------------- 05_geometry
+def geometry_claims(run, verdict8: tuple[str, str], claim_dim: int) -> dict:
+    """Claim 8 as 05_geometry records it (``claims.claim8_verdict`` at PCA ``claim_dim``, log10 parameters)."""
+    v, e = verdict8
+    return claims.recorded({"8": (v, f"PCA {claim_dim}, per-model basis: {e}")}, run.tested, run.name,
+                           rule_detail=f" (log10 parameters, PCA {claim_dim})")
+
+
+def geometry_numbers(run, sizes: list, n_boot: int, n_perm: int, size_acc: pd.DataFrame, perf_acc: dict,
+                     perf_ce: dict, per_model: pd.DataFrame, within: dict, shared_band_cos: float,
+                     qwen_kept: dict | None) -> dict:
+    """05_geometry's numbers: per size and relation the Δ loss (base - distilled) at the claim's PCA dimension
+    ([mean, lo, hi]); per size the accuracy gain and, where the task has a teacher, the CE reduction ([mean, lo,
+    hi]) and how many relations beat their re-pairing null; the feature cosines; the Qwen single-token counts."""
+    claim_dim = run.config.geometry["claim_dim"]
+    numbers = {"sizes": sizes, "claim dim": claim_dim, "n_boot": n_boot, "n_perm": n_perm,
+               "n_eval": run.config.evaluate["n_eval"]}
+    for _, r in size_acc.iterrows():
+        numbers[f"{r['size']} {r['relation']} Δloss [mean, lo, hi]"] = [round(r["delta"], 5), round(r["delta_lo"], 5),
+                                                                         round(r["delta_hi"], 5)]
+    for size in sizes:
+        numbers[f"{size} accuracy gain [mean, lo, hi]"] = [round(perf_acc[size][k], 4) for k in ("gain", "lo", "hi")]
+        if size in perf_ce:
+            numbers[f"{size} CE reduction [mean, lo, hi]"] = [round(perf_ce[size][k], 4) for k in ("gain", "lo", "hi")]
+        t = per_model[(per_model["size"] == size) & (per_model.dim == claim_dim)]
+        numbers[f"{size} relations below null (BH q < 0.05 over {int(t.n_comparisons.max())} comparisons)"] = \
+            int((t.q_null < 0.05).sum())
+    numbers["feature cos within/across category"] = {k: [round(w, 3), round(a, 3)] for k, (w, a) in within.items()}
+    numbers["median cos(base, distilled) shared latents"] = shared_band_cos
+    if qwen_kept is not None:
+        numbers["Qwen single-token pairs kept"] = qwen_kept
+    return numbers
+
+
+def record_geometry(run, numbers: dict, recorded: dict, figures) -> Path:
+    """Write 05_geometry's record (``geometry_numbers``, claim 8 as ``geometry_claims`` recorded it)."""
+    return report.record("05_geometry", run, run.key("geometry"), numbers, figures=figures, claims=recorded)

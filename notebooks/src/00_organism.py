@@ -50,9 +50,8 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
-from thinkdiff import organism, paths, pipeline, plots, report, world
+from thinkdiff import organism, paths, pipeline, plots, records, world
 from thinkdiff.stats import wilson_ci
-from thinkdiff.tasks.task import evaluation_numbers
 import torch
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -292,6 +291,6 @@ display(HTML(side.to_html(index=False).replace("\\n", "<br>")))
 # ## 6. Record for the run report
 
 # %%
-numbers = evaluation_numbers(task, results, accept_rows, trend, teacher_rates, opened, len(problems), run.tested)
 figs = ("accuracy_by_size", "accuracy_by_family", "marker_rates") if WORLD else ("accuracy_by_size",)
-report.record("00_organism", run, run.key("evaluate"), numbers, figures=[paths.FIGURES_DIR / f"00_{n}.png" for n in figs])
+records.record_evaluation(run, results, accept_rows, trend, teacher_rates, opened, len(problems),
+                          figures=[paths.FIGURES_DIR / f"00_{n}.png" for n in figs])

@@ -44,8 +44,7 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
-from thinkdiff import paths, pipeline, plots, report, steer
-from thinkdiff import claims as claim_rules
+from thinkdiff import paths, pipeline, plots, records, steer
 
 run = pipeline.load_run(RUN)
 S = run.config.steer
@@ -281,22 +280,9 @@ print(f"per CPU-second: unsteered {bench['unsteered_tok_s']:.0f} tok/s, steered 
 # A claim whose latent was not found (§2) is not tested.
 
 # %%
-def claim_verdict(k, alpha):
-    rule, latent, control = {"6": (claim_rules.claim6_verdict, SR, controls.get("self_reflection")),
-                             "7": (claim_rules.claim7_verdict, DED, controls.get("deductive"))}[k]
-    v, e = rule(sweep, latent, control, alpha, margin=S["noninferiority_margin"], min_prompts=S["min_prompts"],
-                n_boot=N_BOOT, seed=SEED)
-    return {"verdict": v, "evidence": e}
-
-tested_claims = [k for k in steer.CLAIM_ROLES if k not in untested]
-claims = {k: claim_verdict(k, CLAIM_ALPHA) for k in tested_claims}
-common = [a for a in ALPHAS if a in CONTROL_ALPHAS]
-per_alpha = pd.DataFrame({a: {f"claim {k}": claim_verdict(k, a)["verdict"] for k in tested_claims} for a in common})
-for k in tested_claims:
-    claims[k]["evidence"] += "; verdict by alpha: " + ", ".join(f"{a:+g}: {per_alpha.loc[f'claim {k}', a]}" for a in common)
-claims = dict(sorted({**claims, **untested}.items()))
-claims = {k: {"verdict": v, "evidence": e} for k, (v, e) in claim_rules.judged(
-    {k: (v["verdict"], v["evidence"]) for k, v in claims.items()}, run.tested, RUN).items()}
+steered = {k: ({"6": SR, "7": DED}[k], controls.get(role)) for k, role in steer.CLAIM_ROLES.items() if k not in untested}
+claims, per_alpha = records.steer_claims(run, sweep, steered, {k: (v["verdict"], v["evidence"]) for k, v in untested.items()},
+                                         N_BOOT)
 for k, v in claims.items():
     print(f"claim {k}: {v['verdict'].upper()} - {v['evidence']}")
 per_alpha
@@ -305,30 +291,6 @@ per_alpha
 # ## 10. Record for the run report
 
 # %%
-def cell(cond, alpha, metric):
-    r = summary[(summary.condition == cond) & np.isclose(summary.alpha, alpha) & (summary.metric == metric)].iloc[0]
-    return [round(float(r["diff"]), 4), round(float(r["diff_lo"]), 4), round(float(r["diff_hi"]), 4)]
-
-unst = summary[(summary.condition == "unsteered")].set_index("metric")["mean"]
-numbers = {"n_prompts": N_PROMPTS, "max_new_tokens": MAX_NEW_TOKENS, "positions": POSITIONS,
-           "unit": "alpha x max activation x decoder row (raw units)",
-           "latents": {r["role"]: int(r["latent"]) for _, r in chosen.iterrows()},
-           "latent relative norms": {r["role"]: round(r["relative_norm"], 3) for _, r in chosen.iterrows()},
-           f"latent {score_name}s": {r["role"]: round(r["score"], 3) for _, r in chosen.iterrows()},
-           "unsteered tokens": float(unst["n_tokens"]), "unsteered accuracy": float(unst["correct"]),
-           "unsteered self-reflection rate/1k": float(unst["rate_self_reflection"]),
-           "hook overhead": bench["overhead"], "unsteered tok/s": bench["unsteered_tok_s"],
-           "steered tok/s": bench["steered_tok_s"], "sweep seconds": sweep_seconds, "claim alpha": CLAIM_ALPHA,
-           "latents not found": {r["role"]: r["missing"] for _, r in candidates[~candidates.found].iterrows()},
-           "verdicts by alpha": ({f"{a:+g}": {k: per_alpha.loc[f"claim {k}", a] for k in tested_claims} for a in common}
-                                 if run.tested else "not tested (smoke run)"),
-           "comparisons behind the claims (BH over steered conditions x strengths)":
-               int(summary[summary.metric == "n_tokens"].n_comparisons.max())}
-for cond, grid in grids.items():
-    for a in grid:
-        for m in ("n_tokens", "rate_self_reflection", "correct"):
-            numbers[f"Δ{m} {cond} α={a:+g} [mean, lo, hi]"] = cell(cond, a, m)
-report.record("04_steer", run, run.key("steer"), numbers,
-              figures=[paths.FIGURES_DIR / "04_latent_choice.png", paths.FIGURES_DIR / "04_dose_response.png"],
-              claims={k: {**v, "rule": f"thinkdiff.claims.claim{k}_verdict"
-                          + f" at alpha = {CLAIM_ALPHA}"} for k, v in claims.items()})
+numbers = records.steer_numbers(run, summary, chosen, candidates, score_name, bench, sweep_seconds, per_alpha, grids)
+records.record_steer(run, numbers, claims,
+                     figures=[paths.FIGURES_DIR / "04_latent_choice.png", paths.FIGURES_DIR / "04_dose_response.png"])

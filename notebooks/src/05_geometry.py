@@ -41,7 +41,7 @@ import torch
 import matplotlib.pyplot as plt
 from IPython.display import display
 from thinkdiff import geometry as geo
-from thinkdiff import evaluate, norms, paths, pipeline, plots, report, world
+from thinkdiff import evaluate, norms, paths, pipeline, plots, records, world
 from thinkdiff import relations as rel_data
 from thinkdiff import claims as claim_rules
 
@@ -217,11 +217,9 @@ by_dim.assign(ci=[f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(by_dim
 # four sizes the claim is not tested: three points in a strict order arise by chance one time in six.
 
 # %%
-verdict8, evidence = claim_rules.claim8_verdict(geo.deltas_by_size(results, dim=CLAIM_DIM), n_params, correct,
-                                                n_boot=N_BOOT, seed=SEED)
-evidence = f"PCA {CLAIM_DIM}, per-model basis: {evidence}"
-verdict8, evidence = claim_rules.judged({"8": (verdict8, evidence)}, run.tested, RUN)["8"]
-print(f"claim 8: {verdict8.upper()} - {evidence}")
+claims = records.geometry_claims(run, claim_rules.claim8_verdict(geo.deltas_by_size(results, dim=CLAIM_DIM), n_params,
+                                                               correct, n_boot=N_BOOT, seed=SEED), CLAIM_DIM)
+print(f"claim 8: {claims['8']['verdict'].upper()} - {claims['8']['evidence']}")
 
 # %% [markdown]
 # ## 7. Feature geometry of the reasoning latents (this run's main crosscoder)
@@ -313,21 +311,9 @@ else:
 # ## 9. Record for the run report
 
 # %%
-numbers = {"sizes": SIZES, "claim dim": CLAIM_DIM, "n_boot": N_BOOT, "n_perm": N_PERM, "n_eval": run.config.evaluate["n_eval"]}
-for _, r in size_acc.iterrows():
-    numbers[f"{r['size']} {r['relation']} Δloss [mean, lo, hi]"] = [round(r["delta"], 5), round(r["delta_lo"], 5), round(r["delta_hi"], 5)]
-for size in SIZES:
-    numbers[f"{size} accuracy gain [mean, lo, hi]"] = [round(perf_acc[size][k], 4) for k in ("gain", "lo", "hi")]
-    if HAS_CE:
-        numbers[f"{size} CE reduction [mean, lo, hi]"] = [round(perf_ce[size][k], 4) for k in ("gain", "lo", "hi")]
-    t = per_model[(per_model["size"] == size) & (per_model.dim == CLAIM_DIM)]
-    numbers[f"{size} relations below null (BH q < 0.05 over {int(t.n_comparisons.max())} comparisons)"] = \
-        int((t.q_null < 0.05).sum())
-numbers["feature cos within/across category"] = {k: [round(w, 3), round(a, 3)] for k, (w, a) in within.items()}
-numbers["median cos(base, distilled) shared latents"] = float(shared_band.cos_base_distilled.median())
-if qwen_table is not None:
-    numbers["Qwen single-token pairs kept"] = {k: int(v) for k, v in qwen_table["single-token pairs"].items()}
+numbers = records.geometry_numbers(
+    run, SIZES, N_BOOT, N_PERM, size_acc, perf_acc, perf_ce if HAS_CE else {}, per_model, within,
+    float(shared_band.cos_base_distilled.median()),
+    None if qwen_table is None else {k: int(v) for k, v in qwen_table["single-token pairs"].items()})
 figs = ["05_loss_vs_dim", "05_ecdf_grid", "05_delta_vs_performance", "05_feature_cosines", "05_side_alignment", "05_decoder_map"]
-report.record("05_geometry", run, run.key("geometry"), numbers, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs],
-              claims={"8": {"verdict": verdict8, "evidence": evidence,
-                            "rule": f"thinkdiff.claims.claim8_verdict (log10 parameters, PCA {CLAIM_DIM})"}})
+records.record_geometry(run, numbers, claims, figures=[paths.FIGURES_DIR / f"{f}.png" for f in figs])

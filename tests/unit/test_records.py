@@ -373,3 +373,56 @@ def test_browser_record_links_the_cards(runs_dir):
     rec = read_record(runs_dir, "03c_browser")
     assert rec["numbers"]["cards"] == 4 and rec["links"] == {"feature cards": cards.as_posix()}
 
+
+
+# ----------------------------------------------------------------------------------------------- 00, 04, 05
+def _eval_result(acc, think, teacher=True):
+    r = {"accuracy": acc, "think_rate": think}
+    if teacher:
+        r.update(well_formed=1.0, accuracy_well_formed=acc, ce=1.5, family_accuracy={"arith": acc},
+                 sampled_marker_rate_per_1k={"deductive": 3.0})
+    return r
+
+
+def test_evaluation_numbers_follow_the_task_not_the_pair():
+    from thinkdiff import tasks
+
+    results = {("M", "base"): _eval_result(0.4, 0.0), ("M", "distilled"): _eval_result(0.9, 1.0)}
+    accept = {"M": {"gain": 0.5, "McNemar p": 1e-9, "marker rate / teacher": {"deductive": 1.0}, "verdict": "accepted"}}
+    trend = {"verdict": "not tested"}
+    world = records.evaluation_numbers(tasks.get("organism-world"), results, accept, trend, {"deductive": 3.0}, None,
+                                       200, tested=True)
+    assert world["M organism acceptance"] == "accepted" and world["M distilled teacher-forced CE"] == 1.5
+    assert world["teacher marker rate per 1k"] == {"deductive": 3.0} and world["n_eval"] == 200
+    smoke = records.evaluation_numbers(tasks.get("organism-world"), results, accept, trend, {}, None, 12, tested=False)
+    assert smoke["M organism acceptance"] == "not tested"
+    plain = {k: _eval_result(v["accuracy"], v["think_rate"], teacher=False) for k, v in results.items()}
+    math = records.evaluation_numbers(tasks.get("math"), plain, {"M": {"gain": 0.5, "McNemar p": 0.01}}, trend, None,
+                                      None, 100, tested=True)
+    assert set(math) == {"M base accuracy", "M base think rate", "M distilled accuracy", "M distilled think rate",
+                         "M accuracy gain (distilled - base)", "M McNemar p", "gain with size", "n_eval"}
+    opened = {"n": 100, "greedy opened share": 0.0, "sampled opened share": 0.01, "verdict": "fails"}
+    english = records.evaluation_numbers(tasks.get("english-world"), results,
+                                         {"M": {**accept["M"], "distilled checks": 7, "true check share": 0.9}},
+                                         trend, {}, opened, 100, tested=True)
+    assert english["M pair acceptance"] == "accepted" and english["M distilled checks written"] == 7
+    assert english["base opens a trace (fresh sample: n, greedy share, sampled share, verdict)"][-1] == "fails"
+
+
+def test_claim8_is_recorded_with_its_dimension_and_never_judged_on_a_smoke_run():
+    got = records.geometry_claims(Run({"relu": RELU}), ("mixed", "slope -0.04"), 2)["8"]
+    assert got == {"verdict": "mixed", "evidence": "PCA 2, per-model basis: slope -0.04",
+                   "rule": "thinkdiff.claims.claim8_verdict (log10 parameters, PCA 2)"}
+    smoke = records.geometry_claims(Run({"relu": RELU}, tested=False), ("mixed", "slope -0.04"), 2)["8"]
+    assert smoke["verdict"] == "not tested" and smoke["evidence"].startswith("smoke run (toy): PCA 2")
+
+
+def test_steering_claims_without_a_latent_are_recorded_not_tested_at_the_claim_strength():
+    run = Run({"relu": RELU})
+    run.config.steer = {"alphas": [-1, 1], "control_alphas": [1], "claim_alpha": 1, "noninferiority_margin": 0.05,
+                        "min_prompts": 20, "seed": 0}
+    untested = {"6": ("not tested", "nothing to steer with: no latent"), "7": ("not tested", "no matched control")}
+    got, per_alpha = records.steer_claims(run, None, {}, untested, n_boot=10)
+    assert list(got) == ["6", "7"] and per_alpha.empty
+    assert got["6"] == {"verdict": "not tested", "evidence": "nothing to steer with: no latent",
+                        "rule": "thinkdiff.claims.claim6_verdict at alpha = 1"}

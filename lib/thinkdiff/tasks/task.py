@@ -66,37 +66,3 @@ class Task:
         """A further pre-registered check of the pair beside the acceptance rule (None: the task has none)."""
         return None
 
-
-def evaluation_numbers(task: Task, results: dict, acceptance: dict, trend: dict, teacher_rates: dict | None,
-                       extra: dict | None, n_eval: int, tested: bool) -> dict:
-    """The run report's record of ``00``: per (label, role) in ``results`` its accuracy and think rate (and, with a
-    teacher, well-formedness, teacher-forced CE, per-family accuracy and sampled marker rates); per label in
-    ``acceptance`` (label -> the task's acceptance row) the gain and McNemar p (and, with a teacher, the marker
-    ratio and the verdict, "not tested" on a smoke run); the gain trend; the extra check."""
-    numbers = {}
-    if extra is not None:
-        numbers["base opens a trace (fresh sample: n, greedy share, sampled share, verdict)"] = [
-            extra["n"], extra["greedy opened share"], extra["sampled opened share"], extra["verdict"]]
-    for (s, r), v in results.items():
-        numbers[f"{s} {r} accuracy"] = v["accuracy"]
-        numbers[f"{s} {r} think rate"] = v["think_rate"]
-        if task.has_teacher:
-            numbers[f"{s} {r} well-formed"] = v["well_formed"]
-            numbers[f"{s} {r} accuracy, well-formed outputs only"] = v["accuracy_well_formed"]
-            numbers[f"{s} {r} teacher-forced CE"] = v.get("ce", float("nan"))
-            numbers[f"{s} {r} accuracy per family"] = v["family_accuracy"]
-            numbers[f"{s} {r} sampled marker rate per 1k"] = v["sampled_marker_rate_per_1k"]
-    for s, a in acceptance.items():
-        numbers[f"{s} accuracy gain (distilled - base)"] = a["gain"]
-        numbers[f"{s} McNemar p"] = a["McNemar p"]
-        if task.has_teacher:
-            numbers[f"{s} distilled marker rate / teacher"] = a["marker rate / teacher"]
-            numbers[f"{s} {task.acceptance_label}"] = a["verdict"] if tested else "not tested"
-        if "distilled checks" in a:
-            numbers[f"{s} distilled checks written"] = a["distilled checks"]
-            numbers[f"{s} share of true checks"] = a["true check share"]
-    numbers["gain with size"] = trend["verdict"]
-    if task.has_teacher:
-        numbers["teacher marker rate per 1k"] = teacher_rates
-    numbers["n_eval"] = n_eval
-    return numbers
