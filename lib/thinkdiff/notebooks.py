@@ -12,7 +12,7 @@ from pathlib import Path
 from . import paths, runconfig
 
 NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
-NOTEBOOKS = ("00_organism", "01_harvest", "02_train", "03_label", "03b_ablation", "03c_browser", "04_steer",
+NOTEBOOKS = ("00_evaluate", "01_harvest", "02_train", "03_label", "03b_ablation", "03c_browser", "04_steer",
              "05_geometry")
 
 

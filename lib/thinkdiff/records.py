@@ -18,7 +18,7 @@ from .label import CATEGORIES, distilled_only_counts, scaling_counts
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC
 
 
-# ----------------------------------------------------------------------------------------------- 00_organism
+# ----------------------------------------------------------------------------------------------- 00_evaluate
 
 def evaluation_numbers(task, results: dict, acceptance: dict, trend: dict, teacher_rates: dict | None,
                        extra: dict | None, n_eval: int, tested: bool) -> dict:
@@ -59,7 +59,7 @@ def record_evaluation(run, results: dict, acceptance: dict, trend: dict, teacher
                       extra: dict | None, n_eval: int, figures) -> Path:
     """Write 00's record (``evaluation_numbers`` for the run's task); returns its path."""
     numbers = evaluation_numbers(run.task, results, acceptance, trend, teacher_rates, extra, n_eval, run.tested)
-    return report.record("00_organism", run, run.key("evaluate"), numbers, figures=figures)
+    return report.record("00_evaluate", run, run.key("evaluate"), numbers, figures=figures)
 
 
 # ----------------------------------------------------------------------------------------------- 01_harvest

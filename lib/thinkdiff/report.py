@@ -2,7 +2,7 @@
 
 A record is ``RUNS_DIR/report/<run>/<stage>.json`` (``run``: the run config's name, ``configs/<run>.toml``)::
 
-    {"stage": "00_organism", "run": "organism-m", "config_hash": "...",
+    {"stage": "00_evaluate", "run": "organism-m", "config_hash": "...",
      "numbers": {"name": value, ...},              # computed this run, never typed in
      "figures": ["figures/x.png", ...],
      "links": {"feature cards": "runs/label/<hash>/cards/feature_cards.html", ...},   # pages to open

@@ -192,7 +192,7 @@ cat_lat.groupby("category")["relative_norm"].describe().round(3)
 # ## 7. Ground truth, scored honestly
 # The organism planted three kinds of truth: every token of a reasoning **move** carries its category
 # (spans), the move's **marker** word opens it, and at the closing "." of each written operation, **is this the
-# last operation?** (`00_organism`; the base reads this one too, from the question's tags: the distilled-only
+# last operation?** (`00_evaluate`; the base reads this one too, from the question's tags: the distilled-only
 # concept is the gated connective of §7b). Two questions per target:
 #
 # 1. **Is it there?** A logistic-regression probe on each model's raw activations at the hook layer, and one

@@ -15,7 +15,7 @@ from thinkdiff import notebooks
 # settings, every verdict "not tested"), plus small values for the settings each notebook owns.
 SMOKE = {"RUN": "smoke"}
 FAST = {
-    "00_organism": SMOKE,
+    "00_evaluate": SMOKE,
     "01_harvest": SMOKE,
     "02_train": SMOKE,
     "03_label": SMOKE,
@@ -28,7 +28,7 @@ FAST = {
 
 # Headline numbers each stage must record, finite (regular expressions over the record's keys).
 HEADLINES = {
-    "00_organism": [r"accuracy gain \(distilled - base\)$", r"^n_eval$"],
+    "00_evaluate": [r"accuracy gain \(distilled - base\)$", r"^n_eval$"],
     "01_harvest": [r"^tokens$", r"^held-out tokens$"],
     "02_train": [r"FVU base$", r"L0$"],
     "03_label": [r"^live latents$", r"^mean relative norm L2 \(live\)$"],

@@ -18,8 +18,8 @@ def test_notebook_00_accepts_nothing_on_the_smoke_run(smollm2_smoke_run, tmp_pat
     runs = paths.RUNS_DIR
     monkeypatch.setenv("THINKDIFF_RUNS", str(runs))
     monkeypatch.setenv("THINKDIFF_FIGURES", str(tmp_path / "figures"))
-    notebooks.run("00_organism", tmp_path / "executed", parameters={"RUN": "smollm2-smoke"})
-    rec = json.loads((runs / "report" / "smollm2-smoke" / "00_organism.json").read_text())
+    notebooks.run("00_evaluate", tmp_path / "executed", parameters={"RUN": "smollm2-smoke"})
+    rec = json.loads((runs / "report" / "smollm2-smoke" / "00_evaluate.json").read_text())
     n = rec["numbers"]
     assert n["smollm2-135m pair acceptance"] == "not tested" and n["n_eval"] == 4
     assert "smollm2-135m share of true checks" in n and set(n["smollm2-135m distilled marker rate / teacher"]) == set(
