@@ -180,7 +180,7 @@ def encode_store(cc, store, mask=None, chunk: int = 4096, max_entries: int = 100
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Latent scaling (Minder et al., prior-art §1.5)
+# Latent scaling (Minder et al., docs/prior-art.md §1.5)
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -190,7 +190,7 @@ def plot_latent_scaling(scaling: pd.DataFrame, nu_error_max: float = 0.3, nu_rec
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Lexicon windows and ReasonScore (Galichin et al., prior-art §2.1)
+# Lexicon windows and ReasonScore (Galichin et al., docs/prior-art.md §2.1)
 # ---------------------------------------------------------------------------------------------------------
 def lexicon_groups(lexicon: Lexicon, meta, before: int = 1, after: int = 2) -> np.ndarray:
     """[n_tokens, n_entries] bool: store token lies in the (before, after) window of a match of entry j.

@@ -1,6 +1,6 @@
 """The reasoning lexicon and a tokenizer-aware matcher over token-id sequences.
 
-The lexicon merges the published lists (prior-art.md §3) into the paper's four categories. Each entry is
+The lexicon merges the published lists (docs/prior-art.md §3) into the paper's four categories. Each entry is
 matched with lower-case and capitalised forms, with and without a leading space, as a *token sequence*
 (so "let me check" is three tokens under Qwen2), and only at word boundaries checked on the decoded
 tokens ("but" inside "butter" does not match). An entry written with a capital first letter ("Another")
@@ -19,7 +19,7 @@ import numpy as np
 
 CATEGORIES = ("self_reflection", "deductive", "alternative", "contrastive")
 
-# category -> tier -> entries. Sources in prior-art.md §3 (G Galichin, R Rethinking, S SEAL, P paper, Q cues).
+# category -> tier -> entries. Sources in docs/prior-art.md §3 (G Galichin, R Rethinking, S SEAL, P paper, Q cues).
 LEXICON: dict[str, dict[str, tuple[str, ...]]] = {
     "self_reflection": {
         "core": ("wait", "hmm", "let me check", "let me verify", "let me double-check", "double-check",

@@ -53,7 +53,7 @@ def relative_norm(W_dec, p: float = 2) -> np.ndarray:
 
 
 def dec_norm_diff(W_dec, p: float = 2) -> np.ndarray:
-    """science-of-finetuning's ``dec_norm_diff`` (prior-art §1.5), for comparison only: 0 = fine-tune-only."""
+    """science-of-finetuning's ``dec_norm_diff`` (docs/prior-art.md §1.5), for comparison only: 0 = fine-tune-only."""
     n = decoder_norms(W_dec, p)
     mx = n.max(1)
     with np.errstate(invalid="ignore", divide="ignore"):

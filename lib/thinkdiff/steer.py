@@ -47,7 +47,8 @@ from .stats import bootstrap_mean_ci
 
 POSITION_POLICIES = ("all", "generated", "think")
 UNITS = ("raw", "max_act", "resid_norm")
-# Core words per category (prior-art.md §3, single words only): the default marker counter.
+# Single words per category from the lexicon (docs/prior-art.md §3; "so" is low-precision there): the default
+# marker counter.
 DEFAULT_MARKER_WORDS = {
     "self_reflection": ("wait", "hmm"),
     "deductive": ("therefore", "thus", "so", "hence"),
