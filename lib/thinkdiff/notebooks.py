@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import paths, runconfig
+from .session import parameter_names
 
 NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
 NOTEBOOKS = ("00_evaluate", "01_harvest", "02_train", "03_label", "03b_ablation", "03c_browser", "04_steer",
@@ -27,17 +28,6 @@ def available() -> list[str]:
     return [n for n in NOTEBOOKS if (NOTEBOOK_DIR / f"{n}.ipynb").exists()]
 
 
-def parameter_names(source: str) -> set[str]:
-    """The names a parameters cell assigns at top level (``RUN = ...``)."""
-    import ast
-
-    names = set()
-    for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        names |= {t.id for t in targets if isinstance(t, ast.Name)}
-    return names
-
-
 def declared_parameters(name: str) -> set[str]:
     """The parameters notebook ``name`` takes: the names its ``parameters``-tagged cell assigns."""
     import nbformat
@@ -47,20 +37,6 @@ def declared_parameters(name: str) -> set[str]:
     if len(cells) != 1:
         raise ValueError(f"notebook {name!r} must have exactly one cell tagged 'parameters', found {len(cells)}")
     return parameter_names(cells[0].source)
-
-
-def refuse_unknown_parameters(namespace: dict) -> None:
-    """Called by each notebook right after its parameters: under papermill, a parameter the notebook does not
-    declare (``-p N_DOCS 5``) is an error naming it, not a warning followed by a whole run that ignored it. Reads
-    the kernel's input history (``In``): papermill's injected cell ("# Parameters") follows the declared one."""
-    history = list(namespace.get("In") or [])
-    for i, src in enumerate(history):
-        if i > 0 and src.lstrip().startswith("# Parameters"):
-            unknown = parameter_names(src) - parameter_names(history[i - 1])
-            if unknown:
-                raise ValueError(f"parameter(s) {sorted(unknown)} are not this notebook's; it takes "
-                                 f"{sorted(parameter_names(history[i - 1]))} (settings that decide results live "
-                                 "in the run config: configs/<RUN>.toml)")
 
 
 def run(name: str, out_dir: Path, parameters: dict | None = None, timeout: int = 1800) -> Path:

@@ -41,10 +41,8 @@ RUN = "organism-m"          # the run config: configs/<RUN>.toml ([evaluate]: si
 THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from thinkdiff.notebooks import refuse_unknown_parameters
-refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
+from thinkdiff import session
+session.start(globals(), threads=THREADS)  # hub offline, papermill parameters checked, torch threads
 import time
 import numpy as np
 import pandas as pd
@@ -53,8 +51,6 @@ from IPython.display import HTML, display
 from thinkdiff import organism, paths, pipeline, plots, records, world
 from thinkdiff.stats import wilson_ci
 import torch
-if THREADS:
-    torch.set_num_threads(THREADS)
 
 run = pipeline.load_run(RUN)
 task = run.task                      # what the pair is evaluated on (thinkdiff.tasks)

@@ -23,10 +23,8 @@ RUN = "organism-m"          # the run config: configs/<RUN>.toml ([label]: scali
 THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from thinkdiff.notebooks import refuse_unknown_parameters
-refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
+from thinkdiff import session
+session.start(globals(), threads=THREADS)  # hub offline, papermill parameters checked, torch threads
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
@@ -34,8 +32,6 @@ import torch
 from IPython.display import HTML, display
 from thinkdiff import browser, codes, label, lexicon, norms, organism, pipeline, planted, plots, probes, records, report, world
 from thinkdiff import claims as claim_rules
-if THREADS:
-    torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
 figures = plots.Figures()   # every figure this notebook saves, for the run report
 

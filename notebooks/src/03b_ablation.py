@@ -18,15 +18,11 @@ N_BOOT = 1000               # bootstrap resamples for 95% CIs
 THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from thinkdiff.notebooks import refuse_unknown_parameters
-refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
+from thinkdiff import session
+session.start(globals(), threads=THREADS)  # hub offline, papermill parameters checked, torch threads
 import torch
 from IPython.display import display
 from thinkdiff import ablation, label, lexicon, pipeline, plots, records
-if THREADS:
-    torch.set_num_threads(THREADS)
 CATS = list(lexicon.CATEGORIES)
 figures = plots.Figures()   # every figure this notebook saves, for the run report
 

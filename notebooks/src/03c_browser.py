@@ -15,15 +15,11 @@ N_CARDS = 8                 # distilled-only extremes exported as static cards, 
 THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from thinkdiff.notebooks import refuse_unknown_parameters
-refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
+from thinkdiff import session
+session.start(globals(), threads=THREADS)  # hub offline, papermill parameters checked, torch threads
 import numpy as np
 import torch
 from thinkdiff import browser, label, paths, pipeline, records
-if THREADS:
-    torch.set_num_threads(THREADS)
 
 # %% [markdown]
 # ## 1. The run and its features table

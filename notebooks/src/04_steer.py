@@ -34,10 +34,8 @@ BENCH_TOKENS = 48            # tokens per row in the hook-overhead benchmark
 THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from thinkdiff.notebooks import refuse_unknown_parameters
-refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
+from thinkdiff import session
+session.start(globals(), threads=THREADS)  # hub offline, papermill parameters checked, torch threads
 import time
 import numpy as np
 import pandas as pd
@@ -50,8 +48,6 @@ run = pipeline.load_run(RUN)
 S = run.config.steer
 N_PROMPTS, MAX_NEW_TOKENS, POSITIONS, SEED = S["n_prompts"], S["max_new_tokens"], S["positions"], S["seed"]
 ALPHAS, CONTROL_ALPHAS, CLAIM_ALPHA, SPECIFIC_NRN = S["alphas"], S["control_alphas"], S["claim_alpha"], S["specific_nrn"]
-if THREADS:
-    torch.set_num_threads(THREADS)
 torch.manual_seed(SEED)   # the run config checked the strengths when it was read (runconfig._check_steer)
 
 # %% [markdown]

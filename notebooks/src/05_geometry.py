@@ -30,10 +30,8 @@ THREADS = None              # torch CPU threads (None: one per core; 1 where oth
 
 # %%
 import math
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from thinkdiff.notebooks import refuse_unknown_parameters
-refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
+from thinkdiff import session
+session.start(globals(), threads=THREADS)  # hub offline, papermill parameters checked, torch threads
 import time
 import numpy as np
 import pandas as pd
@@ -45,8 +43,6 @@ from thinkdiff import evaluate, norms, paths, pipeline, plots, records, world
 from thinkdiff import relations as rel_data
 from thinkdiff import claims as claim_rules
 
-if THREADS:
-    torch.set_num_threads(THREADS)
 run = pipeline.load_run(RUN)
 G = run.config.geometry
 DIMS, CLAIM_DIM, TOP_K, SEED = list(G["dims"]), G["claim_dim"], G["top_k"], G["seed"]
