@@ -209,7 +209,12 @@ def weight_hash(model, max_elems: int = 1 << 16) -> str:
 
 
 def model_identity(model) -> dict:
-    return {"name_or_path": str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")),
+    """What a cache key records of a model. The weight hash is its identity; a local folder is named by its last
+    component only, so the same weights in another checkout or folder find the same store instead of rebuilding."""
+    name = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
+    if name and Path(name).exists():
+        name = Path(name).name
+    return {"name_or_path": name,
             "class": type(model).__name__, "n_layers": n_layers_of(model), "d_model": d_model_of(model),
             "weight_hash": weight_hash(model)}
 

@@ -55,7 +55,8 @@ def pair_evaluation(name: str, settings: dict, progress: bool = True) -> dict:
     pair = load_pair(name)
     kept = {k: settings[k] for k in EVALUATE_KEYS if k in settings}
     key = {"preset": pair.spec.name, "models": [model_identity(m) for m in pair.models],
-           "settings": kept, "version": 3}   # 2: smollm2 generations drop finished rows; 3: accuracy_well_formed
+           "settings": kept, "version": 4}   # 2: smollm2 generations drop finished rows; 3: accuracy_well_formed;
+    # 4: every task generates with one loop (per-prompt sampling seeds)
     folder = paths.artifact_dir("evaluate", key)
     with paths.writer_lock(folder):   # one process evaluates; a second waits and reads its result
         if (folder / "evaluation.json").exists():

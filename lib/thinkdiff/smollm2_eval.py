@@ -20,7 +20,7 @@ import random
 import numpy as np
 
 from . import nlworld, organism, smollm2, world
-from .steer import generate_steered
+from .evaluate import generate
 
 N_TRAIN_PROBLEMS = nlworld.N_TRAIN_PROBLEMS
 ACCEPTANCE = {"min_gain": 0.0, "max_p": 0.01, "min_well_formed": 0.90, "marker_tolerance": 0.30, "min_eval": 100}
@@ -56,17 +56,6 @@ def check_truth(texts) -> dict:
     checks = [c for t in texts for c in nlworld.check_steps(t)]
     return {"n_checks": len(checks),
             "true_check_share": float(np.mean([c["correct"] for c in checks])) if checks else float("nan")}
-
-
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, sample_seed: int | None = None,
-             progress: bool = False) -> list[str]:
-    """Continuations of ``prompts`` (``<think>`` kept, cut at EOS): greedy, or ancestral sampling at temperature 1
-    with row i seeded ``sample_seed + i``. ``steer.generate_steered`` with no vector: the decoding of
-    ``transformers``' ``generate``, but finished rows leave the batch, which on a CPU makes a pass over traces
-    of very unequal length several times cheaper."""
-    g = generate_steered(model, tokenizer, prompts, None, max_new_tokens=max_new_tokens, do_sample=sample_seed is not None,
-                         seed=0 if sample_seed is None else sample_seed, batch_size=64, progress=progress)
-    return g.texts
 
 
 def evaluate_nl(model, tokenizer, problems, max_new_tokens: int = 200, sample_seed: int | None = 0,

@@ -407,3 +407,21 @@ def test_a_damaged_finished_store_is_moved_aside_and_harvested_again(tiny_pair, 
         harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, cfg, out_dir=tmp_path / "mine",
                      progress=False)
     assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_a_store_key_names_a_local_model_by_its_folder_not_its_location(tiny_pair, tmp_path):
+    """The same weights saved in two checkouts' folders have one identity (the store is found, not rebuilt);
+    other weights under the same folder name do not."""
+    import transformers
+
+    from thinkdiff.harvest import model_identity
+
+    base, distilled = tiny_pair
+    for where in ("checkout-a", "checkout-b"):
+        base.save_pretrained(tmp_path / where / "base")
+    a, b = (transformers.AutoModelForCausalLM.from_pretrained(tmp_path / w / "base") for w in ("checkout-a", "checkout-b"))
+    assert str(tmp_path) in a.name_or_path
+    assert model_identity(a) == model_identity(b) and model_identity(a)["name_or_path"] == "base"
+    distilled.save_pretrained(tmp_path / "checkout-c" / "base")
+    c = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "checkout-c" / "base")
+    assert model_identity(c) != model_identity(a)
