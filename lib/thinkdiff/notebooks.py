@@ -39,9 +39,9 @@ def declared_parameters(name: str) -> set[str]:
     return parameter_names(cells[0].source)
 
 
-def run(name: str, out_dir: Path, parameters: dict | None = None, timeout: int = 1800) -> Path:
+def run(name: str, out_dir: Path, parameters: dict | None = None, timeout: int | None = 1800) -> Path:
     """Execute one notebook with papermill; returns the executed copy's path. A parameter the notebook does not
-    declare is refused before its kernel starts."""
+    declare is refused before its kernel starts. ``timeout``: seconds one cell may run (None: no limit)."""
     import papermill as pm
 
     src = notebook_path(name)
@@ -62,6 +62,8 @@ def main(argv=None) -> None:
     ap.add_argument("--run", default=None, help="the run every notebook executes (its RUN parameter): a name in "
                     "configs/ or a .toml path; default: each notebook's own (the embedded organism)")
     ap.add_argument("--out", default=str(NOTEBOOK_DIR / "executed"))
+    ap.add_argument("--cell-timeout", type=float, default=None, help="seconds one cell may run before the notebook "
+                    "fails (default: no limit; a real pair's evaluation can take hours on a CPU)")
     args = ap.parse_args(argv)
     names = list(NOTEBOOKS if args.all else args.names)
     if args.all:
@@ -75,7 +77,7 @@ def main(argv=None) -> None:
     for name in names:
         t0 = time.time()
         print(f"[thinkdiff] executing {name} ...", flush=True)
-        out = run(name, Path(args.out), params)
+        out = run(name, Path(args.out), params, timeout=args.cell_timeout)
         print(f"[thinkdiff] {name} done in {time.time() - t0:.0f} s -> {out}", flush=True)
 
 
