@@ -244,6 +244,17 @@ def analysis_layer(cv_auroc, rules: dict | None = None) -> int | None:
     return int(ok[0]) + 1 if len(ok) else None
 
 
+def chosen_layer(cv_auroc, fixed: int | None, hook_layer: int, rules: dict | None = None) -> int:
+    """The gate's analysis layer: ``fixed`` when the run config fixes one (``[label] gate_layer``, checked against
+    the model's depth), else ``analysis_layer`` on training problems, else the run's hook layer."""
+    n_layers = len(cv_auroc)
+    if fixed is not None:
+        if not 1 <= fixed <= n_layers:
+            raise ValueError(f"[label] gate_layer = {fixed} is outside this model's layers 1..{n_layers}")
+        return int(fixed)
+    return analysis_layer(cv_auroc, rules) or int(hook_layer)
+
+
 def gap_ci(y, score_a, score_b, unit, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """(gap, low, high): AUROC(score_a) - AUROC(score_b) on the same held-out tokens ``y``, with a 95 % percentile
     CI from resampling whole ``unit``s (problems) with replacement."""

@@ -75,6 +75,10 @@ class LabelSettings:
     """The planted gated connective: problems for its probes (training, held out)."""
     gate_random: int = 10
     """Matched random latents the gate latent's ablation is compared with."""
+    gate_layer: int | None = None
+    """The layer (resid_pre of block L) the gated connective is analysed at, fixed before looking; None: the first
+    layer where the distilled probe reaches the bar on training problems (else the hook layer). A layer other than
+    the hook layer harvests a store and trains crosscoders there."""
 
     def check(self, where: str) -> None:
         ks = self.ablation_ks
@@ -86,6 +90,8 @@ class LabelSettings:
         if not is_int(self.ablation_random_sets) or self.ablation_random_sets < 2:
             raise RunConfigError(f"{where}: [label] ablation_random_sets = {self.ablation_random_sets!r} must be an "
                                  "integer >= 2")
+        if self.gate_layer is not None and not (is_int(self.gate_layer) and self.gate_layer >= 1):
+            raise RunConfigError(f"{where}: [label] gate_layer = {self.gate_layer!r} must be a layer number >= 1 or omitted")
         if not self.ablation_base_margin > 0:
             raise RunConfigError(f"{where}: [label] ablation_base_margin = {self.ablation_base_margin!r} must be > 0")
 

@@ -279,8 +279,8 @@ ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth p
 #
 # Where in depth the distilled model computes the bit is not known in advance, so the **analysis layer** is chosen
 # on training problems alone: the shallowest layer whose cross-validated training probe reaches 0.90
-# (`planted.analysis_layer`). (c)-(e) are then scored there on held-out problems, and the run's hook layer is shown
-# beside it.
+# (`planted.analysis_layer`), unless the run config fixes it beforehand (`[label] gate_layer`). (c)-(e) are then
+# scored there on held-out problems, and the run's hook layer is shown beside it.
 
 # %%
 GATE_TRAIN, GATE_EVAL = L["gate_problems"]
@@ -304,7 +304,7 @@ if GATE:
     gate_probe = {k: planted.layer_probes(*a) for k, a in gate_acts.items()}
     # chosen on training problems only; no layer reaching the bar: judged at the hook, where (c) then fails
     gate_cv_auroc = gate_probe["distilled", "bit"]["cv_auroc"]
-    gate_layer = planted.analysis_layer(gate_cv_auroc) or pair.layer
+    gate_layer = planted.chosen_layer(gate_cv_auroc, L["gate_layer"], pair.layer)
     at = gate_layer - 1                                # index of resid_pre of block `gate_layer` in the per-layer arrays
     y_ev, unit_ev = gate_acts["distilled", "bit"][1]["y"], gate_acts["distilled", "bit"][1]["doc"]
     gap = planted.gap_ci(y_ev, gate_probe["distilled", "bit"]["scores"][at], gate_probe["base", "bit"]["scores"][at],

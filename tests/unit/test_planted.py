@@ -137,6 +137,14 @@ def test_analysis_layer_is_the_shallowest_that_reads_the_bit_in_training(cv, wan
     assert planted.analysis_layer(cv) == want
 
 
+def test_a_fixed_gate_layer_is_kept_and_otherwise_training_chooses_then_the_hook():
+    assert planted.chosen_layer([0.5, 0.6, 0.95, 0.99], 2, hook_layer=1) == 2          # fixed before looking
+    assert planted.chosen_layer([0.5, 0.6, 0.95, 0.99], None, hook_layer=1) == 3       # chosen on training
+    assert planted.chosen_layer([0.5, 0.6, 0.5], None, hook_layer=2) == 2              # none reaches the bar
+    with pytest.raises(ValueError, match=r"gate_layer = 5 is outside this model's layers 1..4"):
+        planted.chosen_layer([0.5, 0.6, 0.95, 0.99], 5, hook_layer=1)
+
+
 def test_layer_probes_cross_validate_within_training_problems():
     """A layer that carries the label scores high in training CV and on held-out data; a noise layer near 0.5;
     the CV never sees the held-out problems (its folds are whole problems)."""

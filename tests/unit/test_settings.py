@@ -32,6 +32,7 @@ def test_the_run_config_defaults_are_the_dataclasses():
     ("steer", {"alphas": [0, 1]}, r"alphas = \[0, 1\] holds 0"),
     ("geometry", {"claim_dim": 3}, r"claim_dim = 3 must be one of dims"),
     ("evaluate", {"n_eval": 0}, r"n_eval = 0 must be an integer >= 1"),
+    ("label", {"gate_layer": 0}, r"gate_layer = 0 must be a layer number >= 1 or omitted"),
 ])
 def test_checks_across_fields(section, change, message):
     with pytest.raises(settings.RunConfigError, match=r"my\.toml: \[" + section + r"\] " + message):
