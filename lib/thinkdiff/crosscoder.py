@@ -369,4 +369,5 @@ class CrossCoder(nn.Module):
         c = self.config
         k = f", k={c.k}" if c.k is not None else ""
         return (f"n_models={c.n_models}, d_model={c.d_model}, n_latents={c.n_latents}, "
-                f"activation={c.activation}{k}, layer={c.layer}, folded={self.folded}")
+                f"activation={c.activation}{k}, layer={c.layer}, folded={self.folded}"
+                + (f", imported from {c.origin['format']} {c.origin['file']}" if c.origin else ""))

@@ -215,6 +215,12 @@ def test_unknown_layout_and_config_disagreement_are_named(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(CheckpointError, match="no crosscoder layout.*crosscoder_learning.*kissane|kissane.*crosscoder_learning"):
         formats.load(tmp_path / "x")
+    trained_like("relu").save_pretrained(tmp_path / "ours")      # thinkdiff's own folder: loaded, not imported
+    with pytest.raises(CheckpointError, match="ours is in no crosscoder layout.*CrossCoder.from_pretrained"):
+        formats.load(tmp_path / "ours")
+    renamed = tmp_path / "renamed.pt"                              # any .pt state dict of theirs, whatever its name
+    torch.save(cl_state(), renamed)
+    assert formats.detect(renamed)[0].NAME == "crosscoder_learning" and formats.load(renamed).n_latents == F
     sd = cl_state()
     folder = write_hub(tmp_path / "cc", sd, mode="SAE")          # config says SAE, the buffer CROSSCODER
     with pytest.raises(CheckpointError, match="config.json: code_normalization 'SAE' disagrees"):

@@ -37,7 +37,8 @@ def detect(path) -> tuple:
     found = [(m, f) for m in FORMATS.values() if (f := m.resolve(path)) is not None]
     if not found:
         raise CheckpointError(f"{path} is in no crosscoder layout thinkdiff imports; "
-                              + "; ".join(f"{m.NAME}: {m.EXPECTS}" for m in FORMATS.values()))
+                              + "; ".join(f"{m.NAME}: {m.EXPECTS}" for m in FORMATS.values())
+                              + " (a folder thinkdiff saved is loaded with CrossCoder.from_pretrained, not imported)")
     if len(found) > 1:
         raise CheckpointError(f"{path} matches several layouts ({', '.join(m.NAME for m, _ in found)}); name the "
                               "weights file itself")

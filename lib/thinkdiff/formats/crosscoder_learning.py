@@ -44,7 +44,8 @@ from .common import CheckpointError, build, check_finite, check_keys, read_json,
 
 NAME = "crosscoder_learning"
 NEEDS_SCALE = False     # the checkpoint carries its own activation normaliser
-EXPECTS = "a folder with config.json + model.safetensors, a model_final.pt / checkpoint_<step>.pt, or such a file"
+EXPECTS = ("a folder with config.json + model.safetensors, or with model_final.pt / checkpoint_<step>.pt, or a "
+           ".safetensors / .pt file")
 CODE_NORMALIZATION = {1: "CROSSCODER", 2: "SAE", 3: "MIXED", 4: "NONE", 5: "DECOUPLED"}
 CLASSES = {"relu": "CrossCoder", "batchtopk": "BatchTopKCrossCoder"}   # thinkdiff scheme -> their class
 EPS = 1e-8              # denormalize_activations divides by (activation_global_scale + 1e-8)
@@ -71,7 +72,8 @@ def resolve(path: Path) -> dict | None:
             raise CheckpointError(f"{path} holds {len(steps)} training checkpoints and no {FINAL}; name the one to "
                                   f"import (e.g. {steps[-1]})")
         return {"weights": steps[0], "config": _beside(steps[0])} if steps else None
-    if path.suffix == ".safetensors" or (path.suffix == ".pt" and (path.name == FINAL or path.name.startswith("checkpoint_"))):
+    kissane = path.name == "cc_weights.pt" or path.with_name(f"{path.stem}_cfg.json").is_file()   # Kissane's names
+    if path.suffix == ".safetensors" or (path.suffix == ".pt" and not kissane):
         return {"weights": path, "config": _beside(path)}
     return None
 
