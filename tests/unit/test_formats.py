@@ -255,7 +255,7 @@ def test_export_reads_back_in_their_forward_and_round_trips(tmp_path, scheme, fo
     assert back.decoder_norms("train").allclose(cc.decoder_norms("train"), rtol=1e-5)
 
 
-def test_export_never_overwrites(tmp_path):
+def test_export_never_overwrites_nor_leaves_half_a_folder(tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError):
@@ -266,3 +266,11 @@ def test_export_never_overwrites(tmp_path):
         cc.threshold.fill_(math.nan)
         formats.export(cc, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+    import safetensors.torch
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        formats.export(trained_like("relu"), tmp_path / "half")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]           # no folder, no temp folder left

@@ -79,6 +79,6 @@ def load(files: dict, norm_scale, sha256: str) -> CrossCoder:
     if s.numel() != 2 or not (torch.isfinite(s) & (s > 0)).all():
         raise ValueError(f"norm_scale must be 2 positive finite numbers, got {s.tolist()}")
     W_enc, W_dec = t["W_enc"].double() * s[:, None, None], t["W_dec"].double() / s[None, :, None]
-    origin = {"format": NAME, "file": str(path), "sha256": sha256, "scale": "store"}
+    origin = {"format": NAME, "file": str(path), "sha256": sha256, "scale": "store", "class": "CrossCoder"}
     return build(W_enc, t["b_enc"].double(), W_dec, t["b_dec"].double() / s[:, None], norm_scale=s,
                  layer=_layer(cfg, cfg_path), origin=origin)
