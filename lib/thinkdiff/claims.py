@@ -86,7 +86,7 @@ def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DIST
 
 
 def claim1_verdict(nrn, frequency, null: list | None, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC,
-                   genuine=None, pair: str = "this pair") -> tuple[str, str]:
+                   genuine=None, pair: str = "this pair", imported: bool = False) -> tuple[str, str]:
     """Claim 1: exclusive latents exist, beyond what a pair without distillation gives.
 
     ``nrn``, ``frequency`` [F] of the real crosscoder; ``null``: ``exclusive_counts`` of null crosscoders (the
@@ -95,7 +95,11 @@ def claim1_verdict(nrn, frequency, null: list | None, lo: float = BASE_SPECIFIC,
     largest count plus its seed-to-seed spread (max - min). With ``genuine`` (``exclusive_counts``), the
     distilled side counts only latents that survive latent scaling, on the real pair and on the null alike
     (the null's counts must then carry ``distilled_only_genuine``). supports: both sides; contradicts: neither;
-    mixed otherwise; not tested when ``null`` is None: ``pair`` (its name) has no control model to train a null on."""
+    mixed otherwise; not tested when ``null`` is None: ``pair`` (its name) has no control model to train a null on,
+    or the crosscoders are ``imported`` (trained elsewhere: no recipe to train the null's the same way)."""
+    if null is None and imported:
+        return "not tested", ("the crosscoders are imported (trained elsewhere), so no null crosscoders could be "
+                              "trained the same way on the control pair")
     if null is None:
         return "not tested", (f"{pair} has no control model (the base fine-tuned the same way without "
                               "distillation), so no null could show what fine-tuning alone gives")

@@ -47,6 +47,7 @@ CHECKSUM_KEY = "weights_sha256"   # in config.json: the sha256 of model.safetens
 # in config.json: the sha256 of every config field with the weights' checksum, so an edited norm_scale, layer,
 # store hash or training setting is caught on load as a flipped weight is
 CONFIG_CHECKSUM_KEY = "config_sha256"
+ORIGIN_SCALES = ("checkpoint", "store", "none")   # where an imported crosscoder's norm_scale came from
 
 
 def config_digest(fields: dict, weights_sha: str) -> str:
@@ -76,6 +77,10 @@ class CrossCoderConfig:
     norm_scale: list[float] | None = None  # folded per-model scale (raw -> training units); None = unfolded
     store_hash: str | None = None       # config hash of the activation store it was trained on
     train_config: dict | None = None    # the TrainConfig it was trained with (for provenance)
+    # an imported crosscoder (thinkdiff.formats): {"format", "file", "sha256" of the checkpoint, "scale": where
+    # norm_scale came from, "checkpoint" (its own normaliser), "store" (the store's, folded on import) or "none"};
+    # None = trained by thinkdiff
+    origin: dict | None = None
 
     def validate(self) -> "CrossCoderConfig":
         for name in ("d_model", "n_latents", "n_models"):
@@ -90,6 +95,12 @@ class CrossCoderConfig:
         if self.norm_scale is not None:
             if len(self.norm_scale) != self.n_models or not all(s > 0 and math.isfinite(s) for s in self.norm_scale):
                 raise ValueError(f"norm_scale must be {self.n_models} positive finite numbers, got {self.norm_scale!r}")
+        if self.origin is not None:
+            keys = {"format", "file", "sha256", "scale"}
+            if not isinstance(self.origin, dict) or not keys <= set(self.origin) \
+                    or self.origin["scale"] not in ORIGIN_SCALES:
+                raise ValueError(f"origin must be a dict with {sorted(keys)} (scale one of {ORIGIN_SCALES}), "
+                                 f"got {self.origin!r}")
         return self
 
 
@@ -249,7 +260,9 @@ class CrossCoder(nn.Module):
         if self.config.store_hash is not None and theirs is not None and theirs != self.config.store_hash:
             problems.append(f"store hash {theirs} (store) vs {self.config.store_hash} (the store it was trained on)")
         scale = getattr(store, "norm_scale", None)
-        if self.config.norm_scale is not None and scale is not None and not np.allclose(
+        # an imported crosscoder with its own normaliser folds that one, not the store's: nothing to compare
+        own = self.config.origin is not None and self.config.origin["scale"] != "store"
+        if self.config.norm_scale is not None and scale is not None and not own and not np.allclose(
                 np.asarray(self.config.norm_scale, float), np.asarray(scale, float).reshape(-1), rtol=1e-4):
             problems.append(f"norm_scale {np.round(np.asarray(scale, float), 6).tolist()} (store) vs "
                             f"{np.round(self.config.norm_scale, 6)} (folded into the crosscoder)")
@@ -356,4 +369,5 @@ class CrossCoder(nn.Module):
         c = self.config
         k = f", k={c.k}" if c.k is not None else ""
         return (f"n_models={c.n_models}, d_model={c.d_model}, n_latents={c.n_latents}, "
-                f"activation={c.activation}{k}, layer={c.layer}, folded={self.folded}")
+                f"activation={c.activation}{k}, layer={c.layer}, folded={self.folded}"
+                + (f", imported from {c.origin['format']} {c.origin['file']}" if c.origin else ""))

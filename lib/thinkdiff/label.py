@@ -160,7 +160,8 @@ def claim10_findings(run, masks: dict, scaling: pd.DataFrame, null_counts: dict,
     for s in schemes:
         nrn, acts = run.relative_norms(s), run.codes(s)
         freq = acts.frequency()
-        claim1[s] = claim1_verdict(nrn, freq, null_counts.get(s), genuine=genuine.get(s), pair=run.config.preset)[0]
+        claim1[s] = claim1_verdict(nrn, freq, null_counts.get(s), genuine=genuine.get(s), pair=run.config.preset,
+                                   imported=bool(run.config.imports))[0]
         claim3[s] = claim3_verdict(category_latents(marker_counts(acts, masks), nrn), nrn, freq,
                                    categories=list(CATEGORIES))[0]
         top = scaling_latents(nrn, freq > 0, run.config.label["n_scaling"], min_relative_norm=DISTILLED_SPECIFIC)

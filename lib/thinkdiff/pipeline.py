@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import label, lexicon, pairs, paths, runconfig
+from . import formats, label, lexicon, pairs, paths, runconfig
 from .codes import encode_store
 from .harvest import HarvestConfig, get_store, model_identity
 from .norms import relative_norm
@@ -137,8 +137,9 @@ class Run:
 
     @property
     def has_null(self) -> bool:
-        """True when the pair has a control model (the base fine-tuned without distillation) for claim 1's null."""
-        return self.pair.control is not None
+        """True when the pair has a control model (the base fine-tuned without distillation) for claim 1's null and
+        every crosscoder was trained here: an imported one has no recipe to train the null's crosscoders with."""
+        return not self.config.imports and self.pair.control is not None
 
     @functools.cached_property
     def null_store(self):
@@ -171,13 +172,20 @@ class Run:
         scheme = scheme or self.config.schemes[0]
         if scheme not in self.config.train:
             raise ValueError(f"run {self.name!r} trains {self.config.schemes}, not {scheme!r}")
+        if scheme in self.config.imports:
+            raise ValueError(f"run {self.name!r} imports its {scheme} crosscoder from {self.config.imports[scheme]} "
+                             f"([train.{scheme}] from): it was trained elsewhere, so the run has no training settings "
+                             "for it")
         d = dict(self.config.train[scheme])
         d["betas"] = tuple(d["betas"])
         return TrainConfig(**d).validate()
 
     def crosscoder(self, scheme: str | None = None):
-        """The crosscoder of ``scheme`` (default: the main one), trained on first use and cached by key."""
+        """The crosscoder of ``scheme`` (default: the main one), trained on first use and cached by key; imported
+        from its checkpoint instead where the run config says ``[train.<scheme>] from``."""
         scheme = scheme or self.config.schemes[0]
+        if scheme not in self._crosscoders and scheme in self.config.imports:
+            self._crosscoders[scheme] = formats.import_crosscoder(self.config.imports[scheme], self.store, scheme)
         if scheme not in self._crosscoders:
             self._crosscoders[scheme] = get_crosscoder(self.store, self.train_config(scheme), progress=self.progress)
         return self._crosscoders[scheme]
@@ -187,7 +195,11 @@ class Run:
         return {s: self.crosscoder(s) for s in self.config.schemes}
 
     def crosscoder_key(self, scheme: str | None = None) -> str:
-        """The cache key of ``scheme``'s crosscoder (store hash + training config); needs no training."""
+        """The cache key of ``scheme``'s crosscoder (store hash + training config, or an imported checkpoint's
+        content hash); needs no training."""
+        scheme = scheme or self.config.schemes[0]
+        if scheme in self.config.imports:
+            return formats.import_key(self.config.imports[scheme], self.store, scheme)
         return cache_key(self.store, self.train_config(scheme))
 
     def codes(self, scheme: str | None = None):

@@ -14,6 +14,8 @@ and cache keys.
     n_steps = 1000
 
 ``extends = "organism-m"`` starts from another run and changes only the keys it lists (tables merge key by key).
+``[train.<scheme>] from = "<folder or file>"`` imports that scheme's crosscoder from a checkpoint trained elsewhere
+(``thinkdiff.formats``; a relative path is taken from the folder of the file that says it) instead of training it.
 ``smoke = true`` marks tiny parameters for tests: such a run computes everything and reports every claim and
 target as "not tested". Keys missing from a section take the defaults below; unknown keys are errors.
 """
@@ -23,10 +25,10 @@ import copy
 import dataclasses
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import pairs, paths, settings
+from . import formats, pairs, paths, settings
 from .harvest import HarvestConfig
 from .settings import RunConfigError, is_int
 from .train import ORGANISM, PAPER, TrainConfig
@@ -60,6 +62,8 @@ class RunConfig:
     geometry: dict
     model_dtype: str = "auto"    # the pair's weights in memory: "auto" (stored dtype; stored bf16 is upcast to
     #                              float32 on a CPU whose bf16 matmuls are not faster), "float32" or "bfloat16"
+    imports: dict = field(default_factory=dict)   # scheme -> absolute path of the checkpoint its crosscoder is
+    #                              imported from (``[train.<scheme>] from``); such a scheme is not trained
 
     @property
     def schemes(self) -> list[str]:
@@ -82,6 +86,8 @@ class RunConfig:
         """12 hex characters over every setting (not the name): equal settings, equal hash."""
         d = self.to_dict()
         d.pop("name")
+        # a checkpoint counts by its content, not by where it lies
+        d["imports"] = {s: formats.digest(formats.detect(p)[1]) for s, p in self.imports.items()}
         return paths.config_hash(d)
 
 
@@ -111,6 +117,7 @@ def _read(path: Path, chain: tuple = ()) -> dict:
     bad = sorted(set(raw) - set(TOP_KEYS))
     if bad:
         raise RunConfigError(f"run config {path}: unknown key(s) {bad}; known: {list(TOP_KEYS)}")
+    resolve_imports(raw, path.parent)
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
@@ -118,6 +125,27 @@ def _read(path: Path, chain: tuple = ()) -> dict:
     if ppath.resolve() in chain:
         raise RunConfigError(f"run config {path}: 'extends' loops back to {ppath}")
     return merge(_read(ppath, chain + (path.resolve(),)), raw)
+
+
+def resolve_imports(raw: dict, folder: Path) -> None:
+    """Make every relative ``[train.<scheme>] from`` path absolute, from ``folder`` (the config file's), in place."""
+    train = raw.get("train")
+    for table in (train.values() if isinstance(train, dict) else ()):
+        if isinstance(table, dict) and isinstance(table.get("from"), str) and table["from"]:
+            p = Path(table["from"]).expanduser()
+            table["from"] = str(p if p.is_absolute() else (folder / p).resolve())
+
+
+def _import_path(value, where: str, scheme: str) -> str:
+    """A ``from`` value checked: a path to a checkpoint in a layout ``thinkdiff.formats`` reads (file names only:
+    its contents are checked when the crosscoder is first asked for)."""
+    if not isinstance(value, str) or not value:
+        raise RunConfigError(f"{where}: [train.{scheme}] from = {value!r} must be the path of a crosscoder checkpoint")
+    try:
+        formats.detect(value)
+    except (FileNotFoundError, formats.CheckpointError) as err:
+        raise RunConfigError(f"{where}: [train.{scheme}] from = {value!r}: {err}") from None
+    return str(Path(value).expanduser().absolute())
 
 
 def merge(base: dict, changes: dict) -> dict:
@@ -150,7 +178,8 @@ def _harvest_defaults() -> dict:
     return {**CORPUS_DEFAULTS, "corpus": {}, **fields}
 
 
-def _train_section(raw: dict, spec, where: str) -> dict:
+def _train_section(raw: dict, spec, where: str) -> tuple[dict, dict]:
+    """(the [train] section, scheme -> imported checkpoint path); an imported scheme's other keys are unused."""
     got = raw.get("train", {})
     if not isinstance(got, dict):
         raise RunConfigError(f"{where}: [train] must be a table")
@@ -161,9 +190,11 @@ def _train_section(raw: dict, spec, where: str) -> dict:
     if bad:
         raise RunConfigError(f"{where}: unknown key(s) {bad} in [train]; known: schemes, {', '.join(sorted(ORGANISM))}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"activation"}
-    out = {"schemes": list(schemes)}
+    out, imports = {"schemes": list(schemes)}, {}
     for s in schemes:
-        table = got.get(s, {})
+        table = dict(got.get(s, {}))
+        if "from" in table:
+            imports[s] = _import_path(table.pop("from"), where, s)
         unknown = sorted(set(table) - fields)
         if unknown:
             raise RunConfigError(f"{where}: unknown key(s) {unknown} in [train.{s}]; TrainConfig fields: {sorted(fields)}")
@@ -173,7 +204,7 @@ def _train_section(raw: dict, spec, where: str) -> dict:
         except (TypeError, ValueError) as err:
             raise RunConfigError(f"{where}: [train.{s}]: {err}") from None
         out[s] = cfg.to_dict()
-    return out
+    return out, imports
 
 
 def _check_harvest(harvest: dict, where: str) -> None:
@@ -231,9 +262,10 @@ def from_dict(raw: dict, name: str, source: str = "<dict>") -> RunConfig:
     except pairs.PairError as err:
         raise RunConfigError(str(err)) from None
     _check_runs_exist(sections["geometry"], where, Path(source).parent if source.endswith(".toml") else None)
+    train, imports = _train_section(raw, spec, where)
     return RunConfig(name=name, source=source, preset=spec.name, smoke=smoke,
                      description=str(raw.get("description", "")), harvest=harvest,
-                     train=_train_section(raw, spec, where), model_dtype=model_dtype, **sections)
+                     train=train, model_dtype=model_dtype, imports=imports, **sections)
 
 
 def load(name_or_path=DEFAULT_RUN, overrides: dict | None = None) -> RunConfig:
@@ -260,5 +292,6 @@ def load(name_or_path=DEFAULT_RUN, overrides: dict | None = None) -> RunConfig:
             for t in tables:
                 node = node.setdefault(t, {})
             node[key] = value
+        resolve_imports(raw, path.parent)
         name += "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) + "]"
     return from_dict(raw, name, str(path))

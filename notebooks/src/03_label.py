@@ -383,12 +383,17 @@ if GATE:
 
 # %%
 gate_found, gate_margins = {}, {}
-if GATE:
+# an imported crosscoder (the run config's `from`) reads the hook layer only: at another analysis layer it has no twin
+gate_schemes = [s for s in SCHEMES if gate_layer == pair.layer or s not in run.config.imports] if GATE else []
+if GATE and gate_schemes != SCHEMES:
+    print(f"{', '.join(s for s in SCHEMES if s not in gate_schemes)}: imported, trained on block {pair.layer}; "
+          f"there is no such crosscoder at the analysis layer {gate_layer}, so this check leaves it out")
+if gate_schemes:
     gate_run = run if gate_layer == pair.layer else pipeline.load_run(RUN, overrides={"harvest.layer": gate_layer})
     g_meta, g_docs = gate_run.store.meta, gate_run.documents()
     gate_y = organism.step_end_labels(g_docs, g_meta, field="gate")
     parity_y = organism.step_end_labels(g_docs, g_meta, field="parity")
-    for s in SCHEMES:
+    for s in gate_schemes:
         g_codes, g_nrn = gate_run.codes(s), gate_run.relative_norms(s)
         f = planted.crosscoder_finding(g_codes, g_nrn, g_meta["split"], gate_y, gate_run.crosscoders[s], pair.base,
                                        pair.distilled, gate_layer, gate_ev, tok, L["gate_random"], unit_ev,
@@ -497,7 +502,7 @@ if run.has_null:
            for s, v in null_counts.items()},
           "(distilled-only, of them surviving latent scaling, base-only) live latents per null seed")
 v1, e1 = claim_rules.claim1_verdict(NRN, A.frequency(), null_counts.get(SCHEMES[0]), genuine=real_genuine.get(SCHEMES[0]),
-                                    pair=run.config.preset)
+                                    pair=run.config.preset, imported=bool(run.config.imports))
 
 # %% [markdown]
 # The null's relative norms beside the real pair's: a pair that was only fine-tuned, without distillation, spreads

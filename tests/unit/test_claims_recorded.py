@@ -77,6 +77,8 @@ def test_claim1_without_a_null_is_not_tested_and_names_the_pair():
     nrn, freq = np.array([0.95, 0.5, 0.05]), np.full(3, 0.01)
     v, e = claims.claim1_verdict(nrn, freq, None, pair="qwen-1.5b")
     assert v == "not tested" and e.startswith("qwen-1.5b has no control model")
+    v, e = claims.claim1_verdict(nrn, freq, None, pair="qwen-1.5b", imported=True)
+    assert v == "not tested" and e.startswith("the crosscoders are imported")
     with pytest.raises(ValueError, match="at least one null"):
         claims.claim1_verdict(nrn, freq, [])
 

@@ -12,9 +12,10 @@ import pytest
 from thinkdiff import pairs
 
 LIB = Path(__file__).resolve().parents[2] / "lib" / "thinkdiff"
-# Stage code (takes a Run and caches) and the pair / task plug-ins: what low-level code must not import.
+# Stage code (takes a Run and caches) and the pair / task / checkpoint-layout plug-ins: what low-level code must
+# not import.
 STAGE = {"pipeline", "runconfig", "report", "notebooks", "records"}
-PLUGIN_PACKAGES = ("pairs", "tasks")
+PLUGIN_PACKAGES = ("pairs", "tasks", "formats")
 # Low-level code: tensors, stores, schemes, kernels, statistics, metrics, probes, the lexicon.
 LOW_LEVEL = {"crosscoder", "schemes", "kernels", "store", "hooks", "codes", "norms", "stats", "metrics", "probes",
              "lexicon", "paths", "precision", "hf", "evaluate", "train", "harvest", "steer", "geometry", "label",

@@ -77,7 +77,7 @@ class Run:
         self.store, self._coders, self.tested, self._train = Store(), coders, tested, train_config
         self.name = "toy"
         self.config = SimpleNamespace(schemes=list(coders), preset=preset, name="toy", hash="0123abcd",
-                                      source=Path("configs/toy.toml"),
+                                      source=Path("configs/toy.toml"), imports={},
                                       label={"n_scaling": 10, "k_verdict": 0.2, "ablation_base_margin": 0.5})
         self.pair = SimpleNamespace(layer=2)
 
