@@ -499,3 +499,24 @@ def claim5_verdict(result, k: float | None = None, base_margin: float = 0.5, unt
     if not holds:
         return "not tested", evidence
     return verdict(holds), evidence
+
+
+ADL_ALPHA = 0.05   # the ADL direction is closer to the distilled-only latents than random when p <= this
+
+
+def adl_closeness_verdict(closeness: dict | None, n_latents: int, alpha: float = ADL_ALPHA) -> tuple[str, str]:
+    """Is the Activation Difference Lens's direction closer to the ``n_latents`` distilled-only latents' decoder
+    differences than random unit directions are? ``closeness``: ``adl.closeness`` (mean |cosine| ``stat``, the
+    random directions' ``random``, the permutation ``p``), None when there was nothing to compare.
+
+    supports: p <= ``alpha``; contradicts: no closer than the median random direction; mixed in between; not
+    tested without a distilled-only latent."""
+    if closeness is None or n_latents == 0:
+        return "not tested", "no live distilled-only latent to compare the ADL direction with"
+    stat, rand, p = closeness["stat"], np.asarray(closeness["random"]), closeness["p"]
+    med = float(np.median(rand))
+    evidence = (f"mean |cos| with {n_latents} distilled-only latents {stat:.3f}; random unit directions median "
+                f"{med:.3f}, {closeness['n_higher']} of {len(rand)} at or above it (p = {p:.3g})")
+    if p <= alpha:
+        return "supports", evidence
+    return ("contradicts" if stat <= med else "mixed"), evidence
