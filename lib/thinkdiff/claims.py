@@ -65,6 +65,13 @@ def verdict(holds) -> str:
     return "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
 
 
+def distilled_only_mask(nrn, frequency, hi: float = DISTILLED_SPECIFIC) -> np.ndarray:
+    """[F] bool: the distilled-only latents as claim 1 counts them (firing on at least ``MIN_FREQUENCY`` of
+    tokens, relative norm >= ``hi``)."""
+    nrn, freq = np.asarray(nrn, float), np.asarray(frequency, float)
+    return (freq >= MIN_FREQUENCY) & np.isfinite(nrn) & (nrn >= hi)
+
+
 def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC,
                      genuine=None) -> dict:
     """Latents firing on at least ``MIN_FREQUENCY`` of tokens with relative norm >= ``hi`` / <= ``lo``.
@@ -75,7 +82,7 @@ def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DIST
     nrn, freq = np.asarray(nrn, float), np.asarray(frequency, float)
     keep = (freq >= MIN_FREQUENCY) & np.isfinite(nrn)
     v = nrn[keep]
-    out = {"live": int(len(v)), "distilled_only": int((v >= hi).sum()), "base_only": int((v <= lo).sum()),
+    out = {"live": int(len(v)), "distilled_only": int(distilled_only_mask(nrn, freq, hi).sum()), "base_only": int((v <= lo).sum()),
            "mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
     if genuine is not None:
         genuine = np.asarray(genuine, bool)

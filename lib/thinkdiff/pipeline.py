@@ -212,7 +212,7 @@ class Run:
         meta = self.store.meta
         rows, offset = adl.first_token_rows(meta["doc_id"], meta["pos"], A["first_tokens"], A["n_texts"])
         delta, per, counts = adl.mean_difference(self.store.acts(rows), offset, A["first_tokens"])
-        return {"delta": delta, "per_position": per, "counts": counts, "n_tokens": len(rows),
+        return {"delta": delta, "per_position": per, "counts": counts, "rows": rows, "n_tokens": len(rows),
                 "n_texts": len(np.unique(meta["doc_id"][rows]))}
 
     @property

@@ -246,23 +246,22 @@ def adl_words(run) -> dict:
     return dict(run.task.planted_words)
 
 
-def adl_lens_table(tokens: dict, logits: dict, scores: pd.DataFrame, score_name: str, d_only, meta=None) -> pd.DataFrame:
+def adl_lens_table(tokens: dict, logits: dict, features: pd.DataFrame, meta=None) -> pd.DataFrame:
     """What each lens found, per category, without a verdict. ``tokens``: category -> token ids (``adl_words``);
-    ``logits``: model name -> [vocab] ADL logit lens; ``scores`` [n_latents x categories] (``Run.category_scores``),
-    ``d_only`` the distilled-only latents' ids; ``meta`` (a store's, planted labels: the organism) adds the planted
-    truth. Columns: the crosscoder's distilled-only latents whose top category this is and their best score; per
-    model the best rank of the category's tokens among the ADL's promoted tokens (0 = the most promoted); and the
-    store's tokens inside the category's planted moves and occurrences of its words."""
-    d_only = np.asarray(d_only, dtype=np.int64)
-    top = scores.to_numpy()[d_only].argmax(1) if len(d_only) else np.array([], int)
+    ``logits``: model name -> [vocab] ADL logit lens; ``features``: the run's features table (``label.run_features``:
+    relative norm, frequency, label, per-category ``auroc_*`` or ``score_*``); ``meta`` (a store's, with planted
+    labels: the organism) adds the planted truth. Columns: the crosscoder's distilled-only latents
+    (``claims.distilled_only_mask``) labelled with the category and their best score (held-out ground-truth AUROC
+    where there are planted labels, else ReasonScore); per model the best rank of the category's tokens among the
+    ADL's promoted tokens (0 = the most promoted); the store's tokens inside the category's planted moves and the
+    occurrences of its words."""
+    d = features[claims.distilled_only_mask(features["relative_norm"], features["frequency"])]
     rows = []
     for cat, ids in tokens.items():
-        known = cat in scores.columns
-        row = {"category": cat,
-               f"crosscoder: distilled-only latents, top {score_name}":
-                   int((top == list(scores.columns).index(cat)).sum()) if known else np.nan,
-               f"crosscoder: best {score_name} (distilled-only)":
-                   float(scores[cat].to_numpy()[d_only].max()) if known and len(d_only) else np.nan}
+        col = next((c for c in (f"auroc_{cat}", f"score_{cat}") if c in d.columns), None)
+        row = {"category": cat, "crosscoder: distilled-only latents labelled so": int((d["label"] == cat).sum()),
+               "crosscoder: best score (distilled-only)": float(d[col].max()) if col and len(d) else np.nan,
+               "crosscoder: score": "" if col is None else col.split("_")[0]}
         for model, lg in logits.items():
             row[f"ADL: rank in {model} lens"] = int(adl.token_ranks(lg, ids).min()) if ids else np.nan
         if meta is not None:

@@ -105,17 +105,21 @@ def test_word_token_ids(tiny_tokenizer):
 
 
 def test_the_lens_table_lines_up_each_lens_per_category():
-    scores = pd.DataFrame({"self_reflection": [0.9, 0.2, 0.6], "deductive": [0.1, 0.8, 0.7]})
+    features = pd.DataFrame({"relative_norm": [0.2, 0.95, 0.99, 0.97], "frequency": [0.1, 0.1, 0.2, 0.0],
+                             "label": ["self_reflection", "deductive", "deductive", "deductive"],
+                             "auroc_self_reflection": [0.9, 0.2, 0.6, 1.0], "auroc_deductive": [0.1, 0.8, 0.7, 1.0]})
     tokens = {"self_reflection": [2], "deductive": [0, 1], "gated connective": [3]}
     logits = {"distilled": np.array([0.0, 1.0, 5.0, 2.0]), "base": np.array([3.0, 0.0, -1.0, 1.0])}
     meta = {"label": np.array([1, 1, 2, 0, -1]), "token_id": np.array([2, 3, 3, 0, 1])}
-    t = records.adl_lens_table(tokens, logits, scores, "AUROC", d_only=[1, 2], meta=meta)
-    assert t.loc["deductive", "crosscoder: distilled-only latents, top AUROC"] == 2      # latents 1 and 2
-    assert t.loc["self_reflection", "crosscoder: distilled-only latents, top AUROC"] == 0
-    assert t.loc["self_reflection", "crosscoder: best AUROC (distilled-only)"] == 0.6
+    t = records.adl_lens_table(tokens, logits, features, meta=meta)
+    # distilled-only: latents 1 and 2 (latent 3 never fires, latent 0 is base-leaning)
+    assert t.loc["deductive", "crosscoder: distilled-only latents labelled so"] == 2
+    assert t.loc["self_reflection", "crosscoder: distilled-only latents labelled so"] == 0
+    assert t.loc["self_reflection", "crosscoder: best score (distilled-only)"] == 0.6
+    assert t.loc["self_reflection", "crosscoder: score"] == "auroc"
     assert t.loc["self_reflection", "ADL: rank in distilled lens"] == 0 and t.loc["deductive", "ADL: rank in base lens"] == 0
     assert t.loc["gated connective", "ADL: rank in distilled lens"] == 1
-    assert np.isnan(t.loc["gated connective", "crosscoder: distilled-only latents, top AUROC"])
+    assert np.isnan(t.loc["gated connective", "crosscoder: best score (distilled-only)"])
     assert t.loc["self_reflection", "planted: tokens in its moves"] == 2
     assert t.loc["gated connective", "planted: occurrences of its words"] == 2
     assert np.isnan(t.loc["gated connective", "planted: tokens in its moves"])
