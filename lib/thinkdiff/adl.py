@@ -1,5 +1,5 @@
 """The Activation Difference Lens (ADL; Minder et al. 2025, "Narrow finetuning leaves clearly readable traces in
-activation differences"): what a fine-tune changed, read from the mean activation difference alone.
+activation differences", docs/prior-art.md §4): what a fine-tune changed, read from the mean activation difference.
 
     delta = mean over the first k tokens of n texts of  h_distilled - h_base       [d_model], raw units
 
