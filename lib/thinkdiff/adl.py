@@ -116,12 +116,14 @@ def closeness(direction, vectors, n_random: int, seed: int = 0) -> dict:
 
 
 def word_token_ids(tokenizer, words) -> list[int]:
-    """The single-token ids of ``words``, each as written and with a leading space (words that are several
-    tokens either way are left out); distinct, in order."""
+    """Token ids standing for ``words`` in a logit lens: each word's single-token forms (as written, and with a
+    leading space); a word with none gives the first token of its form as written, the token a model emits first
+    when it starts the word. Distinct, in order."""
     out = []
     for w in words:
-        for form in dict.fromkeys((w, " " + w.lstrip())):
-            ids = tokenizer.encode(form, add_special_tokens=False)
-            if len(ids) == 1 and ids[0] not in out:
-                out.append(ids[0])
+        forms = [tokenizer.encode(f, add_special_tokens=False) for f in dict.fromkeys((w, " " + w.lstrip()))]
+        single = [ids[0] for ids in forms if len(ids) == 1]
+        for i in single or [ids[0] for ids in forms[:1] if ids]:
+            if i not in out:
+                out.append(i)
     return out

@@ -246,11 +246,11 @@ def adl_words(run) -> dict:
     return dict(run.task.planted_words)
 
 
-def adl_lens_table(tokens: dict, logits: dict, features: pd.DataFrame, meta=None) -> pd.DataFrame:
+def adl_lens_table(tokens: dict, logits: dict, features: pd.DataFrame, meta=None, decode=None) -> pd.DataFrame:
     """What each lens found, per category, without a verdict. ``tokens``: category -> token ids (``adl_words``);
     ``logits``: model name -> [vocab] ADL logit lens; ``features``: the run's features table (``label.run_features``:
     relative norm, frequency, label, per-category ``auroc_*`` or ``score_*``); ``meta`` (a store's, with planted
-    labels: the organism) adds the planted truth. Columns: the crosscoder's distilled-only latents
+    labels: the organism) adds the planted truth; ``decode`` (a tokenizer's) names the tokens ranked. Columns: the crosscoder's distilled-only latents
     (``claims.distilled_only_mask``) labelled with the category and their best score (held-out ground-truth AUROC
     where there are planted labels, else ReasonScore); per model the best rank of the category's tokens among the
     ADL's promoted tokens (0 = the most promoted); the store's tokens inside the category's planted moves and the
@@ -262,6 +262,8 @@ def adl_lens_table(tokens: dict, logits: dict, features: pd.DataFrame, meta=None
         row = {"category": cat, "crosscoder: distilled-only latents labelled so": int((d["label"] == cat).sum()),
                "crosscoder: best score (distilled-only)": float(d[col].max()) if col and len(d) else np.nan,
                "crosscoder: score": "" if col is None else col.split("_")[0]}
+        if decode is not None:
+            row["ADL: tokens ranked"] = " ".join(repr(decode([i])) for i in ids)
         for model, lg in logits.items():
             row[f"ADL: rank in {model} lens"] = int(adl.token_ranks(lg, ids).min()) if ids else np.nan
         if meta is not None:

@@ -161,11 +161,12 @@ if close is not None:
 # ground-truth AUROC on the organism, ReasonScore elsewhere), and where the category's words rank among the tokens
 # the mean difference promotes (0 = the most promoted, of the whole vocabulary). On a run with planted labels the
 # words are the ones the teacher planted, the gated connective (the planted distilled-only concept) among them,
-# and the planted truth is counted from the store; elsewhere they are the paper's single-token markers.
+# and the planted truth is counted from the store; elsewhere they are the paper's single-token markers. A word
+# that is no single token is ranked by its first token (the one a model emits first), listed in the table.
 
 # %%
 tokens = {c: adl.word_token_ids(tok, ws) for c, ws in records.adl_words(run).items()}
-table = records.adl_lens_table(tokens, logits, features, meta=store.meta if run.has_labels else None)
+table = records.adl_lens_table(tokens, logits, features, meta=store.meta if run.has_labels else None, decode=tok.decode)
 table
 
 # %% [markdown]

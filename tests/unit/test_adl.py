@@ -98,10 +98,12 @@ def test_the_closeness_rule_without_latents_is_not_tested():
         adl.closeness(np.ones(4), np.zeros((0, 4)), n_random=20)
 
 
-def test_word_token_ids(tiny_tokenizer):
-    ids = adl.word_token_ids(tiny_tokenizer, ["Wait", " But", "zzqxj"])
-    assert tiny_tokenizer.encode(" Wait", add_special_tokens=False)[0] in ids
-    assert all(len(tiny_tokenizer.decode([i]).strip()) for i in ids) and len(ids) == len(set(ids))
+def test_word_token_ids_prefer_single_tokens_and_fall_back_to_the_first(tiny_tokenizer):
+    enc = lambda w: tiny_tokenizer.encode(w, add_special_tokens=False)
+    assert len(enc(" Wait")) == 1 and len(enc("zzqxj")) > 1 and len(enc(" zzqxj")) > 1
+    ids = adl.word_token_ids(tiny_tokenizer, ["Wait", " Wait", "zzqxj"])
+    assert enc(" Wait")[0] in ids and ids[-1] == enc("zzqxj")[0] and len(ids) == len(set(ids))
+    assert enc("zzqxj")[0] not in adl.word_token_ids(tiny_tokenizer, ["Wait"])
 
 
 def test_the_lens_table_lines_up_each_lens_per_category():
@@ -111,7 +113,8 @@ def test_the_lens_table_lines_up_each_lens_per_category():
     tokens = {"self_reflection": [2], "deductive": [0, 1], "gated connective": [3]}
     logits = {"distilled": np.array([0.0, 1.0, 5.0, 2.0]), "base": np.array([3.0, 0.0, -1.0, 1.0])}
     meta = {"label": np.array([1, 1, 2, 0, -1]), "token_id": np.array([2, 3, 3, 0, 1])}
-    t = records.adl_lens_table(tokens, logits, features, meta=meta)
+    t = records.adl_lens_table(tokens, logits, features, meta=meta, decode=lambda ids: f"t{ids[0]}")
+    assert t.loc["deductive", "ADL: tokens ranked"] == "'t0' 't1'"
     # distilled-only: latents 1 and 2 (latent 3 never fires, latent 0 is base-leaning)
     assert t.loc["deductive", "crosscoder: distilled-only latents labelled so"] == 2
     assert t.loc["self_reflection", "crosscoder: distilled-only latents labelled so"] == 0
