@@ -254,7 +254,7 @@ def adl_lens_table(tokens: dict, logits: dict, features: pd.DataFrame, meta=None
     (``claims.distilled_only_mask``) labelled with the category and their best score (held-out ground-truth AUROC
     where there are planted labels, else ReasonScore); per model the best rank of the category's tokens among the
     ADL's promoted tokens (0 = the most promoted); the store's tokens inside the category's planted moves and the
-    occurrences of its words."""
+    occurrences of the ranked tokens."""
     d = features[claims.distilled_only_mask(features["relative_norm"], features["frequency"])]
     rows = []
     for cat, ids in tokens.items():
@@ -269,7 +269,7 @@ def adl_lens_table(tokens: dict, logits: dict, features: pd.DataFrame, meta=None
         if meta is not None:
             row["planted: tokens in its moves"] = (int((meta["label"] == CATEGORIES.index(cat) + 1).sum())
                                                    if cat in CATEGORIES else np.nan)
-            row["planted: occurrences of its words"] = int(np.isin(meta["token_id"], ids).sum())
+            row["store: occurrences of the ranked tokens"] = int(np.isin(meta["token_id"], ids).sum())
         rows.append(row)
     return pd.DataFrame(rows).set_index("category")
 

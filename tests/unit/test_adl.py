@@ -124,5 +124,5 @@ def test_the_lens_table_lines_up_each_lens_per_category():
     assert t.loc["gated connective", "ADL: rank in distilled lens"] == 1
     assert np.isnan(t.loc["gated connective", "crosscoder: best score (distilled-only)"])
     assert t.loc["self_reflection", "planted: tokens in its moves"] == 2
-    assert t.loc["gated connective", "planted: occurrences of its words"] == 2
+    assert t.loc["gated connective", "store: occurrences of the ranked tokens"] == 2
     assert np.isnan(t.loc["gated connective", "planted: tokens in its moves"])
