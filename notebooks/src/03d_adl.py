@@ -24,18 +24,13 @@ RUN = "organism-m"          # the run config: configs/<RUN>.toml ([adl]: first t
 THREADS = None              # torch CPU threads (None: one per core; 1 where other jobs share the cores)
 
 # %%
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from thinkdiff.notebooks import refuse_unknown_parameters
-refuse_unknown_parameters(globals())  # papermill: an undeclared parameter is an error
+from thinkdiff import session
+session.start(globals(), threads=THREADS)  # hub offline, papermill parameters checked, torch threads
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-import torch
 from IPython.display import display
 from thinkdiff import adl, claims, label, pipeline, plots, records
-if THREADS:
-    torch.set_num_threads(THREADS)
 figures = plots.Figures()   # every figure this notebook saves, for the run report
 
 # %% [markdown]
