@@ -162,6 +162,8 @@ if close is not None:
 # %%
 tokens = {c: adl.word_token_ids(tok, ws) for c, ws in records.adl_words(run).items()}
 table = records.adl_lens_table(tokens, logits, features, meta=store.meta if run.has_labels else None, decode=tok.decode)
+print(f"ranks among {len(logits['distilled'])} tokens (0 = the most promoted, {len(logits['distilled']) - 1} = the "
+      "most suppressed)")
 table
 
 # %% [markdown]
