@@ -286,8 +286,8 @@ def adl_numbers(run, diff: dict, lens: dict, table: pd.DataFrame, close: dict | 
                "ADL norm": round(float(np.linalg.norm(diff["delta"])), 5), "distilled-only latents": n_d_only}
     for model, t in lens.items():
         numbers[f"{model} lens promoted"], numbers[f"{model} lens suppressed"] = t["promoted"], t["suppressed"]
-    numbers["lens table"] = {str(c): {k: (None if pd.isna(x) else x) for k, x in r.items()}
-                             for c, r in table.iterrows()}
+    numbers["lens table"] = {str(c): {k: None if pd.isna(x) else round(x, 4) if isinstance(x, float) else x
+                                      for k, x in r.items()} for c, r in table.iterrows()}
     if close is not None:
         numbers["mean |cos| with distilled-only latents"] = round(close["stat"], 4)
         numbers["random directions at or above"] = close["n_higher"]
