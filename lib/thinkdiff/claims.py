@@ -65,6 +65,13 @@ def verdict(holds) -> str:
     return "supports" if all(holds) else ("contradicts" if not any(holds) else "mixed")
 
 
+def distilled_only_mask(nrn, frequency, hi: float = DISTILLED_SPECIFIC) -> np.ndarray:
+    """[F] bool: the distilled-only latents as claim 1 counts them (firing on at least ``MIN_FREQUENCY`` of
+    tokens, relative norm >= ``hi``)."""
+    nrn, freq = np.asarray(nrn, float), np.asarray(frequency, float)
+    return (freq >= MIN_FREQUENCY) & np.isfinite(nrn) & (nrn >= hi)
+
+
 def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DISTILLED_SPECIFIC,
                      genuine=None) -> dict:
     """Latents firing on at least ``MIN_FREQUENCY`` of tokens with relative norm >= ``hi`` / <= ``lo``.
@@ -75,7 +82,7 @@ def exclusive_counts(nrn, frequency, lo: float = BASE_SPECIFIC, hi: float = DIST
     nrn, freq = np.asarray(nrn, float), np.asarray(frequency, float)
     keep = (freq >= MIN_FREQUENCY) & np.isfinite(nrn)
     v = nrn[keep]
-    out = {"live": int(len(v)), "distilled_only": int((v >= hi).sum()), "base_only": int((v <= lo).sum()),
+    out = {"live": int(len(v)), "distilled_only": int(distilled_only_mask(nrn, freq, hi).sum()), "base_only": int((v <= lo).sum()),
            "mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
     if genuine is not None:
         genuine = np.asarray(genuine, bool)
@@ -503,3 +510,24 @@ def claim5_verdict(result, k: float | None = None, base_margin: float = 0.5, unt
     if not holds:
         return "not tested", evidence
     return verdict(holds), evidence
+
+
+ADL_ALPHA = 0.05   # the ADL direction is closer to the distilled-only latents than random when p <= this
+
+
+def adl_closeness_verdict(closeness: dict | None, n_latents: int, alpha: float = ADL_ALPHA) -> tuple[str, str]:
+    """Is the Activation Difference Lens's direction closer to the ``n_latents`` distilled-only latents' decoder
+    differences than random unit directions are? ``closeness``: ``adl.closeness`` (mean |cosine| ``stat``, the
+    random directions' ``random``, the permutation ``p``), None when there was nothing to compare.
+
+    supports: p <= ``alpha``; contradicts: no closer than the median random direction; mixed in between; not
+    tested without a distilled-only latent."""
+    if closeness is None or n_latents == 0:
+        return "not tested", "no live distilled-only latent to compare the ADL direction with"
+    stat, rand, p = closeness["stat"], np.asarray(closeness["random"]), closeness["p"]
+    med = float(np.median(rand))
+    evidence = (f"mean |cos| with {n_latents} distilled-only latents {stat:.3f}; random unit directions median "
+                f"{med:.3f}, {closeness['n_higher']} of {len(rand)} at or above it (p = {p:.3g})")
+    if p <= alpha:
+        return "supports", evidence
+    return ("contradicts" if stat <= med else "mixed"), evidence

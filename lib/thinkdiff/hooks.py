@@ -15,15 +15,21 @@ import torch
 LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
 
 
-def decoder_layers_path(model) -> str:
-    """The attribute path of the decoder-layer list (``"model.layers"`` for Qwen2 / Llama)."""
-    for path in LAYER_PATHS:
+def find_module(model, paths: tuple, kind: type = torch.nn.Module, what: str = "module") -> tuple[str, torch.nn.Module]:
+    """(path, module): the first of the dotted attribute ``paths`` of ``model`` holding a ``kind``; an error naming
+    ``what`` and the paths tried when none does."""
+    for path in paths:
         obj = model
         for attr in path.split("."):
             obj = getattr(obj, attr, None)
-        if isinstance(obj, torch.nn.ModuleList):
-            return path
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (tried {', '.join(LAYER_PATHS)})")
+        if isinstance(obj, kind):
+            return path, obj
+    raise ValueError(f"cannot find the {what} of {type(model).__name__} (tried {', '.join(paths)})")
+
+
+def decoder_layers_path(model) -> str:
+    """The attribute path of the decoder-layer list (``"model.layers"`` for Qwen2 / Llama)."""
+    return find_module(model, LAYER_PATHS, torch.nn.ModuleList, "decoder layers")[0]
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -13,8 +13,8 @@ from . import paths, runconfig
 from .session import parameter_names
 
 NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
-NOTEBOOKS = ("00_evaluate", "01_harvest", "02_train", "03_label", "03b_ablation", "03c_browser", "04_steer",
-             "05_geometry")
+NOTEBOOKS = ("00_evaluate", "01_harvest", "02_train", "03_label", "03b_ablation", "03c_browser", "03d_adl",
+             "04_steer", "05_geometry")
 
 
 def notebook_path(name: str) -> Path:

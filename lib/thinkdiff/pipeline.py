@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import formats, label, lexicon, pairs, paths, runconfig
+from . import adl, formats, label, lexicon, pairs, paths, runconfig
 from .codes import encode_store
 from .harvest import HarvestConfig, get_store, model_identity
 from .norms import relative_norm
@@ -67,7 +67,7 @@ def pair_evaluation(name: str, settings: dict, progress: bool = True) -> dict:
     return out
 
 
-STAGES = ("evaluate", "harvest", "train", "label", "steer", "geometry")
+STAGES = ("evaluate", "harvest", "train", "label", "steer", "geometry", "adl")
 
 
 class Run:
@@ -75,7 +75,8 @@ class Run:
 
     ``config``: the ``RunConfig``; ``pair``, ``store``, ``crosscoders`` (scheme -> CrossCoder, the first scheme
     is the main one), ``codes(scheme)`` (``codes.SparseActs`` over the whole store), ``relative_norms(scheme)``
-    ([n_latents], 1 = distilled-only), ``has_labels`` and ``ground_truth(scheme)`` (organism runs only).
+    ([n_latents], 1 = distilled-only), ``has_labels`` and ``ground_truth(scheme)`` (organism runs only),
+    ``adl_difference`` (the Activation Difference Lens's mean difference, from the store).
     """
 
     def __init__(self, config, progress: bool = True):
@@ -213,6 +214,19 @@ class Run:
         """[n_latents] ``||d_distilled|| / (||d_base|| + ||d_distilled||)`` of ``scheme``'s decoder."""
         return relative_norm(self.crosscoder(scheme), p=p)
 
+    @functools.cached_property
+    def adl_difference(self) -> dict:
+        """The Activation Difference Lens's mean difference (``adl``), read from the store (no forward pass): over
+        the first ``[adl] first_tokens`` stored positions of the first ``[adl] n_texts`` documents. Returns
+        ``delta`` [d] (distilled - base, raw units), ``per_position`` [first_tokens, d], ``counts`` (tokens per
+        position), ``n_texts`` (documents used: fewer than asked where the store holds fewer) and ``n_tokens``."""
+        A = self.config.adl
+        meta = self.store.meta
+        rows, offset = adl.first_token_rows(meta["doc_id"], meta["pos"], A["first_tokens"], A["n_texts"])
+        delta, per, counts = adl.mean_difference(self.store.acts(rows), offset, A["first_tokens"])
+        return {"delta": delta, "per_position": per, "counts": counts, "rows": rows, "n_tokens": len(rows),
+                "n_texts": len(np.unique(meta["doc_id"][rows]))}
+
     @property
     def has_labels(self) -> bool:
         """True when the store carries planted token labels (the organism's teacher moves)."""
@@ -241,8 +255,9 @@ class Run:
     def key(self, stage: str) -> dict:
         """What a stage's results depend on: its own settings and every upstream artifact's key.
 
-        ``evaluate`` (00) depends on the pair alone; ``harvest`` on the store; ``train``, ``label``, ``steer`` and
-        ``geometry`` on the store and every crosscoder. Hash it (``key_hash``) for a cache folder or a report record."""
+        ``evaluate`` (00) depends on the pair alone; ``harvest`` on the store; ``train``, ``label``, ``steer``,
+        ``geometry`` and ``adl`` on the store and every crosscoder (``steer`` on the ``[adl]`` settings too). Hash it
+        (``key_hash``) for a cache folder or a report record."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
         out = {"stage": stage, "preset": self.config.preset, "layer": self.config.harvest["layer"],
@@ -250,6 +265,8 @@ class Run:
                "model_dtype": pairs.weights_precision(self.config.preset, self.config.model_dtype)["dtype"]}
         if stage != "evaluate":
             out["store"] = store_hash(self.store)
+        if stage == "steer":   # 04 steers with the ADL direction too
+            out["adl"] = self.config.adl
         if stage not in ("evaluate", "harvest"):
             out["crosscoders"] = {s: self.crosscoder_key(s) for s in self.config.schemes}
             # the order matters (the first scheme is the main one) and a dict's keys are hashed sorted

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import claims, pairs, report
+from . import adl, claims, pairs, report
 from .label import CATEGORIES, distilled_only_counts, scaling_counts
+from .lexicon import PAPER_MARKERS
 from .norms import BASE_SPECIFIC, DISTILLED_SPECIFIC
 
 
@@ -231,6 +232,73 @@ def record_browser(run, cards_path, table_path, n_cards: int) -> Path:
     """Write 03c_browser's record (``browser_numbers``), linking the static feature cards; returns its path."""
     return report.record("03c_browser", run, run.key("label"), browser_numbers(cards_path, table_path, n_cards),
                          links={"feature cards": cards_path})
+
+
+# ----------------------------------------------------------------------------------------------- 03d_adl
+def adl_words(run) -> dict:
+    """category -> the words whose tokens the ADL's logit lens is ranked on: the words the pair's task plants
+    (``Task.planted_words``) where the run has planted labels, else the paper's single-token markers."""
+    if not run.has_labels:
+        return dict(PAPER_MARKERS)
+    if run.task.planted_words is None:
+        raise ValueError(f"run {run.name!r}: its store carries planted labels but its task {run.task.name!r} names "
+                         "no planted words (Task.planted_words)")
+    return dict(run.task.planted_words)
+
+
+def adl_lens_table(tokens: dict, logits: dict, features: pd.DataFrame, meta=None, decode=None) -> pd.DataFrame:
+    """What each lens found, per category, without a verdict. ``tokens``: category -> token ids (``adl_words``);
+    ``logits``: model name -> [vocab] ADL logit lens; ``features``: the run's features table (``label.run_features``:
+    relative norm, frequency, label, per-category ``auroc_*`` or ``score_*``); ``meta`` (a store's, with planted
+    labels: the organism) adds the planted truth; ``decode`` (a tokenizer's) names the tokens ranked. Columns: the crosscoder's distilled-only latents
+    (``claims.distilled_only_mask``) labelled with the category and their best score (held-out ground-truth AUROC
+    where there are planted labels, else ReasonScore); per model the best rank of the category's tokens among the
+    ADL's promoted tokens (0 = the most promoted); the store's tokens inside the category's planted moves and the
+    occurrences of the ranked tokens."""
+    d = features[claims.distilled_only_mask(features["relative_norm"], features["frequency"])]
+    rows = []
+    for cat, ids in tokens.items():
+        col = next((c for c in (f"auroc_{cat}", f"score_{cat}") if c in d.columns), None)
+        row = {"category": cat, "crosscoder: distilled-only latents labelled so": int((d["label"] == cat).sum()),
+               "crosscoder: best score (distilled-only)": float(d[col].max()) if col and len(d) else np.nan,
+               "crosscoder: score": "" if col is None else col.split("_")[0]}
+        if decode is not None:
+            row["ADL: tokens ranked"] = " ".join(repr(decode([i])) for i in ids)
+        for model, lg in logits.items():
+            row[f"ADL: rank in {model} lens"] = int(adl.token_ranks(lg, ids).min()) if ids else np.nan
+        if meta is not None:
+            row["planted: tokens in its moves"] = (int((meta["label"] == CATEGORIES.index(cat) + 1).sum())
+                                                   if cat in CATEGORIES else np.nan)
+            row["store: occurrences of the ranked tokens"] = int(np.isin(meta["token_id"], ids).sum())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("category")
+
+
+def adl_numbers(run, diff: dict, lens: dict, table: pd.DataFrame, close: dict | None, n_d_only: int,
+                verdict: tuple[str, str]) -> dict:
+    """03d_adl's numbers: the settings and texts used, the ADL direction's norm, per model its top promoted and
+    suppressed tokens, the lens table, and the closeness to the distilled-only latents against random directions
+    with its rule's verdict (a smoke run: "not tested"). ``lens``: model -> {"promoted": [...], "suppressed":
+    [...]} token texts."""
+    v, e = claims.judged({"adl": verdict}, run.tested, run.name)["adl"]
+    numbers = {**{k: run.config.adl[k] for k in ("first_tokens", "n_texts", "n_random")},
+               "texts used": diff["n_texts"], "tokens averaged": diff["n_tokens"],
+               "ADL norm": round(float(np.linalg.norm(diff["delta"])), 5), "distilled-only latents": n_d_only}
+    for model, t in lens.items():
+        numbers[f"{model} lens promoted"], numbers[f"{model} lens suppressed"] = t["promoted"], t["suppressed"]
+    numbers["lens table"] = {str(c): {k: None if pd.isna(x) else round(x, 4) if isinstance(x, float) else x
+                                      for k, x in r.items()} for c, r in table.iterrows()}
+    if close is not None:
+        numbers["mean |cos| with distilled-only latents"] = round(close["stat"], 4)
+        numbers["random directions at or above"] = close["n_higher"]
+        numbers["permutation p"] = round(close["p"], 4)
+    numbers["closer than random"] = {"verdict": v, "evidence": e, "rule": "thinkdiff.claims.adl_closeness_verdict"}
+    return numbers
+
+
+def record_adl(run, numbers: dict, figures) -> Path:
+    """Write 03d_adl's record (``adl_numbers``)."""
+    return report.record("03d_adl", run, run.key("adl"), numbers, figures=figures)
 
 
 # ----------------------------------------------------------------------------------------------- 04_steer

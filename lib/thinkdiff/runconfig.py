@@ -60,6 +60,7 @@ class RunConfig:
     label: dict
     steer: dict
     geometry: dict
+    adl: dict
     model_dtype: str = "auto"    # the pair's weights in memory: "auto" (stored dtype; stored bf16 is upcast to
     #                              float32 on a CPU whose bf16 matmuls are not faster), "float32" or "bfloat16"
     imports: dict = field(default_factory=dict)   # scheme -> absolute path of the checkpoint its crosscoder is

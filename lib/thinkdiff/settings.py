@@ -1,6 +1,6 @@
 """Typed analysis settings of a run config, one dataclass per stage section (``[evaluate]``, ``[label]``,
-``[steer]``, ``[geometry]``): every key a run may set, its default, its unit (a docstring per field), and the
-checks across fields, run when the config is read rather than after an hour of work.
+``[steer]``, ``[geometry]``, ``[adl]``): every key a run may set, its default, its unit (a docstring per field),
+and the checks across fields, run when the config is read rather than after an hour of work.
 
 A run config keeps each section as the plain dict ``dataclasses.asdict`` gives (``run.config.steer["alphas"]``),
 so cache keys and report records hash plain values.
@@ -175,7 +175,33 @@ class GeometrySettings:
             raise RunConfigError(f"{where}: [geometry] top_k = {self.top_k!r} must be an integer >= 1")
 
 
-SECTIONS = {"evaluate": EvaluateSettings, "label": LabelSettings, "steer": SteerSettings, "geometry": GeometrySettings}
+@dataclass
+class AdlSettings:
+    """``[adl]``: the Activation Difference Lens (``03d_adl``; Minder et al.), the mean difference of the two
+    models' hook-layer activations over each text's first tokens, read from the run's activation store."""
+
+    first_tokens: int = 5
+    """Positions averaged per text, from the store's first stored one (the paper: 5)."""
+    n_texts: int = 10_000
+    """Texts averaged (the paper: 10,000): the store's first documents, all of them where it holds fewer."""
+    top_tokens: int = 20
+    """Promoted and suppressed tokens listed per model's logit lens."""
+    n_random: int = 1000
+    """Random unit directions the ADL direction's closeness to the distilled-only latents is compared with."""
+    seed: int = 0
+    """Seed of the random directions."""
+
+    def check(self, where: str) -> None:
+        for key in ("first_tokens", "n_texts", "top_tokens", "n_random"):
+            if not is_int(getattr(self, key)) or getattr(self, key) < 1:
+                raise RunConfigError(f"{where}: [adl] {key} = {getattr(self, key)!r} must be an integer >= 1")
+        if self.n_random < 19:
+            raise RunConfigError(f"{where}: [adl] n_random = {self.n_random} must be >= 19: with fewer random "
+                                 "directions no permutation p can reach 0.05")
+
+
+SECTIONS = {"evaluate": EvaluateSettings, "label": LabelSettings, "steer": SteerSettings, "geometry": GeometrySettings,
+            "adl": AdlSettings}
 
 
 def defaults() -> dict[str, dict]:

@@ -18,6 +18,8 @@
 # * the top distilled-specific self-reflection latent, the top distilled-specific deductive latent, a
 #   **shared** latent (relative norm ≈ 0.5) and **random directions of equal norm** to the self-reflection
 #   and to the deductive vector (the controls the paper lacks: α = 1 means a different push for each latent);
+# * the **Activation Difference Lens** direction (`03d_adl`: the mean activation difference of the two models over
+#   the first tokens of many texts) at the self-reflection vector's norm: a baseline that needs no dictionary;
 # * per-generation metrics, means with 95 % bootstrap CIs of the paired difference, dose-response plots.
 #
 # Which prompts, strengths and thresholds: the run config's `[steer]` table, fixed before any steering ran.
@@ -116,8 +118,9 @@ plots.savefig(fig, "04_latent_choice"); plt.show()
 # `steering_vector(..., "max_act")` returns `a_max · W_dec[i, distilled]`; the crosscoder is folded, so this
 # is already in the model's residual units. The claims are judged against a **matched latent**: another live
 # latent of similar relative norm and max activation, steered the same way (`steer.matched_control_latent`).
-# The seeded Gaussian directions with exactly the self-reflection (deductive) vector's norm are shown too. We
-# print each norm next to the typical residual norm at the hook.
+# The seeded Gaussian directions with exactly the self-reflection (deductive) vector's norm are shown too, and the
+# ADL direction (`Run.adl_difference`, read from the store) scaled to the same norm, steered at the controls'
+# strengths. We print each norm next to the typical residual norm at the hook.
 
 # %%
 directions, role_name = {}, {}
@@ -149,6 +152,9 @@ if SR:
     directions["random"] = steer.random_direction(directions[SR], SEED)              # Gaussian, SR's norm
 if DED:
     directions["random (deductive norm)"] = steer.random_direction(directions[DED], SEED + 1)  # same push as DED
+ADL_NORM_OF = SR or DED or next(iter(directions))   # the ADL direction is pushed as hard as this vector
+delta = torch.as_tensor(run.adl_difference["delta"], dtype=torch.float32)
+directions["ADL direction"] = delta / delta.norm() * directions[ADL_NORM_OF].norm()
 resid = np.asarray(store.acts(np.arange(min(4000, store.n_tokens))))[:, 1]
 resid_norm = float(np.linalg.norm(resid, axis=-1).mean())
 norms = pd.Series({k: float(v.norm()) for k, v in directions.items()}, name="||v|| (alpha = 1)")
@@ -157,6 +163,7 @@ if SR:
     assert abs(norms["random"] - norms[SR]) < 1e-4 * norms[SR], "control has the self-reflection vector's norm"
 if DED:
     assert abs(norms["random (deductive norm)"] - norms[DED]) < 1e-4 * norms[DED]
+assert abs(norms["ADL direction"] - norms[ADL_NORM_OF]) < 1e-4 * norms[ADL_NORM_OF]
 (norms / resid_norm).rename("||v|| / mean ||resid||").to_frame().join(norms)
 
 # %% [markdown]

@@ -21,6 +21,7 @@ FAST = {
     "03_label": SMOKE,
     "03b_ablation": {**SMOKE, "N_BOOT": 200},
     "03c_browser": {**SMOKE, "N_CARDS": 4},
+    "03d_adl": SMOKE,
     "04_steer": {**SMOKE, "BENCH_TOKENS": 8, "N_BOOT": 300},
     "05_geometry": {**SMOKE, "N_BOOT": 200, "N_PERM": 50},
 }
@@ -34,6 +35,7 @@ HEADLINES = {
     "03_label": [r"^live latents$", r"^mean relative norm L2 \(live\)$"],
     "03b_ablation": [r"^ablation k=.* targeted_minus_random$"],
     "03c_browser": [r"^cards$"],
+    "03d_adl": [r"^ADL norm$", r"^texts used$"],
     "04_steer": [r"^unsteered tokens$", r"^hook overhead$"],
     "05_geometry": [r"accuracy gain \[mean, lo, hi\]$"],
 }

@@ -19,7 +19,7 @@ PLUGIN_PACKAGES = ("pairs", "tasks", "formats")
 # Low-level code: tensors, stores, schemes, kernels, statistics, metrics, probes, the lexicon.
 LOW_LEVEL = {"crosscoder", "schemes", "kernels", "store", "hooks", "codes", "norms", "stats", "metrics", "probes",
              "lexicon", "paths", "precision", "hf", "evaluate", "train", "harvest", "steer", "geometry", "label",
-             "ablation", "browser", "plots", "relations", "world", "nlworld", "realdata", "qwen"}
+             "ablation", "browser", "plots", "relations", "world", "nlworld", "realdata", "qwen", "adl"}
 
 
 def _modules() -> dict[str, Path]:

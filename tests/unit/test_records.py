@@ -375,6 +375,30 @@ def test_browser_record_links_the_cards(runs_dir):
 
 
 
+# ----------------------------------------------------------------------------------------------- 03d_adl
+@pytest.mark.parametrize("tested", [True, False])
+def test_adl_record_keeps_the_closeness_verdict_only_on_a_tested_run(runs_dir, tested):
+    from thinkdiff import adl, claims
+
+    run = Run({"relu": RELU}, tested=tested)
+    run.config.adl = {"first_tokens": 5, "n_texts": 3, "n_random": 50}
+    meta = run.store.meta
+    rows, off = adl.first_token_rows(meta["doc_id"], meta["pos"], 5, 3)
+    delta, per, counts = adl.mean_difference(run.store.acts(rows), off, 5)
+    diff = {"delta": delta, "per_position": per, "counts": counts, "n_tokens": len(rows), "n_texts": 3}
+    D = adl.decoder_differences(RELU)
+    close = adl.closeness(delta, D[[0]], 50)
+    verdict = claims.adl_closeness_verdict(close, 1)
+    table = pd.DataFrame({"ADL: rank in distilled lens": [3]}, index=pd.Index(["deductive"], name="category"))
+    numbers = records.adl_numbers(run, diff, {"distilled": {"promoted": ["a"], "suppressed": ["b"]}}, table, close, 1,
+                                  verdict)
+    records.record_adl(run, numbers, figures=[])
+    rec = read_record(runs_dir, "03d_adl")["numbers"]
+    assert rec["texts used"] == 3 and rec["tokens averaged"] == 15 and rec["distilled lens promoted"] == ["a"]
+    assert rec["lens table"] == {"deductive": {"ADL: rank in distilled lens": 3}}
+    assert rec["closer than random"]["verdict"] == (verdict[0] if tested else "not tested")
+    assert rec["closer than random"]["rule"] == "thinkdiff.claims.adl_closeness_verdict"
+
 # ----------------------------------------------------------------------------------------------- 00, 04, 05
 def _eval_result(acc, think, teacher=True):
     r = {"accuracy": acc, "think_rate": think}

@@ -33,6 +33,8 @@ def test_the_run_config_defaults_are_the_dataclasses():
     ("geometry", {"claim_dim": 3}, r"claim_dim = 3 must be one of dims"),
     ("evaluate", {"n_eval": 0}, r"n_eval = 0 must be an integer >= 1"),
     ("label", {"gate_layer": 0}, r"gate_layer = 0 must be a layer number >= 1 or omitted"),
+    ("adl", {"first_tokens": 0}, r"first_tokens = 0 must be an integer >= 1"),
+    ("adl", {"n_random": 10}, r"n_random = 10 must be >= 19"),
 ])
 def test_checks_across_fields(section, change, message):
     with pytest.raises(settings.RunConfigError, match=r"my\.toml: \[" + section + r"\] " + message):
