@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from . import paths
+from .crosscoder import WEIGHTS_NAME, CrossCoder
 from .harvest import (LayerReader, _batch_arrays, _calibrate, _empty_held, _harvest_batch, choose_compute,
                       prepare_harvest)
 from .store import META_DTYPE, STORAGE, _save_npy, _write_json, canonical_key, from_storage, key_differences, \
@@ -412,3 +413,27 @@ def _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_a
                   mean_norm=source.mean_norm.tolist())
     folded = trainer.model.fold(trainer.scale_np.tolist()).eval()
     return StreamResult(TrainResult(folded, log, dt, trainer.compute), report)
+
+
+def get_crosscoder(pair, documents, hcfg, tcfg: TrainConfig, scfg: StreamConfig | None = None, out_root=None, *,
+                   device="cpu", progress: bool = True) -> CrossCoder:
+    """The streamed crosscoder of ``pair`` (``base``, ``distilled``, ``tokenizer``, optional ``tokenizer_distilled``)
+    on ``documents``: loaded from ``<out_root or RUNS_DIR/crosscoder>/<hash>/`` (the harvest key, the window and the
+    training config), or trained through a ring in ``<hash>.partial/`` (resumed after a kill) and cached there with
+    the run's report in ``stream_report.json``."""
+    scfg = (scfg or StreamConfig()).validate()
+    tok_d = getattr(pair, "tokenizer_distilled", None) or pair.tokenizer
+    job = prepare_harvest(pair.base, pair.distilled, pair.tokenizer, tok_d, documents, hcfg)
+    root = Path(out_root) if out_root is not None else Path(paths.RUNS_DIR) / "crosscoder"
+    final = root / paths.config_hash({"stream": job.key, "window_shards": scfg.window_shards, "train": tcfg.to_dict()})
+    with paths.writer_lock(final):
+        if not final.exists():
+            work = paths.ensure_writable(final.with_name(f"{final.name}.partial"))
+            res = train_stream(pair.base, pair.distilled, pair.tokenizer, tok_d, documents, hcfg, tcfg, work, scfg,
+                               device=device, progress=progress)
+            with paths.atomic_dir(final) as tmp, paths.disk_full_is_plain(final / WEIGHTS_NAME):
+                res.train.crosscoder.save_pretrained(tmp)
+                shutil.copy(work / LOG_NAME, tmp / LOG_NAME)
+                (tmp / "stream_report.json").write_text(json.dumps(res.report, indent=1, default=float))
+            shutil.rmtree(work, ignore_errors=True)
+    return CrossCoder.from_pretrained(final, device=device)

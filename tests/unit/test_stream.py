@@ -124,3 +124,32 @@ def test_stream_and_two_phase_crosscoders_agree(models, docs, tiny_tokenizer, tm
     assert fvu[0].max() < 0.9 and np.abs(fvu[0] - fvu[1]).max() < 0.02, fvu
     hist = [np.histogram(relative_norm(cc), bins=10, range=(0, 1))[0] / cc.n_latents for cc in (two, streamed)]
     assert 0.5 * np.abs(hist[0] - hist[1]).sum() < 0.06, hist
+
+
+def test_run_config_chooses_the_mode(tmp_path):
+    from thinkdiff import runconfig
+    from thinkdiff.settings import RunConfigError
+
+    run = runconfig.load("tiny-qwen", {"harvest.mode": "stream", "harvest.stream": {"ring_shards": 6}})
+    assert run.harvest["mode"] == "stream" and stream.StreamConfig(**run.harvest["stream"]).ring_shards == 6
+    assert run.hash != runconfig.load("tiny-qwen").hash
+    assert "mode" not in runconfig.load("tiny-qwen").to_dict()["harvest"]    # store runs keep their hashes
+    for bad, match in (({"harvest.mode": "ring"}, "mode = 'ring'"),
+                       ({"harvest.mode": "stream", "harvest.stream": {"ring_shards": 1}}, r"\[harvest.stream\].*2 x"),
+                       ({"harvest.stream": {"ring": 1}}, r"\[harvest.stream\].*ring")):
+        with pytest.raises(RunConfigError, match=match):
+            runconfig.load("tiny-qwen", bad)
+
+
+def test_streamed_crosscoder_is_cached(models, docs, tiny_tokenizer, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    (base, distilled), layer = models
+    pair = SimpleNamespace(base=base, distilled=distilled, tokenizer=tiny_tokenizer)
+    cfg = TCFG.replace(n_steps=5)
+    cc = stream.get_crosscoder(pair, docs, hcfg(layer), cfg, RING, tmp_path, progress=False)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]      # the work folder is gone, the result is cached
+    assert (folder / "stream_report.json").exists() and cc.n_latents == 64
+    monkeypatch.setattr(stream, "train_stream", lambda *a, **k: pytest.fail("trained again"))
+    again = stream.get_crosscoder(pair, docs, hcfg(layer), cfg, RING, tmp_path, progress=False)
+    assert torch.equal(again.W_dec, cc.W_dec)
