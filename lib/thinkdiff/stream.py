@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,10 +45,12 @@ from .harvest import (LayerReader, _batch_arrays, _calibrate, _empty_held, _harv
                       prepare_harvest)
 from .store import META_DTYPE, STORAGE, _save_npy, _write_json, canonical_key, from_storage, key_differences, \
     to_storage
-from .train import CHECKPOINT_NAME, LOG_NAME, Trainer, TrainConfig, TrainResult, _read_log, _usable_checkpoint
+from .train import CHECKPOINT_NAME, LOG_NAME, Trainer, TrainConfig, TrainResult, _usable_checkpoint
 
 MODES = ("store", "stream")
 PROGRESS = "progress.json"
+LOG_KEEP = 1000        # steps of the log kept in memory (and returned); train_log.jsonl holds every step
+LOG_ROW_BYTES = 512     # at most, per step, in train_log.jsonl (measured rows: about 330 bytes): the one linear part
 
 
 @dataclass
@@ -91,7 +95,9 @@ def plan(job, n_train_batches: int, tcfg: TrainConfig, scfg: StreamConfig, n_mod
     row = n_models * d_model * np.dtype(STORAGE[cfg.dtype]).itemsize + META_DTYPE.itemsize
     n_params = 2 * n_models * d_model * tcfg.n_latents + tcfg.n_latents + n_models * d_model
     ckpt = 3 * 4 * n_params                                    # fp32 weights and two Adam moments
-    disk = scfg.ring_shards * shard_rows * row + 2 * ckpt     # the old checkpoint stays until the new one is renamed
+    # the old checkpoint stays until the new one is renamed; 64 KiB: npy headers, progress.json, checkpoint.json
+    disk = scfg.ring_shards * shard_rows * row + 2 * ckpt + (64 << 10)
+    log = LOG_ROW_BYTES * tcfg.n_steps
     ram = (2 * scfg.window_shards * shard_rows * row                       # two windows held for serving
            + 2 * shard_rows * n_models * d_model * 4                       # a shard's float32 rows before writing
            + cfg.batch_size * cfg.max_seq_len * n_models * d_model * 4     # one forward's activations
@@ -99,13 +105,14 @@ def plan(job, n_train_batches: int, tcfg: TrainConfig, scfg: StreamConfig, n_mod
     Path(work).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
     out = {"epoch_tokens": int(epoch_tokens), "train_tokens": int(tokens), "epochs": math.ceil(tokens / epoch_tokens),
-           "peak_disk_bytes": int(disk), "ram_bytes": int(ram), "free_disk_bytes": int(free),
+           "peak_disk_bytes": int(disk), "log_bytes": log, "ram_bytes": int(ram), "free_disk_bytes": int(free),
            "checkpoint_bytes": int(ckpt), "shard_rows_max": int(shard_rows)}
     cap = scfg.max_disk_gb * 1e9 if scfg.max_disk_gb else None
-    if disk > free or (cap is not None and disk > cap):
-        limit = f"{free / 1e9:.2f} GB free at {work}" if disk > free else f"max_disk_gb = {scfg.max_disk_gb}"
-        raise PlanError(f"the streaming plan needs {disk / 1e9:.2f} GB of disk at its peak ({scfg.ring_shards} "
-                        f"shards of up to {shard_rows} tokens and two checkpoints of {ckpt / 1e9:.2f} GB), over the "
+    if disk + log > free or (cap is not None and disk + log > cap):
+        limit = f"{free / 1e9:.2f} GB free at {work}" if disk + log > free else f"max_disk_gb = {scfg.max_disk_gb}"
+        raise PlanError(f"the streaming plan needs {(disk + log) / 1e9:.2f} GB of disk at its peak ({scfg.ring_shards} "
+                        f"shards of up to {shard_rows} tokens, two checkpoints of {ckpt / 1e9:.2f} GB, a training log "
+                        f"of {log / 1e9:.2f} GB), over the "
                         f"{limit}; lower [harvest.stream] ring_shards or [harvest] shard_tokens, or free disk. "
                         "Nothing was run.")
     return out
@@ -116,20 +123,21 @@ def describe(p: dict) -> str:
     eta = f", about {p['estimated_s'] / 60:.1f} min (warm-up: {p['harvest_tok_s']:,.0f} harvest tok/s, " \
           f"{p['step_s'] * 1e3:.0f} ms/step)" if "estimated_s" in p else ""
     return (f"stream plan: {p['train_tokens']:,} training tokens = {p['epochs']} epoch(s) of up to "
-            f"{p['epoch_tokens']:,}; peak disk {p['peak_disk_bytes'] / 1e9:.3f} GB of {p['free_disk_bytes'] / 1e9:.1f}"
-            f" GB free; RAM {p['ram_bytes'] / 1e9:.3f} GB besides the models{eta}")
+            f"{p['epoch_tokens']:,}; peak disk {p['peak_disk_bytes'] / 1e9:.3f} GB (ring and checkpoints) + "
+            f"{p['log_bytes'] / 1e9:.3f} GB (log) of {p['free_disk_bytes'] / 1e9:.1f} GB free; RAM {p['ram_bytes'] / 1e9:.3f} GB besides the models{eta}")
 
 
 class Ring:
-    """The shard files of ``folder`` and its ``progress.json``: the key, one record per shard ever written (with
-    ``freed`` once its files are gone) and the harvest state (next plan batch, calibration, compute dtype)."""
+    """The shard files of ``folder`` and its ``progress.json``: the key, the records of the shards on disk (and of
+    the last one written, ``freed`` or not) and the state (next plan batch, shards written, exclusion totals,
+    calibration, compute dtype, input norm), so the file stays as small as the ring."""
 
     def __init__(self, folder: Path, key: dict):
         self.dir, self.key = Path(folder), canonical_key(key)
         prog = self.dir / PROGRESS
         if not prog.exists():
             paths.ensure_writable(self.dir)
-            self.progress = {"key": self.key, "shards": [], "state": {"next_batch": 0}}
+            self.progress = {"key": self.key, "shards": [], "state": {"next_batch": 0, "n_written": 0, "totals": {}}}
             return self.save()
         self.progress = json.loads(prog.read_text())
         if self.progress["key"] != self.key:
@@ -154,31 +162,36 @@ class Ring:
 
     def write(self, acts: np.ndarray, meta: np.ndarray, record: dict) -> None:
         """Write a shard's files (each via a temp file), then its record and the new state in one progress write."""
-        i = len(self.shards)
+        i = self.state["n_written"]
+        self.state["n_written"] += 1
+        for k in ("n_positions", "n_dropped_first", "n_dropped_outlier"):
+            self.state["totals"][k] = self.state["totals"].get(k, 0) + record[k]
         record.update(index=i, freed=False, acts=_save_npy(self.dir / f"acts_{i:06d}.npy", acts),
                       meta=_save_npy(self.dir / f"meta_{i:06d}.npy", meta))
         self.shards.append(record)
         self.save()
 
     def free(self, shards: list[dict]) -> None:
-        """Mark ``shards`` freed (recorded first), then delete their files."""
+        """Drop ``shards``' records (the last one written stays, marked freed), then delete their files."""
         for e in shards:
             e["freed"] = True
+        self.progress["shards"] = [e for e in self.shards if not e["freed"] or e is self.shards[-1]]
         self.save()
         for e in shards:
             for p in ("acts", "meta"):
                 (self.dir / e[p]["file"]).unlink(missing_ok=True)
 
     def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.dir.parent.rglob("*") if f.is_file())
+        """Bytes of the run's folder (ring and checkpoints), less the training log (linear in steps, reported apart)."""
+        return sum(f.stat().st_size for f in self.dir.parent.rglob("*") if f.is_file() and f.name != LOG_NAME)
 
 
 class Stream:
     """The producer (harvest into the ring) and the consumer (rows by stream offset) of one streaming run."""
 
-    def __init__(self, ring: Ring, job, batches: list, readers, thresh, window_shards: int, seed: int):
+    def __init__(self, ring: Ring, job, batches: list, readers, thresh, scfg: StreamConfig, seed: int):
         self.ring, self.job, self.batches, self.readers, self.thresh = ring, job, batches, readers, thresh
-        self.window_shards, self.seed = window_shards, seed
+        self.window_shards, self.ring_shards, self.seed = scfg.window_shards, scfg.ring_shards, seed
         self._cache: dict = {}          # window -> (acts in storage dtype, meta), served order
         self.room = None                # called when the ring is full (checkpoint, then free what it covers)
 
@@ -200,10 +213,10 @@ class Stream:
                                  "batch_size or relax the exclusions")
         acts = np.concatenate(held["rows"])
         prev = self.ring.shards[-1] if self.ring.shards else None
-        same = prev is not None and not prev["last"] and \
-            sum(e["window"] == prev["window"] for e in self.ring.shards) < self.window_shards
+        same = prev is not None and not prev["last"] and prev["pos"] + 1 < self.window_shards
         norms = np.linalg.norm(acts, axis=-1)                                # [rows, n_models]
         record = {"epoch": first // n, "window": prev["window"] + (not same) if prev else 0, "last": g % n == 0,
+                  "pos": prev["pos"] + 1 if same else 0,
                   "start": prev["start"] + prev["n_tokens"] if prev else 0, "n_tokens": int(len(acts)),
                   "batches": [first, g], "sum_norm": norms.sum(0).tolist(),
                   **{k: held[k] for k in ("n_positions", "n_dropped_first", "n_dropped_outlier")}}
@@ -222,7 +235,7 @@ class Stream:
             w = out.setdefault(e["window"], {"start": e["start"], "n": 0, "shards": [], "epoch": e["epoch"]})
             w["n"] += e["n_tokens"]
             w["shards"].append(e)
-            w["complete"] = e["last"] or len(w["shards"]) == self.window_shards
+            w["complete"] = e["last"] or e["pos"] == self.window_shards - 1
         ends = {e["epoch"]: e["start"] + e["n_tokens"] for e in self.ring.shards if e["last"]}
         for w in out.values():
             w["epoch_end"] = ends.get(w["epoch"])
@@ -268,12 +281,17 @@ class Stream:
 class _Source:
     """What ``train.Trainer`` reads of a store: shapes, the input scale (first window), an identity."""
 
-    def __init__(self, stream: Stream, key: dict, n_models: int, d_model: int, layer: int):
-        first = [e for e in stream.ring.shards if e["window"] == 0]
-        self.mean_norm = np.sum([e["sum_norm"] for e in first], 0) / sum(e["n_tokens"] for e in first)
+    def __init__(self, ring: Ring, key: dict, n_models: int, d_model: int, layer: int):
+        first = [e for e in ring.shards if e["window"] == 0]
+        if "mean_norm" not in ring.state:      # kept: a resumed run has freed the first window
+            ring.state.update(mean_norm=(np.sum([e["sum_norm"] for e in first], 0) /
+                                         sum(e["n_tokens"] for e in first)).tolist(),
+                              first_window_tokens=sum(e["n_tokens"] for e in first))
+            ring.save()
+        self.mean_norm = np.asarray(ring.state["mean_norm"])
         self.norm_scale = math.sqrt(d_model) / self.mean_norm
         self.n_models, self.d_model, self.layer = n_models, d_model, layer
-        self.n_tokens = sum(e["n_tokens"] for e in first)
+        self.n_tokens = ring.state["first_window_tokens"]
         self.config_hash, self.manifest = paths.config_hash(key), {"stream": key}
 
     def loader(self, *args, **kw):
@@ -312,10 +330,11 @@ def train_stream(base, distilled, tokenizer_base, tokenizer_distilled, documents
     """Harvest and train at once through the ring in ``work`` (created; resumed when it holds a run of the same
     configuration). Prints the plan first and refuses one that does not fit the disk (``PlanError``).
 
-    ``stop_after``: stop after this many steps (an interruption, for tests). ``on_step(step, meta, epoch)`` sees
+    ``stop_after``: stop after this many steps (an interruption, for tests). The result's log holds the last
+    ``LOG_KEEP`` steps (``train_log.jsonl`` in ``work`` every one). ``on_step(step, meta, epoch)`` sees
     each step's rows (``store.META_DTYPE``: doc_id, pos, token_id, ...). Returns the folded crosscoder with its log
-    and a report: the plan, peak disk (measured after every write; plus the old checkpoint while a new one is
-    written), peak RSS, the outlier mask's counts and calibration."""
+    and a report: the plan, peak disk (ring and checkpoints, measured after every write, plus the old checkpoint
+    while a new one is written), the log's bytes, peak RSS, the outlier mask's counts and calibration."""
     from tqdm.auto import tqdm
 
     scfg = (scfg or StreamConfig()).validate()
@@ -342,8 +361,7 @@ def train_stream(base, distilled, tokenizer_base, tokenizer_distilled, documents
         ring.save()
         median = st.get("median_norm")
         thresh = None if median is None else torch.tensor(median) * job.cfg.outlier_norm_multiple
-        stream = Stream(ring, job, batches, readers, thresh, scfg.window_shards, tcfg.seed)
-        stream.ring_shards = scfg.ring_shards
+        stream = Stream(ring, job, batches, readers, thresh, scfg, tcfg.seed)
         report["plan"].update(_warmup(stream, job, tcfg, scfg, n_models, d_model, device))
         p = report["plan"]
         p["estimated_s"] = p["epochs"] * p["epoch_tokens"] / p["harvest_tok_s"] + tcfg.n_steps * p["step_s"]
@@ -359,7 +377,7 @@ def _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_a
            report) -> StreamResult:
     while not any(w["complete"] for w in stream.windows().values()):   # the input scale needs the first window
         stream.harvest_shard()
-    source = _Source(stream, key, n_models, d_model, job.layer)
+    source = _Source(ring, key, n_models, d_model, job.layer)
     trainer = Trainer(source, tcfg, device=device)
     ckpt = work / CHECKPOINT_NAME
     if ckpt.exists():
@@ -380,8 +398,7 @@ def _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_a
 
     stream.room = checkpoint
     stream.free_before(trainer.tokens_seen)     # what the checkpoint covers (a kill may have come before the free)
-    log = _read_log(work / LOG_NAME, trainer.step_idx)
-    (work / LOG_NAME).write_text("".join(json.dumps(r) + "\n" for r in log))
+    log = _truncate_log(work / LOG_NAME, trainer.step_idx)
     n_steps = tcfg.n_steps if stop_after is None else min(tcfg.n_steps, stop_after)
     t0, tokens0 = time.perf_counter(), trainer.tokens_seen
     bar = tqdm(total=tcfg.n_steps, initial=trainer.step_idx, desc="stream", disable=not progress)
@@ -402,17 +419,33 @@ def _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_a
                 checkpoint()
     bar.close()
     dt = time.perf_counter() - t0
-    shards = ring.shards
-    report.update(peak_disk_bytes=peak["disk"], peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report.update(peak_disk_bytes=peak["disk"], log_bytes=(work / LOG_NAME).stat().st_size, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                   * 1024, seconds=dt, tokens_per_s=(trainer.tokens_seen - tokens0) / dt if dt > 0 else None,
-                  shards_written=len(shards), shards_on_disk=len(ring.live), compute=ring.state["compute"]["dtype"],
+                  shards_written=ring.state["n_written"], shards_on_disk=len(ring.live), compute=ring.state["compute"]["dtype"],
                   exclusions={"outlier_norm_multiple": job.cfg.outlier_norm_multiple,
                               "median_norm": ring.state.get("median_norm"),
-                              **{k: sum(e[k] for e in shards) for k in ("n_positions", "n_dropped_first",
-                                                                         "n_dropped_outlier")}},
+                              **ring.state["totals"]},
                   mean_norm=source.mean_norm.tolist())
     folded = trainer.model.fold(trainer.scale_np.tolist()).eval()
-    return StreamResult(TrainResult(folded, log, dt, trainer.compute), report)
+    return StreamResult(TrainResult(folded, list(log), dt, trainer.compute), report)
+
+
+def _truncate_log(path: Path, upto: int) -> deque:
+    """Cut ``train_log.jsonl`` after step ``upto`` (or at a torn line), reading it line by line; return its last
+    ``LOG_KEEP`` rows (memory stays bounded however long the run)."""
+    keep, tmp = deque(maxlen=LOG_KEEP), path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as out, open(path if path.exists() else os.devnull) as src:
+        for line in src:
+            try:
+                row = json.loads(line)
+                if int(row["step"]) > upto:
+                    break
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                break
+            out.write(line)
+            keep.append(row)
+    os.replace(tmp, path)
+    return keep
 
 
 def get_crosscoder(pair, documents, hcfg, tcfg: TrainConfig, scfg: StreamConfig | None = None, out_root=None, *,

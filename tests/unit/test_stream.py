@@ -4,6 +4,7 @@ repeating or skipping a token, the ring's disk bound, the outlier mask, the plan
 two-phase (store, then train) path."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -74,6 +75,7 @@ def test_exactly_once_resume_and_bounded_disk(models, docs, tiny_tokenizer, tmp_
     # bounded disk: at most ring_shards shards ever on disk, and the measured peak within the plan's
     assert res.report["shards_written"] > 3 * RING.ring_shards and res.report["shards_on_disk"] <= RING.ring_shards
     assert 0 < res.report["peak_disk_bytes"] <= res.report["plan"]["peak_disk_bytes"]
+    assert 0 < res.report["log_bytes"] <= res.report["plan"]["log_bytes"]
 
     # killed twice (a stop after 23 steps, then an error inside the harvest), resumed: the same rows, the same model
     work, parts = tmp_path / "killed", {}
@@ -92,6 +94,8 @@ def test_exactly_once_resume_and_bounded_disk(models, docs, tiny_tokenizer, tmp_
             run(models, tiny_tokenizer, docs, work, parts, tcfg=TCFG.replace(checkpoint_every=10))
     resumed = run(models, tiny_tokenizer, docs, work, parts, tcfg=TCFG.replace(checkpoint_every=10))
     assert parts == whole          # steps redone after a checkpoint overwrite their rows: the same ones
+    steps = [json.loads(line)["step"] for line in (work / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, TCFG.n_steps + 1))      # the log cut back to each checkpoint, once per step
     torch.testing.assert_close(resumed.train.crosscoder.state_dict(), res.train.crosscoder.state_dict(), rtol=0,
                                atol=0, equal_nan=True)
 
