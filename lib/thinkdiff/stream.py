@@ -119,12 +119,14 @@ def plan(job, n_train_batches: int, tcfg: TrainConfig, scfg: StreamConfig, n_mod
 
 
 def describe(p: dict) -> str:
-    """The plan as one line for users."""
-    eta = f", about {p['estimated_s'] / 60:.1f} min (warm-up: {p['harvest_tok_s']:,.0f} harvest tok/s, " \
-          f"{p['step_s'] * 1e3:.0f} ms/step)" if "estimated_s" in p else ""
+    """The plan as one line for users (with the time once the warm-up has measured it)."""
+    eta = (f"; time about {p['estimated_s'] / 60:.1f} min (warm-up: {p['harvest_tok_s']:,.0f} harvest tok/s, "
+           f"{p['step_s'] * 1e3:.0f} ms per step)") if "estimated_s" in p else ""
     return (f"stream plan: {p['train_tokens']:,} training tokens = {p['epochs']} epoch(s) of up to "
             f"{p['epoch_tokens']:,}; peak disk {p['peak_disk_bytes'] / 1e9:.3f} GB (ring and checkpoints) + "
-            f"{p['log_bytes'] / 1e9:.3f} GB (log) of {p['free_disk_bytes'] / 1e9:.1f} GB free; RAM {p['ram_bytes'] / 1e9:.3f} GB besides the models{eta}")
+            f"{p['log_bytes'] / 1e9:.3f} GB (log) of {p['free_disk_bytes'] / 1e9:.1f} GB free; RAM "
+            f"{p['ram_bytes'] / 1e9:.3f} GB for the windows, a shard and the trainer (models and libraries besides)"
+            + eta)
 
 
 class Ring:
@@ -304,13 +306,14 @@ class StreamResult:
     report: dict = field(default_factory=dict)   # plan, peaks, exclusions, rates
 
 
-def _warmup(stream: Stream, job, tcfg: TrainConfig, scfg: StreamConfig, n_models: int, d_model: int, device) -> dict:
-    """Seconds per harvest token and per crosscoder step, timed on the first plan batches (kept nowhere) and on
+def _warmup(readers, job, batches, tcfg: TrainConfig, scfg: StreamConfig, n_models: int, d_model: int,
+            device) -> dict:
+    """Harvest tokens/s and seconds per crosscoder step, timed on the first plan batches (kept nowhere) and on
     steps of a throwaway trainer over random rows."""
     t0, n = time.perf_counter(), 0
-    for idx in stream.batches[:scfg.warmup_batches]:
+    for idx in batches[:scfg.warmup_batches]:
         batch = _batch_arrays([job.docs[i] for i in idx], job.pad_id)
-        _harvest_batch(stream.readers, batch, "train", idx, job.cfg, stream.thresh, _empty_held())
+        _harvest_batch(readers, batch, "train", idx, job.cfg, None, _empty_held())
         n += int(batch["mask"].sum())
     harvest_s = time.perf_counter() - t0
     src = type("Warmup", (), dict(n_models=n_models, d_model=d_model, layer=None, n_tokens=1, loader=None,
@@ -346,6 +349,8 @@ def train_stream(base, distilled, tokenizer_base, tokenizer_distilled, documents
         raise ValueError("the streaming run has no train documents (heldout_fraction leaves none)")
     n_models, d_model = 2, int(job.key["models"][0]["d_model"])
     report = {"plan": plan(job, len(batches), tcfg, scfg, n_models, d_model, work)}   # refuses before any work
+    p = report["plan"]
+    print(describe(p), flush=True)
     key = {"stream": 1, "harvest": job.key, "window_shards": scfg.window_shards}
     ring = Ring(work / "ring", key)
     was = (base.training, distilled.training)
@@ -356,16 +361,15 @@ def train_stream(base, distilled, tokenizer_base, tokenizer_distilled, documents
         st.setdefault("compute", choose_compute(readers, job.docs, job.plan, job.cfg, job.pad_id))
         for r in readers:
             r.bf16_autocast = st["compute"]["dtype"] == "bfloat16"
+        p.update(_warmup(readers, job, batches, tcfg, scfg, n_models, d_model, device))
+        p["estimated_s"] = p["train_tokens"] / p["harvest_tok_s"] + tcfg.n_steps * p["step_s"]   # each served token harvested once
+        print(describe(p), flush=True)
         if job.cfg.outlier_norm_multiple is not None and "median_norm" not in st:
             st["median_norm"] = _calibrate(readers, job.docs, job.plan, job.cfg, job.pad_id)
         ring.save()
         median = st.get("median_norm")
         thresh = None if median is None else torch.tensor(median) * job.cfg.outlier_norm_multiple
         stream = Stream(ring, job, batches, readers, thresh, scfg, tcfg.seed)
-        report["plan"].update(_warmup(stream, job, tcfg, scfg, n_models, d_model, device))
-        p = report["plan"]
-        p["estimated_s"] = p["epochs"] * p["epoch_tokens"] / p["harvest_tok_s"] + tcfg.n_steps * p["step_s"]
-        print(describe(p), flush=True)
         result = _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_after, progress,
                         on_step, tqdm, report)
     finally:
