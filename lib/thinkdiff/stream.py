@@ -408,8 +408,10 @@ def _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_a
     bar = tqdm(total=tcfg.n_steps, initial=trainer.step_idx, desc="stream", disable=not progress)
     with open(work / LOG_NAME, "a") as log_file:
         while trainer.step_idx < n_steps:
+            written = ring.state["n_written"]
             x, meta, trainer.epoch = stream.batch(trainer.tokens_seen, tcfg.batch_size)
-            peak["disk"] = max(peak["disk"], ring.disk_bytes())
+            if ring.state["n_written"] != written:       # the disk grows only when a shard is written
+                peak["disk"] = max(peak["disk"], ring.disk_bytes())
             row = trainer.step(torch.from_numpy(x))
             row["epoch"] = trainer.epoch
             log.append(row)

@@ -43,14 +43,15 @@ def hcfg(layer, **kw):
                             **kw})
 
 
-TCFG = TrainConfig(n_latents=64, batch_size=64, n_steps=60, lr=2e-3, checkpoint_every=0, seed=3)
+TCFG = TrainConfig(n_latents=64, batch_size=64, n_steps=30, lr=2e-3, checkpoint_every=0, seed=3)
 
 
 def run(models, tiny_tokenizer, docs, work, served=None, **kw):
     (base, distilled), layer = models
     on_step = (lambda s, meta, e: served.__setitem__(s, [(e, int(d), int(p)) for d, p in zip(meta["doc_id"], meta["pos"])])
                ) if served is not None else None
-    return stream.train_stream(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, hcfg(layer), kw.pop("tcfg", TCFG),
+    return stream.train_stream(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, kw.pop("h", hcfg(layer)),
+                               kw.pop("tcfg", TCFG),
                                work, kw.pop("scfg", RING), progress=False, on_step=on_step, **kw)
 
 
@@ -68,18 +69,18 @@ def test_exactly_once_resume_and_bounded_disk(models, docs, tiny_tokenizer, tmp_
         for e, d, p in whole[s]:
             by_epoch.setdefault(e, Counter())[(d, p)] += 1
     last = max(by_epoch)
-    assert last >= 2 and all(by_epoch[e] == train_tokens for e in range(last))
+    assert last >= 1 and all(by_epoch[e] == train_tokens for e in range(last))
     assert set(by_epoch[last]) <= set(train_tokens) and max(by_epoch[last].values()) == 1
     ex = res.report["exclusions"]
     assert ex["n_dropped_outlier"] > 0 and ex["median_norm"] == store.manifest["exclusions"]["median_norm"]
     # bounded disk: at most ring_shards shards ever on disk, and the measured peak within the plan's
-    assert res.report["shards_written"] > 3 * RING.ring_shards and res.report["shards_on_disk"] <= RING.ring_shards
+    assert res.report["shards_written"] > 2 * RING.ring_shards and res.report["shards_on_disk"] <= RING.ring_shards
     assert 0 < res.report["peak_disk_bytes"] <= res.report["plan"]["peak_disk_bytes"]
     assert 0 < res.report["log_bytes"] <= res.report["plan"]["log_bytes"]
 
-    # killed twice (a stop after 23 steps, then an error inside the harvest), resumed: the same rows, the same model
+    # killed twice (a stop after 12 steps, then an error inside the harvest), resumed: the same rows, the same model
     work, parts = tmp_path / "killed", {}
-    run(models, tiny_tokenizer, docs, work, parts, tcfg=TCFG.replace(checkpoint_every=10), stop_after=23)
+    run(models, tiny_tokenizer, docs, work, parts, tcfg=TCFG.replace(checkpoint_every=7), stop_after=12)
     assert 0 < len(list((work / "ring").glob("acts_*.npy"))) <= RING.ring_shards
     real, calls = stream.Stream.harvest_shard, []
 
@@ -91,8 +92,8 @@ def test_exactly_once_resume_and_bounded_disk(models, docs, tiny_tokenizer, tmp_
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(stream.Stream, "harvest_shard", dies)
         with pytest.raises(KeyboardInterrupt):
-            run(models, tiny_tokenizer, docs, work, parts, tcfg=TCFG.replace(checkpoint_every=10))
-    resumed = run(models, tiny_tokenizer, docs, work, parts, tcfg=TCFG.replace(checkpoint_every=10))
+            run(models, tiny_tokenizer, docs, work, parts, tcfg=TCFG.replace(checkpoint_every=7))
+    resumed = run(models, tiny_tokenizer, docs, work, parts, tcfg=TCFG.replace(checkpoint_every=7))
     assert parts == whole          # steps redone after a checkpoint overwrite their rows: the same ones
     steps = [json.loads(line)["step"] for line in (work / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, TCFG.n_steps + 1))      # the log cut back to each checkpoint, once per step
@@ -113,14 +114,15 @@ def test_plan_refuses_a_run_that_does_not_fit_the_disk(models, docs, tiny_tokeni
 def test_stream_and_two_phase_crosscoders_agree(models, docs, tiny_tokenizer, tmp_path):
     """The same run, two-phase and streamed (only the shuffle differs: store windows vs ring windows, and the
     input scale: whole store vs first window): held-out FVU within 0.02 per model, relative-norm histograms
-    (10 bins) within 0.06 total variation (measured: FVU 0.763 / 0.767 two-phase vs 0.768 / 0.772 streamed,
+    (10 bins) within 0.06 total variation (measured: FVU 0.830 / 0.835 two-phase vs 0.819 / 0.823 streamed,
     total variation 0.016)."""
     (base, distilled), layer = models
-    cfg = TCFG.replace(n_steps=150, buffer_tokens=256)
-    store = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, hcfg(layer), out_dir=tmp_path / "s",
+    cfg = TCFG.replace(n_steps=80, buffer_tokens=256)
+    h = hcfg(layer, batch_size=8, shard_tokens=300)      # fewer, larger forwards: 80 steps are 4 epochs
+    store = harvest_pair(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, h, out_dir=tmp_path / "s",
                          progress=False)
     two = train(store, cfg, progress=False).crosscoder
-    streamed = run(models, tiny_tokenizer, docs, tmp_path / "w", tcfg=cfg).train.crosscoder
+    streamed = run(models, tiny_tokenizer, docs, tmp_path / "w", h=h, tcfg=cfg).train.crosscoder
     x = torch.from_numpy(store.acts(store.split_indices("heldout"))).double()       # [n, 2, d] raw
     sst = (x - x.mean(0)).pow(2).sum((0, 2))
     with torch.no_grad():   # held-out FVU per model (metrics.evaluate would refuse the stream's input scale)
