@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
           f"{before / 2**20:.0f} MiB")
     for r, name in zip(rows, ("1x", f"{args.factor}x")):
         print(f"{name:>4}: {r['tokens']:>9,} tokens ({r['steps']} steps, {r['shards']} shards) in {r['seconds']:.1f} s "
-              f"= {r['tok_s']:,.0f} tok/s; peak disk {r['peak_disk'] / 2**20:.2f} MiB (plan {r['plan_disk'] / 2**20:.2f}) "
+              f"= {r['tok_s']:,.0f} tok/s; peak disk {r['peak_disk'] / 2**20:.2f} MiB "
+              f"(plan {r['plan_disk'] / 2**20:.2f}) "
               f"+ log {r['log'] / 2**20:.2f} MiB; "
               f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB ({(r['peak_rss'] - before) / 2**20:+.0f} MiB over the start)")
     ratio = {k: rows[1][k] / rows[0][k] for k in ("peak_disk", "peak_rss")}

@@ -287,7 +287,8 @@ def stream_check(args, spec, layer, tokenizer, tcfg, measured, device, dtype) ->
     if args.smoke:
         steps, shard_tokens = SMOKE["stream_steps"], SMOKE["shard_tokens"]
     else:   # each token is harvested once and trained once: the two rates add up like resistors
-        rate = 1 / (1 / measured["harvest_tok_s"] + 1 / measured["step_tok_s_" + ("bf16" if device == "cuda" else "fp32")])
+        step_tok_s = measured["step_tok_s_" + ("bf16" if device == "cuda" else "fp32")]
+        rate = 1 / (1 / measured["harvest_tok_s"] + 1 / step_tok_s)
         steps, shard_tokens = max(20, int(args.stream_seconds * rate / tcfg.batch_size)), 65536
     seq_len = SMOKE["seq_len"] if args.smoke else args.seq_len
     hcfg = HarvestConfig(layer=layer, batch_size=SMOKE["harvest_batch"] if args.smoke else args.harvest_batch,
@@ -302,7 +303,8 @@ def stream_check(args, spec, layer, tokenizer, tcfg, measured, device, dtype) ->
     rep = res.report
     out = {"stream_steps": steps, "stream_s": round(rep["seconds"], 2), "stream_tok_s": round(rep["tokens_per_s"], 1),
            "stream_plan_estimated_s": round(rep["plan"]["estimated_s"], 2),
-           "stream_peak_disk_bytes": rep["peak_disk_bytes"], "stream_plan_peak_disk_bytes": rep["plan"]["peak_disk_bytes"],
+           "stream_peak_disk_bytes": rep["peak_disk_bytes"],
+           "stream_plan_peak_disk_bytes": rep["plan"]["peak_disk_bytes"],
            "stream_peak_rss_gib": round(rep["peak_rss_bytes"] / 2**30, 2), "stream_compute": res.train.compute["dtype"],
            "stream_peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
            "stream_final_fvu": [round(v, 4) for v in res.train.log[-1]["fvu"]]}

@@ -338,8 +338,6 @@ def train_stream(base, distilled, tokenizer_base, tokenizer_distilled, documents
     each step's rows (``store.META_DTYPE``: doc_id, pos, token_id, ...). Returns the folded crosscoder with its log
     and a report: the plan, peak disk (ring and checkpoints, measured after every write, plus the old checkpoint
     while a new one is written), the log's bytes, peak RSS, the outlier mask's counts and calibration."""
-    from tqdm.auto import tqdm
-
     scfg = (scfg or StreamConfig()).validate()
     tcfg = tcfg.validate()
     work = Path(work)
@@ -362,7 +360,8 @@ def train_stream(base, distilled, tokenizer_base, tokenizer_distilled, documents
         for r in readers:
             r.bf16_autocast = st["compute"]["dtype"] == "bfloat16"
         p.update(_warmup(readers, job, batches, tcfg, scfg, n_models, d_model, device))
-        p["estimated_s"] = p["train_tokens"] / p["harvest_tok_s"] + tcfg.n_steps * p["step_s"]   # each served token harvested once
+        # each served token is harvested once and trained once
+        p["estimated_s"] = p["train_tokens"] / p["harvest_tok_s"] + tcfg.n_steps * p["step_s"]
         print(describe(p), flush=True)
         if job.cfg.outlier_norm_multiple is not None and "median_norm" not in st:
             st["median_norm"] = _calibrate(readers, job.docs, job.plan, job.cfg, job.pad_id)
@@ -370,18 +369,21 @@ def train_stream(base, distilled, tokenizer_base, tokenizer_distilled, documents
         median = st.get("median_norm")
         thresh = None if median is None else torch.tensor(median) * job.cfg.outlier_norm_multiple
         stream = Stream(ring, job, batches, readers, thresh, scfg, tcfg.seed)
-        result = _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_after, progress,
-                        on_step, tqdm, report)
+        result = _train(stream, key, tcfg, work, d_model, device, stop_after, progress, on_step, report)
     finally:
         base.train(was[0]), distilled.train(was[1])
     return result
 
 
-def _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_after, progress, on_step, tqdm,
-           report) -> StreamResult:
+def _train(stream: Stream, key: dict, tcfg: TrainConfig, work: Path, d_model: int, device, stop_after, progress,
+           on_step, report: dict) -> StreamResult:
+    """The training loop over the stream: resume from ``work``'s checkpoint, step, checkpoint, free, report."""
+    from tqdm.auto import tqdm
+
+    ring = stream.ring
     while not any(w["complete"] for w in stream.windows().values()):   # the input scale needs the first window
         stream.harvest_shard()
-    source = _Source(ring, key, n_models, d_model, job.layer)
+    source = _Source(ring, key, 2, d_model, stream.job.layer)
     trainer = Trainer(source, tcfg, device=device)
     ckpt = work / CHECKPOINT_NAME
     if ckpt.exists():
@@ -392,21 +394,23 @@ def _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_a
         state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
         trainer.check_checkpoint(state, work)
         trainer.load_state_dict(state)
+    stream.free_before(trainer.tokens_seen)     # what the checkpoint covers (a kill may have come before the free)
+    log = _truncate_log(work / LOG_NAME, trainer.step_idx)
+    log_file = open(work / LOG_NAME, "a")
     peak = {"disk": ring.disk_bytes()}
 
     def checkpoint():
+        log_file.flush()                        # the log on disk reaches the checkpoint's step
         old = ckpt.stat().st_size if ckpt.exists() else 0
         trainer.save_checkpoint(work)
         peak["disk"] = max(peak["disk"], ring.disk_bytes() + old)
         stream.free_before(trainer.tokens_seen)
 
     stream.room = checkpoint
-    stream.free_before(trainer.tokens_seen)     # what the checkpoint covers (a kill may have come before the free)
-    log = _truncate_log(work / LOG_NAME, trainer.step_idx)
     n_steps = tcfg.n_steps if stop_after is None else min(tcfg.n_steps, stop_after)
     t0, tokens0 = time.perf_counter(), trainer.tokens_seen
     bar = tqdm(total=tcfg.n_steps, initial=trainer.step_idx, desc="stream", disable=not progress)
-    with open(work / LOG_NAME, "a") as log_file:
+    try:
         while trainer.step_idx < n_steps:
             written = ring.state["n_written"]
             x, meta, trainer.epoch = stream.batch(trainer.tokens_seen, tcfg.batch_size)
@@ -421,17 +425,18 @@ def _train(stream, ring, key, job, tcfg, work, n_models, d_model, device, stop_a
             bar.update(1)
             every = tcfg.checkpoint_every
             if trainer.step_idx == tcfg.n_steps or (every and trainer.step_idx % every == 0):
-                log_file.flush()
                 checkpoint()
-    bar.close()
+    finally:
+        bar.close()
+        log_file.close()
     dt = time.perf_counter() - t0
-    report.update(peak_disk_bytes=peak["disk"], log_bytes=(work / LOG_NAME).stat().st_size, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                  * 1024, seconds=dt, tokens_per_s=(trainer.tokens_seen - tokens0) / dt if dt > 0 else None,
-                  shards_written=ring.state["n_written"], shards_on_disk=len(ring.live), compute=ring.state["compute"]["dtype"],
-                  exclusions={"outlier_norm_multiple": job.cfg.outlier_norm_multiple,
-                              "median_norm": ring.state.get("median_norm"),
-                              **ring.state["totals"]},
-                  mean_norm=source.mean_norm.tolist())
+    report.update(peak_disk_bytes=peak["disk"], log_bytes=(work / LOG_NAME).stat().st_size,
+                  peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, seconds=dt,
+                  tokens_per_s=(trainer.tokens_seen - tokens0) / dt if dt > 0 else None,
+                  shards_written=ring.state["n_written"], shards_on_disk=len(ring.live),
+                  compute=ring.state["compute"]["dtype"], mean_norm=source.mean_norm.tolist(),
+                  exclusions={"outlier_norm_multiple": stream.job.cfg.outlier_norm_multiple,
+                              "median_norm": ring.state.get("median_norm"), **ring.state["totals"]})
     folded = trainer.model.fold(trainer.scale_np.tolist()).eval()
     return StreamResult(TrainResult(folded, list(log), dt, trainer.compute), report)
 

@@ -47,12 +47,14 @@ TCFG = TrainConfig(n_latents=64, batch_size=64, n_steps=30, lr=2e-3, checkpoint_
 
 
 def run(models, tiny_tokenizer, docs, work, served=None, **kw):
+    """A streaming run; ``served`` (a dict) gets each step's rows as (epoch, document, position)."""
     (base, distilled), layer = models
-    on_step = (lambda s, meta, e: served.__setitem__(s, [(e, int(d), int(p)) for d, p in zip(meta["doc_id"], meta["pos"])])
-               ) if served is not None else None
+
+    def on_step(step, meta, epoch):
+        served[step] = [(epoch, int(d), int(p)) for d, p in zip(meta["doc_id"], meta["pos"])]
     return stream.train_stream(base, distilled, tiny_tokenizer, tiny_tokenizer, docs, kw.pop("h", hcfg(layer)),
-                               kw.pop("tcfg", TCFG),
-                               work, kw.pop("scfg", RING), progress=False, on_step=on_step, **kw)
+                               kw.pop("tcfg", TCFG), work, kw.pop("scfg", RING), progress=False,
+                               on_step=on_step if served is not None else None, **kw)
 
 
 def test_exactly_once_resume_and_bounded_disk(models, docs, tiny_tokenizer, tmp_path):
