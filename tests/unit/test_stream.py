@@ -103,6 +103,17 @@ def test_exactly_once_resume_and_bounded_disk(models, docs, tiny_tokenizer, tmp_
                                atol=0, equal_nan=True)
 
 
+def test_a_damaged_ring_shard_is_an_error_naming_it(models, docs, tiny_tokenizer, tmp_path):
+    """A shard's rows cannot be harvested again once later ones exist: a resume refuses a damaged one."""
+    run(models, tiny_tokenizer, docs, tmp_path, tcfg=TCFG.replace(checkpoint_every=2), stop_after=3)
+    shard = sorted((tmp_path / "ring").glob("acts_*.npy"))[-1]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{shard.name} is missing or damaged"):
+        run(models, tiny_tokenizer, docs, tmp_path, tcfg=TCFG.replace(checkpoint_every=2))
+
+
 def test_plan_refuses_a_run_that_does_not_fit_the_disk(models, docs, tiny_tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(stream.shutil, "disk_usage", lambda p: type("U", (), {"free": 10_000})())
     monkeypatch.setattr(stream.LayerReader, "__call__", lambda *a: pytest.fail("a forward pass ran before the refusal"))
