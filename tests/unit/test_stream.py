@@ -120,6 +120,9 @@ def test_plan_refuses_a_run_that_does_not_fit_the_disk(models, docs, tiny_tokeni
     with pytest.raises(stream.PlanError, match=r"needs 0\.\d+ GB of disk at its peak.*Nothing was run"):
         run(models, tiny_tokenizer, docs, tmp_path / "w")
     assert not (tmp_path / "w" / "ring").exists()
+    monkeypatch.undo()
+    with pytest.raises(stream.PlanError, match="over the max_disk_gb = 1e-06"):      # the run's own cap
+        run(models, tiny_tokenizer, docs, tmp_path / "w", scfg=stream.StreamConfig(max_disk_gb=1e-6))
     with pytest.raises(ValueError, match="at least 2 x window_shards"):
         stream.StreamConfig(ring_shards=3, window_shards=2).validate()
 
