@@ -13,7 +13,10 @@ What it does, with the functions a real run uses:
 3. trains the paper's crosscoder (``train.PAPER``: ReLU + L1, 32,768 latents, batch 1,024) for ``--train-steps``
    steps with ``train.train`` on that store, and times ``Trainer.step`` on a device-resident batch in fp32,
    with TF32 matmuls on CUDA, and with ``compute_dtype="bfloat16"`` (``train.PAPER``'s setting), each against
-   the matmul peak of its dtype measured in the same run.
+   the matmul peak of its dtype measured in the same run (bf16 on CUDA only: a CPU never computes in bf16 here);
+4. streams (``stream.train_stream``, ``[harvest] mode = "stream"``): rebuilds the pair, harvests into a bounded
+   ring of bf16 shards and trains the same crosscoder from it for about ``--stream-seconds`` (sized from the rates of
+   1 and 3), and reports the sustained tokens/s, the plan's estimate against the time taken, and peak disk and RSS.
 
 Precision. The crosscoder keeps fp32 master weights and optimiser state; ``TrainConfig.compute_dtype="bfloat16"``
 runs the dense encoder matmul (the step's dominant cost once the code is sparse) under bf16 autocast, and the
@@ -42,12 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))   # runs fr
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from thinkdiff import pairs, qwen  # noqa: E402
+from thinkdiff import pairs, qwen, stream  # noqa: E402
 from thinkdiff.harvest import HarvestConfig, harvest_pair  # noqa: E402
 from thinkdiff.train import PAPER, Trainer, train  # noqa: E402
 
 SMOKE = dict(hidden=64, layers=4, harvest_tokens=512, seq_len=128, harvest_batch=4, n_latents=512,
-             batch_size=128, train_steps=20, step_reps=3, peak_n=256)
+             batch_size=128, train_steps=20, step_reps=3, peak_n=256, stream_steps=12, shard_tokens=256)
 PEAK_N = 4096    # the matmul whose rate is the "peak" each step is compared with (SMOKE: peak_n)
 
 
@@ -216,7 +219,8 @@ def run(args, tokenizer=None) -> dict:
 
         # 3. the paper's crosscoder, scaled only in steps (and in size under --smoke)
         tcfg = PAPER.replace(n_latents=n_latents, batch_size=batch_size, n_steps=train_steps, checkpoint_every=0,
-                             buffer_tokens=min(PAPER.buffer_tokens, store.n_tokens), lr_decay_frac=0.0)
+                             buffer_tokens=min(PAPER.buffer_tokens, store.n_tokens), lr_decay_frac=0.0,
+                             compute_dtype="auto" if device == "cuda" else "float32")
         t0 = time.perf_counter()
         res = train(store, tcfg, device=device, progress=False)
         _sync(device)
@@ -232,8 +236,8 @@ def run(args, tokenizer=None) -> dict:
         # compute-bound step time on a device-resident batch (fp32, then TF32 matmuls on CUDA)
         x = torch.from_numpy(store.acts(np.arange(min(batch_size, store.n_tokens)))).to(device)
         flop = 6 * 2 * x.shape[0] * 2 * cfg_b.hidden_size * n_latents       # bench_train.py's 6-matmul count
-        modes = [("fp32", False, "float32")] + ([("tf32", True, "float32")] if device == "cuda" else []) + \
-            [("bf16", False, "bfloat16")]
+        modes = [("fp32", False, "float32")] + ([("tf32", True, "float32"), ("bf16", False, "bfloat16")]
+                                                 if device == "cuda" else [])
         for name, tf32, compute in modes:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             peak = matmul_tflops(device, torch.bfloat16 if compute == "bfloat16" else torch.float32, n=peak_n)
@@ -258,15 +262,56 @@ def run(args, tokenizer=None) -> dict:
                       f"{out['ddp_allreduce_bytes_per_step'] / 2**20:,.0f} MiB of fp32 gradients per step")
     print(f"DDP world size 1 vs plain: {out['ddp']}")
 
+    # 5. the streaming mode: harvest and train at once through a bounded ring, sustained
+    out.update(stream_check(args, spec, layer, tokenizer, tcfg, out, device, dtype))
+
     hours = lambda tok_s: round(1e8 / tok_s / 3600, 2)  # noqa: E731
     out["hours_per_100M"] = {"harvest": hours(out["harvest_tok_s"]), "train_loader": hours(out["train_tok_s"]),
+                             "stream": hours(out["stream_tok_s"]),
                              **{f"train_step_{n}": hours(out[f"step_tok_s_{n}"]) for n, *_ in modes}}
     print(f"per 100M tokens on this device: harvest {out['hours_per_100M']['harvest']} h, crosscoder "
           f"{out['hours_per_100M']['train_loader']} h (loader) / "
           f"{min(v for k, v in out['hours_per_100M'].items() if k.startswith('train_step'))} h (resident batch); "
+          f"streamed (harvest + train, one epoch) {out['hours_per_100M']['stream']} h; "
           f"store {out['store_bytes_per_token'] * 1e8 / 1e9:.0f} GB at bf16")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def stream_check(args, spec, layer, tokenizer, tcfg, measured, device, dtype) -> dict:
+    """Sustained tokens/s of ``stream.train_stream`` over about ``--stream-seconds`` (one epoch of random documents;
+    steps sized from the harvest and step rates already measured), with the plan's estimate and the peaks."""
+    base = build_model(model_config(spec["base_arch"], args.smoke), device, dtype, seed=0)
+    distilled = build_model(model_config(spec["distilled_arch"], args.smoke), device, dtype, seed=1)
+    if args.smoke:
+        steps, shard_tokens = SMOKE["stream_steps"], SMOKE["shard_tokens"]
+    else:   # each token is harvested once and trained once: the two rates add up like resistors
+        step_tok_s = measured["step_tok_s_" + ("bf16" if device == "cuda" else "fp32")]
+        rate = 1 / (1 / measured["harvest_tok_s"] + 1 / step_tok_s)
+        steps, shard_tokens = max(20, int(args.stream_seconds * rate / tcfg.batch_size)), 65536
+    seq_len = SMOKE["seq_len"] if args.smoke else args.seq_len
+    hcfg = HarvestConfig(layer=layer, batch_size=SMOKE["harvest_batch"] if args.smoke else args.harvest_batch,
+                         max_seq_len=seq_len, dtype="bfloat16", shard_tokens=shard_tokens, heldout_fraction=0.0)
+    docs = random_documents(steps * tcfg.batch_size + seq_len, seq_len, seed=2)   # position 0 is dropped
+    cfg = tcfg.replace(n_steps=steps, checkpoint_every=0)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory(prefix="gpu_check-stream-") as tmp:
+        res = stream.train_stream(base, distilled, tokenizer, tokenizer, docs, hcfg, cfg, Path(tmp),
+                                  stream.StreamConfig(ring_shards=8, window_shards=2), device=device, progress=False)
+    rep = res.report
+    out = {"stream_steps": steps, "stream_s": round(rep["seconds"], 2), "stream_tok_s": round(rep["tokens_per_s"], 1),
+           "stream_plan_estimated_s": round(rep["plan"]["estimated_s"], 2),
+           "stream_peak_disk_bytes": rep["peak_disk_bytes"],
+           "stream_plan_peak_disk_bytes": rep["plan"]["peak_disk_bytes"],
+           "stream_peak_rss_gib": round(rep["peak_rss_bytes"] / 2**30, 2), "stream_compute": res.train.compute["dtype"],
+           "stream_peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+           "stream_final_fvu": [round(v, 4) for v in res.train.log[-1]["fvu"]]}
+    print(f"stream: {steps} steps x {tcfg.batch_size} in {out['stream_s']} s = {out['stream_tok_s']:,.0f} tok/s "
+          f"sustained (plan estimated {out['stream_plan_estimated_s']} s); peak disk "
+          f"{rep['peak_disk_bytes'] / 2**20:.1f} MiB (plan {rep['plan']['peak_disk_bytes'] / 2**20:.1f} MiB), peak RSS "
+          f"{out['stream_peak_rss_gib']} GiB, peak GPU memory {out['stream_peak_gpu_gib']} GiB", flush=True)
     return out
 
 
@@ -281,11 +326,15 @@ def parse_args(argv=None):
     ap.add_argument("--harvest-batch", type=int, default=8, help="documents per forward pass")
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--step-reps", type=int, default=20)
-    ap.add_argument("--json", default=None, help="also write the numbers to this file")
+    ap.add_argument("--stream-seconds", type=float, default=180, help="about how long the streaming check runs")
+    ap.add_argument("--json", default=None, help="write the numbers to this file (default gpu_check.json; "
+                                                 "--smoke: none)")
     args = ap.parse_args(argv)
     if args.model_dtype is None:
         args.model_dtype = "float32" if args.smoke else "bfloat16"
-    for name in ("harvest_tokens", "seq_len", "harvest_batch", "train_steps", "step_reps"):
+    if args.json is None and not args.smoke:
+        args.json = "gpu_check.json"
+    for name in ("harvest_tokens", "seq_len", "harvest_batch", "train_steps", "step_reps", "stream_seconds"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     return args

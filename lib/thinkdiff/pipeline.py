@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import adl, formats, label, lexicon, pairs, paths, runconfig
+from . import adl, formats, label, lexicon, pairs, paths, runconfig, stream
 from .codes import encode_store
 from .harvest import HarvestConfig, get_store, model_identity
 from .norms import relative_norm
@@ -112,9 +112,7 @@ class Run:
         return load_pair(self.config.preset, self.config.harvest["layer"], self.config.model_dtype)
 
     def harvest_config(self) -> HarvestConfig:
-        h = self.config.harvest
-        fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in h.items()
-                  if k not in ("n_docs", "teacher_fraction", "seed", "corpus")}
+        fields = runconfig.harvest_fields(self.config.harvest)
         fields["layer"] = self.pair.layer
         return HarvestConfig(**fields).validate()
 
@@ -132,8 +130,17 @@ class Run:
         docs = self.documents()
         return [docs[int(i)] for i in held[:n_docs]]
 
+    @property
+    def streams(self) -> bool:
+        """True for ``[harvest] mode = "stream"``: activations pass through a bounded ring (``thinkdiff.stream``)."""
+        return self.config.harvest["mode"] == "stream"
+
     @functools.cached_property
     def store(self):
+        if self.streams:
+            raise ValueError(f"run {self.name!r} streams its activations ([harvest] mode = \"stream\"), so it keeps no "
+                             "store: run.crosscoder() trains through the ring; stages that read a store (codes, "
+                             "labels, steering) need mode = \"store\"")
         return get_store(self.pair, self.documents(), self.harvest_config(), progress=self.progress)
 
     @property
@@ -187,6 +194,10 @@ class Run:
         scheme = scheme or self.config.schemes[0]
         if scheme not in self._crosscoders and scheme in self.config.imports:
             self._crosscoders[scheme] = formats.import_crosscoder(self.config.imports[scheme], self.store, scheme)
+        elif scheme not in self._crosscoders and self.streams:
+            self._crosscoders[scheme] = stream.get_crosscoder(
+                self.pair, self.documents(), self.harvest_config(), self.train_config(scheme),
+                stream.StreamConfig(**self.config.harvest["stream"]), progress=self.progress)
         if scheme not in self._crosscoders:
             self._crosscoders[scheme] = get_crosscoder(self.store, self.train_config(scheme), progress=self.progress)
         return self._crosscoders[scheme]

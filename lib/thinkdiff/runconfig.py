@@ -28,7 +28,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import formats, pairs, paths, settings
+from . import formats, pairs, paths, settings, stream
 from .harvest import HarvestConfig
 from .settings import RunConfigError, is_int
 from .train import ORGANISM, PAPER, TrainConfig
@@ -39,6 +39,9 @@ DEFAULT_RUN = pairs.DEFAULT_PAIR   # the run of the embedded default pair (what 
 # Harvest settings besides the HarvestConfig fields: which documents (see ``pipeline.documents``) and their defaults.
 CORPUS_KEYS = ("n_docs", "teacher_fraction", "seed", "corpus")
 CORPUS_DEFAULTS = {"n_docs": 3000, "teacher_fraction": 0.5, "seed": 1}   # seed: the corpus draw, not training
+# How the activations reach training: "store" (harvest a whole store, then train) or "stream" (``thinkdiff.stream``:
+# a bounded ring of shards, for stores larger than the disk), with ``[harvest.stream]`` holding its ``StreamConfig``.
+MODE_DEFAULTS = {"mode": "store", "stream": {}}
 
 # Each stage's analysis settings with their defaults (``settings``: a typed, documented dataclass per section).
 ANALYSIS_DEFAULTS: dict[str, dict] = settings.defaults()
@@ -80,6 +83,8 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d.pop("source")
         d.pop("description")
+        if d["harvest"]["mode"] == "store" and not d["harvest"]["stream"]:   # runs from before the stream mode keep
+            d["harvest"] = {k: v for k, v in d["harvest"].items() if k not in MODE_DEFAULTS}   # their hash
         return d
 
     @property
@@ -176,7 +181,13 @@ def _section(raw: dict, name: str, defaults: dict, where: str) -> dict:
 
 def _harvest_defaults() -> dict:
     fields = {f.name: f.default for f in dataclasses.fields(HarvestConfig)}
-    return {**CORPUS_DEFAULTS, "corpus": {}, **fields}
+    return {**CORPUS_DEFAULTS, "corpus": {}, **MODE_DEFAULTS, **fields}
+
+
+def harvest_fields(harvest: dict) -> dict:
+    """The ``HarvestConfig`` fields of a ``[harvest]`` section (lists as tuples): all but the corpus and mode keys."""
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in harvest.items()
+            if k not in (*CORPUS_KEYS, *MODE_DEFAULTS)}
 
 
 def _train_section(raw: dict, spec, where: str) -> tuple[dict, dict]:
@@ -219,12 +230,16 @@ def _check_harvest(harvest: dict, where: str) -> None:
         raise RunConfigError(f"{where}: [harvest] n_docs = {harvest['n_docs']!r} must be an integer >= 1")
     if not 0.0 <= harvest["teacher_fraction"] <= 1.0:
         raise RunConfigError(f"{where}: [harvest] teacher_fraction = {harvest['teacher_fraction']!r} must be in [0, 1]")
-    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in harvest.items()
-              if k not in ("n_docs", "teacher_fraction", "seed", "corpus")}
     try:
-        HarvestConfig(**fields).validate()
+        HarvestConfig(**harvest_fields(harvest)).validate()
     except (TypeError, ValueError) as err:
         raise RunConfigError(f"{where}: [harvest]: {err}") from None
+    if harvest["mode"] not in stream.MODES:
+        raise RunConfigError(f"{where}: [harvest] mode = {harvest['mode']!r}; one of {list(stream.MODES)}")
+    try:
+        stream.StreamConfig(**harvest["stream"]).validate()
+    except (TypeError, ValueError) as err:
+        raise RunConfigError(f"{where}: [harvest.stream]: {err}") from None
 
 
 def _check_runs_exist(geometry: dict, where: str, folder: Path | None) -> None:

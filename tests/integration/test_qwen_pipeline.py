@@ -237,6 +237,10 @@ def test_gpu_check_smoke(tiny_tokenizer):
     assert out["harvest_tokens"] == 512 and out["harvest_tok_s"] > 0 and out["train_tok_s"] > 0
     assert out["store_bytes_per_token"] == 256                       # d_model x 2 models x 2 bytes (bf16)
     assert out["ddp_allreduce_bytes_per_step"] == 4 * (2 * 2 * 64 * 512 + 512 + 2 * 64)   # fp32 grads, all params
+    assert "step_s_bf16" not in out and out["train_compute"]["dtype"] == "float32"    # a CPU never computes in bf16
+    # the streaming path: sustained rate, and the measured peak disk within the plan's
+    assert out["stream_steps"] == 12 and out["stream_tok_s"] > 0 and out["stream_compute"] == "float32"
+    assert 0 < out["stream_peak_disk_bytes"] <= out["stream_plan_peak_disk_bytes"]
     with pytest.raises(ValueError, match="unknown preset"):
         gpu_check.run(gpu_check.parse_args(["--smoke", "--preset", "qwen-3b"]))
     if not torch.cuda.is_available():

@@ -144,8 +144,7 @@ def test_harvest_settings_reach_the_harvest_config(tmp_path):
     p = write(tmp_path, "h", 'extends = "organism-m"\n[harvest]\nheldout_fraction = 0.2\nshard_tokens = 4096\n')
     cfg = runconfig.load(p)
     assert cfg.harvest["heldout_fraction"] == 0.2
-    fields = {k: v for k, v in cfg.harvest.items() if k not in runconfig.CORPUS_KEYS}
-    hc = harvest.HarvestConfig(**fields).validate()
+    hc = harvest.HarvestConfig(**runconfig.harvest_fields(cfg.harvest)).validate()
     assert hc.shard_tokens == 4096 and hc.heldout_fraction == 0.2
 
 
