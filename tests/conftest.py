@@ -186,6 +186,7 @@ def _reorder(config, items) -> None:
 
 
 # ------------------------------------------------------------------------------------------- real-browser tests
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the xdist_group marks (--dist loadgroup), or no group forms
 def pytest_collection_modifyitems(config, items):
     _reorder(config, items)
     moved = [k for k in SHARED_GROUPS if not (TESTS_DIR / f"{k}.py").is_file()]
@@ -204,6 +205,17 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=f"real-browser test: {why}; enable with: {realbrowser.ENABLE_COMMAND}")
     for it in marked:
         it.add_marker(skip)
+
+
+def pytest_collection_finish(session):
+    """Under ``--dist loadgroup`` each worker names a test's group in its node id (``...::test@group``); a pytest or
+    pytest-xdist that drops it (pytest 9.2 with xdist 3.8) would silently scatter the groups' shared fixtures over
+    both workers and rebuild them on each, so it is an error here."""
+    if getattr(session.config.option, "loadgroup", False):
+        ungrouped = [it.nodeid for it in session.items if "@" not in it.nodeid.rsplit("]", 1)[-1]]
+        if ungrouped:
+            raise pytest.UsageError(f"pytest-xdist lost the xdist_group of {len(ungrouped)} tests (e.g. {ungrouped[0]}): "
+                                    "tests sharing a fixture would run on different workers; check the pytest pin")
 
 
 def pytest_runtest_logreport(report):
