@@ -119,8 +119,8 @@ plots.savefig(fig, "04_latent_choice"); plt.show()
 # is already in the model's residual units. The claims are judged against a **matched latent**: another live
 # latent of similar relative norm and max activation, steered the same way (`steer.matched_control_latent`).
 # The seeded Gaussian directions with exactly the self-reflection (deductive) vector's norm are shown too, and the
-# ADL direction (`Run.adl_difference`, read from the store) scaled to the same norm, steered at the controls'
-# strengths. We print each norm next to the typical residual norm at the hook.
+# ADL direction (`Run.adl_difference`, read from the store) scaled to the same norm, steered at ± the claims'
+# strength (both signs: which way the difference points is part of what it says). We print each norm next to the typical residual norm at the hook.
 
 # %%
 directions, role_name = {}, {}
@@ -196,6 +196,7 @@ marker_words = task.marker_words or steer.DEFAULT_MARKER_WORDS
 count_markers = steer.regex_marker_counter(pair.tokenizer, marker_words)
 t0 = time.time()
 grids = {name: (ALPHAS if name in (SR, DED) else CONTROL_ALPHAS) for name in directions}
+grids["ADL direction"] = sorted({-CLAIM_ALPHA, CLAIM_ALPHA})
 sweep = steer.steering_sweep(pair.distilled, pair.tokenizer, prompts, directions, grids, layer=pair.layer,
                              positions=POSITIONS, problems=problems, score=score, count_markers=count_markers,
                              max_new_tokens=MAX_NEW_TOKENS, seeds=(SEED,), batch_size=BATCH_SIZE)
