@@ -28,11 +28,12 @@ def test_notebook_00_accepts_nothing_on_the_smoke_run(smollm2_smoke_run, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["03_label"])
+@pytest.mark.parametrize("name", ["03_label", "03d_adl"])
 def test_every_later_notebook_runs_on_the_smoke_run(name, smollm2_smoke_run, tmp_path, monkeypatch):
-    """The notebook whose work depends most on this pair (the path of `make demo RUN=smollm2-135m`, tiny
-    parameters): 03_label, ground truth on a labelled real pair and claim 1 against its control fine-tune; 00 is
-    the test above. It executes and records only "not tested" verdicts. The other notebooks run the same code
+    """The notebooks whose work depends most on this pair (the path of `make demo RUN=smollm2-135m`, tiny
+    parameters): 03_label, ground truth on a labelled real pair and claim 1 against its control fine-tune, and
+    03d_adl, the second lens on the same store, scored against the English teacher's planted words; 00 is the test
+    above. It executes and records only "not tested" verdicts. The other notebooks run the same code
     whatever the pair, through its kind and task (04_steer's prompts and scoring: ``Task.problems`` /
     ``prompt`` / ``score``, tested in tests/unit/test_tasks.py), and execute on the organism's smoke run and on a
     pair given as one TOML file (tests/e2e/test_notebooks.py); this run's store and crosscoders are built once on

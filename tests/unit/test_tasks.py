@@ -41,3 +41,13 @@ def test_the_math_task_scores_with_math_verify_and_has_no_teacher():
     assert task.score("<think> 2 + 3 = 5 </think> The answer is \\boxed{5}.", p) == {"correct": True, "well_formed": True}
     assert task.score("The answer is \\boxed{6}.", p) == {"correct": False, "well_formed": False}
     assert not task.has_teacher and task.teacher_marker_rates(None, [p]) is None and task.examples(None) == []
+
+
+def test_each_task_plants_only_its_own_words():
+    """The ADL lens (03d_adl) scores a task's planted words: the organism's teacher plants the markers and the gated
+    connective, the English teacher the same markers and no connective, a math set nothing."""
+    from thinkdiff import tasks, world
+
+    assert set(tasks.get("organism-world").planted_words) == set(world.MARKERS) | {"gated connective"}
+    assert tasks.get("english-world").planted_words == dict(world.MARKERS)
+    assert tasks.get("math").planted_words is None
