@@ -108,11 +108,25 @@ def closeness(direction, vectors, n_random: int, seed: int = 0) -> dict:
     if V.ndim != 2 or len(V) == 0:
         raise ValueError(f"vectors must be [m > 0, d], got shape {V.shape}")
     V = V[np.linalg.norm(V, axis=1) > 0]
+    if len(V) == 0:
+        raise ValueError("every vector is zero: no direction to compare with")
     stat = float(np.abs(cosines(direction, V)).mean())
     U = V / np.linalg.norm(V, axis=1, keepdims=True)
     rand = np.abs(random_units(V.shape[1], n_random, seed) @ U.T).mean(1)
     n_higher = int((rand >= stat).sum())
     return {"stat": stat, "random": rand, "n_higher": n_higher, "p": (1 + n_higher) / (1 + n_random)}
+
+
+def plot_against_random(closeness: dict, xlabel: str, title: str, color: str = "tab:red"):
+    """The histogram of the random directions' statistic (``closeness``: an ``adl.closeness`` result) with the
+    ADL direction's own marked; ``xlabel`` names the statistic. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.hist(closeness["random"], bins=40, color="grey", label=f"{len(closeness['random'])} random unit directions")
+    ax.axvline(closeness["stat"], color=color, lw=2, label=f"the mean difference (p = {closeness['p']:.3g})")
+    ax.set_xlabel(xlabel); ax.set_ylabel("directions"); ax.set_title(title); ax.legend(fontsize=8)
+    return fig
 
 
 def word_token_ids(tokenizer, words) -> list[int]:

@@ -515,6 +515,18 @@ def claim5_verdict(result, k: float | None = None, base_margin: float = 0.5, unt
 ADL_ALPHA = 0.05   # the ADL direction is closer to the distilled-only latents than random when p <= this
 
 
+def _closer_than_random(closeness: dict, what: str, alpha: float) -> tuple[str, str]:
+    """supports: permutation p <= ``alpha``; contradicts: no closer than the median random direction; mixed in
+    between. ``what`` names the statistic in the evidence."""
+    stat, rand, p = closeness["stat"], np.asarray(closeness["random"]), closeness["p"]
+    med = float(np.median(rand))
+    evidence = (f"{what} {stat:.3f}; random unit directions median {med:.3f}, "
+                f"{closeness['n_higher']} of {len(rand)} at or above it (p = {p:.3g})")
+    if p <= alpha:
+        return "supports", evidence
+    return ("contradicts" if stat <= med else "mixed"), evidence
+
+
 def adl_closeness_verdict(closeness: dict | None, n_latents: int, alpha: float = ADL_ALPHA) -> tuple[str, str]:
     """Is the Activation Difference Lens's direction closer to the ``n_latents`` distilled-only latents' decoder
     differences than random unit directions are? ``closeness``: ``adl.closeness`` (mean |cosine| ``stat``, the
@@ -524,10 +536,17 @@ def adl_closeness_verdict(closeness: dict | None, n_latents: int, alpha: float =
     tested without a distilled-only latent."""
     if closeness is None or n_latents == 0:
         return "not tested", "no live distilled-only latent to compare the ADL direction with"
-    stat, rand, p = closeness["stat"], np.asarray(closeness["random"]), closeness["p"]
-    med = float(np.median(rand))
-    evidence = (f"mean |cos| with {n_latents} distilled-only latents {stat:.3f}; random unit directions median "
-                f"{med:.3f}, {closeness['n_higher']} of {len(rand)} at or above it (p = {p:.3g})")
-    if p <= alpha:
-        return "supports", evidence
-    return ("contradicts" if stat <= med else "mixed"), evidence
+    return _closer_than_random(closeness, f"mean |cos| with {n_latents} distilled-only latents", alpha)
+
+
+def adl_concept_verdict(closeness: dict | None, alpha: float = ADL_ALPHA) -> tuple[str, str]:
+    """Is the Activation Difference Lens's direction closer to the planted distilled-only concept's direction
+    (the gated connective's bit-1 minus bit-0 mean in the distilled model at the hook layer,
+    ``planted.gate_direction``) than random unit directions are? ``closeness``: ``adl.closeness`` against that one
+    direction (its ``stat`` is the |cosine|), None when the pair plants no such concept.
+
+    supports: p <= ``alpha``; contradicts: no closer than the median random direction; mixed in between; not
+    tested where nothing is planted."""
+    if closeness is None:
+        return "not tested", "this pair plants no distilled-only concept to compare the ADL direction with"
+    return _closer_than_random(closeness, "|cos| with the planted concept's direction", alpha)

@@ -244,6 +244,12 @@ class Run:
         lab = self.store.meta.get("label") if hasattr(self.store.meta, "get") else None
         return lab is not None and bool((lab >= 0).any() and (lab > 0).any())
 
+    @property
+    def has_planted_gate(self) -> bool:
+        """True when the store carries planted labels and the run's task plants the gated connective, the
+        distilled-only concept ``planted`` checks (the organism's teacher; other teachers pick connectives freely)."""
+        return self.has_labels and self.task.plants_gate
+
     def ground_truth(self, scheme: str | None = None):
         """``label.GroundTruth`` of ``scheme`` against the planted labels; a clear error where there are none."""
         if not self.has_labels:

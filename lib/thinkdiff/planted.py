@@ -424,6 +424,20 @@ def mean_difference_direction(train: dict, layer: int) -> np.ndarray:
     return w / np.linalg.norm(w)
 
 
+def gate_direction(model, tokenizer, n_problems: int, layer: int, seed: int = 0, progress: bool = True) -> dict:
+    """The planted concept's direction in ``model`` at resid_pre of block ``layer``: ``mean_difference_direction``
+    of the gate bit over one seeded teacher trace of each of the first ``n_problems`` training problems (the
+    problems 03_label's probes train on; ``[label] gate_problems``' first number). Returns ``direction``
+    [d_model] (unit, raw residual units) and ``n_steps`` (the scored steps averaged)."""
+    if not 1 <= layer <= model.config.num_hidden_layers:
+        raise ValueError(f"layer {layer} is outside this model's layers 1..{model.config.num_hidden_layers}")
+    docs = gate_traces(world.problem_split(0, n_problems, "train"), tokenizer, seed=seed)
+    acts = gate_activations(model, docs, "gate", progress=progress)
+    if len(set(acts["y"].tolist())) < 2:
+        raise ValueError(f"the gate traces of {n_problems} training problems carry one bit value only: no direction")
+    return {"direction": mean_difference_direction(acts, layer), "n_steps": int(len(acts["y"]))}
+
+
 def random_directions(d_model: int, n: int, seed: int = 0) -> np.ndarray:
     """``n`` Gaussian unit directions [n, d_model]: the controls of ``direction_margins``."""
     g = np.random.default_rng(seed).normal(size=(n, d_model))

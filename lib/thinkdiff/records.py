@@ -275,11 +275,14 @@ def adl_lens_table(tokens: dict, logits: dict, features: pd.DataFrame, meta=None
 
 
 def adl_numbers(run, diff: dict, lens: dict, table: pd.DataFrame, close: dict | None, n_d_only: int,
-                verdict: tuple[str, str]) -> dict:
+                verdict: tuple[str, str], concept: dict | None = None,
+                concept_verdict: tuple[str, str] | None = None) -> dict:
     """03d_adl's numbers: the settings and texts used, the ADL direction's norm, per model its top promoted and
     suppressed tokens, the lens table, and the closeness to the distilled-only latents against random directions
     with its rule's verdict (a smoke run: "not tested"). ``lens``: model -> {"promoted": [...], "suppressed":
-    [...]} token texts."""
+    [...]} token texts. ``concept`` (a pair with a planted distilled-only concept): ``adl.closeness`` against the
+    concept's direction plus ``n_steps`` and ``layer`` (``planted.gate_direction``), judged by ``concept_verdict``
+    (``claims.adl_concept_verdict``; "not tested" where nothing is planted)."""
     v, e = claims.judged({"adl": verdict}, run.tested, run.name)["adl"]
     numbers = {**{k: run.config.adl[k] for k in ("first_tokens", "n_texts", "n_random")},
                "texts used": diff["n_texts"], "tokens averaged": diff["n_tokens"],
@@ -293,6 +296,15 @@ def adl_numbers(run, diff: dict, lens: dict, table: pd.DataFrame, close: dict | 
         numbers["random directions at or above"] = close["n_higher"]
         numbers["permutation p"] = round(close["p"], 4)
     numbers["closer than random"] = {"verdict": v, "evidence": e, "rule": "thinkdiff.claims.adl_closeness_verdict"}
+    if concept is not None:
+        numbers["planted concept: |cos| with the ADL direction"] = round(concept["stat"], 4)
+        numbers["planted concept: random directions at or above"] = concept["n_higher"]
+        numbers["planted concept: permutation p"] = round(concept["p"], 4)
+        numbers["planted concept: layer, scored steps"] = [concept["layer"], concept["n_steps"]]
+    v, e = claims.judged({"concept": concept_verdict or claims.adl_concept_verdict(concept)}, run.tested,
+                         run.name)["concept"]
+    numbers["closer to the planted concept than random"] = {"verdict": v, "evidence": e,
+                                                             "rule": "thinkdiff.claims.adl_concept_verdict"}
     return numbers
 
 

@@ -286,14 +286,14 @@ ground_truth_plot(v0) if LABELS else print("no planted labels: no ground-truth p
 GATE_TRAIN, GATE_EVAL = L["gate_problems"]
 # The gated connective is planted by the organism's teacher only; other labelled pairs (smollm2-135m's natural-
 # English teacher picks its connectives freely) have no gate to check.
-GATE = LABELS and pair.organism is not None
+GATE = run.has_planted_gate
 gate_checks, gate_layer, gate_cv_auroc = {}, None, None
 if GATE:
     gate_checks["(a) audit"] = planted.audit_verdict(planted.gate_audit())
-    org = pair.organism
     gate_models = {"base": pair.base, "distilled": pair.distilled}
-    if org.coin_control is not None:   # shipped for organism.COIN_CONTROL_SIZES only
-        gate_models["coin-flip control"] = org.coin_control
+    coin_control = getattr(pair.organism, "coin_control", None)   # shipped for organism.COIN_CONTROL_SIZES only
+    if coin_control is not None:
+        gate_models["coin-flip control"] = coin_control
     gate_tr = planted.gate_traces(world.problem_split(0, GATE_TRAIN, "train"), tok, seed=0)
     gate_ev = planted.gate_traces(world.problem_split(0, GATE_EVAL, "eval"), tok, seed=1)
     behaviour = planted.connective_accuracy(pair.distilled, tok, gate_ev)

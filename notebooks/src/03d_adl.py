@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from IPython.display import display
-from thinkdiff import adl, claims, label, pipeline, plots, records
+from thinkdiff import adl, claims, label, pipeline, planted, plots, records
 figures = plots.Figures()   # every figure this notebook saves, for the run report
 
 # %% [markdown]
@@ -143,12 +143,33 @@ close = adl.closeness(delta, D[d_only], A["n_random"], A["seed"]) if d_only.any(
 verdict = claims.adl_closeness_verdict(close, int(d_only.sum()))
 print(verdict[0].upper(), "-", verdict[1])
 if close is not None:
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.hist(close["random"], bins=40, color="grey", label=f"{A['n_random']} random unit directions")
-    ax.axvline(close["stat"], color="tab:red", lw=2, label="the mean difference")
-    ax.set_xlabel("mean |cosine| with the distilled-only latents' decoder differences"); ax.set_ylabel("directions")
-    ax.set_title(f"The mean difference vs random directions, {run.name}"); ax.legend(fontsize=8)
+    fig = adl.plot_against_random(close, "mean |cosine| with the distilled-only latents' decoder differences",
+                                  f"The mean difference vs random directions, {run.name}")
     figures.save(fig, "03d_random_directions")
+
+# %% [markdown]
+# ## 4b. Closer to the planted distilled-only concept?
+# The organism's teacher plants one concept only the distilled model needs: the gated connective (`03_label` §7b).
+# Its direction in the distilled model is the mean activation of bit-1 steps minus that of bit-0 steps at the
+# hook layer, on the training problems `03_label`'s probes train on (`planted.gate_direction`). The statistic is
+# the |cosine| between it and the ADL direction, against the same random unit directions, judged by
+# `claims.adl_concept_verdict` (the same thresholds). A pair whose teacher plants no such concept skips it.
+
+# %%
+concept, concept_dir = None, None
+if run.has_planted_gate:
+    gate = planted.gate_direction(pair.distilled, tok, run.config.label["gate_problems"][0], pair.layer)
+    concept_dir = gate["direction"]
+    concept = {**adl.closeness(delta, concept_dir[None], A["n_random"], A["seed"]), "n_steps": gate["n_steps"],
+               "layer": pair.layer}
+concept_verdict = claims.adl_concept_verdict(concept)
+print(concept_verdict[0].upper(), "-", concept_verdict[1])
+if concept is not None:
+    print(f"the concept's direction from {concept['n_steps']} scored steps at resid_pre of block {pair.layer}; "
+          f"cos(ADL, concept) = {adl.cosines(delta, concept_dir[None])[0]:+.4f}")
+    fig = adl.plot_against_random(concept, "|cosine| with the gated connective's direction (distilled model)",
+                                  f"The mean difference vs the planted concept, {run.name}", color="tab:green")
+    figures.save(fig, "03d_planted_concept")
 
 # %% [markdown]
 # ## 5. One table: what each lens found
@@ -170,5 +191,5 @@ table
 # ## 6. Record for the run report
 
 # %%
-numbers = records.adl_numbers(run, diff, lens, table, close, int(d_only.sum()), verdict)
+numbers = records.adl_numbers(run, diff, lens, table, close, int(d_only.sum()), verdict, concept, concept_verdict)
 records.record_adl(run, numbers, figures)

@@ -96,6 +96,26 @@ def test_the_closeness_rule_without_latents_is_not_tested():
     assert claims.adl_closeness_verdict(None, 0)[0] == "not tested"
     with pytest.raises(ValueError, match=r"\[m > 0, d\]"):
         adl.closeness(np.ones(4), np.zeros((0, 4)), n_random=20)
+    with pytest.raises(ValueError, match="every vector is zero"):
+        adl.closeness(np.ones(4), np.zeros((2, 4)), n_random=20)
+
+
+@pytest.mark.parametrize("outcome", ["supports", "mixed", "contradicts"])
+def test_the_planted_concept_rule_against_random_directions(outcome):
+    """The concept rule on one direction (the gated connective's): aligned with it beats every random direction, a
+    weak tilt lies between the median and the 5 % tail, orthogonal loses to the median."""
+    c = _latents(m=1)
+    inside, orth = c[0] / np.linalg.norm(c[0]), _orthogonal(c)
+    tilt = {"supports": 1.0, "mixed": 0.13, "contradicts": 0.0}[outcome]
+    close = adl.closeness(tilt * inside + np.sqrt(1 - tilt ** 2) * orth, c, n_random=400, seed=0)
+    v, e = claims.adl_concept_verdict(close)
+    assert v == outcome, (close["stat"], np.median(close["random"]), close["p"], e)
+    assert e.startswith("|cos| with the planted concept's direction") and "of 400" in e
+
+
+def test_the_planted_concept_rule_without_a_concept_is_not_tested():
+    v, e = claims.adl_concept_verdict(None)
+    assert v == "not tested" and "plants no distilled-only concept" in e
 
 
 def test_word_token_ids_prefer_single_tokens_and_fall_back_to_the_first(tiny_tokenizer):
@@ -126,3 +146,12 @@ def test_the_lens_table_lines_up_each_lens_per_category():
     assert t.loc["self_reflection", "planted: tokens in its moves"] == 2
     assert t.loc["gated connective", "store: occurrences of the ranked tokens"] == 2
     assert np.isnan(t.loc["gated connective", "planted: tokens in its moves"])
+
+
+def test_the_random_direction_plot_is_labelled_and_marks_the_statistic():
+    close = adl.closeness(_latents(m=1)[0], _latents(m=1), n_random=30)
+    fig = adl.plot_against_random(close, "|cos|", "a title")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "|cos|" and ax.get_ylabel() and ax.get_title() == "a title"
+    assert ax.lines[0].get_xdata()[0] == pytest.approx(close["stat"])
+    assert any("30 random" in t for t in ax.get_legend_handles_labels()[1])

@@ -177,6 +177,22 @@ def test_model_measurements_have_the_stated_shapes():
     assert acc["n"] == n and 0 <= acc["accuracy"] <= acc["choice_accuracy"] + 1 and 0 <= acc["choice_accuracy"] <= 1
 
 
+def test_gate_direction_is_the_mean_difference_of_the_training_traces_at_the_layer():
+    """03d_adl's planted-concept direction: the same traces and activations 03_label's probes use, read at the
+    asked layer; a layer the model lacks is refused before any forward pass."""
+    tok = organism.get_tokenizer()
+    arch = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
+    model = organism.build_model(arch, len(tok), seed=0).eval()
+    acts = planted.gate_activations(model, planted.gate_traces(world.problem_split(0, 12, "train"), tok), progress=False)
+    for layer in (1, 2):
+        g = planted.gate_direction(model, tok, 12, layer, progress=False)
+        assert g["n_steps"] == len(acts["y"])
+        np.testing.assert_allclose(g["direction"], planted.mean_difference_direction(acts, layer), rtol=1e-6)
+    assert not np.allclose(planted.gate_direction(model, tok, 12, 1, progress=False)["direction"], g["direction"])
+    with pytest.raises(ValueError, match=r"layer 3 is outside this model's layers 1\.\.2"):
+        planted.gate_direction(model, tok, 12, 3, progress=False)
+
+
 def test_matched_latents_are_near_in_frequency_and_norm_and_exclude_the_target():
     rng = np.random.default_rng(0)
     freq = np.r_[0.01, np.full(50, 0.01), np.full(50, 0.5), 0.0]

@@ -398,6 +398,19 @@ def test_adl_record_keeps_the_closeness_verdict_only_on_a_tested_run(runs_dir, t
     assert rec["lens table"] == {"deductive": {"ADL: rank in distilled lens": 3}}
     assert rec["closer than random"]["verdict"] == (verdict[0] if tested else "not tested")
     assert rec["closer than random"]["rule"] == "thinkdiff.claims.adl_closeness_verdict"
+    # no planted concept passed: recorded as not tested, with the rule that says so
+    assert rec["closer to the planted concept than random"]["verdict"] == "not tested"
+    assert "planted concept: permutation p" not in rec
+    concept = {**adl.closeness(delta, D[[2]], 50), "n_steps": 40, "layer": 2}
+    concept_verdict = claims.adl_concept_verdict(concept)
+    numbers = records.adl_numbers(run, diff, {"distilled": {"promoted": ["a"], "suppressed": ["b"]}}, table, close, 1,
+                                  verdict, concept, concept_verdict)
+    assert numbers["planted concept: layer, scored steps"] == [2, 40]
+    assert numbers["planted concept: permutation p"] == round(concept["p"], 4)
+    assert numbers["closer to the planted concept than random"] == {
+        "verdict": concept_verdict[0] if tested else "not tested",
+        "evidence": concept_verdict[1] if tested else f"smoke run ({run.name}): {concept_verdict[1]}",
+        "rule": "thinkdiff.claims.adl_concept_verdict"}
 
 # ----------------------------------------------------------------------------------------------- 00, 04, 05
 def _eval_result(acc, think, teacher=True):

@@ -51,3 +51,5 @@ def test_each_task_plants_only_its_own_words():
     assert set(tasks.get("organism-world").planted_words) == set(world.MARKERS) | {"gated connective"}
     assert tasks.get("english-world").planted_words == dict(world.MARKERS)
     assert tasks.get("math").planted_words is None
+    # the gated connective's checks (03_label) and the ADL's planted-concept comparison (03d_adl) need its teacher
+    assert [n for n in ("organism-world", "english-world", "math") if tasks.get(n).plants_gate] == ["organism-world"]

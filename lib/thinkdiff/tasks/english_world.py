@@ -13,6 +13,7 @@ class EnglishWorld(OrganismWorld):
     min_eval = smollm2_eval.ACCEPTANCE["min_eval"]
     acceptance_label = "pair acceptance"
     planted_words = dict(world.MARKERS)   # the organism's marker words; this teacher plants no gated connective
+    plants_gate = False
 
     def problems(self, settings, n=None, seed=None):
         return smollm2_eval.eval_problems(settings["n_eval"] if n is None else n,

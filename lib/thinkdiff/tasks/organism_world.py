@@ -21,6 +21,7 @@ class OrganismWorld(Task):
     marker_words = {c: tuple(w.strip() for w in ws) for c, ws in world.MARKERS.items()}
     # the reasoning markers and the gated connective (the planted distilled-only concept), as the teacher writes them
     planted_words = {**world.MARKERS, "gated connective": world.CONNECTIVES}
+    plants_gate = True
     min_eval = organism.ACCEPTANCE["min_eval"]
     acceptance_label = "organism acceptance"
 

@@ -24,6 +24,7 @@ class Task:
     has_teacher: bool = False     # a programmatic teacher: marker rates against it, teacher-forced CE, families
     marker_words: dict | None = None   # category -> marker words (None: the steering lexicon's defaults)
     planted_words: dict | None = None  # category -> the words its teacher plants, as written (None: no planted truth)
+    plants_gate: bool = False     # its teacher plants the gated connective (``planted``): a distilled-only concept
     min_eval: int = 0             # fewer held-out problems than this: acceptance "not tested" (a smoke run)
 
     def problems(self, settings: dict, n: int | None = None, seed: int | None = None) -> list:
