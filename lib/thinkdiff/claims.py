@@ -249,7 +249,10 @@ CLAIM9_EV_MIN = 0.895 - 0.02
 def paper_settings(train_config, preset: str, paper_pairs) -> tuple[bool, str]:
     """(True, "") when ``train_config`` is the paper's (``train.PAPER``: scheme, width, L1, lr, batch, steps) and
     ``preset`` one of ``paper_pairs`` (the names of the paper's pairs: ``PairSpec.in_paper``); else (False, what
-    differs)."""
+    differs). ``train_config`` None: the crosscoder was imported (``[train.<scheme>] from``), so how it was trained
+    is not known and cannot be the paper's."""
+    if train_config is None:
+        return False, "the crosscoder was trained elsewhere and imported: its training settings are not known"
     fields = ("activation", "n_latents", "l1_coeff", "lr", "batch_size", "n_steps")
     diff = [f"{f} {getattr(train_config, f)!r} (paper {getattr(PAPER, f)!r})" for f in fields
             if getattr(train_config, f) != getattr(PAPER, f)]

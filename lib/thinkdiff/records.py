@@ -100,11 +100,13 @@ def train_numbers(quality: pd.DataFrame, spliced: pd.DataFrame) -> dict:
 
 def train_claims(run, quality: pd.DataFrame) -> dict:
     """Claim 9 as 02_train records it: ``claims.claim9_verdict`` on the main scheme's held-out explained variance
-    and L0, judged only at the paper's settings (``claims.paper_settings``); the evidence names the scheme."""
+    and L0, judged only at the paper's settings (``claims.paper_settings``; an imported crosscoder's are not known);
+    the evidence names the scheme."""
     main = run.config.schemes[0]
     q = quality[main]
+    trained_as = None if main in run.config.imports else run.train_config(main)
     v9 = claims.claim9_verdict(q["EV base"], q["EV distilled"], q["L0"],
-                               *claims.paper_settings(run.train_config(main), run.config.preset, pairs.paper_pairs()))
+                               *claims.paper_settings(trained_as, run.config.preset, pairs.paper_pairs()))
     return claims.recorded({"9": v9}, run.tested, run.name, evidence_prefix=f"{main}: ")
 
 

@@ -16,7 +16,9 @@
 # takes and returns raw activations (the paper's code forgot the scale at analysis time).
 #
 # The training settings of each scheme live in the run config `configs/<RUN>.toml` (`[train.relu]`,
-# `[train.batchtopk]`), so `03`–`05` load exactly the crosscoders trained here.
+# `[train.batchtopk]`), so `03`–`05` load exactly the crosscoders trained here. A scheme the run config imports
+# (`[train.<scheme>] from = ...`, see `docs/external-crosscoders.md`) was trained elsewhere: this notebook has no
+# training settings or curves to show for it, and measures its held-out quality like the others.
 
 # %% [parameters]
 RUN = "organism-m"                # the run config: configs/<RUN>.toml (schemes and their training settings)
@@ -43,10 +45,13 @@ figures = plots.Figures()   # every figure this notebook saves, for the run repo
 run = pipeline.load_run(RUN)
 SCHEMES = run.config.schemes
 pair, store = run.pair, run.store
-configs = {s: run.train_config(s) for s in SCHEMES}
+TRAINED = [s for s in SCHEMES if s not in run.config.imports]   # the rest were imported, trained elsewhere
+configs = {s: run.train_config(s) for s in TRAINED}
 print(store)
-pd.DataFrame({s: c.to_dict() for s, c in configs.items()}).loc[["activation", "n_latents", "k", "l1_coeff", "lr",
-                                                                "batch_size", "n_steps", "seed"]]
+for s, source in run.config.imports.items():
+    print(f"{s}: imported from {source}")
+(pd.DataFrame({s: c.to_dict() for s, c in configs.items()}).loc[["activation", "n_latents", "k", "l1_coeff", "lr",
+                                                                 "batch_size", "n_steps", "seed"]] if configs else None)
 
 # %% [markdown]
 # ## 2. Train (or load the cached checkpoint)
@@ -55,7 +60,7 @@ pd.DataFrame({s: c.to_dict() for s, c in configs.items()}).loc[["activation", "n
 
 # %%
 coders = run.crosscoders
-logs = {s: train.load_log(cc) for s, cc in coders.items()}
+logs = {s: train.load_log(coders[s]) for s in TRAINED}
 for s, cc in coders.items():
     assert cc.folded, "the saved crosscoder takes raw activations"
 
@@ -64,16 +69,19 @@ for s, cc in coders.items():
 # held-out numbers follow).
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-for s, log in logs.items():
-    axes[0].plot(log["step"], log["loss"], label=s)
-    for m, name in enumerate(("base", "distilled")):
-        axes[1].plot(log["step"], log[f"fvu_{m}"], label=f"{s} · {name}", ls="-" if m == 0 else "--")
-axes[0].set_yscale("log"); axes[0].set_title("training loss"); axes[0].set_xlabel("step"); axes[0].set_ylabel("loss")
-axes[1].set_yscale("log"); axes[1].set_title("training FVU per model"); axes[1].set_xlabel("step"); axes[1].set_ylabel("FVU")
-for ax in axes:
-    ax.legend(fontsize=8)
-figures.save(fig, "02_training_curves")
+if logs:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    for s, log in logs.items():
+        axes[0].plot(log["step"], log["loss"], label=s)
+        for m, name in enumerate(("base", "distilled")):
+            axes[1].plot(log["step"], log[f"fvu_{m}"], label=f"{s} · {name}", ls="-" if m == 0 else "--")
+    axes[0].set_yscale("log"); axes[0].set_title("training loss"); axes[0].set_xlabel("step"); axes[0].set_ylabel("loss")
+    axes[1].set_yscale("log"); axes[1].set_title("training FVU per model"); axes[1].set_xlabel("step"); axes[1].set_ylabel("FVU")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    figures.save(fig, "02_training_curves")
+else:
+    print("every crosscoder of this run was imported: no training log to plot")
 
 # %% [markdown]
 # ## 3. Held-out quality

@@ -4,7 +4,8 @@ The checkpoints are built here in each external layout (docs/external-crosscoder
 passes: tests/unit/test_formats.py): two small crosscoders trained by thinkdiff on a small organism store, written
 as crosscoder_learning's ``BatchTopKCrossCoder`` (hub folder) and ``CrossCoder`` (``model_final.pt``,
 ``_orig_mod.``-prefixed keys) and as Kissane's ``cfg.json`` + ``cc_weights.pt``. Two runs import them: one with
-crosscoder_learning's pair, one with Kissane's ReLU crosscoder.
+crosscoder_learning's pair, one with Kissane's ReLU crosscoder beside a BatchTopK crosscoder it trains itself
+(one imported and one trained scheme in one run: 02_train shows the trained one's curves and both ones' quality).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from thinkdiff import formats, notebooks, pipeline
 
 from .test_notebooks import check_record
 
-ANALYSIS = ("03_label", "03b_ablation", "03c_browser", "04_steer", "05_geometry")
+ANALYSIS = ("02_train", "03_label", "03b_ablation", "03c_browser", "03d_adl", "04_steer", "05_geometry")
 # A small store of the smoke run's pair (a quarter of its documents), small analysis settings: every notebook runs,
 # nothing is judged (the smoke run's "not tested").
 SMALL = '''extends = "smoke"
@@ -34,7 +35,7 @@ max_new_tokens = 24
 [geometry]
 runs = []
 '''
-OWN = {"03b_ablation": {"N_BOOT": 50}, "03c_browser": {"N_CARDS": 2}, "04_steer": {"N_BOOT": 50, "BENCH_TOKENS": 4},
+OWN = {"02_train": {"N_SPLICE_DOCS": 8}, "03b_ablation": {"N_BOOT": 50}, "03c_browser": {"N_CARDS": 2}, "04_steer": {"N_BOOT": 50, "BENCH_TOKENS": 4},
        "05_geometry": {"N_BOOT": 50, "N_PERM": 20}}
 
 
@@ -68,8 +69,8 @@ def imported_runs(test_runs):
     (folder / "imported-cl.toml").write_text(
         SMALL + f'[train.relu]\nfrom = "{paths["crosscoder_learning CrossCoder"].relative_to(folder)}"\n'
         f'[train.batchtopk]\nfrom = "{paths["crosscoder_learning BatchTopKCrossCoder"].relative_to(folder)}"\n')
-    (folder / "imported-kissane.toml").write_text(
-        SMALL + '[train]\nschemes = ["relu"]\n' + f'[train.relu]\nfrom = "{paths["kissane"].relative_to(folder)}"\n')
+    (folder / "imported-kissane.toml").write_text(   # the BatchTopK one is the source's own (same store and config)
+        SMALL + f'[train.relu]\nfrom = "{paths["kissane"].relative_to(folder)}"\n[train.batchtopk]\nn_steps = 100\n')
     return {"source": source, "paths": paths, "configs": {n: folder / f"imported-{n}.toml" for n in ("cl", "kissane")}}
 
 
@@ -97,3 +98,8 @@ def test_every_analysis_notebook_runs_on_imported_crosscoders(name, layouts, imp
     assert out.exists()
     record = check_record(test_runs / "runs", f"imported-{layouts}", name)
     assert record["numbers"], name
+    if name == "02_train":   # every scheme's held-out quality, imported or trained; claim 9 says why it is not judged
+        assert {"relu FVU base", "batchtopk FVU base"} <= set(record["numbers"]), sorted(record["numbers"])
+        curves = any(f.endswith("02_training_curves.png") for f in record["figures"])
+        assert curves == (layouts == "kissane"), "training curves exactly where a scheme was trained here"
+        assert "imported" in record["claims"]["9"]["evidence"], record["claims"]["9"]

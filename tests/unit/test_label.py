@@ -717,6 +717,8 @@ def test_claim9_is_judged_only_at_the_papers_settings():
     assert not ok and "pair 'organism-m' is not one of the paper's" in why and "n_latents" in why
     v, e = claims.claim9_verdict(0.95, 0.95, 40.0, False, why)
     assert v == "not tested" and "not the paper's settings" in e
+    ok, why = claims.paper_settings(None, "qwen-1.5b", pairs.paper_pairs())   # imported: even on a paper pair
+    assert not ok and "imported" in why
     assert claims.claim9_verdict(0.91, 0.90, 700.0, True)[0] == "supports"
     assert claims.claim9_verdict(0.91, 0.80, 700.0, True)[0] == "mixed"
     assert claims.claim9_verdict(0.70, 0.80, 700.0, True)[0] == "contradicts"
