@@ -428,14 +428,20 @@ def gate_direction(model, tokenizer, n_problems: int, layer: int, seed: int = 0,
     """The planted concept's direction in ``model`` at resid_pre of block ``layer``: ``mean_difference_direction``
     of the gate bit over one seeded teacher trace of each of the first ``n_problems`` training problems (the
     problems 03_label's probes train on; ``[label] gate_problems``' first number). Returns ``direction``
-    [d_model] (unit, raw residual units) and ``n_steps`` (the scored steps averaged)."""
+    [d_model] (unit, raw residual units), ``n_steps`` (the scored steps averaged) and ``auroc``: how well the
+    projection on the direction separates the two bits on those same steps (0.5: the layer barely holds the bit,
+    and the direction is mostly noise)."""
+    from sklearn.metrics import roc_auc_score
+
     if not 1 <= layer <= model.config.num_hidden_layers:
         raise ValueError(f"layer {layer} is outside this model's layers 1..{model.config.num_hidden_layers}")
     docs = gate_traces(world.problem_split(0, n_problems, "train"), tokenizer, seed=seed)
     acts = gate_activations(model, docs, "gate", progress=progress)
     if len(set(acts["y"].tolist())) < 2:
         raise ValueError(f"the gate traces of {n_problems} training problems carry one bit value only: no direction")
-    return {"direction": mean_difference_direction(acts, layer), "n_steps": int(len(acts["y"]))}
+    direction = mean_difference_direction(acts, layer)
+    return {"direction": direction, "n_steps": int(len(acts["y"])),
+            "auroc": float(roc_auc_score(acts["y"], acts["acts"][layer - 1] @ direction))}
 
 
 def random_directions(d_model: int, n: int, seed: int = 0) -> np.ndarray:

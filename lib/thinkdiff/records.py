@@ -283,8 +283,8 @@ def adl_numbers(run, diff: dict, lens: dict, table: pd.DataFrame, close: dict | 
     suppressed tokens, the lens table, and the closeness to the distilled-only latents against random directions
     with its rule's verdict (a smoke run: "not tested"). ``lens``: model -> {"promoted": [...], "suppressed":
     [...]} token texts. ``concept`` (a pair with a planted distilled-only concept): ``adl.closeness`` against the
-    concept's direction plus ``n_steps`` and ``layer`` (``planted.gate_direction``), judged by ``concept_verdict``
-    (``claims.adl_concept_verdict``; "not tested" where nothing is planted)."""
+    concept's direction plus ``n_steps``, ``layer`` and ``auroc`` (``planted.gate_direction``), judged by
+    ``concept_verdict`` (``claims.adl_concept_verdict``; "not tested" where nothing is planted)."""
     v, e = claims.judged({"adl": verdict}, run.tested, run.name)["adl"]
     numbers = {**{k: run.config.adl[k] for k in ("first_tokens", "n_texts", "n_random")},
                "texts used": diff["n_texts"], "tokens averaged": diff["n_tokens"],
@@ -303,6 +303,7 @@ def adl_numbers(run, diff: dict, lens: dict, table: pd.DataFrame, close: dict | 
         numbers["planted concept: random directions at or above"] = concept["n_higher"]
         numbers["planted concept: permutation p"] = round(concept["p"], 4)
         numbers["planted concept: layer, scored steps"] = [concept["layer"], concept["n_steps"]]
+        numbers["planted concept: training AUROC of its direction"] = round(concept["auroc"], 4)
     v, e = claims.judged({"concept": concept_verdict or claims.adl_concept_verdict(concept)}, run.tested,
                          run.name)["concept"]
     numbers["closer to the planted concept than random"] = {"verdict": v, "evidence": e,

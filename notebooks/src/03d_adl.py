@@ -153,7 +153,9 @@ if close is not None:
 # Its direction in the distilled model is the mean activation of bit-1 steps minus that of bit-0 steps at the
 # hook layer, on the training problems `03_label`'s probes train on (`planted.gate_direction`). The statistic is
 # the |cosine| between it and the ADL direction, against the same random unit directions, judged by
-# `claims.adl_concept_verdict` (the same thresholds). A pair whose teacher plants no such concept skips it.
+# `claims.adl_concept_verdict` (the same thresholds). The comparison means most where the hook layer holds the bit:
+# how well the direction separates the two bits on its own training steps is printed beside it (`03_label`'s
+# probes show where in depth the bit is computed). A pair whose teacher plants no such concept skips it.
 
 # %%
 concept, concept_dir = None, None
@@ -161,12 +163,13 @@ if run.has_planted_gate:
     gate = planted.gate_direction(pair.distilled, tok, run.config.label["gate_problems"][0], pair.layer)
     concept_dir = gate["direction"]
     concept = {**adl.closeness(delta, concept_dir[None], A["n_random"], A["seed"]), "n_steps": gate["n_steps"],
-               "layer": pair.layer}
+               "layer": pair.layer, "auroc": gate["auroc"]}
 concept_verdict = claims.adl_concept_verdict(concept)
 print(concept_verdict[0].upper(), "-", concept_verdict[1])
 if concept is not None:
-    print(f"the concept's direction from {concept['n_steps']} scored steps at resid_pre of block {pair.layer}; "
-          f"cos(ADL, concept) = {adl.cosines(delta, concept_dir[None])[0]:+.4f}")
+    print(f"the concept's direction from {concept['n_steps']} scored steps at resid_pre of block {pair.layer}, "
+          f"separating the two bits there with training AUROC {concept['auroc']:.3f} (0.5: the layer barely holds "
+          f"the bit); cos(ADL, concept) = {adl.cosines(delta, concept_dir[None])[0]:+.4f}")
     fig = adl.plot_against_random(concept, "|cosine| with the gated connective's direction (distilled model)",
                                   f"The mean difference vs the planted concept, {run.name}", color="tab:green")
     figures.save(fig, "03d_planted_concept")

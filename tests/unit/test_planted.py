@@ -186,7 +186,7 @@ def test_gate_direction_is_the_mean_difference_of_the_training_traces_at_the_lay
     acts = planted.gate_activations(model, planted.gate_traces(world.problem_split(0, 12, "train"), tok), progress=False)
     for layer in (1, 2):
         g = planted.gate_direction(model, tok, 12, layer, progress=False)
-        assert g["n_steps"] == len(acts["y"])
+        assert g["n_steps"] == len(acts["y"]) and 0.5 <= g["auroc"] <= 1   # the mean difference points bit-0 -> bit-1
         np.testing.assert_allclose(g["direction"], planted.mean_difference_direction(acts, layer), rtol=1e-6)
     assert not np.allclose(planted.gate_direction(model, tok, 12, 1, progress=False)["direction"], g["direction"])
     with pytest.raises(ValueError, match=r"layer 3 is outside this model's layers 1\.\.2"):

@@ -401,11 +401,12 @@ def test_adl_record_keeps_the_closeness_verdict_only_on_a_tested_run(runs_dir, t
     # no planted concept passed: recorded as not tested, with the rule that says so
     assert rec["closer to the planted concept than random"]["verdict"] == "not tested"
     assert "planted concept: permutation p" not in rec
-    concept = {**adl.closeness(delta, D[[2]], 50), "n_steps": 40, "layer": 2}
+    concept = {**adl.closeness(delta, D[[2]], 50), "n_steps": 40, "layer": 2, "auroc": 0.61234}
     concept_verdict = claims.adl_concept_verdict(concept)
     numbers = records.adl_numbers(run, diff, {"distilled": {"promoted": ["a"], "suppressed": ["b"]}}, table, close, 1,
                                   verdict, concept, concept_verdict)
     assert numbers["planted concept: layer, scored steps"] == [2, 40]
+    assert numbers["planted concept: training AUROC of its direction"] == 0.6123
     assert numbers["planted concept: permutation p"] == round(concept["p"], 4)
     assert numbers["closer to the planted concept than random"] == {
         "verdict": concept_verdict[0] if tested else "not tested",
