@@ -15,6 +15,7 @@ import torch
 
 from .crosscoder import decoder_weights
 from .hooks import find_module
+from .stats import random_directions
 
 FINAL_NORM_PATHS = ("model.norm", "model.final_layernorm", "transformer.ln_f", "gpt_neox.final_layer_norm")
 
@@ -93,12 +94,6 @@ def cosines(direction, vectors) -> np.ndarray:
         return np.where(n > 0, V @ v / np.where(n > 0, n, 1.0), np.nan)
 
 
-def random_units(d: int, n: int, seed: int) -> np.ndarray:
-    """[n, d] unit vectors uniform on the sphere (normalised Gaussians), seeded."""
-    g = np.random.default_rng(seed).standard_normal((n, d))
-    return g / np.linalg.norm(g, axis=1, keepdims=True)
-
-
 def closeness(direction, vectors, n_random: int, seed: int = 0) -> dict:
     """Is ``direction`` closer to ``vectors`` [m, d] (e.g. the distilled-only latents' decoder differences) than
     random unit directions are? The statistic is the mean |cosine| with the m vectors. Returns ``stat``,
@@ -112,7 +107,7 @@ def closeness(direction, vectors, n_random: int, seed: int = 0) -> dict:
         raise ValueError("every vector is zero: no direction to compare with")
     stat = float(np.abs(cosines(direction, V)).mean())
     U = V / np.linalg.norm(V, axis=1, keepdims=True)
-    rand = np.abs(random_units(V.shape[1], n_random, seed) @ U.T).mean(1)
+    rand = np.abs(random_directions(V.shape[1], n_random, seed) @ U.T).mean(1)
     n_higher = int((rand >= stat).sum())
     return {"stat": stat, "random": rand, "n_higher": n_higher, "p": (1 + n_higher) / (1 + n_random)}
 

@@ -192,14 +192,15 @@ class Run:
         """The crosscoder of ``scheme`` (default: the main one), trained on first use and cached by key; imported
         from its checkpoint instead where the run config says ``[train.<scheme>] from``."""
         scheme = scheme or self.config.schemes[0]
-        if scheme not in self._crosscoders and scheme in self.config.imports:
-            self._crosscoders[scheme] = formats.import_crosscoder(self.config.imports[scheme], self.store, scheme)
-        elif scheme not in self._crosscoders and self.streams:
-            self._crosscoders[scheme] = stream.get_crosscoder(
-                self.pair, self.documents(), self.harvest_config(), self.train_config(scheme),
-                stream.StreamConfig(**self.config.harvest["stream"]), progress=self.progress)
         if scheme not in self._crosscoders:
-            self._crosscoders[scheme] = get_crosscoder(self.store, self.train_config(scheme), progress=self.progress)
+            if scheme in self.config.imports:
+                cc = formats.import_crosscoder(self.config.imports[scheme], self.store, scheme)
+            elif self.streams:
+                cc = stream.get_crosscoder(self.pair, self.documents(), self.harvest_config(), self.train_config(scheme),
+                                           stream.StreamConfig(**self.config.harvest["stream"]), progress=self.progress)
+            else:
+                cc = get_crosscoder(self.store, self.train_config(scheme), progress=self.progress)
+            self._crosscoders[scheme] = cc
         return self._crosscoders[scheme]
 
     @property
@@ -230,13 +231,16 @@ class Run:
         """The Activation Difference Lens's mean difference (``adl``), read from the store (no forward pass): over
         the first ``[adl] first_tokens`` stored positions of the first ``[adl] n_texts`` documents. Returns
         ``delta`` [d] (distilled - base, raw units), ``per_position`` [first_tokens, d], ``counts`` (tokens per
-        position), ``n_texts`` (documents used: fewer than asked where the store holds fewer) and ``n_tokens``."""
+        position), ``n_texts`` (documents used: fewer than asked where the store holds fewer), ``n_tokens`` and
+        ``mean_norm`` [2] (the mean ||h|| of base and distilled on the same tokens)."""
         A = self.config.adl
         meta = self.store.meta
         rows, offset = adl.first_token_rows(meta["doc_id"], meta["pos"], A["first_tokens"], A["n_texts"])
-        delta, per, counts = adl.mean_difference(self.store.acts(rows), offset, A["first_tokens"])
+        acts = self.store.acts(rows)
+        delta, per, counts = adl.mean_difference(acts, offset, A["first_tokens"])
         return {"delta": delta, "per_position": per, "counts": counts, "rows": rows, "n_tokens": len(rows),
-                "n_texts": len(np.unique(meta["doc_id"][rows]))}
+                "n_texts": len(np.unique(meta["doc_id"][rows])),
+                "mean_norm": np.linalg.norm(np.asarray(acts, np.float64), axis=-1).mean(0)}
 
     @property
     def has_labels(self) -> bool:

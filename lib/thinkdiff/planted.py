@@ -31,7 +31,7 @@ from . import world
 from .hooks import resid_hook
 from .organism import tokenize_spans
 from .probes import TARGETS, latent_recovery
-from .stats import cluster_bootstrap_mean_ci
+from .stats import cluster_bootstrap_mean_ci, random_directions  # noqa: F401  (03_label calls it from here)
 
 # Pre-registered thresholds (issue 26); tests pin them.
 GATE_CHECKS = {
@@ -442,12 +442,6 @@ def gate_direction(model, tokenizer, n_problems: int, layer: int, seed: int = 0,
     direction = mean_difference_direction(acts, layer)
     return {"direction": direction, "n_steps": int(len(acts["y"])),
             "auroc": float(roc_auc_score(acts["y"], acts["acts"][layer - 1] @ direction))}
-
-
-def random_directions(d_model: int, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` Gaussian unit directions [n, d_model]: the controls of ``direction_margins``."""
-    g = np.random.default_rng(seed).normal(size=(n, d_model))
-    return g / np.linalg.norm(g, axis=1, keepdims=True)
 
 
 def direction_margins(model, layer: int, docs, directions, tokenizer, batch: int = 16) -> np.ndarray:

@@ -124,3 +124,10 @@ def cluster_bootstrap_mean_ci(values, clusters, n_boot: int = 2000, seed: int = 
         reps[b] = v[idx, rng.integers(0, v.shape[1])].mean()
     lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
     return est, float(lo), float(hi)
+
+
+def random_directions(d: int, n: int, seed: int = 0) -> np.ndarray:
+    """[n, d] unit vectors uniform on the sphere (normalised Gaussians), seeded: the null of "closer than a random
+    direction" (``adl.closeness``) and the controls of a directional ablation (``planted.direction_margins``)."""
+    g = np.random.default_rng(seed).standard_normal((n, d))
+    return g / np.linalg.norm(g, axis=1, keepdims=True)

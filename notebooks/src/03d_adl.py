@@ -48,12 +48,11 @@ tok = pair.tokenizer
 features = label.run_features(run)
 diff = run.adl_difference
 delta = diff["delta"]
-resid = store.acts(diff["rows"])
 print(run)
 print(f"{diff['n_texts']} texts (asked: {A['n_texts']}), {diff['n_tokens']} tokens, first {A['first_tokens']} stored "
       f"positions from position {int(store.meta['pos'].min())}; hook: resid_pre of block {pair.layer}")
 print(f"||delta|| = {np.linalg.norm(delta):.4f}; mean ||h|| on the same tokens: base "
-      f"{np.linalg.norm(resid[:, 0], axis=-1).mean():.4f}, distilled {np.linalg.norm(resid[:, 1], axis=-1).mean():.4f}")
+      f"{diff['mean_norm'][0]:.4f}, distilled {diff['mean_norm'][1]:.4f}")
 
 # %% [markdown]
 # How the difference varies with the position: the paper reads each position separately; we pool them, and show

@@ -120,7 +120,8 @@ plots.savefig(fig, "04_latent_choice"); plt.show()
 # latent of similar relative norm and max activation, steered the same way (`steer.matched_control_latent`).
 # The seeded Gaussian directions with exactly the self-reflection (deductive) vector's norm are shown too, and the
 # ADL direction (`Run.adl_difference`, read from the store) scaled to the same norm, steered at ± the claims'
-# strength (both signs: which way the difference points is part of what it says). We print each norm next to the typical residual norm at the hook.
+# strength (both signs: which way the difference points is part of what it says). We print each norm next to the
+# typical residual norm at the hook.
 
 # %%
 directions, role_name = {}, {}
